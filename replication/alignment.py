@@ -1,0 +1,95 @@
+"""RQ1: alignment of the CE gradient with each layer's MBE gradient (PAPER.md section 4).
+
+On one micro-batch, g_CE = grad CE and g_l = grad MBE_l for each chosen layer, on the same batch and
+without applying either. Recorded: the global cosine (all parameters flattened), the cosine within
+each block, and the norms. The noise baseline is the cosine between the CE gradients of two
+different micro-batches: what "no systematic alignment" looks like at this point of training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from replication.evaluation import mbe_kwargs
+from replication.mbe import layer_mbe
+from replication.models import ReplicationModel
+from replication.tasks.base import Task
+
+
+def _block_index(model: ReplicationModel, params: list[Tensor]) -> list[int]:
+    """For each parameter, the block it belongs to, or -1 (embedding, head, skip weights)."""
+    owner = {id(p): i for i, block in enumerate(model.blocks) for p in block.parameters()}
+    return [owner.get(id(p), -1) for p in params]
+
+
+def _cosines(a: Sequence[Tensor | None], b: Sequence[Tensor | None], blocks: list[int], n_blocks: int):
+    """Global and per-block cosine of two gradient lists, and the norms of both."""
+    device = next(g for g in (*a, *b) if g is not None).device
+    dot, na, nb = (torch.zeros(n_blocks + 1, dtype=torch.float64, device=device) for _ in range(3))
+    for ga, gb, blk in zip(a, b, blocks):
+        slot = blk if blk >= 0 else n_blocks
+        if ga is not None:
+            na[slot] += ga.double().square().sum()
+        if gb is not None:
+            nb[slot] += gb.double().square().sum()
+        if ga is not None and gb is not None:
+            dot[slot] += (ga.double() * gb.double()).sum()
+    dot, na, nb = dot.cpu(), na.cpu(), nb.cpu()  # one transfer for all parameters
+
+    def cos(d: Tensor, x: Tensor, y: Tensor) -> float | None:
+        denom = math.sqrt(x.item() * y.item())
+        return d.item() / denom if denom > 0 else None
+
+    per_block = [cos(dot[i], na[i], nb[i]) for i in range(n_blocks)]
+    return cos(dot.sum(), na.sum(), nb.sum()), per_block, math.sqrt(na.sum().item()), math.sqrt(nb.sum().item())
+
+
+def gradient_alignment(
+    model: ReplicationModel,
+    task: Task,
+    *,
+    step: int,
+    layers: Sequence[int],
+    window: int | None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> dict[str, Any]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    blocks = _block_index(model, params)
+    n_blocks = model.n_blocks
+    first, second = task.train_batch(step, 0), task.train_batch(step, 1)
+
+    with autocast():
+        out = task.forward(model, first, window=window)
+        ce = task.main_loss(out.output, first)
+        mbes = layer_mbe(out.hidden, layers, **mbe_kwargs(task))
+    g_ce = torch.autograd.grad(ce, params, retain_graph=True, allow_unused=True)
+    cos_global, cos_blocks, norm_mbe = [], [], []
+    for i in range(len(layers)):
+        g_l = torch.autograd.grad(mbes[i], params, retain_graph=i < len(layers) - 1, allow_unused=True)
+        c, per_block, norm_ce, n_l = _cosines(g_ce, g_l, blocks, n_blocks)
+        cos_global.append(c)
+        cos_blocks.append(per_block)
+        norm_mbe.append(n_l)
+
+    with autocast():
+        out2 = task.forward(model, second, window=window)
+        ce2 = task.main_loss(out2.output, second)
+    g_ce2 = torch.autograd.grad(ce2, params, allow_unused=True)
+    noise, noise_blocks, norm_ce, _ = _cosines(g_ce, g_ce2, blocks, n_blocks)
+    return {
+        "align/layers": list(layers),
+        "align/cos": cos_global,
+        "align/cos_by_block": cos_blocks,
+        "align/norm_ce": norm_ce,
+        "align/norm_mbe": norm_mbe,
+        "align/noise_cos": noise,
+        "align/noise_cos_by_block": noise_blocks,
+        "align/ce": ce.item(),
+        "align/mbe": mbes.detach().tolist(),
+    }

@@ -1,0 +1,49 @@
+"""Models: every one returns its output and the hidden state of every block (PAPER.md section 2)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from replication.config import ModelConfig
+
+
+class ModelOutput(NamedTuple):
+    output: Tensor | None  # logits (B, T, V) or predictions (B, out); None when stopped early (upto)
+    hidden: list[Tensor]  # residual-stream output of each block that ran, each (B, S, D)
+
+
+class ReplicationModel(nn.Module):
+    """What the loop relies on: ``blocks`` (one entry per hidden state), parameter groups for the
+    optimizers, and an attention window schedule (None for models without one)."""
+
+    blocks: nn.ModuleList
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    def attention_window(self, progress: float) -> int | None:
+        return None
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named parameter groups; every trainable parameter appears in exactly one."""
+        raise NotImplementedError
+
+
+def build_model(config: ModelConfig) -> ReplicationModel:
+    if config.name == "modded":
+        from replication.models.modded import ModdedGPT
+
+        return ModdedGPT(config)
+    if config.name == "gpt2":
+        from replication.models.gpt2 import GPT2
+
+        return GPT2(config)
+    if config.name == "mlp":
+        from replication.models.mlp import MLP
+
+        return MLP(config)
+    raise ValueError(f"unknown model {config.name!r}")

@@ -1,0 +1,157 @@
+"""Methods as a registry, and the gradient computation of one optimizer step (PAPER.md 3.2-3.3).
+
+A method is a name for two facts: whether the GAPT controller gates compression, and which
+compression objective the compress phase uses.
+
+- ``alternate`` (method ``gapt``): the step's micro-batches alternate between main-loss-only
+  (even index) and MBE-only (odd index, weight 1) micro-batches; the MBE micro-batch regularizes one
+  layer, rotating over the alternate layers once per step. The MBE micro-batch runs the model only
+  up to that layer.
+- ``joint`` (methods ``gapt_joint`` and ``ce_mbe``): every micro-batch uses main + lambda * the mean
+  MBE of the joint layers.
+
+Gradients are summed over the step's micro-batches and divided by their count, so every method sees
+the same tokens per step. The training MBE that is logged, and fed to the controller, is the
+detached patch-MBE of every block averaged over the micro-batches that ran the whole model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from replication.config import ConfigError, ObjectiveConfig
+from replication.gapt import Phase
+from replication.mbe import layer_mbe
+from replication.models import ReplicationModel
+from replication.tasks.base import Task
+
+Compression = Literal["none", "alternate", "joint"]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    gated: bool  # a PhaseController decides the phase; otherwise the phase is fixed
+    compression: Compression
+
+    @property
+    def fixed_phase(self) -> Phase:
+        return Phase.MEMORIZE if self.compression == "none" else Phase.COMPRESS
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("ce", gated=False, compression="none"),
+        Method("ce_mbe", gated=False, compression="joint"),
+        Method("gapt", gated=True, compression="alternate"),
+        Method("gapt_joint", gated=True, compression="joint"),
+    )
+}
+
+
+def default_layers(n_blocks: int, kind: Literal["alternate", "joint"]) -> list[int]:
+    """The paper's middle layers, 0-based: alternate 2 .. L-3, joint 1 .. L-2 (of L blocks)."""
+    layers = list(range(2, n_blocks - 2)) if kind == "alternate" else list(range(1, n_blocks - 1))
+    if not layers:
+        raise ConfigError(
+            f"a model of {n_blocks} blocks has no middle layers for the {kind} objective; "
+            f"set objective.{kind}_layers explicitly"
+        )
+    return layers
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    alternate: list[int]  # the rotation of gapt's MBE micro-batches
+    joint: list[int]  # the layers of the joint objective
+    monitored: list[int]  # what the controller watches: the layers the method regularizes
+
+
+def plan_layers(objective: ObjectiveConfig, method: Method, n_blocks: int) -> LayerPlan:
+    def pick(explicit: list[int] | None, kind: Literal["alternate", "joint"]) -> list[int]:
+        layers = default_layers(n_blocks, kind) if explicit is None else list(explicit)
+        bad = [i for i in layers if not 0 <= i < n_blocks]
+        if bad or not layers:
+            raise ConfigError(f"objective.{kind}_layers {layers} must be non-empty and within 0..{n_blocks - 1}")
+        return layers
+
+    needs_alternate = method.compression == "alternate"
+    needs_joint = method.compression == "joint"
+    alternate = pick(objective.alternate_layers, "alternate") if needs_alternate else []
+    joint = pick(objective.joint_layers, "joint") if needs_joint else []
+    if not (needs_alternate or needs_joint):  # ce: nothing regularized; monitor the paper's middle
+        try:
+            monitored = pick(objective.alternate_layers, "alternate")
+        except ConfigError:
+            monitored = list(range(n_blocks))
+    else:
+        monitored = alternate or joint
+    return LayerPlan(alternate=alternate, joint=joint, monitored=monitored)
+
+
+@dataclass
+class StepResult:
+    main_loss: float  # mean over the micro-batches that computed it
+    mbe_by_layer: list[float]  # detached training MBE of every block
+    finite: bool
+
+
+def micro_batch_kind(method: Method, phase: Phase, micro: int) -> Literal["main", "joint", "mbe"]:
+    if phase is Phase.MEMORIZE or method.compression == "none":
+        return "main"
+    if method.compression == "joint":
+        return "joint"
+    return "mbe" if micro % 2 == 1 else "main"
+
+
+def accumulate_gradients(
+    model: ReplicationModel,
+    task: Task,
+    method: Method,
+    objective: ObjectiveConfig,
+    plan: LayerPlan,
+    *,
+    step: int,
+    phase: Phase,
+    grad_accum: int,
+    window: int | None,
+    autocast: Callable[[], AbstractContextManager],
+) -> StepResult:
+    """Forward and backward every micro-batch of one optimizer step; gradients land in .grad."""
+    mbe_kwargs = dict(patch_size=objective.patch_size, alpha=objective.alpha, eps=objective.eps, clamp=objective.clamp)
+    main_losses: list[Tensor] = []
+    mbe_sums: Tensor | None = None
+    n_full = 0
+    all_finite = torch.ones((), dtype=torch.bool, device=task.device)
+    for micro in range(grad_accum):
+        batch = task.train_batch(step, micro)
+        kind = micro_batch_kind(method, phase, micro)
+        with autocast():
+            if kind == "mbe":
+                layer = plan.alternate[step % len(plan.alternate)]
+                out = task.forward(model, batch, window=window, upto=layer + 1)
+                loss = layer_mbe(out.hidden, [layer], **mbe_kwargs)[0]
+            else:
+                out = task.forward(model, batch, window=window)
+                main = task.main_loss(out.output, batch)
+                with torch.no_grad():
+                    every_layer = layer_mbe([h.detach() for h in out.hidden], **mbe_kwargs)
+                loss = main
+                if kind == "joint":
+                    loss = main + objective.lambda_mbe * layer_mbe(out.hidden, plan.joint, **mbe_kwargs).mean()
+                main_losses.append(main.detach())
+                mbe_sums = every_layer if mbe_sums is None else mbe_sums + every_layer
+                n_full += 1
+        all_finite &= torch.isfinite(loss.detach())  # checked once per step: no host sync per micro-batch
+        (loss / grad_accum).backward()
+    main_loss = torch.stack(main_losses).mean().item() if main_losses else math.nan
+    mbe = (mbe_sums / max(n_full, 1)).tolist() if mbe_sums is not None else []
+    return StepResult(main_loss=main_loss, mbe_by_layer=mbe, finite=bool(all_finite) and math.isfinite(main_loss))

@@ -1,0 +1,96 @@
+"""The interface between the training loop and a task (data, main loss, evaluation)."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from replication.models import ModelOutput
+
+if TYPE_CHECKING:
+    from replication.config import RunConfig
+    from replication.models import ReplicationModel
+
+
+def derive_seed(*parts: object) -> int:
+    """A seed from a tuple of ints and strings, the same in every process (unlike hash())."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
+
+
+@dataclass
+class Batch:
+    inputs: Tensor
+    targets: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """One experiment's data and metrics.
+
+    ``train_batch(step, micro)`` is a pure function of its arguments (and the data seed, rank and
+    world size), so a resumed run sees exactly the batches an uninterrupted run would have seen.
+    """
+
+    main_loss_name: ClassVar[str] = "ce"  # the key of the main loss in metrics: train/<name>
+
+    def __init__(self, config: RunConfig, device: torch.device, rank: int = 0, world_size: int = 1):
+        self.config = config
+        self.device = device
+        self.rank = rank
+        self.world_size = world_size
+
+    @property
+    @abstractmethod
+    def units_per_micro_batch(self) -> int:
+        """Tokens (language tasks) or examples (regression) in one micro-batch on one process."""
+
+    @abstractmethod
+    def train_batch(self, step: int, micro: int) -> Batch:
+        """Micro-batch ``micro`` of optimizer step ``step`` on this process."""
+
+    @abstractmethod
+    def main_loss(self, output: Tensor, batch: Batch) -> Tensor:
+        """Scalar main loss (CE or L1), float32."""
+
+    @abstractmethod
+    def evaluate(self, model: ReplicationModel, *, step: int, window: int | None) -> dict[str, Any]:
+        """Validation metrics at this point of training, keys like 'val/ce', 'val/mbe_by_layer'."""
+
+    def forward(
+        self, model: ReplicationModel, batch: Batch, *, window: int | None = None, upto: int | None = None
+    ) -> ModelOutput:
+        return model(batch.inputs, window=window, upto=upto)
+
+    def init_model(self, model: ReplicationModel) -> None:
+        """Hook for tasks that prescribe the initial weights (experiment 3 starts at theta_0)."""
+
+    def summarize(self, evals: list[dict[str, Any]]) -> dict[str, Any]:
+        """Headline metrics of a finished run from its evaluation records (oldest first).
+
+        Default: every scalar metric of the last evaluation as ``final/<key>``, and the best (lowest)
+        value of the main validation loss as ``best/<key>``.
+        """
+        if not evals:
+            return {}
+        last = evals[-1]
+        summary = {f"final/{k}": v for k, v in last.items() if k.startswith(("val/", "ood/", "id/")) and _scalar(v)}
+        key = f"val/{self.main_loss_name}"
+        values = [e[key] for e in evals if _scalar(e.get(key))]
+        if values:
+            summary[f"best/{key}"] = min(values)
+        return summary
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

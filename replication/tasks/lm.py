@@ -1,0 +1,51 @@
+"""What every language task shares: documents in a token stream, token CE, evaluation."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from replication.evaluation import evaluate_lm
+from replication.models import ModelOutput, ReplicationModel
+from replication.tasks.base import Batch, Task
+
+
+def document_ids(tokens: Tensor, separator: int) -> Tensor:
+    """(B, T) -> (B, T): a new document begins at every separator token (which belongs to it)."""
+    return (tokens == separator).cumsum(dim=-1)
+
+
+class LanguageTask(Task):
+    """A task over token streams; subclasses set ``separator`` and provide batches."""
+
+    main_loss_name: ClassVar[str] = "ce"
+    separator: int = 0
+
+    def forward(
+        self, model: ReplicationModel, batch: Batch, *, window: int | None = None, upto: int | None = None
+    ) -> ModelOutput:
+        return model(batch.inputs, docs=document_ids(batch.inputs, self.separator), window=window, upto=upto)
+
+    def main_loss(self, output: Tensor, batch: Batch) -> Tensor:
+        return F.cross_entropy(output.float().flatten(0, 1), batch.targets.flatten())
+
+    def validation_batches(self) -> list[Batch]:
+        """This process's share of the validation batches."""
+        raise NotImplementedError
+
+    def evaluate(self, model: ReplicationModel, *, step: int, window: int | None) -> dict[str, Any]:
+        return evaluate_lm(model, self, self.validation_batches(), window=window, prefix="val")
+
+
+def shard(items: list[Any], rank: int, world_size: int) -> list[Any]:
+    """Round-robin share of a list for one process."""
+    return items[rank::world_size]
+
+
+def windows_to_batch(windows: Tensor, device: torch.device) -> Batch:
+    """(B, T + 1) token windows -> inputs (B, T) and next-token targets (B, T), as int64 on device."""
+    windows = windows.to(device=device, dtype=torch.long, non_blocking=True)
+    return Batch(inputs=windows[:, :-1], targets=windows[:, 1:])

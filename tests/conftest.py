@@ -1,0 +1,48 @@
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from replication.config import RunConfig, deep_merge, validate_run_config
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+TINY = {
+    "experiment": "tiny",
+    "scale": "test",
+    "method": "ce",
+    "seed": 0,
+    "task": {"name": "synthetic", "vocab_size": 32, "seq_len": 32, "micro_batch_size": 4, "val_batches": 2},
+    "model": {
+        "name": "modded", "vocab_size": 32, "n_layer": 6, "d_model": 32, "n_head": 2, "head_dim": 16,
+        "window_start": 16, "window_end": 32, "window_multiple": 16,
+    },
+    "optim": {"name": "muon_adam"},
+    "train": {"steps": 30, "grad_accum": 2, "eval_every": 10, "checkpoint_every": 0},
+    "gapt": {"patience_memorize": 4, "patience_compress": 4},
+}  # fmt: skip
+
+
+def tiny_config(method: str = "ce", **overrides) -> RunConfig:
+    """A run of a few seconds: 6-block modded model on the synthetic bigram language."""
+    data = deep_merge(copy.deepcopy(TINY), overrides)
+    data["method"] = method
+    return validate_run_config(data)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    # results are compared bit for bit within a test; pin the thread count for every test
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def requires_shared(path: str) -> Path:
+    full = SHARED / path
+    if not full.exists():
+        pytest.skip(f"{full} is not here (a clone without the project's shared/ folder beside it)")
+    return full

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from replication.config import AdamConfig, AdamWConfig, GPT2ModelConfig, MLPModelConfig, ModdedModelConfig, MuonAdamConfig, ScheduleConfig
+from replication.models import build_model
+from replication.optim import Optimizers, lr_multiplier
+
+
+def test_schedule_is_flat_for_sixty_percent_then_linear_to_a_tenth():
+    schedule = ScheduleConfig()
+    mults = [lr_multiplier(s, 1000, schedule) for s in range(1001)]
+    assert mults[0] == mults[599] == 1.0
+    assert mults[800] == pytest.approx(0.55)
+    assert mults[1000] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(mults, mults[1:]))
+
+
+def test_warmup_rises_linearly():
+    schedule = ScheduleConfig(warmup_steps=10, stable_fraction=1.0)
+    assert [lr_multiplier(s, 100, schedule) for s in (0, 4, 9, 10, 99)] == pytest.approx([0.1, 0.5, 1.0, 1.0, 1.0])
+
+
+def test_muon_adam_groups_and_momentum_warmup():
+    model = build_model(ModdedModelConfig(vocab_size=40, n_layer=2, d_model=16, n_head=2, head_dim=8))
+    opts = Optimizers(MuonAdamConfig(), model, total_steps=1000)
+    muon, adam = opts.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adam, torch.optim.Adam)
+    assert all(p.ndim == 2 for p in muon.param_groups[0]["params"])
+    rates = opts.set_step(0)
+    assert rates == pytest.approx({"muon": 0.05, "head": 0.008, "embed": 0.6, "scalar": 0.04})
+    assert muon.param_groups[0]["momentum"] == pytest.approx(0.85)
+    opts.set_step(150)
+    assert muon.param_groups[0]["momentum"] == pytest.approx(0.90)
+    rates = opts.set_step(900)
+    assert muon.param_groups[0]["momentum"] == pytest.approx(0.95)
+    assert rates["muon"] == pytest.approx(0.05 * lr_multiplier(900, 1000, ScheduleConfig()))
+    assert adam.defaults["betas"] == (0.8, 0.95) and adam.defaults["eps"] == 1e-10
+
+
+def test_adamw_decays_matrices_only_and_adam_is_constant_by_default():
+    model = build_model(GPT2ModelConfig(vocab_size=40, n_layer=1, d_model=16, n_head=2, max_seq_len=8))
+    (adamw,) = Optimizers(AdamWConfig(), model, 100).optimizers
+    decay = {g["name"]: g["weight_decay"] for g in adamw.param_groups}
+    assert decay == {"decay": 0.1, "no_decay": 0.0}
+    mlp_opts = Optimizers(AdamConfig(), build_model(MLPModelConfig()), 100)
+    assert mlp_opts.set_step(99) == {"all": 0.01}
+
+
+def test_muon_adam_refuses_a_model_without_its_groups():
+    with pytest.raises(ValueError, match="muon_adam needs the modded model"):
+        Optimizers(MuonAdamConfig(), build_model(MLPModelConfig()), 10)
