@@ -216,12 +216,49 @@ class ScaleSpec(StrictModel):
     methods: dict[str, dict[str, Any]] = {}
 
 
+class TableMetric(StrictModel):
+    """One row of an experiment's table.md: a headline metric of summary.json, per method."""
+
+    key: str  # a key of summary.json's "metrics", or a top-level field such as "phase_changes"
+    label: str
+    paper: dict[str, float | str] = {}  # the paper's value per method, where it gives one
+
+
+class ClaimSpec(StrictModel):
+    """One row of CLAIMS.md (PAPER.md section 8), judged from paired seeds.
+
+    kind "relative": the per-seed relative change (method - baseline) / baseline of ``metric``;
+    reproduced when its 95 % interval excludes 0 on the side of ``direction``.
+    kind "at_least": the value of ``metric`` in ``method`` runs; reproduced when the lower end of its
+    95 % interval is at least ``threshold``, opposite when the upper end is below it.
+    """
+
+    id: str
+    claim: str
+    metric: str
+    kind: Literal["relative", "at_least"] = "relative"
+    method: str = "gapt"
+    baseline: str = "ce"
+    direction: Literal["decrease", "increase"] = "decrease"
+    threshold: float | None = None
+    paper_value: str  # as the paper states it, e.g. "-4.8 %"
+    figure: str | None = None  # a file under results/<scale>/<experiment>/
+
+
+class PaperSpec(StrictModel):
+    table: list[TableMetric] = []
+    claims: list[ClaimSpec] = []
+
+
 class ExperimentSpec(StrictModel):
     """The schema of ``experiments/<name>/config.yaml``."""
 
     experiment: str
     description: str = ""
-    paper: dict[str, Any] = {}  # the paper's numbers, for tables and claims
+    paper: PaperSpec = PaperSpec()  # the paper's numbers, for tables and claims
+    # data sets prepared once before any run (name -> the preparation's own options); a run names the
+    # one it reads in its task config, and finds it under the --data-root of the train command
+    datasets: dict[str, dict[str, Any]] = {}
     defaults: dict[str, Any] = {}
     methods: dict[str, dict[str, Any]]
     scales: dict[str, ScaleSpec]
@@ -256,6 +293,7 @@ def _known_keys() -> set[str]:
     from replication.tasks import task_config_classes
 
     classes = [RunConfig, ExperimentSpec, ScaleSpec, ObjectiveConfig, TrainConfig, AlignmentConfig, ScheduleConfig]
+    classes += [PaperSpec, ClaimSpec, TableMetric]
     classes += [*_MODEL_CLASSES, *_OPTIM_CLASSES, *task_config_classes()]
     keys = {name for cls in classes for name in cls.model_fields}
     return keys | set(GaptConfig.__dataclass_fields__)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
 import sys
@@ -118,20 +119,29 @@ def _check_config(config: RunConfig, method_name: str) -> None:
         )
 
 
-def train(config: RunConfig, run_dir: str | Path, *, show_progress: bool | None = None) -> dict[str, Any]:
+def train(
+    config: RunConfig, run_dir: str | Path, *, data_root: str | Path | None = None, show_progress: bool | None = None
+) -> dict[str, Any]:
     """Train one run into run_dir (resuming from its checkpoint if there is one); returns the summary."""
     summary_path = Path(run_dir) / SUMMARY_NAME
     if summary_path.exists():
         print(f"{run_dir}: already finished ({SUMMARY_NAME} exists); not retraining", file=sys.stderr)
         return json.loads(summary_path.read_text())
-    return Trainer(config, run_dir, show_progress=show_progress).run()
+    return Trainer(config, run_dir, data_root=data_root, show_progress=show_progress).run()
 
 
 class Trainer:
     """One run: built from its config, then ``run()`` once. The model, controller and task stay
     readable afterwards (tests and benchmarks use them)."""
 
-    def __init__(self, config: RunConfig, run_dir: str | Path, *, show_progress: bool | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path,
+        *,
+        data_root: str | Path | None = None,
+        show_progress: bool | None = None,
+    ):
         _check_config(config, config.method)
         self.config, self.run_dir = config, Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +151,9 @@ class Trainer:
         self.method = METHODS[config.method]
         device = ctx.device
         _seed_everything(config.seed)
-        self.task = build_task(config, device, rank=ctx.rank, world_size=ctx.world_size)
+        self.task = build_task(
+            config, device, rank=ctx.rank, world_size=ctx.world_size, data_root=None if data_root is None else Path(data_root)
+        )
         self.model = build_model(config.model).to(device)
         self.task.init_model(self.model)
         self.plan = plan_layers(config.objective, self.method, self.model.n_blocks)
@@ -342,7 +354,6 @@ class Trainer:
         summary: dict[str, Any] = {}
         if self.ctx.is_main:
             records = read_metrics(self.run_dir / METRICS_NAME)
-            evals = [r for r in records if r["kind"] == "eval"]
             changes = [r for r in records if r.get("event") == "phase_change"]
             summary = {
                 "experiment": self.config.experiment,
@@ -355,7 +366,8 @@ class Trainer:
                 "tokens": self.config.train.steps * self.units_per_step,
                 "world_size": self.ctx.world_size,
                 "main_loss": self.task.main_loss_name,
-                "metrics": self.task.summarize(evals),
+                "metrics": self.task.summarize(records),
+                "data_root": str(self.task.data_root),
                 "gated": self.method.gated,
                 "phase_changes": len(changes),
                 "phase_change_steps": [c["step"] for c in changes],
@@ -378,6 +390,10 @@ class Trainer:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m replication.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", type=Path, help="RUN_DIR/config.yaml, a resolved run config")
+    parser.add_argument(
+        "--data-root", type=Path, default=Path(os.environ.get("REPLICATION_DATA_ROOT", "data")),
+        help="where prepared data sets live (default: $REPLICATION_DATA_ROOT or ./data)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
     args = parser.parse_args(argv)
@@ -386,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     show = {"auto": None, "bar": True, "lines": False}[args.progress]
     try:
         config = load_run_config(args.config)
-        train(config, args.config.parent, show_progress=show)
+        train(config, args.config.parent, data_root=args.data_root, show_progress=show)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ when an experiment asks for it.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -46,5 +47,7 @@ def task_config_classes() -> list[type[TaskConfig]]:
     return classes
 
 
-def build_task(config: RunConfig, device: torch.device, rank: int = 0, world_size: int = 1) -> Task:
-    return _module(config.task.name).Task(config, device, rank=rank, world_size=world_size)
+def build_task(
+    config: RunConfig, device: torch.device, rank: int = 0, world_size: int = 1, data_root: Path | None = None
+) -> Task:
+    return _module(config.task.name).Task(config, device, rank=rank, world_size=world_size, data_root=data_root)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -38,11 +39,19 @@ class Task(ABC):
 
     main_loss_name: ClassVar[str] = "ce"  # the key of the main loss in metrics: train/<name>
 
-    def __init__(self, config: RunConfig, device: torch.device, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        config: RunConfig,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        data_root: Path | None = None,
+    ):
         self.config = config
         self.device = device
         self.rank = rank
         self.world_size = world_size
+        self.data_root = Path("data") if data_root is None else Path(data_root)  # prepared data lives here
 
     @property
     @abstractmethod
@@ -69,12 +78,13 @@ class Task(ABC):
     def init_model(self, model: ReplicationModel) -> None:
         """Hook for tasks that prescribe the initial weights (experiment 3 starts at theta_0)."""
 
-    def summarize(self, evals: list[dict[str, Any]]) -> dict[str, Any]:
-        """Headline metrics of a finished run from its evaluation records (oldest first).
+    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Headline metrics of a finished run from all its metrics.jsonl records (oldest first).
 
         Default: every scalar metric of the last evaluation as ``final/<key>``, and the best (lowest)
         value of the main validation loss as ``best/<key>``.
         """
+        evals = [r for r in records if r["kind"] == "eval"]
         if not evals:
             return {}
         last = evals[-1]

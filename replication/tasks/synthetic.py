@@ -29,8 +29,8 @@ class Config(TaskConfig):
 class Task(LanguageTask):
     separator = 0
 
-    def __init__(self, config, device, rank=0, world_size=1):
-        super().__init__(config, device, rank, world_size)
+    def __init__(self, config, device, rank=0, world_size=1, data_root=None):
+        super().__init__(config, device, rank, world_size, data_root)
         cfg: Config = config.task
         if cfg.vocab_size > getattr(config.model, "vocab_size", cfg.vocab_size):
             raise ValueError(f"task vocabulary {cfg.vocab_size} exceeds the model's {config.model.vocab_size}")
