@@ -245,6 +245,25 @@ class ClaimSpec(StrictModel):
     figure: str | None = None  # a file under results/<scale>/<experiment>/
 
 
+class FigureSpec(StrictModel):
+    """One figure of an experiment, drawn from its CSVs alone (``replication.figures``).
+
+    kinds: ``curves`` (the curves.csv ``metrics`` against step, one panel per metric and method,
+    compress phases shaded), ``mbe_by_layer`` (the per-layer eval ``metric`` at the last evaluation),
+    ``rq1_alignment`` (alignment.csv: cosine against step per layer with the noise baseline),
+    ``by_digits`` (summary metrics ``<prefix><digits>`` for every ``prefixes`` entry),
+    ``by_method`` (summary ``metrics`` per method with the seed spread).
+    """
+
+    kind: Literal["curves", "mbe_by_layer", "rq1_alignment", "by_digits", "by_method"]
+    file: str  # file stem: <file>.png and <file>.pdf under results/<scale>/<experiment>/
+    title: str = ""
+    metrics: list[str] = []
+    metric: str | None = None
+    prefixes: list[str] = []
+    caption: str = ""
+
+
 class PaperSpec(StrictModel):
     table: list[TableMetric] = []
     claims: list[ClaimSpec] = []
@@ -256,6 +275,7 @@ class ExperimentSpec(StrictModel):
     experiment: str
     description: str = ""
     paper: PaperSpec = PaperSpec()  # the paper's numbers, for tables and claims
+    figures: list[FigureSpec] = []
     # data sets prepared once before any run (name -> the preparation's own options); a run names the
     # one it reads in its task config, and finds it under the --data-root of the train command
     datasets: dict[str, dict[str, Any]] = {}
@@ -293,7 +313,7 @@ def _known_keys() -> set[str]:
     from replication.tasks import task_config_classes
 
     classes = [RunConfig, ExperimentSpec, ScaleSpec, ObjectiveConfig, TrainConfig, AlignmentConfig, ScheduleConfig]
-    classes += [PaperSpec, ClaimSpec, TableMetric]
+    classes += [PaperSpec, ClaimSpec, TableMetric, FigureSpec]
     classes += [*_MODEL_CLASSES, *_OPTIM_CLASSES, *task_config_classes()]
     keys = {name for cls in classes for name in cls.model_fields}
     return keys | set(GaptConfig.__dataclass_fields__)

@@ -1,0 +1,215 @@
+"""All runs of one experiment at one scale -> tidy CSVs and table.md.
+
+    python -m replication.aggregate experiments/NAME/config.yaml --scale S --runs runs --out results/S/NAME
+
+reads ``runs/NAME/S/<method>/seed<seed>/{summary.json,metrics.jsonl}`` of the experiment's methods
+and the scale's seeds, and writes into ``--out``:
+- ``summary.csv``: one row per (method, seed, metric): every headline metric of summary.json and its
+  top-level counts (phase_changes, compress_steps, nonfinite_steps, wall_time_s, ...);
+- ``runs.csv``: one row per run with its provenance (git commit, versions, device, wall time);
+- ``curves.csv``: evaluation records (every scalar, per-layer values with a ``layer`` column) and
+  training records thinned to at most ``--max-train-points`` per run;
+- ``phases.csv``: the phase intervals of every run, for shading;
+- ``alignment.csv``: the RQ1 gradient-alignment records, where runs logged them;
+- ``table.md``: mean ± std per method beside the paper's values, and the per-seed paired relative
+  change against ``ce`` with its 95 % t interval and n.
+Nothing here reads logs or stdout: only what the runs wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tabulate import tabulate
+
+from replication.config import ConfigError, ExperimentSpec, load_experiment
+from replication.runio import read_metrics
+from replication.stats import paired_relative_changes, t_interval
+
+TOP_LEVEL = ("phase_changes", "compress_steps", "nonfinite_steps", "wall_time_s", "tokens", "steps", "peak_memory_bytes")
+PROVENANCE = ("git_commit", "git_dirty", "torch", "python", "device", "device_name", "torch_threads")
+TRAIN_KEYS_SKIPPED = {"kind", "step", "tokens", "phase", "lr", "window", "step_time", "time", "s_m", "s_c"}
+
+
+def run_dir(runs: Path, experiment: str, scale: str, method: str, seed: int) -> Path:
+    return runs / experiment / scale / method / f"seed{seed}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def collect(spec: ExperimentSpec, scale: str, runs: Path, methods: list[str], seeds: list[int]) -> dict[str, pd.DataFrame]:
+    summary_rows, run_rows, curve_rows, phase_rows, align_rows = [], [], [], [], []
+    missing = []
+    for method in methods:
+        for seed in seeds:
+            folder = run_dir(runs, spec.experiment, scale, method, seed)
+            path = folder / "summary.json"
+            if not path.exists():
+                missing.append(str(path))
+                continue
+            summary = json.loads(path.read_text())
+            key = {"method": method, "seed": seed}
+            for metric, value in summary["metrics"].items():
+                if _is_number(value):
+                    summary_rows.append({**key, "metric": metric, "value": float(value)})
+            for metric in TOP_LEVEL:
+                if _is_number(summary.get(metric)):
+                    summary_rows.append({**key, "metric": metric, "value": float(summary[metric])})
+            prov = summary.get("provenance", {})
+            run_rows.append(
+                {**key, "run_dir": str(folder), **{k: prov.get(k) for k in PROVENANCE},
+                 "world_size": summary.get("world_size"), "wall_time_s": summary.get("wall_time_s"),
+                 "peak_memory_bytes": summary.get("peak_memory_bytes"), "finished_at": summary.get("finished_at"),
+                 "resumes": summary.get("resumes")}
+            )  # fmt: skip
+            records = read_metrics(folder / "metrics.jsonl")
+            curve_rows += _curve_rows(key, records, summary["steps"])
+            phase_rows += _phase_rows(key, records)
+            align_rows += _alignment_rows(key, records)
+    if missing:
+        raise FileNotFoundError("runs without a summary.json (unfinished or never run):\n  " + "\n  ".join(missing))
+    frames = {
+        "summary": pd.DataFrame(summary_rows, columns=["method", "seed", "metric", "value"]),
+        "runs": pd.DataFrame(run_rows),
+        "curves": pd.DataFrame(curve_rows, columns=["method", "seed", "kind", "step", "tokens", "metric", "layer", "value"]),
+        "phases": pd.DataFrame(phase_rows, columns=["method", "seed", "phase", "start_step", "end_step"]),
+        "alignment": pd.DataFrame(
+            align_rows, columns=["method", "seed", "step", "layer", "cos", "noise_cos", "norm_ce", "norm_mbe"]
+        ),
+    }
+    for frame in frames.values():
+        frame.insert(0, "scale", scale)
+        frame.insert(0, "experiment", spec.experiment)
+    return frames
+
+
+def _curve_rows(key: dict, records: list[dict], steps: int, max_train_points: int = 250) -> list[dict]:
+    rows = []
+    stride = max(1, steps // max_train_points)
+    for r in records:
+        if r["kind"] == "eval" or (r["kind"] == "train" and (r["step"] % stride == 0 or r["step"] == steps - 1)):
+            base = {**key, "kind": r["kind"], "step": r["step"], "tokens": r.get("tokens")}
+            for metric, value in r.items():
+                if metric in TRAIN_KEYS_SKIPPED:
+                    continue
+                if _is_number(value):
+                    rows.append({**base, "metric": metric, "layer": None, "value": float(value)})
+                elif isinstance(value, list) and value and all(_is_number(v) for v in value):
+                    rows += [{**base, "metric": metric, "layer": i, "value": float(v)} for i, v in enumerate(value)]
+    return rows
+
+
+def _phase_rows(key: dict, records: list[dict]) -> list[dict]:
+    rows: list[dict] = []
+    for r in records:
+        if r["kind"] != "train":
+            continue
+        if rows and rows[-1]["phase"] == r["phase"] and rows[-1]["end_step"] == r["step"]:
+            rows[-1]["end_step"] = r["step"] + 1
+        else:
+            rows.append({**key, "phase": r["phase"], "start_step": r["step"], "end_step": r["step"] + 1})
+    return rows
+
+
+def _alignment_rows(key: dict, records: list[dict]) -> list[dict]:
+    rows = []
+    for r in records:
+        if r["kind"] != "alignment":
+            continue
+        for layer, cos, norm in zip(r["align/layers"], r["align/cos"], r["align/norm_mbe"]):
+            rows.append({**key, "step": r["step"], "layer": layer, "cos": cos, "noise_cos": r["align/noise_cos"],
+                         "norm_ce": r["align/norm_ce"], "norm_mbe": norm})  # fmt: skip
+    return rows
+
+
+def metric_table(spec: ExperimentSpec, summary: pd.DataFrame, methods: list[str]) -> tuple[str, str]:
+    """The two markdown tables: values per method, and paired relative changes against ce."""
+    values_rows, change_rows = [], []
+    for row in spec.paper.table:
+        data = summary[summary.metric == row.key]
+        cells = []
+        for method in methods:
+            x = data[data.method == method].value
+            cells.append(f"{x.mean():.4g} ± {x.std(ddof=1):.2g}" if len(x) > 1 else (f"{x.mean():.4g}" if len(x) else "n/a"))
+        paper = ", ".join(f"{m} {v}" for m, v in row.paper.items()) or "—"
+        values_rows.append([row.label, paper, *cells])
+        if "ce" not in methods:
+            continue
+        by_seed = {m: dict(zip(data[data.method == m].seed, data[data.method == m].value)) for m in methods}
+        changes = []
+        for method in methods:
+            if method == "ce":
+                continue
+            est = t_interval(paired_relative_changes(by_seed[method], by_seed["ce"]))
+            changes.append(est.format_percent())
+        claimed = [c.paper_value for c in spec.paper.claims if c.metric == row.key and c.baseline == "ce" and c.kind == "relative"]
+        change_rows.append([row.label, "; ".join(claimed) or "—", *changes])
+    values = tabulate(values_rows, headers=["metric", "paper", *methods], tablefmt="github")
+    changes = tabulate(change_rows, headers=["metric", "paper", *[m for m in methods if m != "ce"]], tablefmt="github")
+    return values, changes
+
+
+def write_table(spec: ExperimentSpec, scale: str, frames: dict[str, pd.DataFrame], methods: list[str], out: Path) -> None:
+    runs = frames["runs"]
+    values, changes = metric_table(spec, frames["summary"], methods)
+    commits = sorted({str(c)[:12] for c in runs.git_commit.dropna()}) if "git_commit" in runs else []
+    dirty = bool(runs.git_dirty.fillna(False).any()) if "git_dirty" in runs else False
+    seeds = sorted(set(runs.seed)) if len(runs) else []
+    scale_note = spec.scales[scale].description.strip()
+    lines = [
+        f"# {spec.experiment} at `{scale}` scale",
+        "",
+        *([scale_note, ""] if scale_note else []),
+        f"{len(runs)} runs: methods {', '.join(methods)}; seeds {', '.join(map(str, seeds))}. "
+        f"Code: commit {', '.join(commits) or 'unknown'}{' (uncommitted changes present)' if dirty else ''}. "
+        "Provenance of every run: `runs.csv`.",
+        "",
+        "## Values (mean ± std over seeds)",
+        "",
+        values,
+        "",
+        "## Change against `ce` (per-seed paired relative change: mean [95 % t interval] (n seeds))",
+        "",
+        changes,
+        "",
+    ]
+    if scale == "smoke":
+        lines += ["Smoke runs prove the pipeline; their numbers are not evidence for or against the paper.", ""]
+    (out / "table.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m replication.aggregate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", type=Path, help="experiments/NAME/config.yaml")
+    parser.add_argument("--scale", required=True)
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--methods", nargs="*", help="default: every method of the experiment")
+    parser.add_argument("--seeds", nargs="*", type=int, help="default: the scale's seeds")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_experiment(args.experiment)
+        if args.scale not in spec.scales:
+            raise ConfigError(f"{args.experiment} has no scale {args.scale!r}")
+        methods = args.methods or list(spec.methods)
+        seeds = args.seeds or spec.scales[args.scale].seeds
+        frames = collect(spec, args.scale, args.runs, methods, seeds)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, frame in frames.items():
+        frame.to_csv(args.out / f"{name}.csv", index=False)
+    write_table(spec, args.scale, frames, methods, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

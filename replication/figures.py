@@ -1,0 +1,207 @@
+"""Figures of one experiment, drawn from its tidy CSVs alone (PNG and PDF).
+
+    python -m replication.figures experiments/NAME/config.yaml --results results/SCALE/NAME
+
+draws every figure the experiment's ``figures:`` section lists (see ``config.FigureSpec``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from replication.config import ConfigError, ExperimentSpec, FigureSpec, load_experiment  # noqa: E402
+
+METHOD_ORDER = ["ce", "ce_mbe", "gapt", "gapt_joint"]
+COMPRESS_COLOR = "0.45"  # grey: no method colour is grey
+
+
+def _methods(frame: pd.DataFrame) -> list[str]:
+    present = set(frame.method)
+    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
+
+
+def _palette(methods: list[str]) -> dict[str, tuple]:
+    colors = sns.color_palette("colorblind", n_colors=max(len(METHOD_ORDER), len(methods)))
+    return {m: colors[METHOD_ORDER.index(m) if m in METHOD_ORDER else i] for i, m in enumerate(methods)}
+
+
+def _save(fig: plt.Figure, results: Path, stem: str, title: str) -> list[Path]:
+    if title:
+        fig.suptitle(title)
+    if not fig.get_layout_engine():
+        fig.tight_layout()
+    paths = [results / f"{stem}.png", results / f"{stem}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def _shade_compress(ax: plt.Axes, phases: pd.DataFrame, method: str) -> None:
+    """Compress intervals of every seed, each at alpha 0.3 / seeds: dark where all seeds compress."""
+    rows = phases[(phases.method == method) & (phases.phase == "compress")]
+    n_seeds = max(phases[phases.method == method].seed.nunique(), 1)
+    for row in rows.itertuples():
+        ax.axvspan(row.start_step, row.end_step, color=COMPRESS_COLOR, alpha=0.3 / n_seeds, lw=0)
+
+
+def curves(spec: FigureSpec, curves_df: pd.DataFrame, phases: pd.DataFrame, results: Path) -> list[Path]:
+    data = curves_df[curves_df.metric.isin(spec.metrics) & curves_df.layer.isna()]
+    if data.empty:
+        raise ConfigError(f"figure {spec.file}: curves.csv has none of the metrics {spec.metrics}")
+    methods = _methods(data)
+    metrics = [m for m in spec.metrics if m in set(data.metric)]
+    palette = _palette(methods)
+    fig, axes = plt.subplots(len(metrics), len(methods), figsize=(3.2 * len(methods), 2.4 * len(metrics)),
+                             sharex=True, sharey="row", squeeze=False)  # fmt: skip
+    for i, metric in enumerate(metrics):
+        for j, method in enumerate(methods):
+            ax = axes[i, j]
+            _shade_compress(ax, phases, method)
+            panel = data[(data.metric == metric) & (data.method == method)]
+            for _, seed_rows in panel.groupby("seed"):
+                ax.plot(seed_rows.step, seed_rows.value, color=palette[method], alpha=0.25, lw=0.8)
+            mean = panel.groupby("step").value.mean()
+            ax.plot(mean.index, mean.values, color=palette[method], lw=1.8)
+            if i == 0:
+                ax.set_title(method)
+            if j == 0:
+                ax.set_ylabel(metric)
+            if i == len(metrics) - 1:
+                ax.set_xlabel("optimizer step")
+    fig.text(0.99, 0.005, "shaded: compress phase (darker = more seeds); thin: seeds, thick: mean",
+             ha="right", va="bottom", fontsize=7, color="0.35")  # fmt: skip
+    return _save(fig, results, spec.file, spec.title)
+
+
+def mbe_by_layer(spec: FigureSpec, curves_df: pd.DataFrame, results: Path) -> list[Path]:
+    data = curves_df[(curves_df.metric == spec.metric) & curves_df.layer.notna()]
+    if data.empty:
+        raise ConfigError(f"figure {spec.file}: curves.csv has no per-layer metric {spec.metric!r}")
+    last = data[data.step == data.groupby(["method", "seed"]).step.transform("max")]
+    methods = _methods(last)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    sns.lineplot(last, x="layer", y="value", hue="method", hue_order=methods, palette=_palette(methods),
+                 errorbar=("ci", 95), marker="o", ax=ax)  # fmt: skip
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_xlabel("block")
+    ax.set_ylabel(f"{spec.metric} (last evaluation)")
+    ax.set_xticks(sorted(last.layer.unique().astype(int)))
+    return _save(fig, results, spec.file, spec.title)
+
+
+def rq1_alignment(spec: FigureSpec, alignment: pd.DataFrame, results: Path) -> list[Path]:
+    if alignment.empty:
+        raise ConfigError(f"figure {spec.file}: alignment.csv is empty (no run logged gradient alignment)")
+    layers = sorted(alignment.layer.unique())
+    cols = min(4, len(layers))
+    rows = int(np.ceil(len(layers) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), sharex=True, sharey=True, squeeze=False)
+    noise = alignment.drop_duplicates(["method", "seed", "step"])
+    for ax, layer in zip(axes.flat, layers):
+        panel = alignment[alignment.layer == layer]
+        sns.lineplot(noise, x="step", y="noise_cos", color="0.6", errorbar=("ci", 95), ax=ax, label="noise baseline")
+        sns.lineplot(panel, x="step", y="cos", color="tab:blue", errorbar=("ci", 95), ax=ax, label="cos(∇CE, ∇MBE)")
+        ax.axhline(0.0, color="k", lw=0.6)
+        ax.set_title(f"block {int(layer)}")
+        ax.set_ylabel("cosine")
+        ax.get_legend().remove()
+    for ax in list(axes.flat)[len(layers):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return _save(fig, results, spec.file, spec.title)
+
+
+def by_digits(spec: FigureSpec, summary: pd.DataFrame, results: Path) -> list[Path]:
+    frames = []
+    for prefix in spec.prefixes:
+        pattern = re.compile(re.escape(prefix) + r"(\d+)$")
+        rows = summary[summary.metric.str.match(pattern)].copy()
+        rows["digits"] = rows.metric.str.extract(pattern, expand=False).astype(int)
+        rows["split"] = prefix
+        frames.append(rows)
+    data = pd.concat(frames) if frames else pd.DataFrame()
+    if data.empty:
+        raise ConfigError(f"figure {spec.file}: summary.csv has no metric starting with {spec.prefixes}")
+    methods = _methods(data)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    sns.pointplot(data, x="digits", y="value", hue="method", hue_order=methods, palette=_palette(methods),
+                  errorbar=("ci", 95), dodge=0.4, ax=ax)  # fmt: skip
+    sns.stripplot(data, x="digits", y="value", hue="method", hue_order=methods, palette=_palette(methods),
+                  dodge=True, alpha=0.35, size=3, legend=False, ax=ax)  # fmt: skip
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_xlabel("operand digits")
+    ax.set_ylabel("exact match")
+    return _save(fig, results, spec.file, spec.title)
+
+
+def by_method(spec: FigureSpec, summary: pd.DataFrame, results: Path) -> list[Path]:
+    data = summary[summary.metric.isin(spec.metrics)]
+    if data.empty:
+        raise ConfigError(f"figure {spec.file}: summary.csv has none of {spec.metrics}")
+    methods = _methods(data)
+    metrics = [m for m in spec.metrics if m in set(data.metric)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        panel = data[data.metric == metric]
+        sns.stripplot(panel, x="method", y="value", order=methods, hue="method", hue_order=methods,
+                      palette=_palette(methods), alpha=0.45, size=4, legend=False, ax=ax)  # fmt: skip
+        sns.pointplot(panel, x="method", y="value", order=methods, color="k", errorbar=("ci", 95),
+                      linestyle="none", markers="D", markersize=4, ax=ax)  # fmt: skip
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        ax.tick_params(axis="x", rotation=30)
+    fig.text(0.99, 0.005, "dots: seeds; black: mean with 95 % interval", ha="right", va="bottom", fontsize=7, color="0.35")
+    return _save(fig, results, spec.file, spec.title)
+
+
+def draw(spec: ExperimentSpec, results: Path) -> list[Path]:
+    sns.set_theme(style="whitegrid", context="paper")
+
+    def read(name: str) -> pd.DataFrame:
+        return pd.read_csv(results / f"{name}.csv")
+
+    written = []
+    for figure in spec.figures:
+        if figure.kind == "curves":
+            written += curves(figure, read("curves"), read("phases"), results)
+        elif figure.kind == "mbe_by_layer":
+            written += mbe_by_layer(figure, read("curves"), results)
+        elif figure.kind == "rq1_alignment":
+            written += rq1_alignment(figure, read("alignment"), results)
+        elif figure.kind == "by_digits":
+            written += by_digits(figure, read("summary"), results)
+        else:
+            written += by_method(figure, read("summary"), results)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m replication.figures", description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", type=Path, help="experiments/NAME/config.yaml")
+    parser.add_argument("--results", type=Path, required=True, help="results/SCALE/NAME, holding the CSVs")
+    args = parser.parse_args(argv)
+    try:
+        draw(load_experiment(args.experiment), args.results)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+import json
+import math
+
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats as scipy_stats
+
+from replication import aggregate, claims, figures
+from replication.config import load_experiment
+from replication.stats import paired_relative_changes, t_interval, verdict_at_least, verdict_relative
+
+SEEDS = [0, 1, 2, 3]
+CE = {0: 3.0, 1: 3.1, 2: 3.2, 3: 3.3}
+EXPERIMENT = {
+    "experiment": "demo",
+    "paper": {
+        "table": [
+            {"key": "final/val/ce", "label": "final CE", "paper": {"ce": 3.30, "gapt": 3.14}},
+            {"key": "final/val/mbe", "label": "MBE"},
+            {"key": "phase_changes", "label": "phase changes"},
+        ],
+        "claims": [
+            {"id": "C2", "claim": "CE drops", "metric": "final/val/ce", "paper_value": "-4.8 %", "figure": "curves.png"},
+            {"id": "C3", "claim": "MBE drops", "metric": "final/val/mbe", "paper_value": "-50 %"},
+            {"id": "C9", "claim": "noise", "metric": "final/val/noisy", "direction": "increase", "paper_value": "+1 %"},
+            {"id": "C7", "claim": "phases alternate", "kind": "at_least", "metric": "phase_changes", "threshold": 2,
+             "paper_value": ">= 2"},
+        ],
+    },
+    "figures": [
+        {"kind": "curves", "file": "curves", "metrics": ["train/ce", "val/ce"]},
+        {"kind": "mbe_by_layer", "file": "mbe_by_layer", "metric": "val/mbe_by_layer"},
+        {"kind": "rq1_alignment", "file": "rq1"},
+        {"kind": "by_digits", "file": "digits", "prefixes": ["final/ood/exact_match/digits_"]},
+        {"kind": "by_method", "file": "phases", "metrics": ["phase_changes", "final/val/mbe"]},
+    ],
+    "defaults": {},
+    "methods": {"ce": {}, "gapt": {}},
+    "scales": {"smoke": {"seeds": SEEDS}, "cpu": {"seeds": SEEDS, "description": "a small model"}},
+}  # fmt: skip
+
+
+def fake_run(folder, method, seed):
+    """A run folder as the loop writes it, with metric values chosen so every verdict is known."""
+    folder.mkdir(parents=True)
+    gapt = method == "gapt"
+    ce = CE[seed] * (0.98 if gapt else 1.0)  # exactly -2 % for every seed
+    mbe = 1.0 * ((1.10, 1.12, 1.08, 1.11)[seed] if gapt else 1.0)  # +8..12 %: the opposite of the claim
+    noisy = 2.0 * ((1.05, 0.95, 1.03, 0.96)[seed] if gapt else 1.0)  # straddles zero
+    phase_changes = (3, 4, 3, 4)[seed] if gapt else 0
+    metrics = {"final/val/ce": ce, "final/val/mbe": mbe, "final/val/noisy": noisy}
+    metrics.update({f"final/ood/exact_match/digits_{d}": 1.0 / d for d in (4, 5, 6)})
+    summary = {"metrics": metrics, "phase_changes": phase_changes, "compress_steps": 5 if gapt else 0, "steps": 20,
+               "tokens": 640, "wall_time_s": 1.5, "world_size": 1, "provenance": {"git_commit": "abc123", "git_dirty": False}}  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary))
+    records = []
+    for step in range(20):
+        phase = "compress" if gapt and 5 <= step < 10 else "memorize"
+        records.append({"kind": "train", "step": step, "tokens": 32 * (step + 1), "phase": phase, "train/ce": 4 - step / 10,
+                        "train/mbe_by_layer": [1.0, 2.0], "lr": {"muon": 0.05}, "time": step})  # fmt: skip
+        if step % 10 == 0:
+            records.append({"kind": "eval", "step": step, "tokens": 32 * step, "val/ce": 4 - step / 10,
+                            "val/mbe_by_layer": [1.0 + seed / 10, 2.0]})  # fmt: skip
+            if method == "ce":
+                records.append({"kind": "alignment", "step": step, "align/layers": [0, 1], "align/cos": [0.1, -0.2],
+                                "align/norm_mbe": [1.0, 2.0], "align/norm_ce": 3.0, "align/noise_cos": 0.05})  # fmt: skip
+    (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+@pytest.fixture
+def results(tmp_path):
+    (tmp_path / "experiments" / "demo").mkdir(parents=True)
+    config = tmp_path / "experiments" / "demo" / "config.yaml"
+    config.write_text(yaml.safe_dump(EXPERIMENT))
+    for method in ("ce", "gapt"):
+        for seed in SEEDS:
+            fake_run(tmp_path / "runs" / "demo" / "cpu" / method / f"seed{seed}", method, seed)
+    out = tmp_path / "results" / "cpu" / "demo"
+    assert aggregate.main([str(config), "--scale", "cpu", "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    return config, out
+
+
+def test_t_interval_matches_scipy():
+    values = [0.1, -0.3, 0.25, 0.05, 0.2]
+    est = t_interval(values)
+    low, high = scipy_stats.t.interval(0.95, df=4, loc=pd.Series(values).mean(), scale=scipy_stats.sem(values))
+    assert (est.low, est.high, est.n) == (pytest.approx(low), pytest.approx(high), 5)
+    assert t_interval([1.0]).low is None and t_interval([]).n == 0
+    assert t_interval([1.0, math.nan, 3.0]).n == 2
+
+
+def test_paired_changes_use_only_seeds_both_methods_have():
+    assert paired_relative_changes({0: 1.1, 1: 2.0, 5: 9.0}, {0: 1.0, 1: 2.5, 2: 3.0}) == pytest.approx([0.1, -0.2])
+    assert paired_relative_changes({0: 1.0}, {0: 0.0}) == []  # no relative change against zero
+
+
+def test_verdicts():
+    down = t_interval([-0.05, -0.04, -0.06])
+    assert verdict_relative(down, "decrease") == "reproduced" and verdict_relative(down, "increase") == "opposite"
+    assert verdict_relative(t_interval([-0.05, 0.04, 0.01]), "decrease") == "inconclusive"
+    assert verdict_relative(t_interval([-0.05]), "decrease") == "inconclusive"  # one seed is never a verdict
+    assert verdict_at_least(t_interval([3, 4, 3, 4]), 2) == "reproduced"
+    assert verdict_at_least(t_interval([0, 1, 0, 1]), 2) == "opposite"
+    assert verdict_at_least(t_interval([1, 4, 0, 5]), 2) == "inconclusive"
+
+
+def test_aggregate_writes_tidy_tables(results):
+    _, out = results
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary.columns) == {"experiment", "scale", "method", "seed", "metric", "value"}
+    gapt_ce = summary[(summary.method == "gapt") & (summary.metric == "final/val/ce")].sort_values("seed")
+    assert list(gapt_ce.value) == pytest.approx([0.98 * CE[s] for s in SEEDS])
+    assert set(summary[summary.metric == "phase_changes"].value) == {0, 3, 4}
+    phases = pd.read_csv(out / "phases.csv")
+    gapt0 = phases[(phases.method == "gapt") & (phases.seed == 0)]
+    assert list(zip(gapt0.phase, gapt0.start_step, gapt0.end_step)) == [("memorize", 0, 5), ("compress", 5, 10), ("memorize", 10, 20)]
+    curves = pd.read_csv(out / "curves.csv")
+    per_layer = curves[(curves.metric == "val/mbe_by_layer") & (curves.method == "ce") & (curves.seed == 2)]
+    assert sorted(per_layer.layer.unique()) == [0, 1] and per_layer[per_layer.layer == 0].value.iloc[0] == pytest.approx(1.2)
+    assert "lr" not in set(curves.metric)
+    alignment = pd.read_csv(out / "alignment.csv")
+    assert set(alignment.method) == {"ce"} and len(alignment) == 4 * 2 * 2  # seeds x evaluations x layers
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 8 and set(runs.git_commit) == {"abc123"}
+
+
+def test_table_puts_the_paper_beside_ours_and_the_paired_change(results):
+    table = (results[1] / "table.md").read_text()
+    assert "ce 3.3, gapt 3.14" in table  # the paper's values
+    assert "-2.0 % [-2.0, -2.0] (n=4)" in table  # gapt vs ce, identical change on every seed
+    assert "-4.8 %" in table and "a small model" in table and "abc123" in table
+
+
+def test_claims_verdicts(results, tmp_path):
+    config, out = results
+    claims_md = tmp_path / "CLAIMS.md"
+    assert claims.main([str(config), "--scale", "cpu", "--results", str(out.parent), "--out", str(claims_md)]) == 0
+    rows = {line.split("|")[1].strip(): line for line in claims_md.read_text().splitlines() if line.startswith("| C")}
+    assert "| reproduced" in rows["C2"] and "[curves.png](demo/curves.png)" in rows["C2"]
+    assert "| opposite" in rows["C3"]
+    assert "| inconclusive" in rows["C9"]
+    assert "| reproduced" in rows["C7"] and "3.5 [" in rows["C7"]
+
+
+def test_smoke_claims_are_marked_not_evidence(results, tmp_path):
+    config, out = results
+    smoke = tmp_path / "results" / "smoke"
+    (smoke / "demo").mkdir(parents=True)
+    (smoke / "demo" / "summary.csv").write_text((out / "summary.csv").read_text())
+    assert claims.main([str(config), "--scale", "smoke", "--results", str(smoke), "--out", str(smoke / "CLAIMS.md")]) == 0
+    text = (smoke / "CLAIMS.md").read_text()
+    assert "not evidence" in text and "| reproduced" not in text
+
+
+def test_aggregate_names_missing_runs(tmp_path, capsys, results):
+    config, _ = results
+    assert aggregate.main([str(config), "--scale", "cpu", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "o"),
+                           "--seeds", "0", "7"]) == 2  # fmt: skip
+    assert "gapt/seed7/summary.json" in capsys.readouterr().err
+
+
+def test_every_figure_kind_is_drawn(results):
+    config, out = results
+    written = figures.draw(load_experiment(config), out)
+    assert {p.name for p in written} == {f"{s}.{e}" for s in ("curves", "mbe_by_layer", "rq1", "digits", "phases")
+                                         for e in ("png", "pdf")}  # fmt: skip
+    assert all(p.stat().st_size > 5000 for p in written)
+
+
+def test_a_figure_without_its_data_is_a_clear_error(results):
+    config, out = results
+    spec = load_experiment(config).model_copy(
+        update={"figures": [figures.FigureSpec(kind="curves", file="x", metrics=["val/nothing"])]}
+    )
+    with pytest.raises(figures.ConfigError, match="curves.csv has none of the metrics"):
+        figures.draw(spec, out)

@@ -1,0 +1,44 @@
+# Runs -> tidy CSVs and table.md per experiment, then that experiment's figures from the CSVs alone.
+
+
+rule aggregate:
+    input:
+        config=lambda w: PLAN.experiment_config(w.experiment),
+        summaries=lambda w: PLAN.summaries(w.experiment),
+    output:
+        [
+            report(path, caption="../report/table.rst", category="{experiment}") if path.endswith(".md") else path
+            for path in (f"{config['results_dir']}/{{scale}}/{{experiment}}/{name}" for name in TABLE_FILES)
+        ],
+    log:
+        f"{LOGS}/{{experiment}}/{{scale}}/aggregate.log",
+    params:
+        out=lambda w: PLAN.results_dir(w.experiment),
+        methods=lambda w: " ".join(PLAN.methods(w.experiment)),
+        seeds=lambda w: " ".join(map(str, PLAN.seeds(w.experiment))),
+    shell:
+        "{PYTHON} -m replication.aggregate {input.config} --scale {wildcards.scale} --runs {RUNS} "
+        "--out {params.out} --methods {params.methods} --seeds {params.seeds} > {log} 2>&1"
+
+
+for _experiment in PLAN.specs:
+
+    rule:
+        name:
+            f"figures_{_experiment}"
+        input:
+            config=PLAN.experiment_config(_experiment),
+            tables=PLAN.table_outputs(_experiment),
+        output:
+            [
+                report(path, caption="../report/figure.rst", category=_experiment)
+                if path.endswith(".png")
+                else path
+                for path in PLAN.figure_outputs(_experiment)
+            ],
+        log:
+            f"{LOGS}/{_experiment}/{PLAN.scale}/figures.log",
+        params:
+            results=PLAN.results_dir(_experiment),
+        shell:
+            "{PYTHON} -m replication.figures {input.config} --results {params.results} > {log} 2>&1"

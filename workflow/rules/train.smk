@@ -1,0 +1,34 @@
+# One folder per run: runs/{experiment}/{scale}/{method}/seed{seed}/. The resolved config is written
+# first; training writes metrics.jsonl and checkpoints as it goes and summary.json last, so a failed
+# or interrupted job leaves no output Snakemake would take as finished, and the checkpoint (not an
+# output) survives for the rerun to resume from.
+
+
+rule configure_run:
+    input:
+        lambda w: PLAN.experiment_config(w.experiment),
+    output:
+        f"{RUNS}/{{experiment}}/{{scale}}/{{method}}/seed{{seed}}/config.yaml",
+    log:
+        f"{LOGS}/{{experiment}}/{{scale}}/{{method}}/seed{{seed}}/configure.log",
+    shell:
+        "{PYTHON} -m replication.configure {input} --scale {wildcards.scale} --method {wildcards.method} "
+        "--seed {wildcards.seed} --out {output} > {log} 2>&1"
+
+
+rule train:
+    input:
+        config=f"{RUNS}/{{experiment}}/{{scale}}/{{method}}/seed{{seed}}/config.yaml",
+        data=lambda w: PLAN.data_inputs(w.experiment, w.scale, w.method, w.seed),
+    output:
+        f"{RUNS}/{{experiment}}/{{scale}}/{{method}}/seed{{seed}}/summary.json",
+    log:
+        f"{LOGS}/{{experiment}}/{{scale}}/{{method}}/seed{{seed}}/train.log",
+    threads: config["threads_per_run"]
+    resources:
+        gpu=config["gpus_per_run"],
+    params:
+        launcher=PLAN.launcher(PYTHON),
+    shell:
+        "{params.launcher} replication.train {input.config} --data-root {DATA} --threads {threads} "
+        "--progress lines > {log} 2>&1"
