@@ -150,7 +150,7 @@ def metric_table(spec: ExperimentSpec, summary: pd.DataFrame, methods: list[str]
             est = t_interval(paired_relative_changes(by_seed[method], by_seed["ce"]))
             changes.append(est.format_percent())
         claimed = [c.paper_value for c in spec.paper.claims if c.metric == row.key and c.baseline == "ce" and c.kind == "relative"]
-        change_rows.append([row.label, "; ".join(claimed) or "—", *changes])
+        change_rows.append([row.label, "; ".join(dict.fromkeys(claimed)) or "—", *changes])
     values = tabulate(values_rows, headers=["metric", "paper", *methods], tablefmt="github")
     changes = tabulate(change_rows, headers=["metric", "paper", *[m for m in methods if m != "ce"]], tablefmt="github")
     return values, changes

@@ -122,9 +122,14 @@ class Plan:
             outputs += self.table_outputs(experiment) + self.figure_outputs(experiment)
         return outputs
 
-    def launcher(self, python: str) -> str:
+    def job(self, experiment: str, key: str) -> int:
+        """threads_per_run, gpus_per_run or nproc_per_run of one experiment's training jobs."""
+        override = (self.config.get("per_experiment") or {}).get(experiment, {})
+        return int(override.get(key, self.config.get(key, DEFAULTS[key])))
+
+    def launcher(self, python: str, experiment: str) -> str:
         """What precedes the training module's name: python -m, or torchrun for several processes."""
-        n = int(self.config.get("nproc_per_run", 1))
+        n = self.job(experiment, "nproc_per_run")
         if n <= 1:
             return f"{python} -m"
         return f"{python} -m torch.distributed.run --standalone --nproc-per-node {n} -m"
@@ -134,6 +139,7 @@ class Plan:
 DEFAULTS = {
     "methods": None, "seeds": None, "experiments_dir": "experiments", "runs_dir": "runs", "data_dir": "data",
     "results_dir": "results", "logs_dir": "logs", "threads_per_run": 1, "gpus_per_run": 0, "nproc_per_run": 1,
+    "per_experiment": {},
 }  # fmt: skip
 
 

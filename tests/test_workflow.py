@@ -72,9 +72,13 @@ def test_plan_rejects_a_scale_an_experiment_lacks(tmp_path):
 
 
 def test_launcher_uses_torchrun_for_several_processes():
-    plan = Plan({**DEFAULTS, "scale": "paper", "experiments": [], "nproc_per_run": 8})
-    assert plan.launcher("py") == "py -m torch.distributed.run --standalone --nproc-per-node 8 -m"
-    assert Plan({**DEFAULTS, "scale": "cpu", "experiments": []}).launcher("py") == "py -m"
+    config = {**DEFAULTS, "scale": "paper", "experiments": [], "nproc_per_run": 8,
+              "per_experiment": {"forgetting_separation": {"nproc_per_run": 1, "gpus_per_run": 0}}}  # fmt: skip
+    plan = Plan(config)
+    assert plan.launcher("py", "fineweb_pretrain") == "py -m torch.distributed.run --standalone --nproc-per-node 8 -m"
+    assert plan.launcher("py", "forgetting_separation") == "py -m"
+    assert plan.job("forgetting_separation", "gpus_per_run") == 0 and plan.job("fineweb_pretrain", "nproc_per_run") == 8
+    assert Plan({**DEFAULTS, "scale": "cpu", "experiments": []}).launcher("py", "x") == "py -m"
 
 
 def test_output_check_names_what_is_missing(tmp_path, capsys):

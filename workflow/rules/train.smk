@@ -24,11 +24,11 @@ rule train:
         f"{RUNS}/{{experiment}}/{{scale}}/{{method}}/seed{{seed}}/summary.json",
     log:
         f"{LOGS}/{{experiment}}/{{scale}}/{{method}}/seed{{seed}}/train.log",
-    threads: config["threads_per_run"]
+    threads: lambda w: PLAN.job(w.experiment, "threads_per_run")
     resources:
-        gpu=config["gpus_per_run"],
+        gpu=lambda w: PLAN.job(w.experiment, "gpus_per_run"),
     params:
-        launcher=PLAN.launcher(PYTHON),
+        launcher=lambda w: PLAN.launcher(PYTHON, w.experiment),
     shell:
         "{params.launcher} replication.train {input.config} --data-root {DATA} --threads {threads} "
         "--progress lines > {log} 2>&1"
