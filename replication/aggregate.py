@@ -19,6 +19,7 @@ Nothing here reads logs or stdout: only what the runs wrote.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ from tabulate import tabulate
 from replication.config import ConfigError, ExperimentSpec, load_experiment
 from replication.runio import read_metrics
 from replication.stats import paired_relative_changes, t_interval
+from replication.tasks import TASK_MODULES
 
 TOP_LEVEL = ("phase_changes", "compress_steps", "nonfinite_steps", "wall_time_s", "tokens", "steps", "peak_memory_bytes")
 PROVENANCE = ("git_commit", "git_dirty", "torch", "python", "device", "device_name", "torch_threads")
@@ -75,8 +77,12 @@ def collect(spec: ExperimentSpec, scale: str, runs: Path, methods: list[str], se
             align_rows += _alignment_rows(key, records)
     if missing:
         raise FileNotFoundError("runs without a summary.json (unfinished or never run):\n  " + "\n  ".join(missing))
+    summary_frame = pd.DataFrame(summary_rows, columns=["method", "seed", "metric", "value"])
+    paired = _paired_metrics(spec)
+    if paired is not None and not summary_frame.empty:
+        summary_frame = pd.concat([summary_frame, paired(summary_frame)], ignore_index=True)
     frames = {
-        "summary": pd.DataFrame(summary_rows, columns=["method", "seed", "metric", "value"]),
+        "summary": summary_frame,
         "runs": pd.DataFrame(run_rows),
         "curves": pd.DataFrame(curve_rows, columns=["method", "seed", "kind", "step", "tokens", "metric", "layer", "value"]),
         "phases": pd.DataFrame(phase_rows, columns=["method", "seed", "phase", "start_step", "end_step"]),
@@ -88,6 +94,15 @@ def collect(spec: ExperimentSpec, scale: str, runs: Path, methods: list[str], se
         frame.insert(0, "scale", scale)
         frame.insert(0, "experiment", spec.experiment)
     return frames
+
+
+def _paired_metrics(spec: ExperimentSpec):
+    """The task module's ``paired_metrics(summary) -> rows``, for metrics that pair a run with the
+    ce run of the same seed (such as alleviation %), or None."""
+    name = spec.defaults.get("task", {}).get("name")
+    if name not in TASK_MODULES:
+        return None
+    return getattr(importlib.import_module(TASK_MODULES[name]), "paired_metrics", None)
 
 
 def _curve_rows(key: dict, records: list[dict], steps: int, max_train_points: int = 250) -> list[dict]:

@@ -265,7 +265,9 @@ def test_a_smoke_run_reports_every_metric_the_claims_and_table_name(smoke_runs, 
     run_dir, summary = smoke_runs[method]
     spec = load_experiment(EXPERIMENT)
     wanted = {c.metric for c in spec.paper.claims} | {row.key for row in spec.paper.table}
-    for key in wanted:
+    paired = {"forgetting/alleviation_percent"}  # pairs runs of a seed: computed by aggregation
+    assert paired <= wanted
+    for key in wanted - paired:
         value = summary["metrics"].get(key, summary.get(key))
         assert isinstance(value, (int, float)) and math.isfinite(value), key
     records = read_metrics(run_dir / "metrics.jsonl")
@@ -285,3 +287,22 @@ def test_a_smoke_run_reports_every_metric_the_claims_and_table_name(smoke_runs, 
 def test_the_always_on_mbe_objective_compresses_the_hidden_layer(smoke_runs):
     ce, ce_mbe = smoke_runs["ce"][1]["metrics"], smoke_runs["ce_mbe"][1]["metrics"]
     assert ce_mbe["mix/mbe"] < 0.2 * ce["mix/mbe"]
+
+
+def test_alleviation_is_paired_with_the_ce_run_of_the_same_seed():
+    import pandas as pd
+
+    from replication.tasks.forgetting import paired_metrics
+
+    rows = []
+    for seed, (ce_before, ce_after, gapt_after) in enumerate([(1.0, 3.0, 2.0), (1.0, 2.0, 2.5)]):
+        rows += [
+            {"method": "ce", "seed": seed, "metric": "forgetting/l1_before", "value": ce_before},
+            {"method": "ce", "seed": seed, "metric": "forgetting/l1_after", "value": ce_after},
+            {"method": "gapt", "seed": seed, "metric": "forgetting/l1_before", "value": 0.5},
+            {"method": "gapt", "seed": seed, "metric": "forgetting/l1_after", "value": gapt_after},
+        ]
+    out = paired_metrics(pd.DataFrame(rows)).set_index(["method", "seed"]).value
+    assert out[("gapt", 0)] == 50.0  # avoided half of ce's rise from 1.0 to 3.0
+    assert out[("gapt", 1)] == -50.0  # forgot more than ce did
+    assert out[("ce", 0)] == 0.0

@@ -24,6 +24,7 @@ import bisect
 import itertools
 from typing import Any, ClassVar, Literal
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
@@ -33,7 +34,7 @@ from replication.config import ConfigError, MLPModelConfig, StrictModel, TaskCon
 from replication.evaluation import mbe_kwargs
 from replication.mbe import patch_mbe
 from replication.models import ReplicationModel, build_model
-from replication.separation import interference, separation_ratio, specialized_fraction
+from replication.separation import alleviation_percent, interference, separation_ratio, specialized_fraction
 from replication.tasks import base
 from replication.tasks.base import Batch, derive_seed
 
@@ -326,3 +327,25 @@ class Task(base.Task):
                 summary["forgetting/l1_after"] = after
                 summary["forgetting/interference"] = interference(before, after)
         return summary
+
+
+def paired_metrics(summary: pd.DataFrame) -> pd.DataFrame:
+    """Metrics that pair each run with the ``ce`` run of the same seed (called by aggregation).
+
+    ``forgetting/alleviation_percent``: the share of ce's forgetting of group B that the method
+    avoids, ``separation.alleviation_percent`` (0 for ce itself by definition).
+    """
+    wide = summary.pivot_table(index=["method", "seed"], columns="metric", values="value")
+    needed = {"forgetting/l1_before", "forgetting/l1_after"}
+    if not needed <= set(wide.columns) or "ce" not in wide.index.get_level_values("method"):
+        return summary.iloc[0:0]
+    ce = wide.loc["ce"]
+    rows = []
+    for (method, seed), row in wide.iterrows():
+        if seed not in ce.index:
+            continue
+        value = alleviation_percent(
+            ce.loc[seed, "forgetting/l1_after"], row["forgetting/l1_after"], ce.loc[seed, "forgetting/l1_before"]
+        )
+        rows.append({"method": method, "seed": seed, "metric": "forgetting/alleviation_percent", "value": value})
+    return pd.DataFrame(rows, columns=["method", "seed", "metric", "value"])
