@@ -1,0 +1,387 @@
+"""Prepare a token data set once, before any run reads it.
+
+    python -m replication.prepare experiments/NAME/config.yaml --dataset DATASET --out data/DATASET
+
+reads the options of ``datasets.DATASET`` in the experiment file (``DatasetOptions``), tokenizes the
+text into modded-nanogpt shards (``replication.shards``) and writes, into the output folder,
+``val_000000.bin``, ``train_000000.bin``, ... and, last, ``manifest.json``: the token and document
+counts, the source, the tokenizer and the sha256 of every shard. The manifest marks the preparation
+finished; running the command again with the same options does nothing.
+
+Sources, in this order:
+- ``pretokenized``: the author's GPT-2 shards of FineWeb on the Hugging Face hub (modded-nanogpt's
+  ``fineweb_val_000000.bin``, ``fineweb_train_000001.bin``, ...), cut to the token counts asked for;
+- ``path``: a local JSON-lines (``.json``, ``.jsonl``, optionally ``.gz``) or parquet file with a
+  text column, read through ``datasets`` exactly like the hub data set, when the file exists;
+- ``hub``: a hub data set streamed through ``datasets`` (``HuggingFaceFW/fineweb``, ``sample-10BT``).
+With none of them available the command stops at once and says both ways out.
+
+Layout of the token stream (as modded-nanogpt's FineWeb script): each document is the separator
+followed by its tokens, and documents follow each other in source order. The first ``val_tokens``
+tokens form the validation split; the document that crosses that boundary is cut there and its rest
+dropped, so no validation text reaches the training split. The following documents form the
+training split, cut into shards of ``shard_tokens`` and capped at ``train_tokens``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from tqdm import tqdm
+
+from replication.config import ConfigError, format_validation_error, load_experiment
+from replication.runio import now, write_json_atomic
+from replication.shards import HEADER_INTS, MAGIC, VERSION, read_shard, shard_bytes, shard_token_count
+from replication.tokenization import file_sha256, get_tokenizer
+
+MANIFEST_NAME = "manifest.json"
+PRETOKENIZED_SHARD_TOKENS = 100_000_000  # the author's shards: 100 M tokens each
+ENCODE_BATCH_DOCUMENTS = 512
+
+
+class DatasetOptions(BaseModel):
+    """One entry of an experiment's ``datasets:``; an unknown key is an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str | None = None  # local JSON-lines/parquet file; relative to --root
+    hub: str | None = None  # a hub data set streamed through `datasets`, e.g. HuggingFaceFW/fineweb
+    hub_config: str | None = None  # e.g. sample-10BT
+    hub_split: str = "train"
+    pretokenized: str | None = None  # a hub repo of modded-nanogpt shards, e.g. kjj0/fineweb10B-gpt2
+    text_field: str = "text"
+    tokenizer: Literal["gpt2", "bytes"] = "gpt2"
+    val_tokens: int = Field(gt=0)
+    train_tokens: int | None = Field(default=None, gt=0)  # None: all the source has
+    max_documents: int | None = Field(default=None, gt=0)  # read at most this many documents
+    shard_tokens: int = Field(default=100_000_000, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind_of_source(self) -> DatasetOptions:
+        if self.pretokenized is None and self.path is None and self.hub is None:
+            raise ValueError("a data set needs a source: path, hub or pretokenized")
+        if self.pretokenized is not None and (self.path is not None or self.hub is not None):
+            raise ValueError("pretokenized shards exclude path and hub")
+        if self.pretokenized is not None and self.tokenizer != "gpt2":
+            raise ValueError("the author's pretokenized shards hold GPT-2 tokens: tokenizer must be gpt2")
+        return self
+
+
+class NoSourceError(RuntimeError):
+    """Neither the local file nor the hub can be read."""
+
+
+# -- where the text comes from -------------------------------------------------------------------
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """False in offline mode (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE) or when the hub host does not answer."""
+    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on"):
+            return False
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _no_source_message(name: str, options: DatasetOptions, local: Path | None) -> str:
+    wanted = options.pretokenized or options.hub or "HuggingFaceFW/fineweb"
+    where = f"at {local}" if local is not None else "and name it in the data set's `path` option"
+    return (
+        f"data set {name!r}: no source can be read here. Two ways out: put a local JSON-lines or parquet file "
+        f"with a {options.text_field!r} column {where}, or run where the Hugging Face hub is reachable "
+        f"(network access, HF_HUB_OFFLINE and HF_DATASETS_OFFLINE unset) to stream {wanted}"
+        + ("" if options.hub or options.pretokenized else " (and set the data set's `hub` option)")
+        + "."
+    )
+
+
+def resolve_source(name: str, options: DatasetOptions, root: Path) -> dict[str, Any]:
+    """The source this preparation will read, as recorded in the manifest; fails at once if none."""
+    local = None if options.path is None else (root / options.path).resolve()
+    if options.pretokenized is None and local is not None and local.is_file():
+        return {"kind": "local", "path": str(local), "sha256": file_sha256(local)}
+    if (options.pretokenized or options.hub) and hub_reachable():
+        if options.pretokenized:
+            return {"kind": "pretokenized", "repo": options.pretokenized}
+        return {
+            "kind": "hub",
+            "dataset": options.hub,
+            "config": options.hub_config,
+            "split": options.hub_split,
+        }
+    raise NoSourceError(_no_source_message(name, options, local))
+
+
+def _local_loader(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if ".parquet" in suffixes:
+        return "parquet"
+    if ".json" in suffixes or ".jsonl" in suffixes:
+        return "json"
+    raise ConfigError(f"{path}: a local source must be JSON-lines (.json, .jsonl) or parquet (.parquet)")
+
+
+def iter_texts(source: dict[str, Any], options: DatasetOptions) -> Iterator[str]:
+    """The documents' texts in source order, streamed through `datasets` (local file or hub)."""
+    import datasets
+
+    if source["kind"] == "local":
+        path = Path(source["path"])
+        stream = datasets.load_dataset(
+            _local_loader(path), data_files=str(path), split="train", streaming=True
+        )
+    else:
+        stream = datasets.load_dataset(
+            source["dataset"], name=source["config"], split=source["split"], streaming=True
+        )
+    for i, example in enumerate(stream):
+        if options.max_documents is not None and i >= options.max_documents:
+            return
+        if options.text_field not in example:
+            raise ConfigError(f"the source has no {options.text_field!r} column; it has {sorted(example)}")
+        yield example[options.text_field]
+
+
+def iter_documents(source: dict[str, Any], options: DatasetOptions, threads: int) -> Iterator[np.ndarray]:
+    """Each document as separator + tokens, (n,) int64, tokenized in batches."""
+    tokenizer = get_tokenizer(options.tokenizer, threads)
+    batch: list[str] = []
+
+    def encoded() -> Iterator[np.ndarray]:
+        for ids in tokenizer.encode_batch(batch):
+            yield np.asarray([tokenizer.separator, *ids], dtype=np.int64)
+
+    for text in iter_texts(source, options):
+        batch.append(text)
+        if len(batch) == ENCODE_BATCH_DOCUMENTS:
+            yield from encoded()
+            batch = []
+    yield from encoded()
+
+
+def iter_pretokenized(repo: str, split: str, files: list[str]) -> Iterator[np.ndarray]:
+    """Tokens of the author's shards of one split, downloaded (and cached) by huggingface_hub."""
+    from huggingface_hub import hf_hub_download
+
+    start = 0 if split == "val" else 1  # modded-nanogpt numbers the validation shard 0
+    index = start
+    while True:
+        filename = f"fineweb_{split}_{index:06d}.bin"
+        try:
+            path = hf_hub_download(repo_id=repo, filename=filename, repo_type="dataset")
+        except Exception as error:
+            if index > start:
+                return  # past the last shard of the repository
+            raise NoSourceError(f"{repo}: cannot download {filename}: {error}") from error
+        files.append(filename)
+        yield np.asarray(read_shard(Path(path)), dtype=np.int64)
+        index += 1
+
+
+# -- writing shards --------------------------------------------------------------------------------
+
+
+@dataclass
+class SplitWriter:
+    """Cuts a token stream into shards of ``shard_tokens``; a finished shard is never rewritten."""
+
+    out: Path
+    split: str
+    shard_tokens: int
+    limit: int | None  # stop after this many tokens
+    tokens: int = 0
+    documents: int = 0
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    _buffer: list[np.ndarray] = field(default_factory=list)
+    _buffered: int = 0
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and self.tokens >= self.limit
+
+    def add(self, tokens: np.ndarray, *, document: bool = True) -> int:
+        """Append tokens (cut at the limit); returns how many were taken."""
+        if self.limit is not None:
+            tokens = tokens[: self.limit - self.tokens]
+        if tokens.size == 0:
+            return 0
+        self.tokens += tokens.size
+        self.documents += int(document)
+        self._buffer.append(tokens)
+        self._buffered += tokens.size
+        while self._buffered >= self.shard_tokens:
+            self._flush(self.shard_tokens)
+        return tokens.size
+
+    def finish(self) -> dict[str, Any]:
+        if self._buffered or not self.shards:
+            self._flush(self._buffered)
+        return {"tokens": self.tokens, "documents": self.documents, "shards": self.shards}
+
+    def _flush(self, count: int) -> None:
+        joined = np.concatenate(self._buffer) if self._buffer else np.zeros(0, dtype=np.int64)
+        head, rest = joined[:count], joined[count:]
+        self._buffer, self._buffered = ([rest] if rest.size else []), rest.size
+        name = f"{self.split}_{len(self.shards):06d}.bin"
+        self.shards.append(
+            {"file": name, "tokens": int(head.size), "sha256": _write_once(self.out / name, head)}
+        )
+
+
+def _write_once(path: Path, tokens: np.ndarray) -> str:
+    """Write a shard unless an identical one is already there; a different one is an error."""
+    data = shard_bytes(tokens)
+    digest = hashlib.sha256(data).hexdigest()
+    if path.exists():
+        if file_sha256(path) != digest:
+            raise RuntimeError(
+                f"{path} exists with other tokens than this preparation produces (the source or the options "
+                f"changed); delete {path.parent} to prepare the data set again"
+            )
+        return digest
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return digest
+
+
+# -- the preparation -----------------------------------------------------------------------------
+
+
+def prepare(
+    name: str, options: DatasetOptions, out: Path, *, root: Path = Path("."), threads: int = 1,
+    progress: bool | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Prepare one data set into ``out``; returns its manifest (the existing one if already done)."""
+    out = Path(out)
+    manifest_path = out / MANIFEST_NAME
+    wanted = options.model_dump(mode="json")
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("dataset") != name or manifest.get("options") != wanted:
+            raise ConfigError(
+                f"{out} holds data set {manifest.get('dataset')!r} prepared with other options; "
+                f"delete {out} (or choose another --out) to prepare {name!r}"
+            )
+        return manifest
+    source = resolve_source(name, options, Path(root))
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = get_tokenizer(options.tokenizer, threads)
+    val = SplitWriter(out, "val", options.shard_tokens, options.val_tokens)
+    train = SplitWriter(out, "train", options.shard_tokens, options.train_tokens)
+    total = None if options.train_tokens is None else options.val_tokens + options.train_tokens
+    bar_mode = sys.stderr.isatty() if progress is None else progress  # a log file gets a line every 30 s
+    bar = tqdm(total=total, unit="tok", unit_scale=True, desc=f"prepare {name}", file=sys.stderr,
+               mininterval=1.0 if bar_mode else 30.0)  # fmt: skip
+    if source["kind"] == "pretokenized":
+        source["files"] = []
+        for split, writer in (("val", val), ("train", train)):
+            for tokens in iter_pretokenized(source["repo"], split, source["files"]):
+                bar.update(writer.add(tokens, document=False))
+                if writer.full:
+                    break
+    else:
+        for document in iter_documents(source, options, threads):
+            writer = val if not val.full else train
+            bar.update(writer.add(document))
+            if train.full:
+                break
+    bar.close()
+    splits = {"val": val.finish(), "train": train.finish()}
+    for split, info in splits.items():
+        if info["tokens"] == 0:
+            raise RuntimeError(
+                f"data set {name!r}: the source ran out before the {split} split got any token"
+            )
+    manifest = {
+        "dataset": name,
+        "options": wanted,
+        "source": source,
+        "tokenizer": {"name": tokenizer.name, "n_vocab": tokenizer.n_vocab, "separator": tokenizer.separator},
+        "format": {"header_ints": HEADER_INTS, "magic": MAGIC, "version": VERSION, "dtype": "uint16"},
+        "splits": splits,
+        "prepared_at": now(),
+    }
+    write_json_atomic(manifest_path, manifest)
+    return manifest
+
+
+def load_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of a prepared data set, after checking every shard's header against it."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: prepare the data set first with "
+            f"python -m replication.prepare experiments/NAME/config.yaml --dataset {Path(folder).name} --out {folder}"
+        )
+    manifest = json.loads(path.read_text())
+    for split in ("val", "train"):
+        for shard in manifest["splits"][split]["shards"]:
+            count = shard_token_count(Path(folder) / shard["file"])
+            if count != shard["tokens"]:
+                raise RuntimeError(
+                    f"{folder}/{shard['file']} holds {count} tokens, the manifest says {shard['tokens']}"
+                )
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m replication.prepare", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("experiment", type=Path, help="experiments/NAME/config.yaml")
+    parser.add_argument("--dataset", required=True, help="a key of the experiment's datasets:")
+    parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. data/DATASET")
+    parser.add_argument(
+        "--root", type=Path, default=Path("."), help="relative source paths start here (default: .)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="tokenizer threads (default: 1)")
+    parser.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_experiment(args.experiment)
+        if args.dataset not in spec.datasets:
+            raise ConfigError(
+                f"{args.experiment} has no data set {args.dataset!r}; it has {sorted(spec.datasets)}"
+            )
+        try:
+            options = DatasetOptions.model_validate(spec.datasets[args.dataset])
+        except ValidationError as error:
+            raise ConfigError(
+                format_validation_error(error, f"{args.experiment}: datasets.{args.dataset}")
+            ) from None
+        show = {"auto": None, "bar": True, "lines": False}[args.progress]
+        manifest = prepare(
+            args.dataset, options, args.out, root=args.root, threads=args.threads, progress=show
+        )
+    except (ConfigError, NoSourceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{split} {info['tokens']:,} tokens" for split, info in manifest["splits"].items())
+    print(
+        f"{args.out}: {counts} ({manifest['tokenizer']['name']} from {manifest['source']['kind']})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+import math
+
+import numpy as np
+import pytest
+
+from replication.rq1 import (
+    alignment_series,
+    cycle_statistics,
+    exponential_smoothing,
+    sign_changes,
+    smoothed_sign_changes,
+    smoothing_factor,
+)
+
+
+def alignment_records(cos_by_layer, noise, every=10):
+    """metrics.jsonl records as the alignment logger writes them, plus unrelated records."""
+    records = [{"kind": "event", "event": "start", "step": 0}]
+    for i, (row, n) in enumerate(zip(np.asarray(cos_by_layer).T, noise)):
+        records.append({"kind": "train", "step": i * every})
+        records.append({"kind": "alignment", "step": i * every, "align/layers": [2, 3],
+                        "align/cos": [None if math.isnan(c) else float(c) for c in row],
+                        "align/noise_cos": float(n)})  # fmt: skip
+    return records
+
+
+def square_wave(n_points, half_period, amplitude=0.2, noise=0.05, seed=0):
+    """A cosine that stays on one side for half_period points, then flips: a cycle."""
+    rng = np.random.default_rng(seed)
+    signs = np.where((np.arange(n_points) // half_period) % 2 == 0, 1.0, -1.0)
+    return amplitude * signs + noise * rng.standard_normal(n_points)
+
+
+def test_exponential_smoothing_starts_at_the_first_value_and_follows_the_recursion():
+    smoothed = exponential_smoothing(np.array([1.0, -1.0, -1.0]), beta=0.5)
+    np.testing.assert_allclose(smoothed, [1.0, 0.0, -0.5])
+
+
+def test_sign_changes_skip_zeros_and_nans_are_dropped_before_smoothing():
+    assert sign_changes(np.array([1.0, 0.0, 1.0, -2.0, 0.0, -1.0, 3.0])) == 2
+    assert smoothed_sign_changes(np.array([1.0, np.nan, -1.0]), beta=0.0) == 1
+
+
+def test_smoothing_factor_is_exp_of_minus_spacing_over_time_constant():
+    assert smoothing_factor(np.array([0, 10, 20, 30]), time_constant=100.0) == pytest.approx(math.exp(-0.1))
+
+
+def test_smoothing_removes_point_noise_but_keeps_a_cycle():
+    noisy = square_wave(200, half_period=40, noise=0.3)
+    assert sign_changes(noisy) > 20  # raw signs flip constantly
+    assert smoothed_sign_changes(noisy, beta=0.9) == 4  # the wave flips 4 times in 200 points
+
+
+def test_cycle_statistics_of_a_cycling_run():
+    wave = square_wave(100, half_period=20)  # 4 flips
+    cos = np.stack([wave, wave[::-1]])  # two layers
+    stats = cycle_statistics(alignment_records(cos, noise=np.full(100, 0.3)), time_constant=100.0)
+    assert stats["rq1/points"] == 100
+    assert stats["rq1/frac_positive"] == pytest.approx(np.mean(cos > 0))
+    assert stats["rq1/frac_negative"] == pytest.approx(np.mean(cos < 0))
+    assert stats["rq1/min_sign_fraction"] == pytest.approx(min(np.mean(cos > 0), np.mean(cos < 0)))
+    assert stats["rq1/sign_changes"] == 4 and stats["rq1/noise_sign_changes"] == 0
+    assert stats["rq1/excess_sign_changes"] == 4
+    assert stats["rq1/shuffled_sign_changes"] > 2 * stats["rq1/sign_changes"]  # the order carries the cycle
+    assert stats["rq1/noise_cos_mean"] == pytest.approx(0.3)
+    assert stats["rq1/smoothing_beta"] == pytest.approx(math.exp(-0.1))
+
+
+def test_a_run_aligned_one_way_throughout_shows_no_cycle():
+    cos = np.abs(square_wave(60, half_period=10)) + 0.01
+    stats = cycle_statistics(alignment_records(np.stack([cos, cos]), noise=np.full(60, 0.5)))
+    assert stats["rq1/frac_negative"] == 0 and stats["rq1/min_sign_fraction"] == 0
+    assert stats["rq1/sign_changes"] == 0
+
+
+def test_missing_cosines_are_skipped():
+    cos = np.array([[0.1, np.nan, -0.1, -0.2], [0.1, 0.2, np.nan, -0.1]])
+    stats = cycle_statistics(alignment_records(cos, noise=[0.5, 0.4, 0.5, 0.3]), time_constant=1e-6)
+    assert stats["rq1/frac_positive"] == pytest.approx(3 / 6) and stats["rq1/sign_changes"] == 1
+
+
+def test_records_without_alignment_give_no_statistics():
+    assert cycle_statistics([{"kind": "train", "step": 0}]) == {}
+    assert alignment_series([]) is None
