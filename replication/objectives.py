@@ -18,7 +18,7 @@ detached patch-MBE of every block averaged over the micro-batches that ran the w
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal
@@ -99,9 +99,21 @@ def plan_layers(objective: ObjectiveConfig, method: Method, n_blocks: int) -> La
 
 @dataclass
 class StepResult:
-    main_loss: float  # mean over the micro-batches that computed it
-    mbe_by_layer: list[float]  # detached training MBE of every block
+    """Sums over the micro-batches one process ran, so that processes can be reduced exactly."""
+
+    main_loss_sum: float  # over the micro-batches that computed the main loss
+    main_loss_count: int
+    mbe_sum: list[float]  # per block, over the micro-batches that ran the whole model
+    mbe_count: int
     finite: bool
+
+    @property
+    def main_loss(self) -> float:
+        return self.main_loss_sum / self.main_loss_count if self.main_loss_count else math.nan
+
+    @property
+    def mbe_by_layer(self) -> list[float]:
+        return [m / self.mbe_count for m in self.mbe_sum] if self.mbe_count else []
 
 
 def micro_batch_kind(method: Method, phase: Phase, micro: int) -> Literal["main", "joint", "mbe"]:
@@ -121,17 +133,19 @@ def accumulate_gradients(
     *,
     step: int,
     phase: Phase,
-    grad_accum: int,
+    micro_batches: Sequence[int],
     window: int | None,
     autocast: Callable[[], AbstractContextManager],
 ) -> StepResult:
-    """Forward and backward every micro-batch of one optimizer step; gradients land in .grad."""
+    """Forward and backward this process's micro-batches of one optimizer step (their indices
+    among all of the step's micro-batches); gradients land in .grad, averaged over these
+    micro-batches, so that averaging over equal shares of processes gives the step's mean."""
     mbe_kwargs = dict(patch_size=objective.patch_size, alpha=objective.alpha, eps=objective.eps, clamp=objective.clamp)
     main_losses: list[Tensor] = []
     mbe_sums: Tensor | None = None
     n_full = 0
     all_finite = torch.ones((), dtype=torch.bool, device=task.device)
-    for micro in range(grad_accum):
+    for micro in micro_batches:
         batch = task.train_batch(step, micro)
         kind = micro_batch_kind(method, phase, micro)
         with autocast():
@@ -151,7 +165,8 @@ def accumulate_gradients(
                 mbe_sums = every_layer if mbe_sums is None else mbe_sums + every_layer
                 n_full += 1
         all_finite &= torch.isfinite(loss.detach())  # checked once per step: no host sync per micro-batch
-        (loss / grad_accum).backward()
-    main_loss = torch.stack(main_losses).mean().item() if main_losses else math.nan
-    mbe = (mbe_sums / max(n_full, 1)).tolist() if mbe_sums is not None else []
-    return StepResult(main_loss=main_loss, mbe_by_layer=mbe, finite=bool(all_finite) and math.isfinite(main_loss))
+        (loss / len(micro_batches)).backward()
+    main_sum = torch.stack(main_losses).sum().item() if main_losses else 0.0
+    mbe = mbe_sums.tolist() if mbe_sums is not None else []
+    finite = bool(all_finite) and math.isfinite(main_sum)
+    return StepResult(main_sum, len(main_losses), mbe, n_full, finite)

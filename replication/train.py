@@ -33,7 +33,7 @@ import torch
 
 from replication.alignment import gradient_alignment
 from replication.config import ConfigError, RunConfig, load_run_config
-from replication.distributed import all_reduce_gradients, all_reduce_mean, init_distributed
+from replication.distributed import all_reduce_gradients, all_reduce_sum, init_distributed
 from replication.gapt import PhaseController
 from replication.models import build_model
 from replication.objectives import METHODS, StepResult, accumulate_gradients, plan_layers
@@ -110,8 +110,13 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _check_config(config: RunConfig, method_name: str) -> None:
+def _check_config(config: RunConfig, method_name: str, world_size: int) -> None:
     method = METHODS[method_name]
+    if config.train.grad_accum % world_size:
+        raise ConfigError(
+            f"train.grad_accum ({config.train.grad_accum} micro-batches per step in all) must be divisible "
+            f"by the number of processes ({world_size})"
+        )
     if method.compression == "alternate" and config.train.grad_accum < 2:
         raise ConfigError(
             f"method {method_name} alternates main-loss and MBE micro-batches within a step: "
@@ -142,10 +147,10 @@ class Trainer:
         data_root: str | Path | None = None,
         show_progress: bool | None = None,
     ):
-        _check_config(config, config.method)
         self.config, self.run_dir = config, Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ctx = ctx = init_distributed(config.train.device)
+        _check_config(config, config.method, ctx.world_size)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.stop = _StopRequest()
         tcfg = config.train
         self.method = METHODS[config.method]
@@ -162,7 +167,11 @@ class Trainer:
         self.forward_model = torch.compile(self.model) if tcfg.compile else self.model
         use_bf16 = tcfg.dtype == "bfloat16"
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
-        self.units_per_step = self.task.units_per_micro_batch * tcfg.grad_accum * ctx.world_size
+        # train.grad_accum counts a step's micro-batches over all processes; each runs an equal share,
+        # by global index, so the data of a step does not depend on how many processes share it
+        self.units_per_step = self.task.units_per_micro_batch * tcfg.grad_accum
+        share = tcfg.grad_accum // ctx.world_size
+        self.micro_batches = range(ctx.rank * share, (ctx.rank + 1) * share)
         self.writer = MetricsWriter(self.run_dir / METRICS_NAME, enabled=ctx.is_main)
         self.progress = Progress(tcfg.steps, enabled=ctx.is_main, bar=show_progress)
         self.alignment_layers = list(config.alignment.layers or self.plan.alternate or self.plan.monitored)
@@ -278,7 +287,7 @@ class Trainer:
         t0 = time.perf_counter()
         result = accumulate_gradients(
             self.forward_model, self.task, self.method, self.config.objective, self.plan,
-            step=step, phase=phase, grad_accum=tcfg.grad_accum, window=window, autocast=self.autocast,
+            step=step, phase=phase, micro_batches=self.micro_batches, window=window, autocast=self.autocast,
         )  # fmt: skip
         result = self._reduce(result)
         if result.finite:
@@ -332,14 +341,17 @@ class Trainer:
             )
 
     def _reduce(self, result: StepResult) -> StepResult:
+        """Sums and counts over every process: all ranks then feed the controller the same numbers."""
         if not self.ctx.enabled:
             return result
+        n_blocks = self.model.n_blocks
+        mbe = result.mbe_sum or [0.0] * n_blocks
         packed = torch.tensor(
-            [result.main_loss, 1.0 if result.finite else 0.0, *result.mbe_by_layer],
+            [result.main_loss_sum, result.main_loss_count, result.mbe_count, 0.0 if result.finite else 1.0, *mbe],
             dtype=torch.float64, device=self.ctx.device,
         )  # fmt: skip
-        packed = all_reduce_mean(packed).tolist()
-        return StepResult(main_loss=packed[0], mbe_by_layer=packed[2:], finite=packed[1] == 1.0)
+        total = all_reduce_sum(packed).tolist()
+        return StepResult(total[0], int(total[1]), total[4:] if total[2] else [], int(total[2]), total[3] == 0.0)
 
     def _evaluate(self, done: int) -> None:
         window = self.model.attention_window(done / self.config.train.steps)

@@ -49,10 +49,18 @@ def test_two_gloo_ranks_end_with_identical_weights_and_phases(tmp_path):
     assert rank0["transitions"] == rank1["transitions"] and len(rank0["transitions"]) >= 1
     for name, tensor in rank0["weights"].items():
         assert torch.equal(tensor, rank1["weights"][name]), name
-    # the ranks trained on different data: the run is not a copy of a single-process run
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert records[-1]["kind"] == "eval" and records[-1]["step"] == 40
-    assert [r["tokens"] for r in records if r["kind"] == "train"][0] == 2 * 2 * 4 * 32  # world x accum x batch
+    # the two ranks split each step's micro-batches: the same run as one process doing both
+    from replication.train import train
+
+    train(tiny_config("gapt", **CONFIG), tmp_path / "alone", show_progress=False)
+    alone = read_metrics(tmp_path / "alone" / "metrics.jsonl")
+    first = [next(r for r in rs if r["kind"] == "train") for rs in (records, alone)]
+    assert first[0]["train/ce"] == pytest.approx(first[1]["train/ce"], rel=1e-6)
+    assert first[0]["train/mbe_by_layer"] == pytest.approx(first[1]["train/mbe_by_layer"], rel=1e-5)
+    assert records[-1]["val/ce"] == pytest.approx(alone[-1]["val/ce"], rel=2e-2)
+    assert [r["tokens"] for r in records if r["kind"] == "train"][0] == 2 * 4 * 32  # micro-batches x batch
 
 
 @pytest.mark.slow
@@ -66,4 +74,4 @@ def test_torchrun_launches_the_same_command(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["world_size"] == 2
-    assert summary["tokens"] == 6 * 2 * 2 * 4 * 32  # steps x ranks x micro-batches x sequences x length
+    assert summary["tokens"] == 6 * 2 * 4 * 32  # steps x micro-batches (1 per rank) x sequences x length

@@ -33,8 +33,10 @@ class Batch:
 class Task(ABC):
     """One experiment's data and metrics.
 
-    ``train_batch(step, micro)`` is a pure function of its arguments (and the data seed, rank and
-    world size), so a resumed run sees exactly the batches an uninterrupted run would have seen.
+    ``train_batch(step, micro)`` is a pure function of its arguments and the data seed. ``micro``
+    indexes the step's micro-batches over all processes (``train.grad_accum`` of them; under
+    torchrun each process runs an equal share), so a resumed run, and a run on any number of
+    processes, sees exactly the batches of an uninterrupted single-process run.
     """
 
     main_loss_name: ClassVar[str] = "ce"  # the key of the main loss in metrics: train/<name>
@@ -56,11 +58,11 @@ class Task(ABC):
     @property
     @abstractmethod
     def units_per_micro_batch(self) -> int:
-        """Tokens (language tasks) or examples (regression) in one micro-batch on one process."""
+        """Tokens (language tasks) or examples (regression) in one micro-batch."""
 
     @abstractmethod
     def train_batch(self, step: int, micro: int) -> Batch:
-        """Micro-batch ``micro`` of optimizer step ``step`` on this process."""
+        """Micro-batch ``micro`` (0 <= micro < train.grad_accum) of optimizer step ``step``."""
 
     @abstractmethod
     def main_loss(self, output: Tensor, batch: Batch) -> Tensor:

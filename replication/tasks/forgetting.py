@@ -174,7 +174,7 @@ class Task(base.Task):
         super().__init__(config, device, rank, world_size, data_root)
         cfg: Config = config.task
         self.cfg = cfg
-        self._check_run(config, world_size)
+        self._check_run(config)
         self.stage_ends = list(itertools.accumulate(s.steps for s in cfg.stages))
         seed = config.effective_data_seed
         self.theta0 = base_parameters(config.model, derive_seed("forgetting", seed, "theta0"))
@@ -195,11 +195,8 @@ class Task(base.Task):
             self.val_data[group] = (x[n_train:].to(device), y[n_train:].to(device))
 
     @staticmethod
-    def _check_run(config, world_size: int) -> None:
+    def _check_run(config) -> None:
         cfg: Config = config.task
-        if world_size != 1:
-            # every process would draw a whole batch: the paper's batch of 32 per step needs one process
-            raise ConfigError(f"the forgetting task runs in one process, got {world_size} processes")
         if config.model.name != "mlp":
             raise ConfigError(f"the forgetting task trains model.name: mlp, got {config.model.name}")
         total = sum(s.steps for s in cfg.stages)
@@ -243,7 +240,7 @@ class Task(base.Task):
         stage = self.cfg.stages[self.stage_index(step)]
         data_seed = self.config.effective_data_seed
         rng = torch.Generator().manual_seed(
-            derive_seed("forgetting", data_seed, "batch", step, micro, self.rank, self.world_size)
+            derive_seed("forgetting", data_seed, "batch", step, micro)
         )
         per_group = self.cfg.micro_batch_size // len(stage.groups)
         xs, ys, group_ids, indices = [], [], [], []

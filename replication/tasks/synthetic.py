@@ -60,7 +60,7 @@ class Task(LanguageTask):
         return tokens
 
     def train_batch(self, step: int, micro: int):
-        windows = self._windows(self.config.effective_data_seed, "train", step, micro, self.rank, self.world_size)
+        windows = self._windows(self.config.effective_data_seed, "train", step, micro)
         return windows_to_batch(windows, self.device)
 
     def validation_batches(self):

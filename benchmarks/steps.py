@@ -1,0 +1,177 @@
+"""Training-step benchmarks: GAPT's overhead per step, the loop's efficiency, evaluation's cost.
+
+Shapes: ``cpu`` is the FineWeb experiment's cpu-scale model and batch; ``gpt2_small`` is the paper's
+162 M-parameter model with a reduced batch. Both run on the synthetic bigram task with the same
+vocabulary and sequence shape, so no data preparation is needed and every method sees equal work.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import interleaved
+from replication.config import RunConfig, deep_merge, resolve_run_config, validate_run_config
+from replication.evaluation import evaluate_lm
+from replication.gapt import Phase
+from replication.objectives import METHODS, accumulate_gradients
+from replication.train import Trainer
+
+REPO = Path(__file__).resolve().parent.parent
+FINEWEB = REPO / "experiments" / "fineweb_pretrain" / "config.yaml"
+
+
+def shape_config(shape: str, method: str = "ce") -> RunConfig:
+    """A run config of the given shape on the synthetic task (no data files needed)."""
+    if shape == "cpu":
+        base = resolve_run_config(FINEWEB, "cpu", method, 0).to_dict()
+        task = base["task"]
+        seq_len, batch = task["seq_len"], task["micro_batch_size"]
+        grad_accum = max(base["train"]["grad_accum"], 2)
+    elif shape == "gpt2_small":
+        base = resolve_run_config(FINEWEB, "paper", method, 0).to_dict()
+        seq_len, batch, grad_accum = 256, 1, 2
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    model = base["model"]
+    synthetic = {"name": "synthetic", "vocab_size": model["vocab_size"], "seq_len": seq_len,
+                 "micro_batch_size": batch, "val_batches": 2}  # fmt: skip
+    train = deep_merge(base["train"], {"grad_accum": grad_accum, "device": "cpu", "dtype": "float32",
+                                       "compile": False, "checkpoint_every": 0})  # fmt: skip
+    return validate_run_config({**base, "task": synthetic, "train": train, "alignment": {"every": 0}})
+
+
+def gapt_overhead(shape: str, rounds: int = 5) -> dict[str, Any]:
+    """Seconds per optimizer step of each method (gated methods forced into compress) over ce."""
+    trainers, steps = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in METHODS:
+            trainers[method] = Trainer(shape_config(shape, method), Path(tmp) / method, show_progress=False)
+            steps[method] = 0
+
+    def one_step(method: str):
+        t = trainers[method]
+        phase = Phase.MEMORIZE if method == "ce" else Phase.COMPRESS
+
+        def run() -> None:
+            accumulate_gradients(t.model, t.task, t.method, t.config.objective, t.plan, step=steps[method],
+                                 phase=phase, micro_batches=t.micro_batches, window=t.model.attention_window(0.5),
+                                 autocast=t.autocast)  # fmt: skip
+            t.optimizers.step()
+            t.optimizers.zero_grad()
+            steps[method] += 1
+
+        return run
+
+    for method in METHODS:  # warm-up: first steps allocate optimizer state
+        one_step(method)()
+    seconds = interleaved({m: one_step(m) for m in METHODS}, rounds=rounds)
+    return {
+        "shape": shape,
+        "tokens_per_step": trainers["ce"].units_per_step,
+        "seconds_per_step": seconds,
+        "ratio_to_ce": {m: seconds[m] / seconds["ce"] for m in METHODS},
+        "target": "<= 1.05",
+    }
+
+
+def _minimal_loop(config: RunConfig, steps: int) -> float:
+    """Steps per second of the plainest loop: same model, batches and optimizer, nothing else."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Trainer(config, tmp, show_progress=False)
+    model, task, opt = t.model, t.task, t.optimizers
+    window = model.attention_window(0.5)
+    start = None
+    for step in range(steps + 1):
+        if step == 1:
+            start = time.perf_counter()  # the first step allocates optimizer state; leave it out
+        for micro in range(config.train.grad_accum):
+            batch = task.train_batch(step, micro)
+            out = task.forward(model, batch, window=window)
+            (F.cross_entropy(out.output.flatten(0, 1), batch.targets.flatten()) / config.train.grad_accum).backward()
+        opt.step()
+        opt.zero_grad()
+    return steps / (time.perf_counter() - start)
+
+
+def _replication_loop(config: RunConfig, steps: int) -> float:
+    """Steps per second of replication.train, from the times it logged (start-up and evals excluded)."""
+    config = validate_run_config(deep_merge(config.to_dict(), {"train": {"steps": steps + 1, "eval_at_start": False}}))
+    with tempfile.TemporaryDirectory() as tmp:
+        Trainer(config, tmp, show_progress=False).run()
+        times = [json.loads(line)["time"] for line in open(Path(tmp) / "metrics.jsonl") if '"kind": "train"' in line]
+    return steps / (times[-1] - times[0])
+
+
+def loop_efficiency(shape: str = "cpu", steps: int = 30, rounds: int = 3) -> dict[str, Any]:
+    config = shape_config(shape, "ce")
+    ours, minimal = [], []
+    for _ in range(rounds):
+        ours.append(_replication_loop(config, steps))
+        minimal.append(_minimal_loop(config, steps))
+    best_ours, best_minimal = max(ours), max(minimal)
+    return {
+        "shape": shape,
+        "steps_per_round": steps,
+        "replication_steps_per_s": ours,
+        "minimal_steps_per_s": minimal,
+        "ratio": best_ours / best_minimal,
+        "target": ">= 0.95",
+    }
+
+
+def _evaluation_probe(shape: str, mode: str, batches: int) -> dict[str, float]:
+    """One evaluation pass in this process; returns its wall time and the process's peak RSS."""
+    torch.set_num_threads(1)
+    config = shape_config(shape, "ce")
+    config = validate_run_config(deep_merge(config.to_dict(), {"task": {"val_batches": batches}}))
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Trainer(config, tmp, show_progress=False)
+    model, task = t.model, t.task
+    val = task.validation_batches()
+    window = model.attention_window(1.0)
+    model.eval()
+    start = time.perf_counter()
+    if mode == "forward":
+        with torch.no_grad():
+            for batch in val:
+                task.forward(model, batch, window=window)
+    else:
+        evaluate_lm(model, task, val, window=window)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def evaluation(shape: str = "cpu", batches: int = 16, rounds: int = 3) -> dict[str, Any]:
+    """A full validation pass (CE + every block's MBE) against the forward pass alone, each in a fresh
+    process so that peak memory is the pass's own."""
+    results: dict[str, list[dict[str, float]]] = {"forward": [], "full": []}
+    for _ in range(rounds):
+        for mode in results:
+            code = f"import json; from benchmarks.steps import _evaluation_probe as p; print(json.dumps(p({shape!r}, {mode!r}, {batches})))"
+            out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+            results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    fwd_time = min(r["seconds"] for r in results["forward"])
+    full_time = min(r["seconds"] for r in results["full"])
+    fwd_mem = min(r["peak_rss_bytes"] for r in results["forward"])
+    full_mem = min(r["peak_rss_bytes"] for r in results["full"])
+    return {
+        "shape": shape,
+        "batches": batches,
+        "forward_seconds": fwd_time,
+        "full_seconds": full_time,
+        "time_ratio": full_time / fwd_time,
+        "forward_peak_rss_bytes": fwd_mem,
+        "full_peak_rss_bytes": full_mem,
+        "memory_ratio": full_mem / fwd_mem,
+        "target": "time <= 1.10",
+    }
