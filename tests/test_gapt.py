@@ -113,7 +113,9 @@ def test_scalar_and_per_layer_mbe_use_the_mean():
     feed(a, steps)
     for ce, m in steps:
         b.update(ce=ce, mbe=[m - 0.25, m + 0.25])
-    assert a.state_dict() == b.state_dict()
+    a_state, b_state = a.state_dict(), b.state_dict()
+    assert a_state.pop("last_input") != b_state.pop("last_input")  # the inputs differ, the state does not
+    assert a_state == b_state
 
 
 @pytest.mark.parametrize("rules", ["paper", "v1_code", "relative"])
@@ -129,23 +131,49 @@ def test_non_finite_input_changes_nothing_and_is_counted(rules, bad):
         assert after[key] == before[key]
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.5])
 @pytest.mark.parametrize("rules", ["paper", "v1_code", "relative"])
-def test_state_round_trip_in_the_middle_of_a_phase(rules):
+def test_state_round_trip_in_the_middle_of_a_phase(rules, smoothing):
     script = [(3.0 - 0.001 * i, [1.0 + 0.01 * ((i * 7) % 5), 0.8]) for i in range(40)]
-    script[17] = (4.5, [1.0, 0.8])  # a spike somewhere in the middle
-    reference = controller(rules)
+    script[17] = (9.0, [1.0, 0.8])  # a spike somewhere in the middle
+    reference = controller(rules, smoothing=smoothing)
     phases_ref = feed(reference, script)
     assert reference.n_phase_changes >= 2
 
-    first = controller(rules)
+    first = controller(rules, smoothing=smoothing)
     feed(first, script[:13])
     assert 0 < first.s_m + first.s_c  # stopped mid-phase, with a counter running
     state = json.loads(json.dumps(first.state_dict()))  # survives serialisation, infinities included
-    resumed = controller(rules)
+    resumed = controller(rules, smoothing=smoothing)
     resumed.load_state_dict(copy.deepcopy(state))
     phases = phases_ref[:13] + feed(resumed, script[13:])
     assert phases == phases_ref
     assert resumed.state_dict() == reference.state_dict()
+
+
+def test_smoothing_ignores_a_one_step_spike_but_not_a_lasting_rise():
+    raw = controller_after_plateau(best_ce=3.0)
+    smooth = controller(smoothing=0.9)
+    mbe = iter(1.0 - 0.01 * i for i in range(100))  # MBE keeps improving: only a spike ends compress
+    feed(smooth, [(4.0, next(mbe)) for _ in range(4)])
+    feed(smooth, [(3.0, next(mbe)) for _ in range(40)])  # compress; smoothed CE settles at 3.0
+    assert smooth.phase is C and smooth.last_input[0] == pytest.approx(3.0, abs=1e-2)
+    assert raw.update(ce=3.4, mbe=1.0) is M  # raw input: 13 % above best is a spike
+    assert smooth.update(ce=3.4, mbe=next(mbe)) is C  # smoothed: about 1.3 % above
+    phases = feed(smooth, [(3.6, next(mbe)) for _ in range(30)])  # a lasting rise is a spike when smoothed
+    assert M in phases and any(t.reason == "ce_spike" for t in smooth.transitions)
+
+
+def test_smoothing_is_bias_corrected_and_off_by_default():
+    ctrl = controller(smoothing=0.9)
+    ctrl.update(ce=2.5, mbe=[0.5, 1.5])
+    assert ctrl.last_input == pytest.approx([2.5, 0.5, 1.5])  # no pull towards 0 at the start
+    assert ctrl.snapshot()["ce_input"] == pytest.approx(2.5)
+    plain = controller()
+    plain.update(ce=2.5, mbe=1.0)
+    assert "ce_input" not in plain.snapshot() and plain.ema == []
+    with pytest.raises(ValueError, match="smoothing"):
+        GaptConfig(smoothing=1.0)
 
 
 def test_loading_state_of_another_config_fails():
