@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from replication.gapt import GaptConfig
 
@@ -290,6 +290,17 @@ class ExperimentSpec(StrictModel):
         if unknown:
             raise ValueError(f"unknown methods {unknown}; the registry has {list(METHOD_NAMES)}")
         return methods
+
+    @model_validator(mode="after")
+    def _claims_point_at_drawn_figures(self) -> ExperimentSpec:
+        drawn = {f"{figure.file}.png" for figure in self.figures}
+        for claim in self.paper.claims:
+            if claim.figure is not None and claim.figure not in drawn:
+                raise ValueError(f"claim {claim.id} points at {claim.figure}, which figures: does not draw")
+            for name in (claim.method, claim.baseline):
+                if name not in self.methods:
+                    raise ValueError(f"claim {claim.id} names method {name!r}, which the experiment does not run")
+        return self
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
