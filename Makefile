@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SMOKE := .smoke
 SMOKE_PATHS := runs_dir=$(SMOKE)/runs results_dir=$(SMOKE)/results logs_dir=$(SMOKE)/logs data_dir=$(SMOKE)/data
 
-.PHONY: install test test-fast smoke replicate report
+.PHONY: install test test-fast smoke replicate report bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,7 @@ replicate: install
 
 report: install
 	$(BIN)/snakemake --configfile config/$(SCALE).yaml --report results/$(SCALE)/report.html
+
+# benchmarks (python -m benchmarks --help): ratios measured side by side, written to results/benchmarks
+bench: install
+	$(BIN)/python -m benchmarks

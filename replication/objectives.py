@@ -124,6 +124,18 @@ def micro_batch_kind(method: Method, phase: Phase, micro: int) -> Literal["main"
     return "mbe" if micro % 2 == 1 else "main"
 
 
+@torch.no_grad()
+def _every_layer(hidden: list[Tensor], known: list[int], known_values: Tensor | None, kwargs: dict) -> Tensor:
+    """Detached MBE of every block, reusing the values already computed for the ``known`` blocks."""
+    rest = [i for i in range(len(hidden)) if i not in known]
+    values = torch.empty(len(hidden), device=hidden[0].device)
+    if rest:
+        values[rest] = layer_mbe([h.detach() for h in hidden], rest, **kwargs)
+    if known:
+        values[known] = known_values
+    return values
+
+
 def accumulate_gradients(
     model: ReplicationModel,
     task: Task,
@@ -156,11 +168,13 @@ def accumulate_gradients(
             else:
                 out = task.forward(model, batch, window=window)
                 main = task.main_loss(out.output, batch)
-                with torch.no_grad():
-                    every_layer = layer_mbe([h.detach() for h in out.hidden], **mbe_kwargs)
                 loss = main
                 if kind == "joint":
-                    loss = main + objective.lambda_mbe * layer_mbe(out.hidden, plan.joint, **mbe_kwargs).mean()
+                    regularized = layer_mbe(out.hidden, plan.joint, **mbe_kwargs)
+                    loss = main + objective.lambda_mbe * regularized.mean()
+                    every_layer = _every_layer(out.hidden, plan.joint, regularized.detach(), mbe_kwargs)
+                else:
+                    every_layer = _every_layer(out.hidden, [], None, mbe_kwargs)
                 main_losses.append(main.detach())
                 mbe_sums = every_layer if mbe_sums is None else mbe_sums + every_layer
                 n_full += 1

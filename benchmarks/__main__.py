@@ -1,0 +1,103 @@
+"""python -m benchmarks [SECTION ...] [--out results/benchmarks]
+
+Sections: gapt_overhead, loop_efficiency, mbe_kernel, data_prep, evaluation, smoke_dag (default: all).
+Each prints a table and writes results/benchmarks/<section>.json with its provenance. Run it on a
+quiet machine: the ratios compare variants measured side by side, but other load still adds noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+from benchmarks.common import write_result
+
+
+def _print_overhead(result: dict) -> None:
+    rows = [[m, f"{s * 1000:.1f}", f"{result['ratio_to_ce'][m]:.3f}"] for m, s in result["seconds_per_step"].items()]
+    print(f"\nGAPT overhead, {result['shape']} shape ({result['tokens_per_step']} tokens/step; target {result['target']})")
+    print(tabulate(rows, headers=["method", "ms / step", "ratio to ce"], tablefmt="github"))
+
+
+def run_section(name: str, out: Path) -> None:
+    if name == "gapt_overhead":
+        from benchmarks.steps import gapt_overhead
+
+        results = {shape: gapt_overhead(shape) for shape in ("cpu", "gpt2_small")}
+        for result in results.values():
+            _print_overhead(result)
+        write_result(out, name, {"shapes": results})
+    elif name == "loop_efficiency":
+        from benchmarks.steps import loop_efficiency
+
+        result = loop_efficiency()
+        print(f"\nLoop efficiency ({result['shape']} shape; target {result['target']})")
+        rows = [["replication.train", *[f"{x:.2f}" for x in result["replication_steps_per_s"]]],
+                ["minimal loop", *[f"{x:.2f}" for x in result["minimal_steps_per_s"]]]]  # fmt: skip
+        print(tabulate(rows, headers=["steps/s", *[f"round {i + 1}" for i in range(len(rows[0]) - 1)]], tablefmt="github"))
+        print(f"ratio (best of rounds): {result['ratio']:.3f}")
+        write_result(out, name, result)
+    elif name == "mbe_kernel":
+        from benchmarks.mbe_kernel import mbe_kernel
+
+        result = mbe_kernel()
+        rows = [[r["patch"], r["width"], f"{r['seconds']['chosen'] * 1e3:.2f}", f"{r['seconds']['rows_gram'] * 1e3:.2f}",
+                 f"{r['seconds']['eigenvalues'] * 1e3:.2f}", f"{r['chosen_over_rows_gram']:.2f}",
+                 f"{r['chosen_over_eigenvalues']:.2f}"] for r in result["rows"]]  # fmt: skip
+        print(f"\nMBE kernel (ms per call over ~8 MB of activations; target {result['target']})")
+        print(tabulate(rows, headers=["patch", "width", "chosen", "n x n Gram", "eigenvalues", "chosen / n x n",
+                                      "chosen / eig"], tablefmt="github"))  # fmt: skip
+        write_result(out, name, result)
+    elif name == "data_prep":
+        from benchmarks.data_prep import data_prep
+
+        result = data_prep()
+        print(f"\nData preparation, GPT-2 BPE, tokens/s (target {result['target']})")
+        rows = [[name, f"{r['tokens']:,}", f"{r['replication.prepare']:,.0f}", f"{r['tiktoken encode_ordinary_batch']:,.0f}",
+                 f"{r['ratio']:.3f}"] for name, r in result["inputs"].items()]  # fmt: skip
+        print(tabulate(rows, headers=["input", "tokens", "replication.prepare", "tiktoken batch encoder", "ratio"],
+                       tablefmt="github"))  # fmt: skip
+        write_result(out, name, result)
+    elif name == "evaluation":
+        from benchmarks.steps import evaluation
+
+        result = evaluation()
+        print(f"\nEvaluation pass against the forward pass alone ({result['shape']} shape; target {result['target']})")
+        print(tabulate([["wall time (s)", f"{result['forward_seconds']:.3f}", f"{result['full_seconds']:.3f}",
+                         f"{result['time_ratio']:.3f}"],
+                        ["peak RSS (MB)", f"{result['forward_peak_rss_bytes'] / 2**20:.0f}",
+                         f"{result['full_peak_rss_bytes'] / 2**20:.0f}", f"{result['memory_ratio']:.3f}"]],
+                       headers=["", "forward only", "CE + every block's MBE", "ratio"], tablefmt="github"))  # fmt: skip
+        write_result(out, name, result)
+    elif name == "smoke_dag":
+        from benchmarks.smoke_dag import smoke_dag
+
+        result = smoke_dag()
+        print(f"\nSmoke DAG ({result['runs']} runs on {result['cores']} cores; target {result['target']})")
+        print(f"wall time {result['dag_wall_seconds']:.0f} s, of which orchestration {100 * result['orchestration_share']:.0f} %")
+        write_result(out, name, result)
+    else:
+        raise SystemExit(f"unknown section {name!r}; choose from {SECTIONS}")
+
+
+SECTIONS = ["gapt_overhead", "loop_efficiency", "mbe_kernel", "data_prep", "evaluation", "smoke_dag"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sections", nargs="*", default=SECTIONS, help=f"any of {SECTIONS}")
+    parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for the in-process sections")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for section in args.sections:
+        run_section(section, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

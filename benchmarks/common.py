@@ -1,0 +1,36 @@
+"""Timing helpers: interleaved repetitions and medians, so that machine noise hits every variant."""
+
+from __future__ import annotations
+
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from replication.runio import now, provenance
+
+
+def interleaved(variants: dict[str, Callable[[], None]], rounds: int, repeats: int = 1) -> dict[str, float]:
+    """Median seconds per call of each variant, the variants taking turns round after round."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            gc.collect()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            times[name].append((time.perf_counter() - start) / repeats)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def write_result(out_dir: Path, section: str, payload: dict[str, Any]) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{section}.json"
+    record = {"section": section, "measured_at": now(), "provenance": provenance(torch.device("cpu")), **payload}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
