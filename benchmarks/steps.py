@@ -148,7 +148,20 @@ def _evaluation_probe(shape: str, mode: str, batches: int) -> dict[str, float]:
     else:
         evaluate_lm(model, task, val, window=window)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    return {"seconds": seconds, "peak_rss_bytes": _peak_rss_bytes()}
+
+
+def _peak_rss_bytes() -> int:
+    """This process's own peak resident memory. ru_maxrss would do on most systems, but Linux
+    carries it over fork and exec, so a child would report its parent's peak; VmHWM belongs to the
+    child's own address space."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def evaluation(shape: str = "cpu", batches: int = 16, rounds: int = 3) -> dict[str, Any]:

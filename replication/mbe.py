@@ -141,10 +141,16 @@ def layer_mbe(
 ) -> Tensor:
     """Patch MBE of each selected block: a list of (B, S, D) -> (len(layers),), float32.
 
-    layers=None takes every block. Gradients flow unless the caller detaches or runs under no_grad.
+    layers=None takes every block. Blocks of one shape go through renyi_entropy in one batched call
+    (a handful of kernels instead of a handful per block). Gradients flow unless the caller detaches
+    or runs under no_grad.
     """
-    chosen = range(len(hidden_states)) if layers is None else layers
-    values = [patch_mbe(hidden_states[i], patch_size, alpha, eps, clamp) for i in chosen]
-    if not values:
+    chosen = list(range(len(hidden_states)) if layers is None else layers)
+    if not chosen:
         raise ValueError("layer_mbe needs at least one layer")
-    return torch.stack(values)
+    selected = [hidden_states[i] for i in chosen]
+    if len({tuple(h.shape) for h in selected}) > 1:
+        return torch.stack([patch_mbe(h, patch_size, alpha, eps, clamp) for h in selected])
+    stacked = patches(torch.stack(selected).flatten(0, 1), patch_size)  # (L * B * S / P, P, D)
+    per_patch = renyi_entropy(stacked, alpha=alpha, eps=eps, clamp=clamp)
+    return per_patch.view(len(selected), -1).mean(dim=1)

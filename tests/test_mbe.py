@@ -194,3 +194,9 @@ def test_layer_mbe_carries_gradients_to_each_layer():
     layer_mbe(hidden, layers=[0, 2]).sum().backward()
     assert hidden[0].grad.abs().sum() > 0 and hidden[2].grad.abs().sum() > 0
     assert hidden[1].grad is None
+
+
+def test_layer_mbe_of_blocks_of_different_shapes_falls_back_to_one_by_one():
+    hidden = [torch.randn(2, 16, 12), torch.randn(2, 8, 20)]
+    values = layer_mbe(hidden)
+    assert values.tolist() == pytest.approx([patch_mbe(h).item() for h in hidden], abs=1e-6)
