@@ -4,11 +4,12 @@
 
 reads ``runs/NAME/S/<method>/seed<seed>/{summary.json,metrics.jsonl}`` of the experiment's methods
 and the scale's seeds, and writes into ``--out``:
-- ``summary.csv``: one row per (method, seed, metric): every headline metric of summary.json and its
-  top-level counts (phase_changes, compress_steps, nonfinite_steps, wall_time_s, ...);
+- ``summary.csv``: one row per (experiment, scale, method, seed, metric): every headline metric of
+  summary.json and its top-level counts (phase_changes, compress_steps, nonfinite_steps, ...);
 - ``runs.csv``: one row per run with its provenance (git commit, versions, device, wall time);
 - ``curves.csv``: evaluation records (every scalar, per-layer values with a ``layer`` column) and
-  training records thinned to at most ``--max-train-points`` per run;
+  training records thinned to at most MAX_TRAIN_POINTS per run, at 7 significant digits; this and
+  the next two files take the experiment and scale from their folder;
 - ``phases.csv``: the phase intervals of every run, for shading;
 - ``alignment.csv``: the RQ1 gradient-alignment records, where runs logged them;
 - ``table.md``: mean ± std per method beside the paper's values, and the per-seed paired relative
@@ -35,7 +36,10 @@ from replication.tasks import TASK_MODULES
 
 TOP_LEVEL = ("phase_changes", "compress_steps", "nonfinite_steps", "wall_time_s", "tokens", "steps", "peak_memory_bytes")
 PROVENANCE = ("git_commit", "git_dirty", "torch", "python", "device", "device_name", "torch_threads")
-TRAIN_KEYS_SKIPPED = {"kind", "step", "tokens", "phase", "lr", "window", "step_time", "time", "s_m", "s_c"}
+# bookkeeping and controller internals: phases.csv and metrics.jsonl hold what matters of them
+TRAIN_KEYS_SKIPPED = {"kind", "step", "tokens", "phase", "lr", "window", "step_time", "time", "s_m", "s_c",
+                      "e_min", "m_min", "ce_input", "mbe_input"}  # fmt: skip
+MAX_TRAIN_POINTS = 100  # training records kept per run in curves.csv (every evaluation is kept)
 
 
 def run_dir(runs: Path, experiment: str, scale: str, method: str, seed: int) -> Path:
@@ -90,9 +94,9 @@ def collect(spec: ExperimentSpec, scale: str, runs: Path, methods: list[str], se
             align_rows, columns=["method", "seed", "step", "layer", "cos", "noise_cos", "norm_ce", "norm_mbe"]
         ),
     }
-    for frame in frames.values():
-        frame.insert(0, "scale", scale)
-        frame.insert(0, "experiment", spec.experiment)
+    for name in ("summary", "runs"):  # the per-step tables take both from their folder's name
+        frames[name].insert(0, "scale", scale)
+        frames[name].insert(0, "experiment", spec.experiment)
     return frames
 
 
@@ -105,7 +109,7 @@ def _paired_metrics(spec: ExperimentSpec):
     return getattr(importlib.import_module(TASK_MODULES[name]), "paired_metrics", None)
 
 
-def _curve_rows(key: dict, records: list[dict], steps: int, max_train_points: int = 250) -> list[dict]:
+def _curve_rows(key: dict, records: list[dict], steps: int, max_train_points: int = MAX_TRAIN_POINTS) -> list[dict]:
     rows = []
     stride = max(1, steps // max_train_points)
     for r in records:
@@ -116,7 +120,8 @@ def _curve_rows(key: dict, records: list[dict], steps: int, max_train_points: in
                     continue
                 if _is_number(value):
                     rows.append({**base, "metric": metric, "layer": None, "value": float(value)})
-                elif isinstance(value, list) and value and all(_is_number(v) for v in value):
+                elif isinstance(value, list) and len(value) > 1 and all(_is_number(v) for v in value):
+                    # (a one-block list repeats its own mean, which the record also holds)
                     rows += [{**base, "metric": metric, "layer": i, "value": float(v)} for i, v in enumerate(value)]
     return rows
 
@@ -221,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     for name, frame in frames.items():
-        frame.to_csv(args.out / f"{name}.csv", index=False)
+        # curves only feed figures: 7 significant digits; summary.csv keeps full precision for the tables
+        frame.to_csv(args.out / f"{name}.csv", index=False, float_format=None if name == "summary" else "%.7g")
     write_table(spec, args.scale, frames, methods, args.out)
     return 0
 

@@ -23,7 +23,7 @@ import seaborn as sns  # noqa: E402
 from replication.config import ConfigError, ExperimentSpec, FigureSpec, load_experiment  # noqa: E402
 
 METHOD_ORDER = ["ce", "ce_mbe", "gapt", "gapt_joint"]
-COMPRESS_COLOR = "0.45"  # grey: no method colour is grey
+COMPRESS_MAX_GREY = 0.3  # background grey when every seed compresses (a share of black)
 
 
 def _methods(frame: pd.DataFrame) -> list[str]:
@@ -48,12 +48,31 @@ def _save(fig: plt.Figure, results: Path, stem: str, title: str) -> list[Path]:
     return paths
 
 
+def compress_fraction(phases: pd.DataFrame, method: str, n_steps: int) -> np.ndarray:
+    """For every step, the fraction of the method's seeds that were in the compress phase."""
+    rows = phases[phases.method == method]
+    count = np.zeros(n_steps)
+    for row in rows[rows.phase == "compress"].itertuples():
+        count[int(row.start_step) : int(row.end_step)] += 1
+    return count / max(rows.seed.nunique(), 1)
+
+
 def _shade_compress(ax: plt.Axes, phases: pd.DataFrame, method: str) -> None:
-    """Compress intervals of every seed, each at alpha 0.3 / seeds: dark where all seeds compress."""
-    rows = phases[(phases.method == method) & (phases.phase == "compress")]
-    n_seeds = max(phases[phases.method == method].seed.nunique(), 1)
-    for row in rows.itertuples():
-        ax.axvspan(row.start_step, row.end_step, color=COMPRESS_COLOR, alpha=0.3 / n_seeds, lw=0)
+    """Grey background, darker where more seeds were compressing at that step (white: none)."""
+    if phases.empty:
+        return
+    n_steps = int(phases.end_step.max())
+    fraction = compress_fraction(phases, method, n_steps)
+    if not fraction.any():
+        return
+    ax.imshow(fraction[None, :], extent=(0, n_steps, 0, 1), transform=ax.get_xaxis_transform(), aspect="auto",
+              cmap="Greys", vmin=0.0, vmax=1.0 / COMPRESS_MAX_GREY, interpolation="nearest", zorder=0)  # fmt: skip
+
+
+def _robust_limits(values: pd.Series) -> tuple[float, float]:
+    lo, hi = values.quantile([0.005, 0.995])
+    margin = 0.05 * (hi - lo) or 0.05 * abs(hi) or 0.05
+    return lo - margin, hi + margin
 
 
 def curves(spec: FigureSpec, curves_df: pd.DataFrame, phases: pd.DataFrame, results: Path) -> list[Path]:
@@ -65,7 +84,9 @@ def curves(spec: FigureSpec, curves_df: pd.DataFrame, phases: pd.DataFrame, resu
     palette = _palette(methods)
     fig, axes = plt.subplots(len(metrics), len(methods), figsize=(3.2 * len(methods), 2.4 * len(metrics)),
                              sharex=True, sharey="row", squeeze=False)  # fmt: skip
+    after_start = data[data.step >= 0.05 * data.step.max()]  # the first steps' values would set the scale
     for i, metric in enumerate(metrics):
+        axes[i, 0].set_ylim(*_robust_limits(after_start[after_start.metric == metric].value))
         for j, method in enumerate(methods):
             ax = axes[i, j]
             _shade_compress(ax, phases, method)
@@ -80,7 +101,8 @@ def curves(spec: FigureSpec, curves_df: pd.DataFrame, phases: pd.DataFrame, resu
                 ax.set_ylabel(metric)
             if i == len(metrics) - 1:
                 ax.set_xlabel("optimizer step")
-    fig.text(0.99, 0.005, "shaded: compress phase (darker = more seeds); thin: seeds, thick: mean",
+    fig.text(0.99, 0.005, "grey: share of seeds in the compress phase at each step; thin: seeds, thick: mean; "
+             "y axes span the 0.5-99.5 % quantiles after the first 5 % of steps",
              ha="right", va="bottom", fontsize=7, color="0.35")  # fmt: skip
     return _save(fig, results, spec.file, spec.title)
 
@@ -120,9 +142,11 @@ def rq1_alignment(spec: FigureSpec, alignment: pd.DataFrame, results: Path) -> l
     for ax in list(axes.flat)[len(layers):]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
-    return _save(fig, results, spec.file, spec.title)
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    if spec.title:
+        fig.suptitle(spec.title)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return _save(fig, results, spec.file, "")
 
 
 def by_digits(spec: FigureSpec, summary: pd.DataFrame, results: Path) -> list[Path]:
