@@ -142,6 +142,10 @@ class ObjectiveConfig(StrictModel):
     alternate_layers: list[int] | None = None  # None: the middle layers 2 .. L-3 (0-based)
     joint_layers: list[int] | None = None  # None: the middle layers 1 .. L-2 (0-based)
 
+    def mbe_options(self) -> dict[str, Any]:
+        """The keyword arguments of mbe.layer_mbe / patch_mbe that this objective sets."""
+        return {"patch_size": self.patch_size, "alpha": self.alpha, "eps": self.eps, "clamp": self.clamp}
+
 
 class TrainConfig(StrictModel):
     steps: int

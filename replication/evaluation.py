@@ -16,8 +16,7 @@ from replication.tasks.base import Batch, Task
 
 
 def mbe_kwargs(task: Task) -> dict[str, Any]:
-    objective = task.config.objective
-    return dict(patch_size=objective.patch_size, alpha=objective.alpha, eps=objective.eps, clamp=objective.clamp)
+    return task.config.objective.mbe_options()
 
 
 @torch.no_grad()
@@ -32,6 +31,7 @@ def evaluate_lm(
 ) -> dict[str, Any]:
     """Mean token CE and every block's patch MBE over the batches this process was given, reduced
     over processes: {prefix/ce, prefix/mbe_by_layer, prefix/mbe (mean over blocks)}."""
+    options = mbe_kwargs(task)
     was_training = model.training
     model.eval()
     ce_sum = torch.zeros((), dtype=torch.float64, device=task.device)
@@ -44,8 +44,8 @@ def evaluate_lm(
         logits = out.output.float()
         ce_sum += F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), reduction="sum").double()
         tokens += batch.targets.numel()
-        n_patches = batch.inputs.numel() // mbe_kwargs(task)["patch_size"]
-        per_layer = layer_mbe(out.hidden, **mbe_kwargs(task)).double() * n_patches
+        n_patches = batch.inputs.numel() // options["patch_size"]
+        per_layer = layer_mbe(out.hidden, **options).double() * n_patches
         mbe_sum = per_layer if mbe_sum is None else mbe_sum + per_layer
         patches += n_patches
     model.train(was_training)

@@ -152,7 +152,7 @@ def accumulate_gradients(
     """Forward and backward this process's micro-batches of one optimizer step (their indices
     among all of the step's micro-batches); gradients land in .grad, averaged over these
     micro-batches, so that averaging over equal shares of processes gives the step's mean."""
-    mbe_kwargs = dict(patch_size=objective.patch_size, alpha=objective.alpha, eps=objective.eps, clamp=objective.clamp)
+    mbe_kwargs = objective.mbe_options()
     main_losses: list[Tensor] = []
     mbe_sums: Tensor | None = None
     n_full = 0

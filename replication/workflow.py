@@ -136,11 +136,16 @@ class Plan:
 
 
 
-DEFAULTS = {
-    "methods": None, "seeds": None, "experiments_dir": "experiments", "runs_dir": "runs", "data_dir": "data",
-    "results_dir": "results", "logs_dir": "logs", "threads_per_run": 1, "gpus_per_run": 0, "nproc_per_run": 1,
-    "per_experiment": {},
-}  # fmt: skip
+SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _schema_defaults() -> dict[str, Any]:
+    """The defaults the DAG's config schema fills in (one place states them: the schema)."""
+    properties = yaml.safe_load(SCHEMA.read_text())["properties"]
+    return {key: spec["default"] for key, spec in properties.items() if "default" in spec}
+
+
+DEFAULTS = {"methods": None, "seeds": None, **_schema_defaults()}
 
 
 def check_outputs(argv: list[str] | None = None) -> int:
