@@ -1,18 +1,26 @@
 # Two entry points, each installing what it needs into .venv first:
 #   make test        the test suite, then the smoke DAG end to end (what CI runs)
 #   make replicate   the replication at the scale this machine can carry (SCALE=cpu by default)
+# TORCH=cpu installs PyTorch's CPU-only build from PyTorch's own wheel index (TORCH_CPU_INDEX) instead
+# of the default build of the package index (on Linux x86_64, a CUDA build with its CUDA wheels).
 PYTHON ?= python3
 VENV ?= .venv
 SCALE ?= cpu
+TORCH ?=
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+KEEP ?= 0
 BIN := $(VENV)/bin
 SMOKE := .smoke
-SMOKE_PATHS := runs_dir=$(SMOKE)/runs results_dir=$(SMOKE)/results logs_dir=$(SMOKE)/logs data_dir=$(SMOKE)/data
+SCALES := $(sort $(patsubst config/%.yaml,%,$(wildcard config/*.yaml)))
+TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: install test test-fast smoke replicate report bench
+.PHONY: install test test-fast smoke replicate report bench check-scale
 
 $(BIN)/.installed: pyproject.toml
+	@case "$(TORCH)" in ""|cpu) ;; *) echo "error: TORCH=$(TORCH): leave it unset (the index's default build) or set TORCH=cpu" >&2; exit 2;; esac
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(if $(filter cpu,$(TORCH)),$(BIN)/python -m pip install --quiet --index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)")
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -25,18 +33,31 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
-# the whole DAG at smoke scale in a scratch folder, then a check that every table, figure and
-# CLAIMS.md exists
+# The whole DAG at smoke scale in a scratch folder of its own (so that two of them in one clone never
+# touch each other's files), then a check that every table, figure and CLAIMS.md exists. Every
+# experiment runs even when another fails; a failure keeps the folder and exits non-zero. KEEP=1
+# keeps it after a success too.
 smoke: install
-	rm -rf $(SMOKE)
-	$(BIN)/snakemake --cores 2 --configfile config/smoke.yaml --config $(SMOKE_PATHS) --quiet rules
-	$(BIN)/python -m replication.workflow config/smoke.yaml $(SMOKE_PATHS)
+	@mkdir -p $(SMOKE)
+	@dir=$$(mktemp -d $(SMOKE)/run-XXXXXX) && \
+	paths="runs_dir=$$dir/runs results_dir=$$dir/results logs_dir=$$dir/logs data_dir=$$dir/data" && \
+	echo "smoke DAG in $$dir" && \
+	if $(BIN)/snakemake --cores 2 --keep-going --configfile config/smoke.yaml --config $$paths --quiet rules \
+		&& $(BIN)/python -m replication.workflow config/smoke.yaml $$paths; then \
+		if [ "$(KEEP)" = 1 ]; then echo "smoke DAG passed; its outputs are in $$dir"; \
+		else rm -rf "$$dir"; echo "smoke DAG passed"; fi; \
+	else echo "smoke DAG failed: the runs, results and logs are kept in $$dir" >&2; exit 1; fi
 
-replicate: install
+check-scale:
+	@case " $(SCALES) " in *" $(SCALE) "*) ;; \
+		*) echo "error: SCALE=$(SCALE) is not a scale; choose one of: $(SCALES)" >&2; exit 2;; esac
+
+replicate: check-scale install
 	$(BIN)/snakemake --profile profiles/local-cpu --configfile config/$(SCALE).yaml
 
-report: install
-	$(BIN)/snakemake --configfile config/$(SCALE).yaml --report results/$(SCALE)/report.html
+# one self-contained page: CLAIMS.md, every experiment's table and every figure with its caption
+report: check-scale install
+	$(BIN)/python -m replication.report --scale $(SCALE)
 
 # benchmarks (python -m benchmarks --help): ratios measured side by side, written to results/benchmarks
 bench: install

@@ -1,23 +1,39 @@
-# The replication DAG. `snakemake --cores all` runs the paper scale; `--configfile config/<scale>.yaml`
-# selects another (smoke, cpu, gpu1). Every job is a `python -m replication.<command>` call that can
-# also be run by hand; the Python package decides what to run (replication/workflow.py).
+# The replication DAG. `snakemake --cores all` with no config file runs the paper scale
+# (config/paper.yaml); `--configfile config/<scale>.yaml` selects another (smoke, cpu, gpu1). A global
+# config gets nothing from any other file: a key it omits takes the default that
+# workflow/schemas/config.schema.yaml states. Every job is a `python -m replication.<command>` call that
+# can also be run by hand; the Python package decides what to run (replication/workflow.py).
 import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
+from replication.config import ConfigError
+from replication.workflow import PAPER_CONFIG, TABLE_FILES, Plan, resolve_global_config
 
-configfile: "config/paper.yaml"
+if not workflow.overwrite_configfiles and "scale" not in config:
+    # nothing names a config file or a scale: the full replication, by this explicit choice
+    workflow.configfile(PAPER_CONFIG)
 
+try:
+    _resolved = resolve_global_config(config)
+    config.clear()
+    config.update(_resolved)
+    PLAN = Plan(config).check()
+except ConfigError as error:
+    sys.exit(f"error: the global config: {error}")
 
-validate(config, "workflow/schemas/config.schema.yaml")
-
-from replication.workflow import TABLE_FILES, Plan
-
-PLAN = Plan(config)
 RUNS, DATA, LOGS = config["runs_dir"], config["data_dir"], config["logs_dir"]
 PYTHON = sys.executable  # the environment Snakemake runs in is the one every job runs in
+
+
+def logged(command):
+    """The shell line of a job: output to its log; on failure, the log's tail on the terminal too."""
+    return (
+        f"{command} > {{log}} 2>&1 || {{{{ status=$?; echo '--- last lines of {{log}}:' >&2; "
+        f"tail -n 15 {{log}} >&2; exit $status; }}}}"
+    )
 
 
 wildcard_constraints:

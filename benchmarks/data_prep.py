@@ -7,6 +7,7 @@ the steady state of a real preparation)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import tempfile
 import time
@@ -17,7 +18,7 @@ from replication.prepare import DatasetOptions, prepare
 from replication.tokenization import get_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO.parent / "shared" / "data" / "fineweb_sample" / "fineweb_sample.jsonl"
+SAMPLE = REPO / "experiments" / "fineweb_pretrain" / "sample" / "fineweb_sample.jsonl.gz"
 
 
 def _measure(path: Path, threads: int, rounds: int) -> dict[str, float]:
@@ -42,7 +43,9 @@ def data_prep(threads: int = 2, rounds: int = 3) -> dict[str, Any]:
     if not SAMPLE.exists():
         raise SystemExit(f"data_prep needs the local FineWeb sample at {SAMPLE}")
     with tempfile.TemporaryDirectory() as tmp:
-        repeated = Path(tmp) / "sample_x20.jsonl"
-        repeated.write_text(SAMPLE.read_text() * 20)
-        results = {"sample": _measure(SAMPLE, threads, rounds), "sample_x20": _measure(repeated, threads, rounds)}
+        text = gzip.decompress(SAMPLE.read_bytes()).decode("utf-8")  # measured on the plain JSON lines
+        sample, repeated = Path(tmp) / "sample.jsonl", Path(tmp) / "sample_x20.jsonl"
+        sample.write_text(text)
+        repeated.write_text(text * 20)
+        results = {"sample": _measure(sample, threads, rounds), "sample_x20": _measure(repeated, threads, rounds)}
     return {"threads": threads, "inputs": results, "target": ">= 0.8"}

@@ -12,7 +12,8 @@ Sources, in this order:
 - ``pretokenized``: the author's GPT-2 shards of FineWeb on the Hugging Face hub (modded-nanogpt's
   ``fineweb_val_000000.bin``, ``fineweb_train_000001.bin``, ...), cut to the token counts asked for;
 - ``path``: a local JSON-lines (``.json``, ``.jsonl``, optionally ``.gz``) or parquet file with a
-  text column, read through ``datasets`` exactly like the hub data set, when the file exists;
+  text column, read through ``datasets`` exactly like the hub data set, when the file exists; with
+  ``sha256`` set, its (decompressed) content must have that hash, or the command stops;
 - ``hub``: a hub data set streamed through ``datasets`` (``HuggingFaceFW/fineweb``, ``sample-10BT``).
 With none of them available the command stops at once and says both ways out.
 
@@ -26,6 +27,7 @@ training split, cut into shards of ``shard_tokens`` and capped at ``train_tokens
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -57,6 +59,7 @@ class DatasetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: str | None = None  # local JSON-lines/parquet file; relative to --root
+    sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")  # of path's decompressed content
     hub: str | None = None  # a hub data set streamed through `datasets`, e.g. HuggingFaceFW/fineweb
     hub_config: str | None = None  # e.g. sample-10BT
     hub_split: str = "train"
@@ -83,6 +86,10 @@ class NoSourceError(RuntimeError):
     """Neither the local file nor the hub can be read."""
 
 
+class SourceHashError(RuntimeError):
+    """The local file is there but is not the file the data set names (damaged or replaced)."""
+
+
 # -- where the text comes from -------------------------------------------------------------------
 
 
@@ -104,6 +111,8 @@ def hub_reachable(timeout: float = 5.0) -> bool:
 def _no_source_message(name: str, options: DatasetOptions, local: Path | None) -> str:
     wanted = options.pretokenized or options.hub or "HuggingFaceFW/fineweb"
     where = f"at {local}" if local is not None else "and name it in the data set's `path` option"
+    if local is not None and options.sha256 is not None:
+        where += f" (the file this data set names, content sha256 {options.sha256}: in a clone, git checkout -- {options.path} restores it)"
     return (
         f"data set {name!r}: no source can be read here. Two ways out: put a local JSON-lines or parquet file "
         f"with a {options.text_field!r} column {where}, or run where the Hugging Face hub is reachable "
@@ -113,11 +122,40 @@ def _no_source_message(name: str, options: DatasetOptions, local: Path | None) -
     )
 
 
+def content_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's content, decompressed first when its name ends in ``.gz``."""
+    path = Path(path)
+    if path.suffix.lower() != ".gz":
+        return file_sha256(path, chunk)
+    digest = hashlib.sha256()
+    with gzip.open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def resolve_source(name: str, options: DatasetOptions, root: Path) -> dict[str, Any]:
-    """The source this preparation will read, as recorded in the manifest; fails at once if none."""
+    """The source this preparation will read, as recorded in the manifest; fails at once if none.
+
+    A local file named with a ``sha256`` is read only if its content has that hash: a damaged or
+    replaced file is an error, never silently a different data set (nor a silent fall-back to the hub).
+    """
     local = None if options.path is None else (root / options.path).resolve()
     if options.pretokenized is None and local is not None and local.is_file():
-        return {"kind": "local", "path": str(local), "sha256": file_sha256(local)}
+        source = {"kind": "local", "path": str(local), "sha256": file_sha256(local)}
+        if options.sha256 is not None:
+            try:
+                actual = content_sha256(local)
+            except (OSError, EOFError, gzip.BadGzipFile) as error:
+                actual = f"unreadable ({error})"
+            if actual != options.sha256:
+                raise SourceHashError(
+                    f"data set {name!r}: {local} is not the expected file: its content has sha256 {actual}, "
+                    f"the data set names {options.sha256}. Restore it (in a clone: git checkout -- "
+                    f"{options.path}) or, to use another file on purpose, change the data set's sha256."
+                )
+            source["content_sha256"] = actual
+        return source
     if (options.pretokenized or options.hub) and hub_reachable():
         if options.pretokenized:
             return {"kind": "pretokenized", "repo": options.pretokenized}
@@ -385,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = prepare(
             args.dataset, options, args.out, root=args.root, threads=args.threads, progress=show
         )
-    except (ConfigError, NoSourceError) as error:
+    except (ConfigError, NoSourceError, SourceHashError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{split} {info['tokens']:,} tokens" for split, info in manifest["splits"].items())

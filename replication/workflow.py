@@ -8,10 +8,12 @@ from each experiment's own ``experiments/<name>/config.yaml``.
 from __future__ import annotations
 
 import argparse
+import copy
+import difflib
 import sys
-from pathlib import Path
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -46,13 +48,24 @@ class Plan:
 
     @cached_property
     def specs(self) -> dict[str, ExperimentSpec]:
+        folder = Path(self.config["experiments_dir"])
+        available = sorted(p.parent.name for p in folder.glob("*/config.yaml"))
+        for name in self.config["experiments"]:
+            if name not in available:
+                hint = difflib.get_close_matches(name, available, n=1)
+                raise ConfigError(
+                    f"no experiment {name!r} in {folder}/"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else f"; it has {', '.join(available)}")
+                )
         specs = {name: load_experiment(self.experiment_config(name)) for name in self.config["experiments"]}
         for name, spec in specs.items():
             if spec.experiment != name:
                 raise ConfigError(f"{self.experiment_config(name)} names itself {spec.experiment!r}, not {name!r}")
         for name, spec in specs.items():
             if self.scale not in spec.scales:
-                raise ConfigError(f"experiment {name} has no scale {self.scale!r}; it has {sorted(spec.scales)}")
+                raise ConfigError(
+                    f"experiment {name} has no scale {self.scale!r}; its scales: {', '.join(sorted(spec.scales))}"
+                )
         return specs
 
     def methods(self, experiment: str) -> list[str]:
@@ -91,6 +104,13 @@ class Plan:
                 if owners.setdefault(name, experiment) != experiment:
                     raise ConfigError(f"data set {name!r} is declared by both {owners[name]} and {experiment}")
         return owners
+
+    def check(self) -> Plan:
+        """Resolve every run now, so that a bad config fails before any job starts."""
+        for experiment in self.specs:
+            self.runs(experiment)
+        self.run_datasets, self.dataset_experiment
+        return self
 
     # -- paths -----------------------------------------------------------------------------------
     def run_dir(self, run: RunId) -> str:
@@ -137,15 +157,64 @@ class Plan:
 
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+PAPER_CONFIG = "config/paper.yaml"  # what `snakemake` runs when nothing names a config or a scale
+
+
+@cache
+def _schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA.read_text())
 
 
 def _schema_defaults() -> dict[str, Any]:
-    """The defaults the DAG's config schema fills in (one place states them: the schema)."""
-    properties = yaml.safe_load(SCHEMA.read_text())["properties"]
-    return {key: spec["default"] for key, spec in properties.items() if "default" in spec}
+    """The defaults the DAG's config schema states (the one place they are written)."""
+    return {key: spec["default"] for key, spec in _schema()["properties"].items() if "default" in spec}
 
 
 DEFAULTS = {"methods": None, "seeds": None, **_schema_defaults()}
+
+
+def _describe(error: Any) -> str:
+    """One line for one schema violation, naming the key and, for a typo, the closest valid one."""
+    where = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        parts = []
+        for key in extra:
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            parts.append(f"unknown key {(where + '.' if where else '') + str(key)!r}"
+                         + (f" (did you mean {hint[0]!r}?)" if hint else f"; valid keys: {', '.join(allowed)}"))  # fmt: skip
+        return "; ".join(parts)
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        if missing == "scale":
+            return "the config names no scale: add `scale: smoke|cpu|gpu1|paper`, or pass --configfile config/<scale>.yaml"
+        return f"the config lacks the required key {missing!r}"
+    if error.validator == "enum":
+        return f"{where}: {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+    return f"{where or 'config'}: {error.message}"
+
+
+def resolve_global_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """The global config with every omitted key set to the schema's default, after validation.
+
+    Nothing else is merged in: a config file that names ``scale: smoke`` and its experiments gets
+    1 thread, 0 GPUs and 1 process per run, as the schema documents. Raises ``ConfigError`` with one
+    line per problem.
+    """
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("\n".join(_describe(e) for e in errors))
+    config = {**DEFAULTS, **copy.deepcopy(raw)}
+    unknown = sorted(set(config["per_experiment"]) - set(config["experiments"]))
+    if unknown:
+        raise ConfigError(
+            f"per_experiment names {', '.join(unknown)}, not among experiments: {', '.join(config['experiments'])}"
+        )
+    return config
 
 
 def check_outputs(argv: list[str] | None = None) -> int:
@@ -157,11 +226,11 @@ def check_outputs(argv: list[str] | None = None) -> int:
     parser.add_argument("configfile", type=str)
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE, as given to snakemake --config")
     args = parser.parse_args(argv)
-    config = {**DEFAULTS, **yaml.safe_load(open(args.configfile))}
+    config = yaml.safe_load(open(args.configfile))
     for item in args.overrides:
         key, _, value = item.partition("=")
         config[key] = value
-    plan = Plan(config)
+    plan = Plan(resolve_global_config(config))
     outputs = plan.final_outputs()
     bad = [p for p in outputs if not Path(p).is_file() or Path(p).stat().st_size == 0]
     for path in bad:

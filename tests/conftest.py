@@ -7,7 +7,6 @@ import torch
 from replication.config import RunConfig, deep_merge, validate_run_config
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
 
 TINY = {
     "experiment": "tiny",
@@ -40,9 +39,3 @@ def _deterministic_threads():
     yield
     torch.set_num_threads(previous)
 
-
-def requires_shared(path: str) -> Path:
-    full = SHARED / path
-    if not full.exists():
-        pytest.skip(f"{full} is not here (a clone without the project's shared/ folder beside it)")
-    return full

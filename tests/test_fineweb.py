@@ -1,5 +1,6 @@
 """FineWeb pretraining: shards, the preparation command, the loader, and the experiment's config."""
 
+import gzip
 import json
 import os
 
@@ -8,17 +9,25 @@ import pytest
 import torch
 
 from replication.config import ConfigError, load_experiment, resolve_run_config
-from replication.prepare import DatasetOptions, NoSourceError, load_manifest, main, prepare
+from replication.prepare import (
+    DatasetOptions,
+    NoSourceError,
+    SourceHashError,
+    content_sha256,
+    load_manifest,
+    main,
+    prepare,
+)
 from replication.runio import read_metrics
 from replication.shards import HEADER_BYTES, MAGIC, ShardError, read_shard, shard_token_count, write_shard
 from replication.tasks.fineweb import TokenStream
 from replication.tokenization import file_sha256, get_tokenizer
 from replication.train import train
 
-from .conftest import REPO, requires_shared
+from .conftest import REPO
 
 EXPERIMENT = REPO / "experiments" / "fineweb_pretrain" / "config.yaml"
-SAMPLE = "data/fineweb_sample/fineweb_sample.jsonl"
+SAMPLE = REPO / "experiments" / "fineweb_pretrain" / "sample" / "fineweb_sample.jsonl.gz"
 DOCS = ["alpha beta gamma", "delta", "épsilon zeta eta theta", "iota kappa", "lambda mu nu xi omicron"]
 
 
@@ -166,9 +175,42 @@ def test_cli_prepares_a_data_set_of_an_experiment_file(jsonl, tmp_path, monkeypa
     assert "Two ways out" in capsys.readouterr().err
 
 
+def test_a_compressed_source_gives_the_same_tokens_and_its_content_hash_is_checked(jsonl, tmp_path):
+    packed = tmp_path / "docs.jsonl.gz"
+    packed.write_bytes(gzip.compress(jsonl.read_bytes()))
+    digest = file_sha256(jsonl)  # the hash of the decompressed content, as the data set names it
+    plain = prepare("toy", options(jsonl), tmp_path / "plain", progress=False)
+    good = prepare("toy", options(packed, sha256=digest), tmp_path / "packed", progress=False)
+    assert good["source"]["content_sha256"] == digest
+    for split in ("val", "train"):
+        assert [s["sha256"] for s in good["splits"][split]["shards"]] == [
+            s["sha256"] for s in plain["splits"][split]["shards"]
+        ]
+    # one byte changed inside the compressed stream: refused before anything is written
+    packed.write_bytes(gzip.compress(jsonl.read_bytes().replace(b"alpha", b"alphA")))
+    with pytest.raises(SourceHashError, match="git checkout") as error:
+        prepare("toy", options(packed, sha256=digest), tmp_path / "damaged", progress=False)
+    assert str(packed) in str(error.value) and digest in str(error.value)
+    assert not (tmp_path / "damaged").exists()
+    packed.write_bytes(packed.read_bytes()[:40])  # truncated: unreadable, the same message
+    with pytest.raises(SourceHashError, match="unreadable"):
+        prepare("toy", options(packed, sha256=digest), tmp_path / "damaged", progress=False)
+
+
+def test_the_project_ships_its_fineweb_sample_with_the_hash_the_data_set_names():
+    data = load_experiment(EXPERIMENT).datasets["fineweb_sample_bytes"]
+    assert (REPO / data["path"]).resolve() == SAMPLE.resolve()  # relative to the repository root
+    assert content_sha256(SAMPLE) == data["sha256"]
+    readme = (SAMPLE.parent / "README.md").read_text()
+    assert data["sha256"] in readme and "ODC-By 1.0" in readme and (SAMPLE.parent / "LICENSE.md").is_file()
+    with gzip.open(SAMPLE, "rt") as handle:
+        documents = [json.loads(line) for line in handle]
+    assert [d["id"] for d in documents] == list(range(300)) and all(d["text"] for d in documents)
+
+
 def test_real_fineweb_text_through_gpt2_bpe(tmp_path):
-    sample = requires_shared(SAMPLE)
-    with sample.open() as handle:
+    sample = SAMPLE
+    with gzip.open(sample, "rt") as handle:
         first, second = (json.loads(handle.readline())["text"] for _ in range(2))
     opts = DatasetOptions(path=str(sample), tokenizer="gpt2", val_tokens=1000, max_documents=20)
     manifest = prepare("sample", opts, tmp_path, progress=False)
@@ -238,10 +280,9 @@ def test_paper_scale_is_section_5():
 
 @pytest.fixture(scope="module")
 def sample_bytes(tmp_path_factory):
-    """The smoke scale's data set, prepared from the shared FineWeb sample."""
-    sample = requires_shared(SAMPLE)
+    """The smoke scale's data set, prepared from the FineWeb sample shipped with the project."""
     root = tmp_path_factory.mktemp("data")
-    data = dict(load_experiment(EXPERIMENT).datasets["fineweb_sample_bytes"], path=str(sample))
+    data = dict(load_experiment(EXPERIMENT).datasets["fineweb_sample_bytes"], path=str(SAMPLE))
     prepare(
         "fineweb_sample_bytes",
         DatasetOptions.model_validate(data),

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from scipy import stats as scipy_stats
 
-from replication import aggregate, claims, figures
+from replication import aggregate, claims, figures, report
 from replication.config import load_experiment
 from replication.stats import paired_relative_changes, t_interval, verdict_at_least, verdict_relative
 
@@ -29,7 +29,8 @@ EXPERIMENT = {
         ],
     },
     "figures": [
-        {"kind": "curves", "file": "curves", "metrics": ["train/ce", "val/ce"]},
+        {"kind": "curves", "file": "curves", "metrics": ["train/ce", "val/ce"], "title": "Curves",
+         "caption": "Training and validation CE of *every* seed."},
         {"kind": "mbe_by_layer", "file": "mbe_by_layer", "metric": "val/mbe_by_layer"},
         {"kind": "rq1_alignment", "file": "rq1"},
         {"kind": "by_digits", "file": "digits", "prefixes": ["final/ood/exact_match/digits_"]},
@@ -175,3 +176,32 @@ def test_a_figure_without_its_data_is_a_clear_error(results):
     )
     with pytest.raises(figures.ConfigError, match="curves.csv has none of the metrics"):
         figures.draw(spec, out)
+
+
+def test_the_html_report_shows_every_table_and_gives_every_figure_its_own_caption(results, tmp_path, capsys):
+    config, out = results
+    figures.draw(load_experiment(config), out)
+    assert claims.main([str(config), "--scale", "cpu", "--results", str(out.parent), "--out", str(out.parent / "CLAIMS.md")]) == 0
+    (out / "rq1.png").unlink()
+    args = ["--scale", "cpu", "--results", str(tmp_path / "results"), "--experiments-dir", str(tmp_path / "experiments")]
+    assert report.main(args) == 0
+    page = (tmp_path / "results" / "cpu" / "report.html").read_text()
+    # CLAIMS.md and table.md are rendered into the page, not linked
+    tables = sum(line.startswith("|-") for line in (out / "table.md").read_text().splitlines())
+    assert tables == 2 and page.count("<table>") == 1 + tables and "<td>reproduced</td>" in page
+    assert "Training and validation CE of <em>every</em> seed." in page  # this figure's own caption
+    assert '<figure id="demo-curves"><img alt="Curves" src="data:image/png;base64,' in page
+    assert 'href="#demo-curves"' in page and "demo/curves.png)" not in page  # a claim's figure link stays in the page
+    assert page.count("<figure") == 4 and "missing: " + str(out / "rq1.png") in page
+    err = capsys.readouterr().err
+    assert f"missing: {out / 'rq1.png'}" in err and "1 experiments, 4 figures" in err
+    assert report.main(["--scale", "gpu1", "--results", str(tmp_path / "results")]) == 2
+    assert "make replicate SCALE=gpu1" in capsys.readouterr().err
+
+
+def test_every_figure_of_every_experiment_has_a_title_and_a_caption():
+    from .conftest import REPO
+
+    for path in sorted((REPO / "experiments").glob("*/config.yaml")):
+        for figure in load_experiment(path).figures:
+            assert figure.title and len(figure.caption) > 80, (path.parent.name, figure.file)

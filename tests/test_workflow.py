@@ -1,5 +1,6 @@
 """The Snakemake DAG: dry runs of every scale, and the plan behind them."""
 
+import os
 import re
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import pytest
 import yaml
 
 from replication.config import ConfigError
-from replication.workflow import DEFAULTS, Plan, check_outputs
+from replication.workflow import DEFAULTS, Plan, check_outputs, resolve_global_config
 
 from .conftest import REPO
 
@@ -52,13 +53,85 @@ def test_default_config_is_the_paper_scale(tmp_path):
     assert jobs["train"] == sum(expected_runs("config/paper.yaml").values())
 
 
-def test_config_is_validated_before_any_job_runs(tmp_path):
+def snakemake_fails(*args: str, cwd=REPO) -> str:
+    """stderr + stdout of a snakemake call that must fail before any job runs."""
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode != 0, done.stdout[-2000:]
+    return done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("scale: cpu\nexperiments: [arithmetic_ood]\nthreads_per_rnu: 2\n",
+         "unknown key 'threads_per_rnu' (did you mean 'threads_per_run'?)"),
+        ("scale: smok\nexperiments: [arithmetic_ood]\n",
+         "experiment arithmetic_ood has no scale 'smok'; its scales: cpu, gpu1, paper, smoke"),
+        ("experiments: [arithmetic_ood]\n", "the config names no scale: add `scale: smoke|cpu|gpu1|paper`"),
+        ("scale: cpu\nexperiments: [arithmetc_ood]\n", "no experiment 'arithmetc_ood' in experiments/ (did you mean"),
+        ("scale: cpu\nmethods: [gpat]\n", "methods.0: 'gpat' is not one of ce, ce_mbe, gapt, gapt_joint"),
+        ("scale: cpu\nexperiments: [arithmetic_ood]\nper_experiment: {forgetting_separation: {nproc_per_run: 1}}\n",
+         "per_experiment names forgetting_separation, not among experiments: arithmetic_ood"),
+    ],
+)  # fmt: skip
+def test_a_bad_global_config_is_one_short_message_before_any_job_runs(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("scale: cpu\nexperiments: [arithmetic_ood]\nthreads_per_rnu: 2\n")
-    snakemake = [sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)]
-    done = subprocess.run(snakemake, cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad.write_text(text)
+    output = snakemake_fails("--configfile", str(bad))
+    assert f"error: the global config: {message}" in output
+    assert "Traceback" not in output and "File " not in output and len(output.strip().splitlines()) <= 2
+
+
+def test_a_global_config_that_omits_keys_gets_the_schema_defaults_and_nothing_else(tmp_path):
+    # config/paper.yaml (8 processes per run) is not merged into a config file that names its scale
+    config = tmp_path / "c.yaml"
+    config.write_text("scale: smoke\nexperiments: [arithmetic_ood]\n")
+    paths = [f"runs_dir={tmp_path}/runs", f"results_dir={tmp_path}/results", f"logs_dir={tmp_path}/logs"]
+    snakemake = [sys.executable, "-m", "snakemake", "-n", "-p", "--configfile", str(config), "--config", *paths]
+    done = subprocess.run(snakemake, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert "-m replication.train" in output and "torch.distributed" not in output
+    assert "--threads 1 " in output and "config/paper.yaml" not in output and "extended by" not in output
+    resolved = resolve_global_config({"scale": "smoke"})
+    assert resolved == {**DEFAULTS, "scale": "smoke"}
+    assert (resolved["threads_per_run"], resolved["gpus_per_run"], resolved["nproc_per_run"]) == (1, 0, 1)
+    assert resolved["experiments"] == ["fineweb_pretrain", "arithmetic_ood", "forgetting_separation"]
+
+
+def test_a_wrong_scale_in_make_is_one_line_naming_the_valid_scales():
+    done = subprocess.run(["make", "-s", "check-scale", "SCALE=smok"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == "error: SCALE=smok is not a scale; choose one of: cpu gpu1 paper smoke"
+    assert subprocess.run(["make", "-s", "check-scale", "SCALE=cpu"], cwd=REPO).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_failed_job_shows_its_log_tail_and_the_other_experiments_still_finish(tmp_path):
+    """prepare_data of a FineWeb copy whose sample is absent fails; the MLP experiment runs to its figures."""
+    for name, source in (("broken", "fineweb_pretrain"), ("good", "forgetting_separation")):
+        spec = yaml.safe_load((REPO / "experiments" / source / "config.yaml").read_text())
+        spec["experiment"] = name
+        if name == "broken":
+            spec["datasets"]["fineweb_sample_bytes"]["path"] = "absent.jsonl"
+        (tmp_path / "experiments" / name).mkdir(parents=True)
+        (tmp_path / "experiments" / name / "config.yaml").write_text(yaml.safe_dump(spec))
+    config = {"scale": "smoke", "experiments": ["broken", "good"], "methods": ["ce", "gapt"], "seeds": [0],
+              **{f"{k}_dir": str(tmp_path / k) for k in ("experiments", "runs", "results", "logs", "data")}}  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    snakemake = [sys.executable, "-m", "snakemake", "--cores", "2", "--keep-going", "--quiet", "rules",
+                 "--configfile", str(tmp_path / "c.yaml")]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(snakemake, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode != 0
-    assert "threads_per_rnu" in done.stdout + done.stderr
+    log = tmp_path / "logs" / "data" / "fineweb_sample_bytes.log"
+    assert f"--- last lines of {log}:" in done.stderr
+    assert "no source can be read here. Two ways out" in done.stderr  # the reason itself, on the terminal
+    good = tmp_path / "results" / "smoke" / "good"
+    assert (good / "table.md").is_file() and (good / "separation.png").is_file()
+    assert not (tmp_path / "results" / "smoke" / "CLAIMS.md").exists()
+    assert "--keep-going" in (REPO / "Makefile").read_text().split("\nsmoke:")[1].split("\n\n")[0]
 
 
 def test_plan_rejects_a_scale_an_experiment_lacks(tmp_path):
@@ -67,7 +140,7 @@ def test_plan_rejects_a_scale_an_experiment_lacks(tmp_path):
         "experiment: demo\nmethods: {ce: {}}\nscales: {smoke: {seeds: [0]}}\n"
     )
     plan = Plan({**DEFAULTS, "scale": "cpu", "experiments": ["demo"], "experiments_dir": str(tmp_path)})
-    with pytest.raises(ConfigError, match="has no scale 'cpu'"):
+    with pytest.raises(ConfigError, match="has no scale 'cpu'; its scales: smoke"):
         plan.runs("demo")
 
 

@@ -6,10 +6,7 @@ rule aggregate:
         config=lambda w: PLAN.experiment_config(w.experiment),
         summaries=lambda w: PLAN.summaries(w.experiment),
     output:
-        [
-            report(path, caption="../report/table.rst", category="{experiment}") if path.endswith(".md") else path
-            for path in (f"{config['results_dir']}/{{scale}}/{{experiment}}/{name}" for name in TABLE_FILES)
-        ],
+        [f"{config['results_dir']}/{{scale}}/{{experiment}}/{name}" for name in TABLE_FILES],
     log:
         f"{LOGS}/{{experiment}}/{{scale}}/aggregate.log",
     params:
@@ -17,8 +14,10 @@ rule aggregate:
         methods=lambda w: " ".join(PLAN.methods(w.experiment)),
         seeds=lambda w: " ".join(map(str, PLAN.seeds(w.experiment))),
     shell:
-        "{PYTHON} -m replication.aggregate {input.config} --scale {wildcards.scale} --runs {RUNS} "
-        "--out {params.out} --methods {params.methods} --seeds {params.seeds} > {log} 2>&1"
+        logged(
+            "{PYTHON} -m replication.aggregate {input.config} --scale {wildcards.scale} --runs {RUNS} "
+            "--out {params.out} --methods {params.methods} --seeds {params.seeds}"
+        )
 
 
 for _experiment in PLAN.specs:
@@ -30,15 +29,12 @@ for _experiment in PLAN.specs:
             config=PLAN.experiment_config(_experiment),
             tables=PLAN.table_outputs(_experiment),
         output:
-            [
-                report(path, caption="../report/figure.rst", category=_experiment)
-                if path.endswith(".png")
-                else path
-                for path in PLAN.figure_outputs(_experiment)
-            ],
+            PLAN.figure_outputs(_experiment),
         log:
             f"{LOGS}/{_experiment}/{PLAN.scale}/figures.log",
         params:
             results=PLAN.results_dir(_experiment),
         shell:
-            "{PYTHON} -m replication.figures {input.config} --results {params.results} > {log} 2>&1"
+            logged(
+                "{PYTHON} -m replication.figures {input.config} --results {params.results}"
+            )

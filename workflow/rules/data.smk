@@ -12,4 +12,6 @@ rule prepare_data:
     params:
         out=lambda w: f"{DATA}/{w.dataset}",
     shell:
-        "{PYTHON} -m replication.prepare {input} --dataset {wildcards.dataset} --out {params.out} > {log} 2>&1"
+        logged(
+            "{PYTHON} -m replication.prepare {input} --dataset {wildcards.dataset} --out {params.out}"
+        )

@@ -6,11 +6,13 @@ rule claims:
         configs=[PLAN.experiment_config(e) for e in PLAN.specs],
         summaries=[f"{PLAN.results_dir(e)}/summary.csv" for e in PLAN.specs],
     output:
-        report(PLAN.claims_output(), caption="../report/claims.rst", category="Claims"),
+        PLAN.claims_output(),
     log:
         f"{LOGS}/claims/{PLAN.scale}.log",
     params:
         results=f"{config['results_dir']}/{PLAN.scale}",
     shell:
-        "{PYTHON} -m replication.claims {input.configs} --scale {PLAN.scale} --results {params.results} "
-        "--out {output} > {log} 2>&1"
+        logged(
+            "{PYTHON} -m replication.claims {input.configs} --scale {PLAN.scale} --results {params.results} "
+            "--out {output}"
+        )

@@ -12,8 +12,10 @@ rule configure_run:
     log:
         f"{LOGS}/{{experiment}}/{{scale}}/{{method}}/seed{{seed}}/configure.log",
     shell:
-        "{PYTHON} -m replication.configure {input} --scale {wildcards.scale} --method {wildcards.method} "
-        "--seed {wildcards.seed} --out {output} > {log} 2>&1"
+        logged(
+            "{PYTHON} -m replication.configure {input} --scale {wildcards.scale} --method {wildcards.method} "
+            "--seed {wildcards.seed} --out {output}"
+        )
 
 
 rule train:
@@ -30,5 +32,7 @@ rule train:
     params:
         launcher=lambda w: PLAN.launcher(PYTHON, w.experiment),
     shell:
-        "{params.launcher} replication.train {input.config} --data-root {DATA} --threads {threads} "
-        "--progress lines > {log} 2>&1"
+        logged(
+            "{params.launcher} replication.train {input.config} --data-root {DATA} --threads {threads} "
+            "--progress lines"
+        )
