@@ -9,8 +9,9 @@ SCALE ?= cpu
 TORCH ?=
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 KEEP ?= 0
+SMOKE_CONFIG ?= config/smoke.yaml
 BIN := $(VENV)/bin
-SMOKE := .smoke
+SMOKE ?= .smoke
 SCALES := $(sort $(patsubst config/%.yaml,%,$(wildcard config/*.yaml)))
 TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
@@ -42,8 +43,8 @@ smoke: install
 	@dir=$$(mktemp -d $(SMOKE)/run-XXXXXX) && \
 	paths="runs_dir=$$dir/runs results_dir=$$dir/results logs_dir=$$dir/logs data_dir=$$dir/data" && \
 	echo "smoke DAG in $$dir" && \
-	if $(BIN)/snakemake --cores 2 --keep-going --configfile config/smoke.yaml --config $$paths --quiet rules \
-		&& $(BIN)/python -m replication.workflow config/smoke.yaml $$paths; then \
+	if $(BIN)/snakemake --cores 2 --keep-going --configfile $(SMOKE_CONFIG) --config $$paths --quiet rules \
+		&& $(BIN)/python -m replication.workflow $(SMOKE_CONFIG) $$paths; then \
 		if [ "$(KEEP)" = 1 ]; then echo "smoke DAG passed; its outputs are in $$dir"; \
 		else rm -rf "$$dir"; echo "smoke DAG passed"; fi; \
 	else echo "smoke DAG failed: the runs, results and logs are kept in $$dir" >&2; exit 1; fi

@@ -161,3 +161,22 @@ def test_output_check_names_what_is_missing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"missing or empty: {tmp_path}/smoke/CLAIMS.md" in err
     assert "table.md" in err
+
+
+@pytest.mark.slow
+def test_two_smoke_dags_in_one_clone_run_side_by_side_without_touching_each_other(tmp_path):
+    """`make smoke` twice at once, each in its own scratch folder under one .smoke/: both pass."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text("scale: smoke\nexperiments: [forgetting_separation]\nmethods: [ce, gapt]\nseeds: [0]\n")
+    bin_dir = os.path.dirname(sys.executable)
+    make = ["make", "-s", "-o", f"{bin_dir}/.installed", "smoke", f"BIN={bin_dir}", f"SMOKE={tmp_path}/.smoke",
+            f"SMOKE_CONFIG={config}", "KEEP=1"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    runs = [subprocess.Popen(make, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            for _ in range(2)]  # fmt: skip
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    folders = sorted((tmp_path / ".smoke").iterdir())
+    assert len(folders) == 2 and all(f"smoke DAG passed; its outputs are in {f}" in "".join(outputs) for f in folders)
+    for folder in folders:
+        assert (folder / "results" / "smoke" / "CLAIMS.md").is_file()
