@@ -107,6 +107,20 @@ def test_a_wrong_scale_in_make_is_one_line_naming_the_valid_scales():
     assert subprocess.run(["make", "-s", "check-scale", "SCALE=cpu"], cwd=REPO).returncode == 0
 
 
+def test_torch_cpu_installs_the_pinned_release_from_pytorchs_cpu_index_and_only_when_asked(tmp_path):
+    pin = re.search(r'"torch==([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    venv = f"VENV={tmp_path}/venv"
+    plan = subprocess.run(["make", "-n", "install", venv, "TORCH=cpu"], cwd=REPO, capture_output=True, text=True).stdout
+    lines = plan.splitlines()
+    cpu = f'pip install --quiet --index-url https://download.pytorch.org/whl/cpu "torch=={pin}"'
+    assert any(line.endswith(cpu) for line in lines)
+    assert lines.index(next(l for l in lines if l.endswith(cpu))) < lines.index(next(l for l in lines if "-e '.[test]'" in l))
+    default = subprocess.run(["make", "-n", "install", venv], cwd=REPO, capture_output=True, text=True).stdout
+    assert "download.pytorch.org" not in default and "-e '.[test]'" in default
+    bad = subprocess.run(["make", "-s", "install", venv, "TORCH=cuda"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "error: TORCH=cuda" in bad.stderr and not (tmp_path / "venv").exists()
+
+
 @pytest.mark.slow
 def test_a_failed_job_shows_its_log_tail_and_the_other_experiments_still_finish(tmp_path):
     """prepare_data of a FineWeb copy whose sample is absent fails; the MLP experiment runs to its figures."""
