@@ -33,6 +33,7 @@ import json
 import os
 import socket
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +147,7 @@ def resolve_source(name: str, options: DatasetOptions, root: Path) -> dict[str, 
         if options.sha256 is not None:
             try:
                 actual = content_sha256(local)
-            except (OSError, EOFError, gzip.BadGzipFile) as error:
+            except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
                 actual = f"unreadable ({error})"
             if actual != options.sha256:
                 raise SourceHashError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -69,7 +70,9 @@ def _link_figures_in_page(text: str) -> str:
     )
 
 
-def _figure_html(spec: ExperimentSpec, number: int, results: Path, page: Page) -> list[str]:
+def _figure_html(spec: ExperimentSpec, number: int, results: Path, page: Page, link_base: str) -> list[str]:
+    """Each figure embedded, with its number, title and caption; ``link_base`` leads from the page to
+    ``results`` (for the PDF links)."""
     out = []
     for figure in spec.figures:
         path = results / spec.experiment / f"{figure.file}.png"
@@ -80,19 +83,25 @@ def _figure_html(spec: ExperimentSpec, number: int, results: Path, page: Page) -
         number += 1
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         title = html.escape(figure.title or figure.file)
-        caption = _markdown(figure.caption).removeprefix("<p>").removesuffix("</p>") if figure.caption else ""
+        pdf = html.escape(f"{link_base}/{spec.experiment}/{figure.file}.pdf".removeprefix("./"))
+        caption = _markdown(f"**Figure {number}. {figure.title or figure.file}.** {figure.caption} ([PDF]({pdf}))")
         out.append(
             f'<figure id="{_anchor(spec.experiment, figure.file)}">'
             f'<img alt="{title}" src="data:image/png;base64,{data}">'
-            f"<figcaption><b>Figure {number}. {title}.</b> {caption} "
-            f'(<a href="{spec.experiment}/{figure.file}.pdf">PDF</a>)</figcaption></figure>'
+            f"<figcaption>{caption}</figcaption></figure>"
         )
     return out
 
 
-def build(scale: str, results_root: Path, experiments_dir: Path, experiments: list[str] | None = None) -> Page:
-    """The page of one scale; raises FileNotFoundError when the scale has no results at all."""
+def build(
+    scale: str, results_root: Path, experiments_dir: Path, experiments: list[str] | None = None,
+    out: Path | None = None,
+) -> Page:  # fmt: skip
+    """The page of one scale (to be written at ``out``, by default ``RESULTS/SCALE/report.html``);
+    raises FileNotFoundError when the scale has no results at all."""
     results = results_root / scale
+    out = out or results / "report.html"
+    link_base = Path(os.path.relpath(results.resolve(), out.resolve().parent)).as_posix()
     if experiments is None:  # the DAG's order first, then any other experiment with results
         present = {p.name for p in results.iterdir() if (p / "table.md").is_file()} if results.is_dir() else set()
         order = [name for name in DEFAULTS["experiments"] if name in present]
@@ -103,12 +112,12 @@ def build(scale: str, results_root: Path, experiments_dir: Path, experiments: li
         )
     page = Page(scale)
     specs = [load_experiment(experiments_dir / name / "config.yaml") for name in experiments]
-    nav = " ".join(f'<a href="#{s.experiment}">{s.experiment}</a>' for s in specs)
-    page.sections.append(f"<h1>GAPT replication: results at <code>{html.escape(scale)}</code> scale</h1>")
-    page.sections.append(f'<nav><a href="#claims">claims</a> {nav}</nav>')
     claims = results / "CLAIMS.md"
+    nav = [f'<a href="#{s.experiment}">{s.experiment}</a>' for s in specs]
+    page.sections.append(f"<h1>GAPT replication: results at <code>{html.escape(scale)}</code> scale</h1>")
+    page.sections.append("<nav>" + " ".join((['<a href="#claims">claims</a>'] if claims.is_file() else []) + nav) + "</nav>")
     if claims.is_file():
-        text = _link_figures_in_page(claims.read_text())
+        text = _link_figures_in_page(claims.read_text(encoding="utf-8"))
         page.sections.append('<section id="claims">' + _markdown(text, shift_headings=1) + "</section>")
     else:
         page.missing.append(str(claims))
@@ -117,11 +126,11 @@ def build(scale: str, results_root: Path, experiments_dir: Path, experiments: li
         section = [f'<section id="{spec.experiment}">']
         table = results / spec.experiment / "table.md"
         if table.is_file():
-            section.append(_markdown(table.read_text(), shift_headings=1))
+            section.append(_markdown(table.read_text(encoding="utf-8"), shift_headings=1))
         else:
             page.missing.append(str(table))
             section.append(f"<h2>{spec.experiment}</h2><p class='missing'>missing: {html.escape(str(table))}</p>")
-        figures = _figure_html(spec, figure_number, results, page)
+        figures = _figure_html(spec, figure_number, results, page, link_base)
         figure_number += sum(1 for f in figures if f.startswith("<figure"))
         section += figures
         page.experiments += 1
@@ -147,13 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiments-dir", type=Path, default=Path("experiments"))
     parser.add_argument("--out", type=Path, default=None, help="default: RESULTS/SCALE/report.html")
     args = parser.parse_args(argv)
+    out = args.out or args.results / args.scale / "report.html"
     try:
-        page = build(args.scale, args.results, args.experiments_dir)
+        page = build(args.scale, args.results, args.experiments_dir, out=out)
     except (ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    out = args.out or args.results / args.scale / "report.html"
-    out.write_text(render(page))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(page), encoding="utf-8")
     for path in page.missing:
         print(f"warning: not in the report, missing: {path}", file=sys.stderr)
     print(f"{out}: {page.experiments} experiments, {page.figures} figures", file=sys.stderr)

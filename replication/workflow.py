@@ -195,6 +195,30 @@ def _describe(error: Any) -> str:
     return f"{where or 'config'}: {error.message}"
 
 
+INTEGER_KEYS = ("threads_per_run", "gpus_per_run", "nproc_per_run")
+
+
+def _integers(raw: dict[str, Any]) -> dict[str, Any]:
+    """Digit strings as integers where the schema wants integers: Snakemake's --config parses
+    ``seeds=[0,1]`` into ``['0', '1']``."""
+
+    def number(value: Any) -> Any:
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+    out = dict(raw)
+    for key in INTEGER_KEYS:
+        if key in out:
+            out[key] = number(out[key])
+    if isinstance(out.get("seeds"), list):
+        out["seeds"] = [number(v) for v in out["seeds"]]
+    if isinstance(out.get("per_experiment"), dict):
+        out["per_experiment"] = {
+            name: {k: number(v) for k, v in values.items()} if isinstance(values, dict) else values
+            for name, values in out["per_experiment"].items()
+        }
+    return out
+
+
 def resolve_global_config(raw: dict[str, Any]) -> dict[str, Any]:
     """The global config with every omitted key set to the schema's default, after validation.
 
@@ -204,15 +228,23 @@ def resolve_global_config(raw: dict[str, Any]) -> dict[str, Any]:
     """
     import jsonschema
 
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the config must be a mapping of keys to values, not {type(raw).__name__}")
+    raw = _integers(raw)
     validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("\n".join(_describe(e) for e in errors))
-    config = {**DEFAULTS, **copy.deepcopy(raw)}
-    unknown = sorted(set(config["per_experiment"]) - set(config["experiments"]))
-    if unknown:
+    config = copy.deepcopy({**DEFAULTS, **raw})
+    # a per_experiment entry for an experiment that is not chosen is kept (and unused), so that one
+    # scale's file serves any subset; one that names no experiment at all is a typo
+    folder = Path(config["experiments_dir"])
+    known = {p.parent.name for p in folder.glob("*/config.yaml")} | set(config["experiments"])
+    for name in sorted(set(config["per_experiment"]) - known):
+        hint = difflib.get_close_matches(name, sorted(known), n=1)
         raise ConfigError(
-            f"per_experiment names {', '.join(unknown)}, not among experiments: {', '.join(config['experiments'])}"
+            f"per_experiment names {name!r}, no experiment in {folder}/"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
         )
     return config
 
@@ -226,11 +258,15 @@ def check_outputs(argv: list[str] | None = None) -> int:
     parser.add_argument("configfile", type=str)
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE, as given to snakemake --config")
     args = parser.parse_args(argv)
-    config = yaml.safe_load(open(args.configfile))
+    config = yaml.safe_load(open(args.configfile)) or {}
     for item in args.overrides:
         key, _, value = item.partition("=")
-        config[key] = value
-    plan = Plan(resolve_global_config(config))
+        config[key] = yaml.safe_load(value) if value else value
+    try:
+        plan = Plan(resolve_global_config(config)).check()
+    except ConfigError as error:
+        print(f"error: {args.configfile}: {error}", file=sys.stderr)
+        return 2
     outputs = plan.final_outputs()
     bad = [p for p in outputs if not Path(p).is_file() or Path(p).stat().st_size == 0]
     for path in bad:

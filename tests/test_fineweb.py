@@ -192,9 +192,13 @@ def test_a_compressed_source_gives_the_same_tokens_and_its_content_hash_is_check
         prepare("toy", options(packed, sha256=digest), tmp_path / "damaged", progress=False)
     assert str(packed) in str(error.value) and digest in str(error.value)
     assert not (tmp_path / "damaged").exists()
-    packed.write_bytes(packed.read_bytes()[:40])  # truncated: unreadable, the same message
-    with pytest.raises(SourceHashError, match="unreadable"):
-        prepare("toy", options(packed, sha256=digest), tmp_path / "damaged", progress=False)
+    whole = gzip.compress(jsonl.read_bytes())
+    damaged = [whole[:40]]  # truncated; then single bytes flipped inside the deflate stream
+    damaged += [whole[:i] + bytes([whole[i] ^ 0xFF]) + whole[i + 1 :] for i in range(12, len(whole) - 8, 7)]
+    for data in damaged:  # EOFError, BadGzipFile or zlib.error inside gzip: all the same message
+        packed.write_bytes(data)
+        with pytest.raises(SourceHashError, match="is not the expected file"):
+            prepare("toy", options(packed, sha256=digest), tmp_path / "damaged", progress=False)
 
 
 def test_the_project_ships_its_fineweb_sample_with_the_hash_the_data_set_names():

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -189,12 +190,16 @@ def test_the_html_report_shows_every_table_and_gives_every_figure_its_own_captio
     # CLAIMS.md and table.md are rendered into the page, not linked
     tables = sum(line.startswith("|-") for line in (out / "table.md").read_text().splitlines())
     assert tables == 2 and page.count("<table>") == 1 + tables and "<td>reproduced</td>" in page
-    assert "Training and validation CE of <em>every</em> seed." in page  # this figure's own caption
+    assert "<strong>Figure 1. Curves.</strong> Training and validation CE of <em>every</em> seed." in page  # its own caption
     assert '<figure id="demo-curves"><img alt="Curves" src="data:image/png;base64,' in page
     assert 'href="#demo-curves"' in page and "demo/curves.png)" not in page  # a claim's figure link stays in the page
     assert page.count("<figure") == 4 and "missing: " + str(out / "rq1.png") in page
     err = capsys.readouterr().err
     assert f"missing: {out / 'rq1.png'}" in err and "1 experiments, 4 figures" in err
+    elsewhere = tmp_path / "a" / "b" / "page.html"  # the PDF links still lead to the figures
+    assert report.main([*args, "--out", str(elsewhere)]) == 0
+    pdf = re.search(r'<a href="([^"#]+curves\.pdf)">PDF</a>', elsewhere.read_text()).group(1)
+    assert (elsewhere.parent / pdf).resolve() == (out / "curves.pdf").resolve()
     assert report.main(["--scale", "gpu1", "--results", str(tmp_path / "results")]) == 2
     assert "make replicate SCALE=gpu1" in capsys.readouterr().err
 

@@ -71,8 +71,8 @@ def snakemake_fails(*args: str, cwd=REPO) -> str:
         ("experiments: [arithmetic_ood]\n", "the config names no scale: add `scale: smoke|cpu|gpu1|paper`"),
         ("scale: cpu\nexperiments: [arithmetc_ood]\n", "no experiment 'arithmetc_ood' in experiments/ (did you mean"),
         ("scale: cpu\nmethods: [gpat]\n", "methods.0: 'gpat' is not one of ce, ce_mbe, gapt, gapt_joint"),
-        ("scale: cpu\nexperiments: [arithmetic_ood]\nper_experiment: {forgetting_separation: {nproc_per_run: 1}}\n",
-         "per_experiment names forgetting_separation, not among experiments: arithmetic_ood"),
+        ("scale: cpu\nper_experiment: {forgeting_separation: {nproc_per_run: 1}}\n",
+         "per_experiment names 'forgeting_separation', no experiment in experiments/ (did you mean 'forgetting_separation'?)"),
     ],
 )  # fmt: skip
 def test_a_bad_global_config_is_one_short_message_before_any_job_runs(tmp_path, text, message):
@@ -100,10 +100,27 @@ def test_a_global_config_that_omits_keys_gets_the_schema_defaults_and_nothing_el
     assert resolved["experiments"] == ["fineweb_pretrain", "arithmetic_ood", "forgetting_separation"]
 
 
+def test_command_line_values_and_subsets_of_a_scale_file_resolve(tmp_path):
+    # snakemake --config seeds=[0,1] threads_per_run=2 hands over strings
+    resolved = resolve_global_config({"scale": "cpu", "seeds": ["0", "1"], "threads_per_run": "2"})
+    assert resolved["seeds"] == [0, 1] and resolved["threads_per_run"] == 2
+    # config/gpu1.yaml with one experiment chosen: its per_experiment entry for another is unused, not an error
+    gpu1 = yaml.safe_load((REPO / "config" / "gpu1.yaml").read_text())
+    experiments_dir = str(REPO / "experiments")
+    plan = Plan(resolve_global_config({**gpu1, "experiments": ["fineweb_pretrain"], "experiments_dir": experiments_dir}))
+    assert plan.job("fineweb_pretrain", "gpus_per_run") == 1
+    resolved["experiments"].append("x")  # the result is a copy: the defaults stay as the schema states them
+    assert DEFAULTS["experiments"] == ["fineweb_pretrain", "arithmetic_ood", "forgetting_separation"]
+    config = tmp_path / "c.yaml"
+    config.write_text(f"scale: smoke\nexperiments: [arithmetic_ood]\nexperiments_dir: {experiments_dir}\n")
+    assert check_outputs([str(config), f"results_dir={tmp_path}", "seeds=[0]", "threads_per_run=2"]) == 1
+    assert check_outputs([str(config), "methods=[gpat]"]) == 2
+
+
 def test_a_wrong_scale_in_make_is_one_line_naming_the_valid_scales():
     done = subprocess.run(["make", "-s", "check-scale", "SCALE=smok"], cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 2
-    assert done.stderr.splitlines()[0] == "error: SCALE=smok is not a scale; choose one of: cpu gpu1 paper smoke"
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+    assert "*** SCALE=smok is not a scale; choose one of: cpu gpu1 paper smoke.  Stop." in done.stderr
     assert subprocess.run(["make", "-s", "check-scale", "SCALE=cpu"], cwd=REPO).returncode == 0
 
 
