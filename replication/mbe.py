@@ -4,8 +4,9 @@ For a matrix Z with n rows of width d, K = Z Z^T is the linear Gram (no centring
 normalisation) and rho = K / tr K has eigenvalues lambda_i >= 0 summing to 1. The order-alpha
 Renyi entropy is S_alpha = log(sum_i lambda_i^alpha) / (1 - alpha), natural log.
 
-Everything here computes in float32 whatever the input dtype, so a bf16 model reports (and
-regularizes) the same number as its float32 copy of the activations.
+Everything here computes in float32 whatever the input dtype, and with autocast disabled inside, so
+a bf16 model reports (and regularizes) the same number as its float32 copy of the activations, and
+training MBE (computed under autocast) and validation MBE (outside it) are the same function.
 """
 
 from __future__ import annotations
@@ -81,7 +82,12 @@ def renyi_entropy(
         raise ValueError(f"alpha must be > 0, got {alpha}")
     if z.dim() < 2:
         raise ValueError(f"renyi_entropy expects (..., n, d), got shape {tuple(z.shape)}")
-    z = z.float()
+    # autocast would run the Gram matmul in bf16 (PAPER.md section 2: it must not), so it is off here
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        return _renyi_entropy_float32(z.float(), alpha, eps, clamp, gram, eigen)
+
+
+def _renyi_entropy_float32(z: Tensor, alpha: float, eps: float, clamp: bool, gram: str, eigen: bool) -> Tensor:
     sq_norm = z.square().sum(dim=(-2, -1), keepdim=True)
     z = z * torch.rsqrt(sq_norm.clamp_min(_TINY))
     k = gram_matrix(z, gram)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import signal
@@ -306,7 +307,10 @@ class Trainer:
 
         if self.controller is not None:
             before = len(self.controller.transitions)
-            self.controller.update(result.main_loss, [result.mbe_by_layer[i] for i in self.plan.monitored])
+            if result.finite:
+                self.controller.update(result.main_loss, [result.mbe_by_layer[i] for i in self.plan.monitored])
+            else:  # a skipped step never drives the controller: it counts as non-finite and changes nothing
+                self.controller.update(math.nan, [math.nan] * len(self.plan.monitored))
             for change in self.controller.transitions[before:]:
                 self.writer.write({"kind": "event", "event": "phase_change", **change.as_dict()})
         counters = self.controller.snapshot() if self.controller else {}

@@ -154,6 +154,19 @@ def test_bfloat16_input_gives_the_float32_answer():
     assert patch_mbe(h).item() == patch_mbe(h.float()).item()
 
 
+@pytest.mark.parametrize("alpha", [2.0, 1.0, 3.0])
+def test_autocast_to_bfloat16_does_not_reach_the_entropy(alpha):
+    # MBE is float32 inside autocast too: the value and the gradient equal those computed outside it
+    h = torch.randn(3, 2, 32, 48, requires_grad=True)  # 3 blocks of (B, S, D), every Gram is 8 x 8
+    outside = layer_mbe(list(h), alpha=alpha)
+    (grad_outside,) = torch.autograd.grad(outside.sum(), h)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the forward under autocast, as in training
+        inside = layer_mbe(list(h), alpha=alpha)
+    (grad_inside,) = torch.autograd.grad(inside.sum(), h)  # backward outside it, as in training
+    assert inside.dtype == torch.float32 and torch.equal(inside, outside)
+    assert torch.equal(grad_inside, grad_outside)
+
+
 def test_rejects_non_positive_alpha():
     with pytest.raises(ValueError, match="alpha"):
         renyi_entropy(torch.randn(4, 4), alpha=0.0)

@@ -205,6 +205,34 @@ def test_a_nonfinite_step_is_skipped_logged_and_not_fed_to_the_controller(tmp_pa
     assert next(r for r in records if r["kind"] == "train" and r["step"] == 3)["train/ce"] is None
 
 
+def test_a_step_skipped_for_a_nan_mbe_micro_batch_never_advances_the_controller(tmp_path, monkeypatch):
+    # gapt's MBE micro-batches return NaN from the first compress step on: every compress step is
+    # skipped, so s_c never moves and the run never leaves compress (before the fix: after p_c steps)
+    import replication.objectives as objectives
+
+    real = objectives.layer_mbe
+
+    def nan_with_grad(hidden, layers=None, **kwargs):
+        values = real(hidden, layers, **kwargs)
+        return values * math.nan if torch.is_grad_enabled() else values  # only the regularized MBE
+
+    monkeypatch.setattr(objectives, "layer_mbe", nan_with_grad)
+    config = tiny_config(
+        "gapt", train={"steps": 16, "eval_every": 0, "eval_at_start": False, "max_nonfinite_in_row": 100},
+        gapt={"delta_ce": 100.0, "patience_memorize": 3, "patience_compress": 2},
+    )  # fmt: skip
+    trainer = Trainer(config, tmp_path, show_progress=False)
+    summary = trainer.run()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    phases = [r["phase"] for r in records if r["kind"] == "train"]
+    changes = [r for r in records if r.get("event") == "phase_change"]
+    assert [(c["from"], c["to"]) for c in changes] == [("memorize", "compress")]
+    skipped = [r["step"] for r in records if r.get("event") == "nonfinite_step"]
+    assert skipped == [i for i, p in enumerate(phases) if p == "compress"] and len(skipped) >= 10
+    assert summary["nonfinite_steps"] == trainer.controller.n_nonfinite == len(skipped)
+    assert trainer.controller.n_updates == 16 and trainer.controller.s_c == 0
+
+
 def test_nonfinite_losses_in_a_row_abort_with_a_clear_message(tmp_path, monkeypatch):
     _nan_after(monkeypatch, first_bad_call=9)  # from step 4 on
     config = tiny_config("ce", train={"steps": 20, "max_nonfinite_in_row": 3, "checkpoint_every": 2})
