@@ -12,8 +12,9 @@ and the scale's seeds, and writes into ``--out``:
   the next two files take the experiment and scale from their folder;
 - ``phases.csv``: the phase intervals of every run, for shading;
 - ``alignment.csv``: the RQ1 gradient-alignment records, where runs logged them;
-- ``table.md``: mean ± std per method beside the paper's values, and the per-seed paired relative
-  change against ``ce`` with its 95 % t interval and n.
+- ``table.md``: mean ± std per method beside the paper's values, and the paired change against ce
+  (``replication.stats.paired_change``, as each table row's ``change`` names it) with its 95 %
+  interval and n.
 Nothing here reads logs or stdout: only what the runs wrote.
 """
 
@@ -31,7 +32,7 @@ from tabulate import tabulate
 
 from replication.config import ConfigError, ExperimentSpec, load_experiment
 from replication.runio import read_metrics
-from replication.stats import paired_relative_changes, t_interval
+from replication.stats import paired_change
 from replication.tasks import TASK_MODULES
 
 TOP_LEVEL = ("phase_changes", "compress_steps", "nonfinite_steps", "wall_time_s", "tokens", "steps", "peak_memory_bytes")
@@ -167,8 +168,10 @@ def metric_table(spec: ExperimentSpec, summary: pd.DataFrame, methods: list[str]
         for method in methods:
             if method == "ce":
                 continue
-            est = t_interval(paired_relative_changes(by_seed[method], by_seed["ce"]))
-            changes.append(est.format_percent())
+            how = row.change
+            if how == "relative" and any(v <= 0 for m in (method, "ce") for v in by_seed[m].values() if v == v):
+                how = "difference"  # a ratio of a quantity that reaches 0 means nothing: the difference
+            changes.append(paired_change(by_seed[method], by_seed["ce"], how).format())
         claimed = [c.paper_value for c in spec.paper.claims if c.metric == row.key and c.baseline == "ce" and c.kind == "relative"]
         change_rows.append([row.label, "; ".join(dict.fromkeys(claimed)) or "—", *changes])
     values = tabulate(values_rows, headers=["metric", "paper", *methods], tablefmt="github")
@@ -195,7 +198,12 @@ def write_table(spec: ExperimentSpec, scale: str, frames: dict[str, pd.DataFrame
         "",
         values,
         "",
-        "## Change against `ce` (per-seed paired relative change: mean [95 % t interval] (n seeds))",
+        "## Change against `ce`, paired by seed",
+        "",
+        "A relative change (`+4.1 %`) is the geometric mean of the per-seed ratio to `ce`, with the 95 % t",
+        "interval of the log ratio mapped back; `Δ` is the mean per-seed difference with its t interval, for",
+        "a quantity that reaches 0; `median` is the median per-seed difference with the sign test's",
+        "distribution-free interval (none below 6 seeds), for a heavy-tailed quantity.",
         "",
         changes,
         "",

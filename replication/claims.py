@@ -3,54 +3,109 @@
     python -m replication.claims experiments/A/config.yaml experiments/B/config.yaml ... \\
         --scale S --results results/S --out results/S/CLAIMS.md
 
-reads ``results/S/<experiment>/summary.csv`` (written by ``replication.aggregate``). A relative claim
-compares each seed of ``method`` with the same seed of ``baseline`` (same data); the verdict is
-*reproduced* when the 95 % t interval of the per-seed relative change excludes 0 on the claimed
-side, *opposite* when it excludes 0 on the other side, *inconclusive* otherwise. At ``smoke`` scale
-the verdict column says that smoke runs are not evidence.
+reads ``results/S/<experiment>/summary.csv`` (written by ``replication.aggregate``). Each claim names
+the statistic fit to its quantity (``ClaimSpec.kind``; ``replication.stats`` defines them): the paired
+log ratio for a relative change of a positive quantity, the paired difference where the baseline can
+be near zero, the median paired difference with the sign test for heavy-tailed quantities, a
+threshold test for counts, and a permutation test of serial dependence for RQ1. The raw verdict
+reads the claim's own p-value at 0.05; the Holm verdict reads its p-value adjusted over every claim of
+the same experiment. At ``smoke`` scale the verdict columns say that smoke runs are not evidence.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
 
 from replication.config import ClaimSpec, ConfigError, ExperimentSpec, load_experiment
-from replication.stats import Estimate, paired_relative_changes, t_interval, verdict_at_least, verdict_relative
+from replication.stats import Estimate, at_least, fisher_combined, holm, paired_change, verdict
 
 
-def judge(claim: ClaimSpec, summary: pd.DataFrame) -> tuple[Estimate, str]:
-    data = summary[summary.metric == claim.metric]
+@dataclass(frozen=True)
+class Judgement:
+    claim: ClaimSpec
+    estimate: Estimate
+    text: str  # ours, as printed
+    p: float | None
+    direction: str
+
+
+def _serial_dependence(claim: ClaimSpec, data: pd.DataFrame) -> Judgement:
+    """RQ1: per run, a permutation p-value of the lag-1 autocorrelation of the cosine series (its
+    ``_p_persistent`` and ``_p_alternating`` companions); Fisher's combination over runs (independent
+    seeds), two-sided."""
+
+    def per_seed(key: str) -> list[float]:
+        rows = data[(data.metric == key) & (data.method == claim.method)]
+        return [float(v) for v in rows.sort_values("seed").value]
+
+    observed, shuffled = per_seed(claim.metric), per_seed(f"{claim.metric}_shuffled")
+    persistent = fisher_combined(per_seed(f"{claim.metric}_p_persistent"))
+    alternating = fisher_combined(per_seed(f"{claim.metric}_p_alternating"))
+    n = len(observed)
+    if persistent is None or alternating is None or n < 2:
+        estimate = Estimate(math.nan, None, None, n, None)
+        return Judgement(claim, estimate, f"n/a (n={n})", None, claim.direction)
+    p = min(1.0, 2 * min(persistent, alternating))
+    mean_obs, mean_null = sum(observed) / n, sum(shuffled) / n
+    estimate = Estimate(mean_obs - mean_null, None, None, n, p, 0.0, "permutation")
+    text = (f"lag-1 autocorrelation {mean_obs:.3g} against {mean_null:.3g} in shuffled order; "
+            f"permutation p = {p:.2g} (Fisher over n={n} runs)")  # fmt: skip
+    return Judgement(claim, estimate, text, p, claim.direction)
+
+
+def judge(claim: ClaimSpec, summary: pd.DataFrame) -> Judgement:
+    data = summary[summary.metric.astype(str).str.startswith(claim.metric)]
 
     def by_seed(method: str) -> dict[int, float]:
-        rows = data[data.method == method]
+        rows = data[(data.method == method) & (data.metric == claim.metric)]
         return dict(zip(rows.seed.astype(int), rows.value))
 
-    if claim.kind == "relative":
-        estimate = t_interval(paired_relative_changes(by_seed(claim.method), by_seed(claim.baseline)))
-        return estimate, verdict_relative(estimate, claim.direction)
-    estimate = t_interval(list(by_seed(claim.method).values()))
-    return estimate, verdict_at_least(estimate, claim.threshold if claim.threshold is not None else 0.0)
+    if claim.kind == "serial_dependence":
+        return _serial_dependence(claim, data)
+    if claim.kind in ("at_least", "robust_at_least"):
+        threshold = claim.threshold if claim.threshold is not None else 0.0
+        estimate = at_least(list(by_seed(claim.method).values()), threshold, robust=claim.kind == "robust_at_least")
+        return Judgement(claim, estimate, estimate.format(), estimate.p, "increase")
+    estimate = paired_change(by_seed(claim.method), by_seed(claim.baseline), claim.kind)
+    return Judgement(claim, estimate, estimate.format(), estimate.p, claim.direction)
+
+
+MEASURES = {
+    "relative": "relative change (geometric mean of the paired ratio, t interval of its log)",
+    "difference": "paired difference (mean, t interval)",
+    "robust_difference": "paired difference (median, sign-test interval)",
+}
+
+
+def measure(claim: ClaimSpec) -> str:
+    if claim.kind == "serial_dependence":
+        return f"`{claim.metric}` of {claim.method} runs: persistence beyond the same cosines in random order"
+    if claim.kind in ("at_least", "robust_at_least"):
+        centre = "median, sign-test interval" if claim.kind == "robust_at_least" else "mean, t interval"
+        return f"`{claim.metric}` of {claim.method} runs, at least {claim.threshold:g} ({centre})"
+    return f"`{claim.metric}`: {claim.method} vs {claim.baseline}, {MEASURES[claim.kind]}"
 
 
 def claim_rows(spec: ExperimentSpec, summary: pd.DataFrame, scale: str) -> list[list[str]]:
+    """The rows of one experiment: raw verdict at 0.05 and Holm verdict over the experiment's claims."""
+    judgements = [judge(claim, summary) for claim in spec.paper.claims]
+    adjusted = holm([j.p for j in judgements])
     rows = []
-    for claim in spec.paper.claims:
-        estimate, verdict = judge(claim, summary)
-        if claim.kind == "relative":
-            measure = f"`{claim.metric}`: {claim.method} vs {claim.baseline}, relative change"
-            ours = estimate.format_percent()
-        else:
-            measure = f"`{claim.metric}` of {claim.method} runs, at least {claim.threshold:g}"
-            ours = estimate.format()
+    for j, p_holm in zip(judgements, adjusted):
+        raw, corrected = verdict(j.estimate, j.direction), verdict(j.estimate, j.direction, p=p_holm if p_holm is not None else math.nan)
         if scale == "smoke":
-            verdict = f"not evidence (smoke runs; would read: {verdict})"
-        figure = f"[{claim.figure}]({spec.experiment}/{claim.figure})" if claim.figure else "—"
-        rows.append([claim.id, claim.claim, spec.experiment, measure, claim.paper_value, f"{ours}, {scale}", verdict, figure])
+            raw, corrected = f"not evidence (would read: {raw})", f"not evidence (would read: {corrected})"
+        p_text = "—" if j.p is None else f"{j.p:.2g} / {p_holm:.2g}"
+        figure = f"[{j.claim.figure}]({spec.experiment}/{j.claim.figure})" if j.claim.figure else "—"
+        rows.append([j.claim.id, j.claim.claim, spec.experiment, measure(j.claim), j.claim.paper_value,
+                     f"{j.text}, {scale}", p_text, raw, corrected, figure])  # fmt: skip
     return rows
 
 
@@ -72,14 +127,27 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    headers = ["id", "claim", "experiment", "measure", "paper", "ours (mean [95 % CI] (n seeds), scale)", "verdict", "figure"]
+    headers = ["id", "claim", "experiment", "measure", "paper", "ours (scale)", "p / Holm p", "verdict",
+               "verdict (Holm)", "figure"]  # fmt: skip
+    experiments = sorted({row[2] for row in rows})
+    per_experiment = ", ".join(f"{e} {sum(r[2] == e for r in rows)}" for e in experiments)
     text = [
         f"# Claims at `{args.scale}` scale",
         "",
-        "Each verdict comes from the seeds of this scale: the per-seed paired change (same seed, same data)",
-        "with a 95 % t interval. *Reproduced*: the interval excludes 0 on the claimed side (for a threshold",
-        "claim: its lower end reaches the threshold); *opposite*: it excludes 0 on the other side (its upper",
-        "end stays below the threshold); *inconclusive*: neither, or fewer than two seeds.",
+        "Each verdict comes from the seeds of this scale, paired (same seed, same data), with the statistic",
+        "fit to the quantity: a relative change of a positive quantity is the geometric mean of the paired",
+        "ratio with the t interval of its log (it cannot pass -100 %); a quantity whose baseline can be near",
+        "zero is a paired difference; a heavy-tailed one is the median paired difference with the sign test's",
+        "distribution-free interval (none exists below 6 seeds); a count is judged against its threshold",
+        "with an interval cut at 0; RQ1's cycles are a permutation test of the cosines' lag-1",
+        "autocorrelation against the same values in random order. Intervals are 95 %.",
+        "*Reproduced*: p < 0.05 with the estimate on the claimed side; *opposite*: p < 0.05 on the other",
+        "side; *inconclusive*: neither, or fewer than two seeds.",
+        "",
+        f"**Multiplicity.** {len(rows)} verdicts are drawn here ({per_experiment}). The raw verdict reads",
+        "each claim's own p-value; the Holm verdict reads its p-value adjusted by Holm's step-down method",
+        "over the claims of the same experiment, which keeps the chance of any false *reproduced* or",
+        "*opposite* within an experiment below 5 %.",
         *(["", "**Smoke runs prove the pipeline; they are not evidence for or against any claim.**"] if args.scale == "smoke" else []),
         "",
         tabulate(rows, headers=headers, tablefmt="github"),

@@ -226,21 +226,31 @@ class TableMetric(StrictModel):
     key: str  # a key of summary.json's "metrics", or a top-level field such as "phase_changes"
     label: str
     paper: dict[str, float | str] = {}  # the paper's value per method, where it gives one
+    # how the change against ce is stated (replication.stats): "relative" needs positive values and
+    # falls back to "difference" where some are not
+    change: Literal["relative", "difference", "robust_difference"] = "relative"
 
 
 class ClaimSpec(StrictModel):
-    """One row of CLAIMS.md (PAPER.md section 8), judged from paired seeds.
+    """One row of CLAIMS.md (PAPER.md section 8), judged from paired seeds (``replication.stats``).
 
-    kind "relative": the per-seed relative change (method - baseline) / baseline of ``metric``;
-    reproduced when its 95 % interval excludes 0 on the side of ``direction``.
-    kind "at_least": the value of ``metric`` in ``method`` runs; reproduced when the lower end of its
-    95 % interval is at least ``threshold``, opposite when the upper end is below it.
+    kind, by the quantity ``metric`` is:
+    - "relative" (positive): the paired log ratio of ``method`` against ``baseline``;
+    - "difference" (the baseline can be near zero): the paired difference, t interval;
+    - "robust_difference" (heavy-tailed): the median paired difference, sign test;
+    - "at_least" / "robust_at_least": ``method``'s values against ``threshold`` (mean and t, or median
+      and sign test), the interval cut at 0 for a quantity that cannot be negative;
+    - "serial_dependence": RQ1's permutation test; ``metric`` names the per-run statistic, whose
+      ``_shuffled``, ``_p_persistent`` and ``_p_alternating`` companions the run also reports.
+    A claim is reproduced when its p-value is below 0.05 with the estimate on the side of
+    ``direction`` (for a threshold claim: above it).
     """
 
     id: str
     claim: str
     metric: str
-    kind: Literal["relative", "at_least"] = "relative"
+    kind: Literal["relative", "difference", "robust_difference", "at_least", "robust_at_least",
+                  "serial_dependence"] = "relative"  # fmt: skip
     method: str = "gapt"
     baseline: str = "ce"
     direction: Literal["decrease", "increase"] = "decrease"

@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from replication.config import ConfigError, ExperimentSpec, FigureSpec, load_experiment  # noqa: E402
+from replication.stats import t_errorbar  # noqa: E402
 
 METHOD_ORDER = ["ce", "ce_mbe", "gapt", "gapt_joint"]
 COMPRESS_MAX_GREY = 0.3  # background grey when every seed compresses (a share of black)
@@ -115,7 +116,7 @@ def mbe_by_layer(spec: FigureSpec, curves_df: pd.DataFrame, results: Path) -> li
     methods = _methods(last)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     sns.lineplot(last, x="layer", y="value", hue="method", hue_order=methods, palette=_palette(methods),
-                 errorbar=("ci", 95), marker="o", ax=ax)  # fmt: skip
+                 errorbar=t_errorbar, marker="o", ax=ax)  # fmt: skip
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_xlabel("block")
     ax.set_ylabel(f"{spec.metric} (last evaluation)")
@@ -133,8 +134,8 @@ def rq1_alignment(spec: FigureSpec, alignment: pd.DataFrame, results: Path) -> l
     noise = alignment.drop_duplicates(["method", "seed", "step"])
     for ax, layer in zip(axes.flat, layers):
         panel = alignment[alignment.layer == layer]
-        sns.lineplot(noise, x="step", y="noise_cos", color="0.6", errorbar=("ci", 95), ax=ax, label="noise baseline")
-        sns.lineplot(panel, x="step", y="cos", color="tab:blue", errorbar=("ci", 95), ax=ax, label="cos(∇CE, ∇MBE)")
+        sns.lineplot(noise, x="step", y="noise_cos", color="0.6", errorbar=t_errorbar, ax=ax, label="noise baseline")
+        sns.lineplot(panel, x="step", y="cos", color="tab:blue", errorbar=t_errorbar, ax=ax, label="cos(∇CE, ∇MBE)")
         ax.axhline(0.0, color="k", lw=0.6)
         ax.set_title(f"block {int(layer)}")
         ax.set_ylabel("cosine")
@@ -163,7 +164,7 @@ def by_digits(spec: FigureSpec, summary: pd.DataFrame, results: Path) -> list[Pa
     methods = _methods(data)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     sns.pointplot(data, x="digits", y="value", hue="method", hue_order=methods, palette=_palette(methods),
-                  errorbar=("ci", 95), dodge=0.4, ax=ax)  # fmt: skip
+                  errorbar=t_errorbar, dodge=0.4, ax=ax)  # fmt: skip
     sns.stripplot(data, x="digits", y="value", hue="method", hue_order=methods, palette=_palette(methods),
                   dodge=True, alpha=0.35, size=3, legend=False, ax=ax)  # fmt: skip
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
@@ -183,13 +184,13 @@ def by_method(spec: FigureSpec, summary: pd.DataFrame, results: Path) -> list[Pa
         panel = data[data.metric == metric]
         sns.stripplot(panel, x="method", y="value", order=methods, hue="method", hue_order=methods,
                       palette=_palette(methods), alpha=0.45, size=4, legend=False, ax=ax)  # fmt: skip
-        sns.pointplot(panel, x="method", y="value", order=methods, color="k", errorbar=("ci", 95),
+        sns.pointplot(panel, x="method", y="value", order=methods, color="k", errorbar=t_errorbar,
                       linestyle="none", markers="D", markersize=4, ax=ax)  # fmt: skip
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("")
         ax.set_ylabel("")
         ax.tick_params(axis="x", rotation=30)
-    fig.text(0.99, 0.005, "dots: seeds; black: mean with 95 % interval", ha="right", va="bottom", fontsize=7, color="0.35")
+    fig.text(0.99, 0.005, "dots: seeds; black: mean with its 95 % t interval (as in the tables)", ha="right", va="bottom", fontsize=7, color="0.35")
     return _save(fig, results, spec.file, spec.title)
 
 

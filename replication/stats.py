@@ -1,85 +1,199 @@
-"""Statistics of seeds: means, t intervals, paired relative changes and claim verdicts (PAPER.md 8)."""
+"""Statistics of seeds: paired changes with intervals fit to the quantity, verdicts, multiplicity
+(PAPER.md section 8).
+
+Every comparison is paired: seed s of a method against seed s of its baseline (same data, same
+initialization). What is estimated depends on the quantity:
+
+- ``relative`` (a positive quantity: CE, MBE, separation ratio): the per-seed log ratio
+  log(method / baseline), its mean with a t interval, mapped back as exp(.) - 1. The result is the
+  geometric-mean relative change, and its interval can never pass -100 %.
+- ``difference`` (a quantity whose baseline can be near zero, where a ratio means nothing): the
+  per-seed difference method - baseline, its mean with a t interval.
+- ``robust_difference`` (heavy-tailed paired quantities: interference, alleviation %): the per-seed
+  difference, its median with the distribution-free order-statistic interval of the sign test
+  (coverage >= 95 % whatever the distribution; none exists below 6 seeds) and the exact sign test.
+- ``at_least`` (one method's values against a threshold, e.g. phase changes per run): the mean with a
+  t interval, cut at 0 for a quantity that cannot be negative (cutting keeps the coverage);
+  ``robust_at_least`` the same with the median and the sign test.
+
+Each estimate carries a two-sided p-value against its null (0 change, or the threshold) from the
+test the interval inverts, so an interval that excludes the null and p < 0.05 are the same event.
+A verdict is *reproduced* when p < 0.05 with the estimate on the claimed side, *opposite* when
+p < 0.05 on the other side, *inconclusive* otherwise (and always with fewer than two seeds).
+``holm`` adjusts a family of p-values (Holm 1979) for the multiplicity-corrected verdict.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats
 
 CONFIDENCE = 0.95
+ALPHA = 1 - CONFIDENCE
+CHANGES = ("relative", "difference", "robust_difference")
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """Mean of n values with a two-sided t interval (None when n < 2)."""
+    """A point estimate with its interval (None when it cannot be formed), n and a two-sided p-value
+    against ``null``. ``kind`` says how it was made (one of the module docstring's names)."""
 
-    mean: float
+    mean: float  # the point estimate: a mean, a geometric-mean relative change, or a median
     low: float | None
     high: float | None
     n: int
+    p: float | None = None
+    null: float = 0.0
+    kind: str = "mean"
+
+    @property
+    def percent(self) -> bool:
+        return self.kind == "relative"
 
     def format(self, digits: int = 3) -> str:
-        """'mean [low, high] (n=k)' with significant digits."""
+        """'mean [low, high] (n=k)'; a relative change as signed percent; a median says so."""
         if self.n == 0:
             return "n/a"
-        if self.low is None or self.high is None:
-            return f"{self.mean:.{digits}g} (n={self.n})"
-        return f"{self.mean:.{digits}g} [{self.low:.{digits}g}, {self.high:.{digits}g}] (n={self.n})"
+        if self.percent:
+            body = f"{100 * self.mean:+.1f} %"
+            interval = "" if self.low is None else f" [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"
+        else:
+            sign = "+" if self.kind in ("difference", "robust_difference") else ""
+            body = f"{self.mean:{sign}.{digits}g}"
+            interval = "" if self.low is None else f" [{self.low:{sign}.{digits}g}, {self.high:{sign}.{digits}g}]"
+        prefix = "median " if self.kind.startswith("robust") else ("Δ " if self.kind == "difference" else "")
+        return f"{prefix}{body}{interval} (n={self.n})"
 
     def format_percent(self) -> str:
-        """A relative change as signed percent: '-4.8 % [-6.1, -3.5] (n=3)'."""
-        if self.n == 0:
-            return "n/a"
-        if self.low is None or self.high is None:
-            return f"{100 * self.mean:+.1f} % (n={self.n})"
-        return f"{100 * self.mean:+.1f} % [{100 * self.low:+.1f}, {100 * self.high:+.1f}] (n={self.n})"
+        return self.format()
 
 
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Estimate:
-    """Mean and t interval of finite values; the interval needs at least two of them."""
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+def _finite(values: Sequence[float | None]) -> np.ndarray:
+    return np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+
+
+def t_interval(values: Sequence[float | None], confidence: float = CONFIDENCE, null: float = 0.0) -> Estimate:
+    """Mean and t interval of the finite values, with the one-sample t test against ``null``."""
+    x = _finite(values)
     n = len(x)
     if n == 0:
-        return Estimate(math.nan, None, None, 0)
+        return Estimate(math.nan, None, None, 0, None, null)
     mean = float(x.mean())
     if n < 2:
-        return Estimate(mean, None, None, n)
+        return Estimate(mean, None, None, n, None, null)
     sem = float(x.std(ddof=1)) / math.sqrt(n)
     half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * sem
-    return Estimate(mean, mean - half, mean + half, n)
+    if sem == 0:
+        p = 1.0 if mean == null else 0.0
+    else:
+        p = float(2 * stats.t.sf(abs(mean - null) / sem, df=n - 1))
+    return Estimate(mean, mean - half, mean + half, n, p, null)
+
+
+def median_interval(values: Sequence[float | None], confidence: float = CONFIDENCE, null: float = 0.0) -> Estimate:
+    """Median with the order-statistic interval [x_(k), x_(n-k+1)] of the sign test (distribution-free,
+    coverage 1 - 2 P(Binomial(n, 1/2) <= k - 1) >= ``confidence``) and the exact two-sided sign test
+    against ``null`` (values equal to it are dropped). No interval exists for n < 6 at 95 %."""
+    x = np.sort(_finite(values))
+    n = len(x)
+    if n == 0:
+        return Estimate(math.nan, None, None, 0, None, null, "robust")
+    median = float(np.median(x))
+    k = 0
+    while k + 1 <= n // 2 and stats.binom.cdf(k, n, 0.5) <= (1 - confidence) / 2:
+        k += 1  # after the loop: the largest k with P(B <= k - 1) <= alpha / 2
+    low, high = (float(x[k - 1]), float(x[n - k])) if k >= 1 else (None, None)
+    above, below = int(np.sum(x > null)), int(np.sum(x < null))
+    p = float(stats.binomtest(above, above + below, 0.5).pvalue) if above + below and n >= 2 else None
+    return Estimate(median, low, high, n, p, null, "robust")
+
+
+def paired_values(method: dict[int, float], baseline: dict[int, float]) -> list[tuple[float, float]]:
+    """(method, baseline) of every seed both have with finite values, in seed order."""
+    pairs = []
+    for seed in sorted(set(method) & set(baseline)):
+        m, b = method[seed], baseline[seed]
+        if m is not None and b is not None and math.isfinite(m) and math.isfinite(b):
+            pairs.append((float(m), float(b)))
+    return pairs
 
 
 def paired_relative_changes(method: dict[int, float], baseline: dict[int, float]) -> list[float]:
-    """Per-seed (method - baseline) / |baseline| over the seeds both have, in seed order."""
-    changes = []
-    for seed in sorted(set(method) & set(baseline)):
-        m, b = method[seed], baseline[seed]
-        if m is None or b is None or not (math.isfinite(m) and math.isfinite(b)) or b == 0:
-            continue
-        changes.append((m - b) / abs(b))
-    return changes
+    """Per-seed (method - baseline) / |baseline| over the seeds both have (a description of the
+    seeds; verdicts use the log ratio, ``paired_change``)."""
+    return [(m - b) / abs(b) for m, b in paired_values(method, baseline) if b != 0]
 
 
-def verdict_relative(estimate: Estimate, direction: str) -> str:
-    """reproduced / opposite / inconclusive for a claimed 'decrease' or 'increase'."""
-    if estimate.low is None or estimate.high is None:
+def paired_change(method: dict[int, float], baseline: dict[int, float], how: str = "relative") -> Estimate:
+    """The paired change of ``method`` against ``baseline``, as the module docstring defines ``how``.
+
+    ``relative`` needs every paired value to be positive; otherwise ValueError (name the quantity's
+    change ``difference`` instead)."""
+    pairs = paired_values(method, baseline)
+    if how == "relative":
+        if any(m <= 0 or b <= 0 for m, b in pairs):
+            raise ValueError("a relative change needs positive values on both sides; use a difference")
+        logs = t_interval([math.log(m / b) for m, b in pairs])
+        back = (lambda v: None if v is None else math.expm1(v))  # noqa: E731
+        return replace(logs, mean=math.expm1(logs.mean) if logs.n else math.nan, low=back(logs.low),
+                       high=back(logs.high), kind="relative")  # fmt: skip
+    differences = [m - b for m, b in pairs]
+    if how == "difference":
+        return replace(t_interval(differences), kind="difference")
+    if how == "robust_difference":
+        return replace(median_interval(differences), kind="robust_difference")
+    raise ValueError(f"unknown change {how!r}; one of {CHANGES}")
+
+
+def at_least(values: Sequence[float | None], threshold: float, robust: bool = False) -> Estimate:
+    """Values of one method against a threshold: mean and t interval, or median and sign-test
+    interval; the interval is cut at 0 when no value is negative (a count, a fraction)."""
+    estimate = median_interval(values, null=threshold) if robust else t_interval(values, null=threshold)
+    if estimate.low is not None and estimate.low < 0 <= min(_finite(values), default=0.0):
+        estimate = replace(estimate, low=0.0)
+    return replace(estimate, kind="robust_at_least" if robust else "at_least")
+
+
+def verdict(estimate: Estimate, direction: str, p: float | None = None, alpha: float = ALPHA) -> str:
+    """reproduced / opposite / inconclusive for a claimed 'decrease' or 'increase' of the estimate
+    against its null (for a threshold claim, 'increase': at least the threshold). ``p`` replaces the
+    estimate's own p-value (a multiplicity-adjusted one)."""
+    p = estimate.p if p is None else p
+    if p is None or not math.isfinite(p) or p >= alpha or estimate.n < 2 or estimate.mean == estimate.null:
         return "inconclusive"
-    claimed_below = direction == "decrease"
-    if (estimate.high < 0) if claimed_below else (estimate.low > 0):
-        return "reproduced"
-    if (estimate.low > 0) if claimed_below else (estimate.high < 0):
-        return "opposite"
-    return "inconclusive"
+    above = estimate.mean > estimate.null
+    return "reproduced" if above == (direction == "increase") else "opposite"
 
 
-def verdict_at_least(estimate: Estimate, threshold: float) -> str:
-    if estimate.low is None or estimate.high is None:
-        return "inconclusive"
-    if estimate.low >= threshold:
-        return "reproduced"
-    if estimate.high < threshold:
-        return "opposite"
-    return "inconclusive"
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values of one family, in the input order (None stays None and is
+    not counted in the family)."""
+    present = [(p, i) for i, p in enumerate(pvalues) if p is not None and math.isfinite(p)]
+    m = len(present)
+    adjusted: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(present)):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def fisher_combined(pvalues: Sequence[float]) -> float | None:
+    """Fisher's combination of independent p-values (one per seed): scipy.stats.combine_pvalues."""
+    finite = [p for p in pvalues if p is not None and math.isfinite(p)]
+    if not finite:
+        return None
+    return float(stats.combine_pvalues(finite, method="fisher").pvalue)
+
+
+def t_errorbar(values: Sequence[float]) -> tuple[float, float]:
+    """The mean's 95 % t interval as seaborn's ``errorbar`` callable (the point itself for n < 2), so
+    that figures draw the interval the tables print."""
+    estimate = t_interval(list(values))
+    if estimate.low is None:
+        return (estimate.mean, estimate.mean)
+    return (estimate.low, estimate.high)

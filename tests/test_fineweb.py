@@ -337,9 +337,8 @@ def test_smoke_scale_ce_run_reports_validation_and_rq1_metrics(sample_bytes, tmp
     assert metrics["final/val/mbe_alternate_layers"] == pytest.approx(np.mean(final_by_layer[2:4]))
     assert metrics["final/val/mbe_joint_layers"] == pytest.approx(np.mean(final_by_layer[1:5]))
     assert metrics["rq1/points"] == 15 and 0 <= metrics["rq1/min_sign_fraction"] <= 0.5
-    assert (
-        metrics["rq1/excess_sign_changes"] == metrics["rq1/sign_changes"] - metrics["rq1/noise_sign_changes"]
-    )
+    assert 0 < metrics["rq1/autocorr_p_persistent"] <= 1 and 0 < metrics["rq1/autocorr_p_alternating"] <= 1
+    assert "rq1/excess_sign_changes" not in metrics  # no verdict rests on the noise baseline
     assert metrics["speed/tokens_per_s"] > 0
 
 

@@ -2,6 +2,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -9,7 +10,15 @@ from scipy import stats as scipy_stats
 
 from replication import aggregate, claims, figures, report
 from replication.config import load_experiment
-from replication.stats import paired_relative_changes, t_interval, verdict_at_least, verdict_relative
+from replication.stats import (
+    at_least,
+    holm,
+    median_interval,
+    paired_change,
+    paired_relative_changes,
+    t_interval,
+    verdict,
+)
 
 SEEDS = [0, 1, 2, 3]
 CE = {0: 3.0, 1: 3.1, 2: 3.2, 3: 3.3}
@@ -88,6 +97,8 @@ def test_t_interval_matches_scipy():
     est = t_interval(values)
     low, high = scipy_stats.t.interval(0.95, df=4, loc=pd.Series(values).mean(), scale=scipy_stats.sem(values))
     assert (est.low, est.high, est.n) == (pytest.approx(low), pytest.approx(high), 5)
+    assert est.p == pytest.approx(scipy_stats.ttest_1samp(values, 0.0).pvalue)
+    assert t_interval(values, null=0.3).p == pytest.approx(scipy_stats.ttest_1samp(values, 0.3).pvalue)
     assert t_interval([1.0]).low is None and t_interval([]).n == 0
     assert t_interval([1.0, math.nan, 3.0]).n == 2
 
@@ -97,14 +108,78 @@ def test_paired_changes_use_only_seeds_both_methods_have():
     assert paired_relative_changes({0: 1.0}, {0: 0.0}) == []  # no relative change against zero
 
 
+def test_a_relative_change_is_the_geometric_mean_ratio_and_never_passes_minus_100_percent():
+    method, baseline = {0: 0.004, 1: 0.02, 2: 0.001}, {0: 1.0, 1: 1.1, 2: 0.9}  # a collapse to near zero
+    logs = t_interval([math.log(method[s] / baseline[s]) for s in range(3)])
+    est = paired_change(method, baseline, "relative")
+    # exp(mean log ratio) - 1, and the log ratio's t interval mapped back the same way
+    assert est.mean == pytest.approx(math.expm1(logs.mean))
+    assert (est.low, est.high) == (pytest.approx(math.expm1(logs.low)), pytest.approx(math.expm1(logs.high)))
+    assert -1 < est.low < est.mean < est.high and est.p == pytest.approx(logs.p)
+    assert paired_relative_changes(method, baseline) and t_interval(paired_relative_changes(method, baseline)).low < -1
+    assert est.format().startswith("-99.") and "%" in est.format()
+    with pytest.raises(ValueError, match="positive"):
+        paired_change({0: 0.0, 1: 1.0}, {0: 1.0, 1: 1.0}, "relative")
+
+
+def test_a_difference_is_the_t_interval_of_the_paired_differences():
+    method, baseline = {0: 0.5, 1: 0.7, 2: 0.2}, {0: 0.001, 1: 0.002, 2: 0.0}
+    est = paired_change(method, baseline, "difference")
+    ref = t_interval([0.499, 0.698, 0.2])
+    assert (est.mean, est.low, est.high, est.p) == (pytest.approx(ref.mean), pytest.approx(ref.low),
+                                                    pytest.approx(ref.high), pytest.approx(ref.p))  # fmt: skip
+    assert est.format().startswith("Δ +0.466 [")
+
+
+def test_the_robust_interval_is_the_sign_tests_order_statistics():
+    rng = np.random.default_rng(1)
+    x = rng.standard_cauchy(30) + 1.0
+    est = median_interval(x)
+    ordered = np.sort(x)
+    # n = 30: P(Binomial(30, 1/2) <= 9) = 0.0214 <= 0.025 < P(... <= 10): the 10th and 21st values
+    assert (est.low, est.high) == (ordered[9], ordered[20]) and est.mean == pytest.approx(np.median(x))
+    assert est.p == pytest.approx(scipy_stats.binomtest(int(np.sum(x > 0)), 30, 0.5).pvalue)
+    assert median_interval(x[:5]).low is None and median_interval(x[:6]).low == np.sort(x[:6])[0]  # 6 seeds at least
+    heavy = paired_change(dict(enumerate(x)), dict.fromkeys(range(30), 0.0), "robust_difference")
+    assert (heavy.low, heavy.high, heavy.kind) == (ordered[9], ordered[20], "robust_difference")
+
+
+def test_a_count_interval_cannot_go_negative_and_the_verdict_reads_the_p_value():
+    est = at_least([0, 1, 0, 3], threshold=2)
+    assert est.low == 0.0 and t_interval([0, 1, 0, 3]).low < 0  # cut at 0, the t interval is not
+    assert est.p == pytest.approx(scipy_stats.ttest_1samp([0, 1, 0, 3], 2).pvalue)
+    assert verdict(at_least([3, 4, 3, 4], 2), "increase") == "reproduced"
+    assert verdict(at_least([0, 1, 0, 1], 2), "increase") == "opposite"
+    assert verdict(at_least([1, 4, 0, 5], 2), "increase") == "inconclusive"
+
+
 def test_verdicts():
-    down = t_interval([-0.05, -0.04, -0.06])
-    assert verdict_relative(down, "decrease") == "reproduced" and verdict_relative(down, "increase") == "opposite"
-    assert verdict_relative(t_interval([-0.05, 0.04, 0.01]), "decrease") == "inconclusive"
-    assert verdict_relative(t_interval([-0.05]), "decrease") == "inconclusive"  # one seed is never a verdict
-    assert verdict_at_least(t_interval([3, 4, 3, 4]), 2) == "reproduced"
-    assert verdict_at_least(t_interval([0, 1, 0, 1]), 2) == "opposite"
-    assert verdict_at_least(t_interval([1, 4, 0, 5]), 2) == "inconclusive"
+    down = paired_change({0: 0.95, 1: 0.96, 2: 0.94}, {0: 1.0, 1: 1.0, 2: 1.0})
+    assert verdict(down, "decrease") == "reproduced" and verdict(down, "increase") == "opposite"
+    assert verdict(down, "decrease", p=0.2) == "inconclusive"  # an adjusted p-value decides instead
+    assert verdict(t_interval([-0.05, 0.04, 0.01]), "decrease") == "inconclusive"
+    assert verdict(t_interval([-0.05]), "decrease") == "inconclusive"  # one seed is never a verdict
+
+
+def test_holm_adjusts_in_step_down_order():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, then a running maximum: 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, None, 0.01]) == [pytest.approx(0.5), None, pytest.approx(0.02)]  # None: not in the family
+    assert holm([0.4, 0.9]) == pytest.approx([0.8, 0.9])
+
+
+def test_serial_dependence_claim_combines_the_runs_p_values_with_fisher():
+    rows = []
+    for seed, (p_hi, p_lo) in enumerate([(0.01, 0.99), (0.03, 0.97), (0.2, 0.8)]):
+        for key, value in (("rq1/autocorr", 0.5), ("rq1/autocorr_shuffled", -0.02),
+                           ("rq1/autocorr_p_persistent", p_hi), ("rq1/autocorr_p_alternating", p_lo)):  # fmt: skip
+            rows.append({"method": "ce", "seed": seed, "metric": key, "value": value})
+    claim = claims.ClaimSpec(id="C1c", claim="cycles", metric="rq1/autocorr", kind="serial_dependence", method="ce",
+                             direction="increase", paper_value="qualitative")  # fmt: skip
+    j = claims.judge(claim, pd.DataFrame(rows))
+    fisher = scipy_stats.combine_pvalues([0.01, 0.03, 0.2], method="fisher").pvalue
+    assert j.p == pytest.approx(2 * fisher) and verdict(j.estimate, "increase") == "reproduced"
+    assert "0.5 against -0.02 in shuffled order" in j.text and "n=3" in j.text
 
 
 def test_aggregate_writes_tidy_tables(results):
@@ -130,7 +205,7 @@ def test_aggregate_writes_tidy_tables(results):
 def test_table_puts_the_paper_beside_ours_and_the_paired_change(results):
     table = (results[1] / "table.md").read_text()
     assert "ce 3.3, gapt 3.14" in table  # the paper's values
-    assert "-2.0 % [-2.0, -2.0] (n=4)" in table  # gapt vs ce, identical change on every seed
+    assert "-2.0 % [-2.0, -2.0] (n=4)" in table  # gapt vs ce, identical ratio on every seed
     assert "-4.8 %" in table and "a small model" in table and "abc123" in table
 
 
@@ -143,6 +218,16 @@ def test_claims_verdicts(results, tmp_path):
     assert "| opposite" in rows["C3"]
     assert "| inconclusive" in rows["C9"]
     assert "| reproduced" in rows["C7"] and "3.5 [" in rows["C7"]
+    text = claims_md.read_text()
+    assert "**Multiplicity.** 4 verdicts are drawn here (demo 4)" in text
+    cells = {k: [c.strip() for c in line.split("|")[1:-1]] for k, line in rows.items()}
+    # the Holm column: each claim's verdict read at its p-value adjusted over the experiment's four claims
+    spec, summary = load_experiment(config), pd.read_csv(out / "summary.csv")
+    judged = [claims.judge(c, summary) for c in spec.paper.claims]
+    for j, p_holm in zip(judged, holm([j.p for j in judged])):
+        assert cells[j.claim.id][8] == verdict(j.estimate, j.direction, p=p_holm)
+        assert cells[j.claim.id][6] == f"{j.p:.2g} / {p_holm:.2g}"
+    assert cells["C9"][7] == "inconclusive" and 0.05 < judged[2].p
 
 
 def test_smoke_claims_are_marked_not_evidence(results, tmp_path):
@@ -168,6 +253,19 @@ def test_every_figure_kind_is_drawn(results):
     assert {p.name for p in written} == {f"{s}.{e}" for s in ("curves", "mbe_by_layer", "rq1", "digits", "phases")
                                          for e in ("png", "pdf")}  # fmt: skip
     assert all(p.stat().st_size > 5000 for p in written)
+
+
+def test_figures_draw_the_t_interval_of_the_tables(results, monkeypatch):
+    config, out = results
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, results, stem, title: drawn.setdefault(stem, fig) and [])
+    spec = load_experiment(config)
+    figures.draw(spec.model_copy(update={"figures": [f for f in spec.figures if f.kind == "by_method"]}), out)
+    summary = pd.read_csv(out / "summary.csv")
+    gapt = summary[(summary.method == "gapt") & (summary.metric == "final/val/mbe")].value
+    est = t_interval(list(gapt))
+    bars = [tuple(line.get_ydata()) for line in drawn["phases"].axes[1].lines if len(line.get_ydata()) == 2]
+    assert any(bar == (pytest.approx(est.low), pytest.approx(est.high)) for bar in bars), bars
 
 
 def test_a_figure_without_its_data_is_a_clear_error(results):

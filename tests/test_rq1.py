@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 from replication.rq1 import (
+    TEST_PERMUTATIONS,
     alignment_series,
+    lag1_autocorrelation,
+    persistence_test,
     cycle_statistics,
     exponential_smoothing,
     sign_changes,
@@ -60,7 +63,10 @@ def test_cycle_statistics_of_a_cycling_run():
     assert stats["rq1/frac_negative"] == pytest.approx(np.mean(cos < 0))
     assert stats["rq1/min_sign_fraction"] == pytest.approx(min(np.mean(cos > 0), np.mean(cos < 0)))
     assert stats["rq1/sign_changes"] == 4 and stats["rq1/noise_sign_changes"] == 0
-    assert stats["rq1/excess_sign_changes"] == 4
+    # the cycle persists over 20 points: far more lag-1 autocorrelation than in any random order
+    assert stats["rq1/autocorr"] > 0.8 and abs(stats["rq1/autocorr_shuffled"]) < 0.05
+    assert stats["rq1/autocorr_p_persistent"] == pytest.approx(1 / 1000)  # the smallest a 999-permutation test gives
+    assert stats["rq1/autocorr_p_alternating"] == 1.0
     assert stats["rq1/shuffled_sign_changes"] > 2 * stats["rq1/sign_changes"]  # the order carries the cycle
     assert stats["rq1/noise_cos_mean"] == pytest.approx(0.3)
     assert stats["rq1/smoothing_beta"] == pytest.approx(math.exp(-0.1))
@@ -82,3 +88,35 @@ def test_missing_cosines_are_skipped():
 def test_records_without_alignment_give_no_statistics():
     assert cycle_statistics([{"kind": "train", "step": 0}]) == {}
     assert alignment_series([]) is None
+
+
+def test_lag1_autocorrelation_is_the_textbook_formula_per_column():
+    x = np.array([[1.0, 4.0], [3.0, -1.0], [2.0, 2.0], [6.0, 0.5]])
+    for j in range(2):
+        c = x[:, j] - x[:, j].mean()
+        assert lag1_autocorrelation(x)[j] == pytest.approx((c[1:] * c[:-1]).sum() / (c * c).sum())
+    assert lag1_autocorrelation(np.ones((5, 1)))[0] == 0.0  # a constant series: no dependence, no NaN
+
+
+def test_permutation_p_values_are_exact_counts_over_the_shuffled_statistics():
+    cos = square_wave(40, half_period=5).reshape(-1, 1)
+    rng = np.random.default_rng(3)
+    result = persistence_test(cos, np.random.default_rng(3), n=50)
+    shuffled = np.array([lag1_autocorrelation(cos[rng.permutation(40)]).mean() for _ in range(50)])
+    observed = lag1_autocorrelation(cos).mean()
+    assert result["rq1/autocorr"] == pytest.approx(observed)
+    assert result["rq1/autocorr_shuffled"] == pytest.approx(shuffled.mean())
+    assert result["rq1/autocorr_p_persistent"] == pytest.approx((1 + np.sum(shuffled >= observed)) / 51)
+    assert result["rq1/autocorr_p_alternating"] == pytest.approx((1 + np.sum(shuffled <= observed)) / 51)
+    assert persistence_test(cos[:3], rng) is None  # too few points for a test
+
+
+def test_noise_without_order_is_not_called_a_cycle_and_alternation_is_the_opposite():
+    rng = np.random.default_rng(0)
+    p_values = [persistence_test(rng.standard_normal((60, 3)), rng, n=199)["rq1/autocorr_p_persistent"]
+                for _ in range(200)]  # fmt: skip
+    assert 0.02 < np.mean(np.array(p_values) < 0.05) < 0.09  # the test holds its 5 % level under the null
+    flipping = np.tile([0.2, -0.2], 30).reshape(-1, 1) + 0.01 * rng.standard_normal((60, 1))
+    result = persistence_test(flipping, rng)
+    assert result["rq1/autocorr"] < -0.9 and result["rq1/autocorr_p_alternating"] == pytest.approx(1 / (1 + TEST_PERMUTATIONS))
+    assert result["rq1/autocorr_p_persistent"] == 1.0
