@@ -2,40 +2,68 @@
 
 Updated once per optimizer step with that step's training main loss L (CE, or L1 for the MLP task)
 and the training MBE of the regularized layers; it returns the phase of the *next* step.
-PAPER.md section 3.1 defines three rule sets, chosen by ``GaptConfig.rules``:
+PAPER.md section 3.1 names the rule sets, chosen by ``GaptConfig.rules``. Each one reproduces, on
+every finite input, the phase controller of one version of the author's code (GitHub user
+fangyuan-ksgk); where that code and PAPER.md disagree, the code is followed and the difference is
+stated below.
 
-``paper`` (default; the author's compact implementation that cites the paper)
-    Every update: dE = E_min - L, then E_min <- min(E_min, L).
+``paper`` (default): class ``GatedPhaseTransition`` of ``src/sorl.py`` in ``fangyuan-ksgk/minimind``
+    (the compact implementation that cites the paper; read at commit 07dd1e2).
+    Every update: dE = E_min - L, then E_min <- min(E_min, L); at E_min = +inf, dE = +inf is progress.
     Memorize: s_m <- 0 if dE > delta_ce else s_m + 1; at s_m >= p_m switch to compress with
     s_c <- 0 and E_min, M_min <- +inf.
-    Compress: if L > E_min * (1 + tau) switch to memorize (a CE spike), s_m <- 0. Otherwise
-    dM = M_min - M, M_min <- min(M_min, M), s_c <- 0 if dM > delta_mbe else s_c + 1; at
-    s_c >= p_c switch to memorize, s_m <- 0. M is the mean over the monitored layers.
+    Compress: if E_min is finite and L > E_min * (1 + tau), switch to memorize (a CE spike), s_m <- 0.
+    Otherwise dM = M_min - M, M_min <- min(M_min, M), s_c <- 0 if dM > delta_mbe else s_c + 1; at
+    s_c >= p_c switch to memorize, s_m <- 0. M is the mean over the monitored layers; M_min is only
+    read and updated in compress. ``sorl.py`` has one threshold for dE and dM; here they are
+    ``delta_ce`` and ``delta_mbe`` (equal values give that code exactly).
 
-``v1_code`` (the scheduler of the author's code at the time of v1)
-    Both counters advance on every update in both phases. The spike test L >= (1 + tau) E_min runs
-    before E_min is updated. MBE progress means that any monitored layer beat its own running
-    minimum by more than delta_mbe. Memorize -> compress resets E_min; compress -> memorize clears
-    the per-layer MBE minima.
+``v1_code``: class ``RRScheduler`` of ``src/utils.py`` in ``fangyuan-ksgk/mod_gpt``, the older,
+    two-phase version of the paper's time (its constructor ends with ``mbe_patience=125,
+    mbe_min_delta=0.002``; no inner phase, no ``ib_target``), method ``_switch_phase``.
+    Every update, in both phases, before any transition:
+      CE gain g_E = max(0, E_min - L); progress iff g_E > delta_ce and g_E is finite (so the first
+      update after E_min is reset is no progress). Spike iff L >= E_min * (1 + tau), tested before
+      E_min <- min(E_min, L).
+      MBE gain g_M = max(0, max_l (M_min,l - M_l)) over the monitored layers; progress iff
+      g_M > delta_mbe and g_M is finite (while any layer's minimum is +inf, no progress). Then
+      M_min,l <- min(M_min,l, M_l) for every layer.
+      s_m <- 0 on CE progress else s_m + 1; s_c <- 0 on MBE progress else s_c + 1.
+    Compress, s_c >= p_c or a spike: switch to memorize, s_m <- 0, every M_min,l <- +inf.
+    Memorize, s_m >= p_m: switch to compress, s_c <- 0, E_min <- +inf.
+    Only the counter of the phase being entered is reset: the code resets no other, as PAPER.md
+    also says. The counter of the phase being left keeps counting and is never read before it is
+    reset on its next entry, so resetting both would give the same phases and only other logged
+    counter values. ``M_min`` (logged) is the mean of the per-layer minima. The code's spike factor
+    is a literal 1.1; here 1 + tau (equal at the default tau = 0.1).
 
-``relative`` (the author's later code)
-    The ``paper`` structure with relative progress, (min - current) / |min| > relative_tol for both
-    CE and MBE, and running minima that are never reset. The later code used p_m = 125, p_c = 75:
+``v1_code_newer``: the newer ``RRScheduler`` of the same file (the version whose constructor
+    ``train_pcgrad.py`` calls, with ``ib_target``, ``include_inner_cycle`` and ``inv_mbe_patience``
+    arguments; read at commit 016eca4), with its default flags (``ib_target=True``,
+    ``include_inner_cycle=False``). It computes MBE progress, and updates the MBE minima, only in
+    an inner phase those flags never enter: MBE progress is never detected, s_c grows by one on every
+    update, and ``M_min`` stays +inf. Everything else is ``v1_code``. So a compress phase lasts
+    exactly p_c updates unless CE spikes.
+
+``relative``: class ``GatedPhaseTransition`` of ``src/gapt.py`` in ``fangyuan-ksgk/mod_gpt`` (the later
+    code, percentage thresholds; read at commits 069adbf and e43c887, whose rules are the same).
+    gain(min, x) = (min - x) / max(|min|, 1e-6), and gain = 0 when min = +inf or |min| < 1e-9 (so
+    the first update is no progress and no spike). Every update, in both phases: g_E = gain(E_min, L),
+    g_M = gain(M_min, M), then E_min <- min(E_min, L) and M_min <- min(M_min, M); neither minimum is
+    ever reset. Memorize: s_m <- 0 if g_E > relative_tol else s_m + 1; at s_m >= p_m: s_m <- 0,
+    switch to compress. Compress: if g_E < -tau: s_c <- 0, switch to memorize (a CE spike); else
+    s_c <- 0 if g_M > relative_tol else s_c + 1, and at s_c >= p_c: s_c <- 0, switch to memorize.
+    The counter reset is that of the phase being *left*. The code has one plateau threshold per
+    input; here ``relative_tol`` serves both. The later code used p_m = 125, p_c = 75:
     ``GaptConfig.preset("relative")`` gives those defaults.
 
-Details PAPER.md leaves open, and the choice made here (each pinned by a test):
-- The spike test of ``paper`` and ``relative`` compares L with E_min *after* the update of rule 1.
-  This flags exactly the same steps as testing against E_min before the update (a spiking L never
-  lowers the minimum), so the order only matters for the ``>=`` of ``v1_code``.
-- ``paper`` and ``relative`` update M_min only in compress (rule 3 is the only place it appears);
-  E_min is updated in both phases.
-- ``v1_code`` resets no counter on a transition: the minima resets make the next update count as
-  progress, which restarts the counter of the phase whose minimum was reset. The other counter
-  carries over, so a compress phase entered after a memorize phase in which MBE never improved ends
-  after one update unless that update improves a layer's MBE.
-- ``relative`` resets the counters on entering a phase, as ``paper`` does.
+Details the author's code does not fix, and the choice made here (each pinned by a test):
+- M of ``paper`` and ``relative`` is the mean over the monitored layers; ``v1_code`` and
+  ``v1_code_newer`` watch each layer (layers are matched by position; a change in their number
+  restarts every per-layer minimum at +inf).
 - A non-finite loss or MBE value changes no state but ``n_nonfinite`` (and ``n_updates``), and the
-  phase stays as it was.
+  phase stays as it was. ``src/gapt.py`` skips such a step too; ``sorl.py`` and ``RRScheduler`` have
+  no such guard (there a NaN would still advance the counters), a deliberate departure here.
 - ``n_updates`` counts every call, so the step of a transition event is the optimizer step index
   when the loop calls ``update`` once per step from step 0.
 
@@ -55,7 +83,7 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-RULE_SETS = ("paper", "v1_code", "relative")
+RULE_SETS = ("paper", "v1_code", "v1_code_newer", "relative")
 INF = math.inf
 
 
@@ -69,9 +97,9 @@ class GaptConfig:
     """Hyper-parameters of the controller (PAPER.md section 3.1; paper-scale defaults)."""
 
     rules: str = "paper"
-    delta_ce: float = 0.01  # absolute CE progress threshold (paper, v1_code)
+    delta_ce: float = 0.01  # absolute CE progress threshold (paper, v1_code, v1_code_newer)
     delta_mbe: float = 0.002  # absolute MBE progress threshold (paper, v1_code)
-    spike_tol: float = 0.10  # tau: a CE more than this fraction above its minimum is a spike
+    spike_tol: float = 0.10  # tau: a CE more than this fraction above its minimum is a spike (v1: at least)
     patience_memorize: int = 125  # p_m, optimizer steps
     patience_compress: int = 125  # p_c, optimizer steps
     relative_tol: float = 0.01  # relative progress threshold for CE and MBE (relative)
@@ -136,10 +164,13 @@ class PhaseController:
             return self.phase
         ce, values = self._smooth(ce, values)
         self.last_input = [ce, *values]
-        if self.config.rules == "v1_code":
-            self._update_v1_code(step, ce, values)
+        rules = self.config.rules
+        if rules == "paper":
+            self._update_paper(step, ce, sum(values) / len(values))
+        elif rules == "relative":
+            self._update_relative(step, ce, sum(values) / len(values))
         else:
-            self._update_paper_or_relative(step, ce, sum(values) / len(values))
+            self._update_rr_scheduler(step, ce, values, track_mbe=rules == "v1_code")
         return self.phase
 
     def _smooth(self, ce: float, values: list[float]) -> tuple[float, list[float]]:
@@ -156,58 +187,88 @@ class PhaseController:
         return smoothed[0], smoothed[1:]
 
     # -- rule sets -----------------------------------------------------------------------------
-    def _progress(self, minimum: float, current: float, absolute_threshold: float) -> bool:
-        if self.config.rules == "relative":
-            if minimum == INF:
-                return True
-            return (minimum - current) / max(abs(minimum), 1e-12) > self.config.relative_tol
-        return minimum - current > absolute_threshold
-
-    def _update_paper_or_relative(self, step: int, ce: float, mbe: float) -> None:
+    def _update_paper(self, step: int, ce: float, mbe: float) -> None:
+        """minimind src/sorl.py, GatedPhaseTransition.step."""
         cfg = self.config
-        ce_progress = self._progress(self.e_min, ce, cfg.delta_ce)
+        ce_progress = self.e_min - ce > cfg.delta_ce  # +inf minimum: progress
         self.e_min = min(self.e_min, ce)
         if self.phase is Phase.MEMORIZE:
             self.s_m = 0 if ce_progress else self.s_m + 1
             if self.s_m >= cfg.patience_memorize:
                 self._switch(step, Phase.COMPRESS, "ce_plateau")
                 self.s_c = 0
-                if cfg.rules == "paper":
-                    self.e_min = self.m_min = INF
+                self.e_min = self.m_min = INF
             return
         if math.isfinite(self.e_min) and ce > self.e_min * (1.0 + cfg.spike_tol):
             self._switch(step, Phase.MEMORIZE, "ce_spike")
             self.s_m = 0
             return
-        mbe_progress = self._progress(self.m_min, mbe, cfg.delta_mbe)
+        mbe_progress = self.m_min - mbe > cfg.delta_mbe
         self.m_min = min(self.m_min, mbe)
         self.s_c = 0 if mbe_progress else self.s_c + 1
         if self.s_c >= cfg.patience_compress:
             self._switch(step, Phase.MEMORIZE, "mbe_plateau")
             self.s_m = 0
 
-    def _update_v1_code(self, step: int, ce: float, values: list[float]) -> None:
-        cfg = self.config
-        spike = math.isfinite(self.e_min) and ce >= (1.0 + cfg.spike_tol) * self.e_min
-        ce_progress = self.e_min - ce > cfg.delta_ce
-        self.e_min = min(self.e_min, ce)
-        self.s_m = 0 if ce_progress else self.s_m + 1
+    @staticmethod
+    def _relative_gain(minimum: float, current: float) -> float:
+        """Fractional improvement on the minimum; 0 while the minimum is +inf or about 0."""
+        if minimum == INF or abs(minimum) < 1e-9:
+            return 0.0
+        return (minimum - current) / max(abs(minimum), 1e-6)
 
-        if len(self.m_min_by_layer) != len(values):
-            self.m_min_by_layer = [INF] * len(values)
-        mbe_progress = any(lo - m > cfg.delta_mbe for lo, m in zip(self.m_min_by_layer, values))
-        self.m_min_by_layer = [min(lo, m) for lo, m in zip(self.m_min_by_layer, values)]
-        self.m_min = sum(self.m_min_by_layer) / len(self.m_min_by_layer)
+    def _update_relative(self, step: int, ce: float, mbe: float) -> None:
+        """mod_gpt src/gapt.py, GatedPhaseTransition.step: minima updated on every call, never reset."""
+        cfg = self.config
+        gain_ce = self._relative_gain(self.e_min, ce)
+        gain_mbe = self._relative_gain(self.m_min, mbe)
+        self.e_min = min(self.e_min, ce)
+        self.m_min = min(self.m_min, mbe)
+        if self.phase is Phase.MEMORIZE:
+            self.s_m = 0 if gain_ce > cfg.relative_tol else self.s_m + 1
+            if self.s_m >= cfg.patience_memorize:
+                self.s_m = 0
+                self._switch(step, Phase.COMPRESS, "ce_plateau")
+        elif gain_ce < -cfg.spike_tol:
+            self.s_c = 0
+            self._switch(step, Phase.MEMORIZE, "ce_spike")
+        else:
+            self.s_c = 0 if gain_mbe > cfg.relative_tol else self.s_c + 1
+            if self.s_c >= cfg.patience_compress:
+                self.s_c = 0
+                self._switch(step, Phase.MEMORIZE, "mbe_plateau")
+
+    def _update_rr_scheduler(self, step: int, ce: float, values: list[float], track_mbe: bool) -> None:
+        """mod_gpt src/utils.py, RRScheduler._switch_phase: the older version (track_mbe) or the
+        newer one with default flags (no MBE progress, MBE minima untouched)."""
+        cfg = self.config
+        ce_gain = max(0.0, self.e_min - ce)  # +inf while E_min is +inf: never progress
+        ce_progress = ce_gain > cfg.delta_ce and ce_gain != INF
+        spike = ce >= self.e_min * (1.0 + cfg.spike_tol)  # before E_min is updated
+        self.e_min = min(self.e_min, ce)
+
+        mbe_progress = False
+        if track_mbe:
+            if len(self.m_min_by_layer) != len(values):
+                self.m_min_by_layer = [INF] * len(values)
+            mbe_gain = max([0.0] + [lo - m for lo, m in zip(self.m_min_by_layer, values)])
+            mbe_progress = mbe_gain > cfg.delta_mbe and mbe_gain != INF
+            self.m_min_by_layer = [min(lo, m) for lo, m in zip(self.m_min_by_layer, values)]
+            self.m_min = sum(self.m_min_by_layer) / len(self.m_min_by_layer)
+
+        self.s_m = 0 if ce_progress else self.s_m + 1
         self.s_c = 0 if mbe_progress else self.s_c + 1
 
-        if self.phase is Phase.MEMORIZE:
-            if self.s_m >= cfg.patience_memorize:
-                self._switch(step, Phase.COMPRESS, "ce_plateau")
-                self.e_min = INF
-        elif spike or self.s_c >= cfg.patience_compress:
-            self._switch(step, Phase.MEMORIZE, "ce_spike" if spike else "mbe_plateau")
-            self.m_min_by_layer = [INF] * len(values)
-            self.m_min = INF
+        if self.phase is Phase.COMPRESS:
+            if spike or self.s_c >= cfg.patience_compress:
+                self._switch(step, Phase.MEMORIZE, "ce_spike" if spike else "mbe_plateau")
+                self.s_m = 0
+                self.m_min_by_layer = [INF] * len(self.m_min_by_layer)
+                self.m_min = INF
+        elif self.s_m >= cfg.patience_memorize:
+            self._switch(step, Phase.COMPRESS, "ce_plateau")
+            self.s_c = 0
+            self.e_min = INF
 
     def _switch(self, step: int, to: Phase, reason: str) -> None:
         self.transitions.append(Transition(step, self.phase, to, reason))

@@ -4,9 +4,10 @@ import math
 
 import pytest
 
-from replication.gapt import GaptConfig, Phase, PhaseController
+from replication.gapt import RULE_SETS, GaptConfig, Phase, PhaseController
 
 M, C = Phase.MEMORIZE, Phase.COMPRESS
+ALL_RULES = ["paper", "v1_code", "v1_code_newer", "relative"]
 
 
 def controller(rules="paper", **kw) -> PhaseController:
@@ -19,6 +20,19 @@ def feed(ctrl: PhaseController, steps) -> list[Phase]:
     return [ctrl.update(ce=ce, mbe=mbe) for ce, mbe in steps]
 
 
+def assert_trace(ctrl: PhaseController, rows) -> None:
+    """rows: (ce, mbe, phase after the update, s_m, s_c); compares the whole trace at once."""
+    seen = []
+    for ce, mbe, *_ in rows:
+        phase = ctrl.update(ce=ce, mbe=mbe)
+        seen.append((phase, ctrl.s_m, ctrl.s_c))
+    assert seen == [tuple(row[2:]) for row in rows]
+
+
+def transitions(ctrl: PhaseController) -> list[tuple[int, str]]:
+    return [(t.step, t.reason) for t in ctrl.transitions]
+
+
 def controller_after_plateau(best_ce: float, rules="paper", **kw) -> PhaseController:
     """A controller that has just entered compress and then seen one step at best_ce."""
     ctrl = controller(rules, **kw)
@@ -29,6 +43,40 @@ def controller_after_plateau(best_ce: float, rules="paper", **kw) -> PhaseContro
 
 
 # -- paper rules --------------------------------------------------------------------------------
+# minimind src/sorl.py GatedPhaseTransition: absolute gains (against +inf: progress); E_min updated every
+# update; M_min only in compress; entering compress resets s_c, E_min, M_min; a spike L > (1 + tau) E_min.
+
+
+def test_paper_trace_by_hand():
+    rows = [  # (ce, mbe, phase, s_m, s_c); patiences 3, delta_ce = 0.01, delta_mbe = 0.002, tau = 0.1
+        (3.0, 1.0, M, 0, 0),  # 0: progress against E_min = +inf
+        (3.0, 1.0, M, 1, 0),  # 1
+        (2.995, 1.0, M, 2, 0),  # 2: -0.005 < delta_ce
+        (2.995, 1.0, C, 3, 0),  # 3: s_m = 3: compress, E_min and M_min <- +inf
+        (3.0, 1.0, C, 3, 0),  # 4: MBE progress against M_min = +inf
+        (3.29, 0.99, C, 3, 0),  # 5: 3.29 < 1.1 * 3.0; MBE -0.01
+        (3.0, 0.99, C, 3, 1),  # 6
+        (3.31, 0.5, M, 0, 1),  # 7: 3.31 > 1.1 * 3.0: spike, MBE not read
+        (3.0, 0.5, M, 1, 1),  # 8: E_min = 3.0 kept from compress
+        (2.98, 0.5, M, 0, 1),  # 9
+        (2.98, 0.5, M, 1, 1),  # 10
+        (2.98, 0.5, M, 2, 1),  # 11
+        (2.98, 0.5, C, 3, 0),  # 12: compress
+        (2.98, 0.5, C, 3, 0),  # 13: MBE progress against +inf
+        (2.98, 0.5, C, 3, 1),  # 14
+        (2.98, 0.5, C, 3, 2),  # 15
+        (2.98, 0.5, M, 0, 3),  # 16: s_c = 3: memorize
+    ]
+    ctrl = controller()
+    assert_trace(ctrl, rows)
+    assert transitions(ctrl) == [(3, "ce_plateau"), (7, "ce_spike"), (12, "ce_plateau"), (16, "mbe_plateau")]
+
+
+def test_rule_set_names():
+    assert RULE_SETS == tuple(ALL_RULES)
+    assert GaptConfig(rules="v1_code_newer").rules == "v1_code_newer"
+
+
 
 
 def test_ce_plateau_switches_to_compress_after_patience():
@@ -118,7 +166,7 @@ def test_scalar_and_per_layer_mbe_use_the_mean():
     assert a_state == b_state
 
 
-@pytest.mark.parametrize("rules", ["paper", "v1_code", "relative"])
+@pytest.mark.parametrize("rules", ALL_RULES)
 @pytest.mark.parametrize("bad", [(math.nan, 1.0), (math.inf, 1.0), (3.0, math.nan), (3.0, [1.0, math.inf]), (3.0, [])])
 def test_non_finite_input_changes_nothing_and_is_counted(rules, bad):
     ctrl = controller(rules)
@@ -132,7 +180,7 @@ def test_non_finite_input_changes_nothing_and_is_counted(rules, bad):
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.5])
-@pytest.mark.parametrize("rules", ["paper", "v1_code", "relative"])
+@pytest.mark.parametrize("rules", ALL_RULES)
 def test_state_round_trip_in_the_middle_of_a_phase(rules, smoothing):
     script = [(3.0 - 0.001 * i, [1.0 + 0.01 * ((i * 7) % 5), 0.8]) for i in range(40)]
     script[17] = (9.0, [1.0, 0.8])  # a spike somewhere in the middle
@@ -193,18 +241,70 @@ def test_unknown_rule_set_is_rejected():
 
 
 # -- v1_code rules ------------------------------------------------------------------------------
+# mod_gpt src/utils.py RRScheduler (older, two-phase): both counters advance every update in both
+# phases; progress measured against a +inf minimum is no progress; spike L >= (1 + tau) E_min before
+# the update; memorize -> compress resets s_c and E_min, compress -> memorize resets s_m and the
+# per-layer MBE minima.
 
 
-def test_v1_counters_advance_in_both_phases():
+# A trace with a CE plateau, a CE spike, an MBE plateau, and an MBE rise during memorize (2 layers).
+# Patiences 3, delta_ce = 0.01, delta_mbe = 0.002, tau = 0.1.
+RR_TRACE = [
+    (3.0, [1.0, 2.0]),  # 0: first update, every minimum +inf
+    (2.9, [1.0, 1.99]),  # 1: CE -0.1, layer 1 -0.01
+    (2.895, [1.0, 1.99]),  # 2: CE -0.005 < delta_ce
+    (2.9, [1.1, 2.1]),  # 3
+    (2.9, [1.1, 2.1]),  # 4: s_m = 3: compress
+    (3.0, [1.0, 1.99]),  # 5: E_min was reset: no CE progress, no spike possible
+    (3.29, [0.99, 1.99]),  # 6: 3.29 < 1.1 * 3.0; layer 0 -0.01
+    (3.0, [0.99, 1.99]),  # 7
+    (3.31, [0.98, 1.99]),  # 8: 3.31 >= 1.1 * 3.0: spike
+    (3.0, [0.5, 0.5]),  # 9: MBE minima were cleared: no progress
+    (2.98, [0.49, 0.5]),  # 10
+    (2.98, [0.49, 0.5]),  # 11
+    (2.98, [0.49, 0.5]),  # 12
+    (2.98, [0.49, 0.5]),  # 13: s_m = 3: compress
+    (2.98, [0.49, 0.5]),  # 14
+    (2.98, [0.49, 0.5]),  # 15
+    (2.98, [0.49, 0.5]),  # 16
+]
+
+
+def test_v1_trace_by_hand():
+    expected = [  # (phase, s_m, s_c) after each update of RR_TRACE
+        (M, 1, 1), (M, 0, 0), (M, 1, 1), (M, 2, 2), (C, 3, 0), (C, 4, 1), (C, 5, 0), (C, 6, 1),
+        (M, 0, 0), (M, 1, 1), (M, 0, 0), (M, 1, 1), (M, 2, 2), (C, 3, 0), (C, 4, 1), (C, 5, 2),
+        (M, 0, 3),
+    ]  # fmt: skip
+    ctrl = controller("v1_code")
+    assert_trace(ctrl, [(ce, mbe, *row) for (ce, mbe), row in zip(RR_TRACE, expected)])
+    assert transitions(ctrl) == [(4, "ce_plateau"), (8, "ce_spike"), (13, "ce_plateau"), (16, "mbe_plateau")]
+    assert ctrl.m_min_by_layer == [math.inf, math.inf] and ctrl.m_min == math.inf and ctrl.e_min == 2.98
+
+
+def test_v1_first_update_after_a_reset_is_no_progress():
     ctrl = controller("v1_code", patience_memorize=100)
-    feed(ctrl, [(3.0 - 0.1 * i, [1.0]) for i in range(5)])  # CE improves, MBE flat
-    assert ctrl.phase is M and ctrl.s_m == 0 and ctrl.s_c == 4  # s_c counted during memorize
+    ctrl.update(ce=3.0, mbe=[1.0])  # every minimum +inf: neither counter restarts
+    assert (ctrl.s_m, ctrl.s_c) == (1, 1)
+    ctrl.update(ce=2.0, mbe=[0.5])  # progress on both against finite minima
+    assert (ctrl.s_m, ctrl.s_c) == (0, 0)
+
+
+def test_v1_entering_compress_restarts_its_counter():
+    # MBE rises through memorize, so s_c = 4 > p_c when the CE plateau ends memorize; compress
+    # restarts s_c at 0 and, with MBE flat above its minimum, lasts exactly p_c = 3 updates.
+    ctrl = controller("v1_code", patience_memorize=4)
+    assert feed(ctrl, [(4.0, [1.0 + 0.1 * i]) for i in range(4)]) == [M, M, M, C]
+    assert (ctrl.s_m, ctrl.s_c) == (4, 0)  # s_m is not reset on entering compress
+    assert feed(ctrl, [(4.0, [1.3])] * 3) == [C, C, M]
+    assert ctrl.transitions[-1].step == 6 and ctrl.transitions[-1].reason == "mbe_plateau"
+    assert ctrl.s_m == 0
 
 
 def test_v1_progress_of_any_single_layer_resets_the_compress_counter():
     ctrl = controller("v1_code", patience_memorize=100)
     feed(ctrl, [(3.0, [1.0, 1.0])] * 3)
-    assert ctrl.s_c == 2
+    assert ctrl.s_c == 3
     ctrl.update(ce=3.0, mbe=[1.5, 0.99])  # layer 0 worse, layer 1 better by 0.01 > delta_mbe
     assert ctrl.s_c == 0
     ctrl.update(ce=3.0, mbe=[1.0, 0.989])  # layer 1 better by only 0.001: no progress
@@ -213,33 +313,85 @@ def test_v1_progress_of_any_single_layer_resets_the_compress_counter():
 
 def test_v1_spike_checked_before_update_with_greater_or_equal():
     ctrl = controller("v1_code", spike_tol=0.5)
-    feed(ctrl, [(4.0, [1.0 - 0.01 * i]) for i in range(4)])  # MBE keeps improving: s_c stays 0
-    assert ctrl.phase is C and ctrl.e_min == math.inf
+    assert feed(ctrl, [(4.0, [1.0])] * 3) == [M, M, C]
+    assert ctrl.e_min == math.inf
     assert ctrl.update(ce=2.0, mbe=[0.5]) is C  # E_min was reset: no spike possible
     assert ctrl.update(ce=3.0, mbe=[0.4]) is M  # exactly 1.5 * E_min: a spike under v1_code
     assert ctrl.transitions[-1].reason == "ce_spike"
 
 
-def test_v1_resets_ce_minimum_on_compress_and_mbe_minima_on_memorize():
-    ctrl = controller("v1_code")
-    feed(ctrl, [(4.0, [1.0 - 0.01 * i, 2.0]) for i in range(4)])
-    assert ctrl.phase is C and ctrl.e_min == math.inf
-    assert ctrl.m_min_by_layer == pytest.approx([0.97, 2.0])
-    feed(ctrl, [(4.0, [0.97, 2.0])] * 3)  # no layer improves: plateau after s_c reaches 3
-    assert ctrl.phase is M and ctrl.transitions[-1].reason == "mbe_plateau"
-    assert ctrl.m_min_by_layer == [math.inf, math.inf]
+def test_v1_a_new_minimum_is_no_spike_even_at_tau_zero():
+    ctrl = controller("v1_code", spike_tol=0.0)
+    assert feed(ctrl, [(4.0, [1.0])] * 3) == [M, M, C]
+    assert feed(ctrl, [(3.9, [1.0]), (3.8, [1.0])]) == [C, C]  # each below E_min before its update
+    assert ctrl.update(ce=3.8, mbe=[1.0]) is M  # L >= (1 + 0) E_min
+    assert ctrl.transitions[-1].reason == "ce_spike"
 
 
-def test_v1_compress_counter_carries_over_from_memorize():
-    # MBE rises through memorize, so s_c is already past patience when compress begins;
-    # a compress step that does not improve any layer ends the phase at once.
-    ctrl = controller("v1_code")
-    feed(ctrl, [(4.0, [1.0 + 0.1 * i]) for i in range(4)])
-    assert ctrl.phase is C and ctrl.s_c == 3
-    assert ctrl.update(ce=4.0, mbe=[2.0]) is M
+# -- v1_code_newer rules ------------------------------------------------------------------------
+# mod_gpt src/utils.py RRScheduler (newer, default flags): MBE progress is never detected and the MBE
+# minima are never set, so s_c grows every update and compress lasts exactly p_c updates unless CE spikes.
+
+
+def test_v1_newer_trace_by_hand():
+    expected = [  # (phase, s_m, s_c) after each update of RR_TRACE
+        (M, 1, 1), (M, 0, 2), (M, 1, 3), (M, 2, 4), (C, 3, 0), (C, 4, 1), (C, 5, 2), (M, 0, 3),
+        (M, 1, 4), (M, 2, 5), (M, 0, 6), (M, 1, 7), (M, 2, 8), (C, 3, 0), (C, 4, 1), (C, 5, 2),
+        (M, 0, 3),
+    ]  # fmt: skip
+    ctrl = controller("v1_code_newer")
+    assert_trace(ctrl, [(ce, mbe, *row) for (ce, mbe), row in zip(RR_TRACE, expected)])
+    assert transitions(ctrl) == [
+        (4, "ce_plateau"), (7, "mbe_plateau"), (13, "ce_plateau"), (16, "mbe_plateau")
+    ]  # fmt: skip
+    assert ctrl.m_min == math.inf and ctrl.m_min_by_layer == []
+
+
+@pytest.mark.parametrize("p_c", [1, 2, 5])
+def test_v1_newer_compress_lasts_exactly_p_c_updates_however_mbe_falls(p_c):
+    ctrl = controller("v1_code_newer", patience_compress=p_c)
+    assert feed(ctrl, [(3.0, [1.0])] * 3) == [M, M, C]
+    falling = [(3.0, [0.9 - 0.1 * i]) for i in range(p_c)]  # MBE improves by 0.1 every update
+    assert feed(ctrl, falling) == [C] * (p_c - 1) + [M]
+    assert transitions(ctrl) == [(2, "ce_plateau"), (2 + p_c, "mbe_plateau")]
+
+
+def test_v1_newer_compress_ends_early_on_a_ce_spike():
+    ctrl = controller("v1_code_newer", patience_compress=10)
+    feed(ctrl, [(3.0, [1.0])] * 3)
+    assert feed(ctrl, [(3.0, [0.9]), (3.2, [0.8]), (3.31, [0.7])]) == [C, C, M]
+    assert transitions(ctrl) == [(2, "ce_plateau"), (5, "ce_spike")]
 
 
 # -- relative rules -----------------------------------------------------------------------------
+# mod_gpt src/gapt.py GatedPhaseTransition: relative gains, 0 against a +inf or ~0 minimum; both minima
+# updated on every call in both phases, never reset; the counter of the phase being left is reset.
+
+
+def test_relative_trace_by_hand():
+    rows = [  # (ce, mbe, phase, s_m, s_c); patiences 3, relative_tol = 0.01, tau = 0.1
+        (100.0, 1.0, M, 1, 0),  # 0: gains against +inf are 0: no progress
+        (98.0, 0.5, M, 0, 0),  # 1: CE -2 %; M_min <- 0.5 although memorizing
+        (97.5, 0.6, M, 1, 0),  # 2: CE -0.51 %
+        (97.5, 0.6, M, 2, 0),  # 3
+        (97.5, 0.6, C, 0, 0),  # 4: s_m = 3: compress, s_m <- 0; E_min, M_min kept
+        (97.5, 0.45, C, 0, 0),  # 5: MBE 10 % below M_min = 0.5, set while memorizing: progress
+        (107.0, 0.45, C, 0, 1),  # 6: CE +9.7 % < tau; no MBE gain
+        (108.0, 0.6, M, 0, 0),  # 7: CE +10.8 % > tau: spike, s_c <- 0
+        (97.0, 0.6, M, 1, 0),  # 8: CE -0.51 % against E_min = 97.5 kept through compress
+        (96.0, 0.6, M, 0, 0),  # 9: CE -1.03 %
+        (96.0, 0.6, M, 1, 0),  # 10
+        (96.0, 0.6, M, 2, 0),  # 11
+        (96.0, 0.6, C, 0, 0),  # 12: compress; M_min = 0.45 is kept
+        (96.0, 0.44, C, 0, 0),  # 13: MBE 2.2 % below the kept M_min: progress
+        (96.0, 0.44, C, 0, 1),  # 14
+        (96.0, 0.44, C, 0, 2),  # 15
+        (96.0, 0.44, M, 0, 0),  # 16: s_c = 3: memorize, s_c <- 0
+    ]
+    ctrl = controller("relative")
+    assert_trace(ctrl, rows)
+    assert transitions(ctrl) == [(4, "ce_plateau"), (7, "ce_spike"), (12, "ce_plateau"), (16, "mbe_plateau")]
+    assert (ctrl.e_min, ctrl.m_min) == (96.0, 0.44)
 
 
 def test_relative_preset_uses_the_later_patiences():
@@ -250,27 +402,37 @@ def test_relative_preset_uses_the_later_patiences():
 
 def test_relative_progress_is_a_fraction_of_the_minimum():
     ctrl = controller("relative")
-    ctrl.update(ce=100.0, mbe=1.0)
-    ctrl.update(ce=99.5, mbe=1.0)  # 0.5 % better: not progress, although 0.5 nats > delta_ce
+    ctrl.update(ce=100.0, mbe=1.0)  # first update: no progress
     assert ctrl.s_m == 1
+    ctrl.update(ce=99.5, mbe=1.0)  # 0.5 % better: not progress, although 0.5 nats > delta_ce
+    assert ctrl.s_m == 2
     ctrl.update(ce=98.0, mbe=1.0)  # 1.5 % better than 99.5
     assert ctrl.s_m == 0
 
 
-def test_relative_minima_are_never_reset():
+def test_relative_gain_denominator_is_at_least_1e_6():
+    ctrl = controller("relative", patience_memorize=100)
+    ctrl.update(ce=5e-7, mbe=1.0)
+    ctrl.update(ce=4.92e-7, mbe=1.0)  # 1.6 % of 5e-7, but 0.8 % of the 1e-6 floor: no progress
+    assert ctrl.s_m == 2
+
+
+def test_relative_minimum_near_zero_gives_no_gain():
     ctrl = controller("relative")
-    feed(ctrl, [(3.0, 1.0)] * 4)
-    assert ctrl.phase is C and ctrl.e_min == 3.0  # kept across memorize -> compress
-    feed(ctrl, [(3.0, 0.8)] * 4)
-    assert ctrl.phase is M and ctrl.m_min == 0.8  # kept across compress -> memorize
-    feed(ctrl, [(3.0, 0.9)] * 3)  # back in compress: 0.9 will be no progress against the old 0.8
-    assert ctrl.phase is C and ctrl.s_c == 0
-    assert feed(ctrl, [(3.0, 0.9)] * 3) == [C, C, M]
+    assert feed(ctrl, [(0.0, 1.0)] * 3) == [M, M, C]  # E_min = 0: every CE gain is 0
+    assert ctrl.update(ce=5.0, mbe=1.0) is C  # no spike either
 
 
 def test_relative_spike_is_ten_percent_above_the_running_minimum():
     ctrl = controller("relative")
-    feed(ctrl, [(3.0, 1.0)] * 4)
+    assert feed(ctrl, [(3.0, 1.0)] * 3) == [M, M, C]
     assert ctrl.update(ce=3.2, mbe=1.0) is C
     assert ctrl.update(ce=3.31, mbe=1.0) is M
     assert ctrl.transitions[-1].reason == "ce_spike"
+
+
+def test_relative_spike_uses_strict_inequality():
+    ctrl = controller("relative")
+    assert feed(ctrl, [(10.0, 1.0)] * 3) == [M, M, C]
+    assert ctrl.update(ce=11.0, mbe=1.0) is C  # gain exactly -tau: not a spike
+    assert ctrl.update(ce=11.01, mbe=1.0) is M
