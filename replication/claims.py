@@ -73,7 +73,11 @@ def judge(claim: ClaimSpec, summary: pd.DataFrame) -> Judgement:
         threshold = claim.threshold if claim.threshold is not None else 0.0
         estimate = at_least(list(by_seed(claim.method).values()), threshold, robust=claim.kind == "robust_at_least")
         return Judgement(claim, estimate, estimate.format(), estimate.p, "increase")
-    estimate = paired_change(by_seed(claim.method), by_seed(claim.baseline), claim.kind)
+    try:
+        estimate = paired_change(by_seed(claim.method), by_seed(claim.baseline), claim.kind)
+    except ValueError:  # a relative claim on a value <= 0: no ratio exists, so no verdict either
+        estimate = Estimate(math.nan, None, None, 0)
+        return Judgement(claim, estimate, "n/a (a value <= 0: the ratio is undefined)", None, claim.direction)
     return Judgement(claim, estimate, estimate.format(), estimate.p, claim.direction)
 
 

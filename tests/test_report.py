@@ -168,6 +168,14 @@ def test_holm_adjusts_in_step_down_order():
     assert holm([0.4, 0.9]) == pytest.approx([0.8, 0.9])
 
 
+def test_a_relative_claim_on_a_zero_value_is_inconclusive_not_a_crash():
+    rows = [{"method": m, "seed": s, "metric": "mbe", "value": v}
+            for m, values in (("gapt", [0.0, 0.2, 0.1]), ("ce", [1.0, 1.0, 1.0])) for s, v in enumerate(values)]  # fmt: skip
+    claim = claims.ClaimSpec(id="X", claim="x", metric="mbe", paper_value="-50 %")
+    j = claims.judge(claim, pd.DataFrame(rows))
+    assert j.p is None and "undefined" in j.text and verdict(j.estimate, "decrease") == "inconclusive"
+
+
 def test_serial_dependence_claim_combines_the_runs_p_values_with_fisher():
     rows = []
     for seed, (p_hi, p_lo) in enumerate([(0.01, 0.99), (0.03, 0.97), (0.2, 0.8)]):
