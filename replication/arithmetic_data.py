@@ -5,6 +5,15 @@ One example is ``<bos>{a} x {b} = {c}<eos>`` with c = a * b, and a split is one 
 concatenated without padding. Each operand is drawn on its own: its digit count d uniform in the
 split's range, then its value uniform in [10^(d-1), 10^d - 1] (so a 1-digit operand is 1..9).
 
+Held-out pairs: ``held_out(a, b)`` reserves a fixed tenth of all operand pairs for held-out ID
+evaluation, chosen by a salted 64-bit hash of the *unordered* pair {a, b}, so that a x b and its
+commutative twin b x a fall on the same side. The rule depends on the pair only (not on a seed, a
+split, a scale or an example count): the training sampler (``pairs="train"``) can only emit pairs
+outside it and the held-out ID samplers (``pairs="held_out"``) only pairs inside it, so the two never
+share a pair. Every digit bucket is cut by the same rule, the 81 one-digit x one-digit products
+included: 4 of their 45 unordered pairs are held out, 2x3, 2x8, 3x3 and 3x8 (7 ordered pairs with
+the twins); tests pin the counts of every bucket.
+
 The *answer* of an example is the space after ``=`` and every digit of c; ``<eos>`` is not part of
 it. ``answer_mask`` finds the answer tokens of the examples that lie whole inside a window of
 tokens, which is what the answer CE and the exact-match scoring count.
@@ -13,6 +22,7 @@ tokens, which is what the answer CE and the exact-match scoring count.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 import numpy as np
 import torch
@@ -62,19 +72,73 @@ def longest_example(max_digits: int) -> int:
     return 1 + max_digits + 3 + max_digits + 3 + 2 * max_digits + 1
 
 
-def sample_operands(rng: np.random.Generator, n: int, digits: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """n pairs (a, b): per operand, d ~ U{lo..hi}, then the value ~ U[10^(d-1), 10^d - 1]. int64 (n,)."""
+Pairs = Literal["all", "train", "held_out"]  # the whole pair space, or one side of held_out
+HELD_OUT_FRACTION = 0.1  # of the unordered operand pairs, in every digit bucket alike
+_HELD_OUT_SALT = np.uint64(0xEC381D7EF39142DC)  # sha256(b"arithmetic_ood held-out ID pairs")[:8], LE
+_HELD_OUT_BELOW = np.uint64(int(HELD_OUT_FRACTION * 2**64))  # held out: a hash below this
+_SPLITMIX = tuple(map(np.uint64, (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 30, 27, 31)))
+_MAX_REDRAWS = 10_000
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer, uint64 -> uint64 (wrapping arithmetic)."""
+    golden, m1, m2, s1, s2, s3 = _SPLITMIX
+    x = x + golden
+    x = (x ^ (x >> s1)) * m1
+    x = (x ^ (x >> s2)) * m2
+    return x ^ (x >> s3)
+
+
+def pair_hash(a, b) -> np.ndarray:
+    """Salted 64-bit hash of the unordered pair {a, b} of positive ints: uint64, the shape of a and b.
+    Symmetric (pair_hash(a, b) == pair_hash(b, a)), and a function of the pair alone."""
+    lo = np.minimum(a, b).astype(np.uint64)
+    hi = np.maximum(a, b).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        return _mix64(_mix64(lo ^ _HELD_OUT_SALT) ^ hi)
+
+
+def held_out(a, b) -> np.ndarray:
+    """True for the operand pairs reserved for held-out ID evaluation (about HELD_OUT_FRACTION of
+    them): never in a training stream. Bool, the shape of a and b; held_out(a, b) == held_out(b, a)."""
+    return pair_hash(a, b) < _HELD_OUT_BELOW
+
+
+def sample_operands(
+    rng: np.random.Generator, n: int, digits: tuple[int, int], pairs: Pairs = "all"
+) -> tuple[np.ndarray, np.ndarray]:
+    """n pairs (a, b): per operand, d ~ U{lo..hi}, then the value ~ U[10^(d-1), 10^d - 1]. int64 (n,).
+
+    ``pairs`` restricts the draw to the training part of the pair space (``held_out`` False) or to
+    the held-out part (True): a pair on the wrong side is redrawn with the same two digit counts, so
+    the digit counts stay uniform and within each (digits of a, digits of b) cell the pairs are
+    uniform over that cell's allowed part.
+    """
     lo, hi = digits
     if not 1 <= lo <= hi <= 9:  # 9-digit operands keep c below 2^63
         raise ValueError(f"digit range must satisfy 1 <= lo <= hi <= 9, got {digits}")
+    if pairs not in ("all", "train", "held_out"):
+        raise ValueError(f"pairs must be 'all', 'train' or 'held_out', got {pairs!r}")
     d = rng.integers(lo, hi + 1, size=(2, n))
     values = rng.integers(10 ** (d - 1), 10**d)  # high is exclusive
-    return values[0], values[1]
+    if pairs == "all":
+        return values[0], values[1]
+    want_held_out = pairs == "held_out"
+    redraw = np.flatnonzero(held_out(values[0], values[1]) != want_held_out)
+    for _ in range(_MAX_REDRAWS):
+        if len(redraw) == 0:
+            return values[0], values[1]
+        cells = d[:, redraw]
+        values[:, redraw] = rng.integers(10 ** (cells - 1), 10**cells)
+        redraw = redraw[held_out(values[0, redraw], values[1, redraw]) != want_held_out]
+    raise ValueError(f"{len(redraw)} draws of {digits} digits found no {pairs} pair in {_MAX_REDRAWS} tries")
 
 
-def sample_square(rng: np.random.Generator, n: int, d: int) -> tuple[np.ndarray, np.ndarray]:
-    """n pairs (a, b) of two d-digit operands (d x d multiplication)."""
-    return sample_operands(rng, n, (d, d))
+def sample_square(
+    rng: np.random.Generator, n: int, d: int, pairs: Pairs = "all"
+) -> tuple[np.ndarray, np.ndarray]:
+    """n pairs (a, b) of two d-digit operands (d x d multiplication), restricted as in sample_operands."""
+    return sample_operands(rng, n, (d, d), pairs)
 
 
 def encode_examples(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

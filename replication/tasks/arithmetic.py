@@ -1,12 +1,17 @@
 """Multiplication with out-of-distribution operands (PAPER.md section 6, experiment ``arithmetic_ood``).
 
 Data (``replication.arithmetic_data``), all drawn from the data seed, never the run seed:
-- train: ``train_examples`` examples with operands of ``train_digits`` (1-3) digits, one stream;
-- ID validation: ``val_examples`` with ``train_digits``; OOD validation: ``val_examples`` with
-  ``ood_digits`` (4-6); the OOD control split: as OOD validation but drawn from its own seed, used
-  only to decide the early-stopping point;
+- train: ``train_examples`` examples with operands of ``train_digits`` (1-3) digits, one stream,
+  drawn only from the training part of the pair space (``arithmetic_data.held_out`` False);
+- held-out ID validation (``id``): ``val_examples`` with ``train_digits``, drawn only from the
+  held-out part (``held_out`` True), so no pair of it (nor its commutative twin) is ever trained on;
+- seen ID validation (``id_seen``): the first ``val_examples`` training examples that a training
+  row of the first pass holds whole, i.e. examples the model is trained on in its first steps;
+- OOD validation: ``val_examples`` with ``ood_digits`` (4-6, above ``train_digits``, so never a
+  training pair); the OOD control split: as OOD validation but drawn from its own seed, used only to
+  decide the early-stopping point;
 - exact-match prompts: ``exact_match_per_digits`` examples of d x d digits for every d of the ID
-  and OOD ranges, each group from its own seed.
+  and OOD ranges, each group from its own seed; the ID ones from the held-out part only.
 
 Training rows are windows of ``seq_len`` + 1 tokens of the training stream; the main loss is token CE
 over the whole window (the model is trained on the stream, as in the paper). Row j of a pass starts
@@ -15,7 +20,7 @@ off; rows are read in order and the stream wraps around after a pass. Validation
 example's <bos> too and count every example's answer tokens exactly once
 (``arithmetic_data.example_aligned_windows``).
 
-Metrics of ``evaluate`` (prefix id/, ood/; control/ only the answer CE):
+Metrics of ``evaluate`` (prefix id/ (held-out ID), ood/; id_seen/ and control/ only the answer CE):
 - ``answer_ce``: mean CE over answer tokens (the space after '=' and every digit of c, not <eos>);
 - ``mbe_by_layer`` (every block's patch MBE over the validation windows) and ``mbe`` (their mean);
 - ``exact_match``: the fraction of prompts ``<bos>a x b =`` whose greedy continuation is exactly
@@ -37,6 +42,7 @@ from torch import Tensor
 from replication.arithmetic_data import (
     EOS,
     VOCAB_SIZE,
+    Pairs,
     answer_mask,
     encode_examples,
     example_aligned_windows,
@@ -51,19 +57,20 @@ from replication.mbe import layer_mbe
 from replication.tasks.base import Batch, derive_seed
 from replication.tasks.lm import LanguageTask, shard, windows_to_batch
 
-SPLIT_PREFIXES = ("id", "ood", "control")
+SPLIT_PREFIXES = ("id", "id_seen", "ood", "control")  # validation windows scored by answer CE
+MBE_PREFIXES = ("id", "ood")  # ... and by MBE
 
 
 class Config(TaskConfig):
     name: Literal["arithmetic"] = "arithmetic"
-    train_digits: tuple[int, int] = (1, 3)  # operand digits of train and ID validation
+    train_digits: tuple[int, int] = (1, 3)  # operand digits of train and of both ID validation splits
     ood_digits: tuple[int, int] = (4, 6)  # operand digits of OOD validation and the OOD control split
     train_examples: int = 10_000_000
-    val_examples: int = 10_000  # each of ID validation, OOD validation and OOD control
+    val_examples: int = 10_000  # each of held-out ID, seen ID, OOD validation and OOD control
     seq_len: int = 32768  # tokens per row, training and validation
     micro_batch_size: int = 1  # rows per micro-batch
     eval_batch_rows: int = 1  # validation rows per forward pass
-    exact_match_per_digits: int = 1000  # greedily decoded d x d prompts per digit count d and evaluation
+    exact_match_per_digits: int = 1000  # greedily decoded d x d prompts per digit count d (ID: held out)
     decode_batch: int = 1000  # prompts per forward pass of greedy decoding
     early_stop_tolerance: float = 0.01  # stop when control CE exceeds its running minimum by this fraction
 
@@ -73,6 +80,15 @@ class Config(TaskConfig):
         if not 1 <= value[0] <= value[1] <= 9:
             raise ValueError(f"a digit range needs 1 <= lo <= hi <= 9, got {list(value)}")
         return value
+
+    @model_validator(mode="after")
+    def _ood_above_train(self) -> Config:
+        if self.ood_digits[0] <= self.train_digits[1]:
+            raise ValueError(
+                f"ood_digits {list(self.ood_digits)} must start above train_digits "
+                f"{list(self.train_digits)}, so that no OOD pair can be a training pair"
+            )
+        return self
 
     @model_validator(mode="after")
     def _rows_hold_examples(self) -> Config:
@@ -105,22 +121,39 @@ class Task(LanguageTask):
         self.cfg = cfg
         self.grad_accum = config.train.grad_accum
         seed = config.effective_data_seed
-        self.stream, offsets = encode_examples(*self._operands(seed, "train", cfg.train_examples, cfg.train_digits))
+        # the ID pair space is cut in two once and for all (arithmetic_data.held_out): training draws
+        # only from one part, held-out ID validation and ID exact match only from the other
+        self.train_operands = self._operands(seed, "train", cfg.train_examples, cfg.train_digits, "train")
+        self.stream, offsets = encode_examples(*self.train_operands)
         self.row_starts = self._row_starts(offsets)
-        self.windows = {
-            "id": self._validation_windows(seed, "id", cfg.train_digits),
-            "ood": self._validation_windows(seed, "ood", cfg.ood_digits),
-            "control": self._validation_windows(seed, "control", cfg.ood_digits),
+        operands = {
+            "id": self._operands(seed, "id", cfg.val_examples, cfg.train_digits, "held_out"),
+            "id_seen": self._seen_operands(offsets),
+            "ood": self._operands(seed, "ood", cfg.val_examples, cfg.ood_digits),
+            "control": self._operands(seed, "control", cfg.val_examples, cfg.ood_digits),
         }
+        self.windows = {split: self._validation_windows(pair) for split, pair in operands.items()}
+        groups = (("id", cfg.train_digits, "held_out"), ("ood", cfg.ood_digits, "all"))
         self.prompts = {
-            prefix: {d: self._exact_match_set(seed, prefix, d) for d in range(lo, hi + 1)}
-            for prefix, (lo, hi) in (("id", cfg.train_digits), ("ood", cfg.ood_digits))
+            prefix: {d: self._exact_match_set(seed, prefix, d, pairs) for d in range(lo, hi + 1)}
+            for prefix, (lo, hi), pairs in groups
         }
 
     # -- data --------------------------------------------------------------------------------------
     @staticmethod
-    def _operands(seed: int, split: str, n: int, digits: tuple[int, int]):
-        return sample_operands(np.random.default_rng(derive_seed(seed, "arithmetic", split)), n, digits)
+    def _operands(seed: int, split: str, n: int, digits: tuple[int, int], pairs: Pairs = "all"):
+        rng = np.random.default_rng(derive_seed(seed, "arithmetic", split))
+        return sample_operands(rng, n, digits, pairs)
+
+    def _seen_operands(self, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``val_examples`` training examples that a row of the first pass holds whole:
+        examples the model is trained on (once at least) in its first steps."""
+        ends = np.append(offsets[1:], len(self.stream))
+        row = np.searchsorted(self.row_starts, offsets, side="right") - 1  # last row starting at or before
+        whole = (row >= 0) & (ends <= self.row_starts[np.maximum(row, 0)] + self.cfg.seq_len + 1)
+        chosen = np.flatnonzero(whole)[: self.cfg.val_examples]
+        a, b = self.train_operands
+        return a[chosen], b[chosen]
 
     def _row_starts(self, offsets: np.ndarray) -> np.ndarray:
         """Start of each training row of one pass: the first <bos> at or after j * seq_len."""
@@ -136,16 +169,16 @@ class Task(LanguageTask):
             )
         return starts
 
-    def _validation_windows(self, seed: int, split: str, digits: tuple[int, int]) -> Tensor:
-        stream, offsets = encode_examples(*self._operands(seed, split, self.cfg.val_examples, digits))
+    def _validation_windows(self, operands: tuple[np.ndarray, np.ndarray]) -> Tensor:
+        stream, offsets = encode_examples(*operands)
         windows = example_aligned_windows(stream, offsets, self.cfg.seq_len + 1)
         return torch.from_numpy(shard(windows, self.rank, self.world_size)).long()
 
-    def _exact_match_set(self, seed: int, prefix: str, d: int) -> tuple[Tensor, Tensor]:
+    def _exact_match_set(self, seed: int, prefix: str, d: int, pairs: Pairs) -> tuple[Tensor, Tensor]:
         """Prompts ``<bos>a x b =`` (N, 2d + 6) and expected continuations `` c<eos>`` (N, 2d + 2),
         -1 after <eos>; this process's share."""
         rng = np.random.default_rng(derive_seed(seed, "arithmetic", "exact_match", prefix, d))
-        a, b = sample_square(rng, self.cfg.exact_match_per_digits, d)
+        a, b = sample_square(rng, self.cfg.exact_match_per_digits, d, pairs)
         stream, offsets = encode_examples(a, b)
         prompt_len = 2 * d + 6
         ends = np.append(offsets[1:], len(stream))
@@ -237,7 +270,7 @@ class Task(LanguageTask):
             values, reduced = reduced[: len(part)], reduced[len(part) :]
             if d is None:
                 metrics[f"{prefix}/answer_ce"] = values[0] / max(values[1], 1.0)
-                if prefix != "control":
+                if prefix in MBE_PREFIXES:
                     by_layer = [m / values[2] for m in values[3:]]
                     metrics[f"{prefix}/mbe_by_layer"] = by_layer
                     metrics[f"{prefix}/mbe"] = sum(by_layer) / len(by_layer)
@@ -251,15 +284,19 @@ class Task(LanguageTask):
         return metrics
 
     def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """The default final metrics, plus the early-stopped ones: the values at the evaluation where
-        the control answer CE first exceeds its running minimum by ``early_stop_tolerance`` (the last
-        evaluation when that never happens), its step, and whether it happened (1.0 or 0.0).
+        """The default final metrics and ``final/id_seen/answer_ce``, plus the early-stopped ones: the
+        values at the evaluation where the control answer CE first exceeds its running minimum by
+        ``early_stop_tolerance`` (the last evaluation when that never happens), its step, and whether
+        it happened (1.0 or 0.0).
 
         The evaluation of the untrained model (step 0) takes no part: its zero-initialized head
         predicts the uniform distribution, and a small model's OOD CE rises above that at once, which
         would stop every run at its first evaluation.
         """
         summary = super().summarize(records)
+        last = [r for r in records if r["kind"] == "eval"][-1:]
+        if last and "id_seen/answer_ce" in last[0]:  # the default keeps val/, id/ and ood/ keys only
+            summary["final/id_seen/answer_ce"] = last[0]["id_seen/answer_ce"]
         evals = [r for r in records if r["kind"] == "eval" and r["step"] > 0 and "control/answer_ce" in r]
         if not evals:
             return summary
