@@ -77,7 +77,10 @@ def _finite(values: Sequence[float | None]) -> np.ndarray:
 
 
 def t_interval(values: Sequence[float | None], confidence: float = CONFIDENCE, null: float = 0.0) -> Estimate:
-    """Mean and t interval of the finite values, with the one-sample t test against ``null``."""
+    """Mean and t interval of the finite values, with the one-sample t test against ``null``.
+
+    Values with no spread at all (every seed the same) give a zero-width interval and p = 0 when the
+    mean differs from ``null`` (1 when it equals it): the t statistic is then unbounded."""
     x = _finite(values)
     n = len(x)
     if n == 0:
