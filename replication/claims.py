@@ -37,9 +37,10 @@ class Judgement:
 
 
 def _serial_dependence(claim: ClaimSpec, data: pd.DataFrame) -> Judgement:
-    """RQ1: per run, a permutation p-value of the lag-1 autocorrelation of the cosine series (its
-    ``_p_persistent`` and ``_p_alternating`` companions); Fisher's combination over runs (independent
-    seeds), two-sided."""
+    """RQ1: per run, one-sided permutation p-values of the lag-1 autocorrelation of the detrended
+    cosine series (the metric's ``_p_persistent`` and ``_p_alternating`` companions), each side
+    combined over runs (independent seeds) by Fisher's method. The smaller side decides the
+    direction, and its p-value is doubled for having looked at both (Bonferroni)."""
 
     def per_seed(key: str) -> list[float]:
         rows = data[(data.metric == key) & (data.method == claim.method)]
@@ -53,10 +54,11 @@ def _serial_dependence(claim: ClaimSpec, data: pd.DataFrame) -> Judgement:
         estimate = Estimate(math.nan, None, None, n, None)
         return Judgement(claim, estimate, f"n/a (n={n})", None, claim.direction)
     p = min(1.0, 2 * min(persistent, alternating))
+    side = 1.0 if persistent <= alternating else -1.0  # +: more persistent than chance
     mean_obs, mean_null = sum(observed) / n, sum(shuffled) / n
-    estimate = Estimate(mean_obs - mean_null, None, None, n, p, 0.0, "permutation")
+    estimate = Estimate(side, None, None, n, p, 0.0, "permutation")
     text = (f"lag-1 autocorrelation {mean_obs:.3g} against {mean_null:.3g} in shuffled order; "
-            f"permutation p = {p:.2g} (Fisher over n={n} runs)")  # fmt: skip
+            f"p = {p:.2g} for {'persistence' if side > 0 else 'alternation'} (permutation, Fisher over n={n} runs)")  # fmt: skip
     return Judgement(claim, estimate, text, p, claim.direction)
 
 
@@ -90,10 +92,11 @@ MEASURES = {
 
 def measure(claim: ClaimSpec) -> str:
     if claim.kind == "serial_dependence":
-        return f"`{claim.metric}` of {claim.method} runs: persistence beyond the same cosines in random order"
+        return (f"`{claim.metric}` of {claim.method} runs: persistence of the detrended cosine beyond the same "
+                "values in random order")  # fmt: skip
     if claim.kind in ("at_least", "robust_at_least"):
         centre = "median, sign-test interval" if claim.kind == "robust_at_least" else "mean, t interval"
-        return f"`{claim.metric}` of {claim.method} runs, at least {claim.threshold:g} ({centre})"
+        return f"`{claim.metric}` of {claim.method} runs, at least {claim.threshold:g} (tested: {centre} above it)"
     return f"`{claim.metric}`: {claim.method} vs {claim.baseline}, {MEASURES[claim.kind]}"
 
 
@@ -142,16 +145,17 @@ def main(argv: list[str] | None = None) -> int:
         "fit to the quantity: a relative change of a positive quantity is the geometric mean of the paired",
         "ratio with the t interval of its log (it cannot pass -100 %); a quantity whose baseline can be near",
         "zero is a paired difference; a heavy-tailed one is the median paired difference with the sign test's",
-        "distribution-free interval (none exists below 6 seeds); a count is judged against its threshold",
-        "with an interval cut at 0; RQ1's cycles are a permutation test of the cosines' lag-1",
-        "autocorrelation against the same values in random order. Intervals are 95 %.",
+        "distribution-free interval (none exists below 6 seeds); a count is tested for a mean above its",
+        "threshold, with an interval cut at 0 (seeds with no spread: the sign test, no interval); RQ1's",
+        "persistence is a permutation test of the lag-1 autocorrelation of the linearly detrended cosines",
+        "against the same residuals in random order. Intervals are 95 %.",
         "*Reproduced*: p < 0.05 with the estimate on the claimed side; *opposite*: p < 0.05 on the other",
         "side; *inconclusive*: neither, or fewer than two seeds.",
         "",
         f"**Multiplicity.** {len(rows)} verdicts are drawn here ({per_experiment}). The raw verdict reads",
         "each claim's own p-value; the Holm verdict reads its p-value adjusted by Holm's step-down method",
-        "over the claims of the same experiment, which keeps the chance of any false *reproduced* or",
-        "*opposite* within an experiment below 5 %.",
+        "over the claims of the same experiment, which keeps at most 5 % the chance that any claim of an",
+        "experiment without a real effect reads other than *inconclusive*.",
         *(["", "**Smoke runs prove the pipeline; they are not evidence for or against any claim.**"] if args.scale == "smoke" else []),
         "",
         tabulate(rows, headers=headers, tablefmt="github"),

@@ -258,6 +258,12 @@ class ClaimSpec(StrictModel):
     paper_value: str  # as the paper states it, e.g. "-4.8 %"
     figure: str | None = None  # a file under results/<scale>/<experiment>/
 
+    @model_validator(mode="after")
+    def _threshold_claims_name_one(self) -> ClaimSpec:
+        if self.kind in ("at_least", "robust_at_least") and self.threshold is None:
+            raise ValueError(f"claim {self.id}: kind {self.kind} needs a threshold")
+        return self
+
 
 class FigureSpec(StrictModel):
     """One figure of an experiment, drawn from its CSVs alone (``replication.figures``).

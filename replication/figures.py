@@ -190,7 +190,7 @@ def by_method(spec: FigureSpec, summary: pd.DataFrame, results: Path) -> list[Pa
         ax.set_xlabel("")
         ax.set_ylabel("")
         ax.tick_params(axis="x", rotation=30)
-    fig.text(0.99, 0.005, "dots: seeds; black: mean with its 95 % t interval (as in the tables)", ha="right", va="bottom", fontsize=7, color="0.35")
+    fig.text(0.99, 0.005, "dots: seeds; black: mean with its 95 % t interval", ha="right", va="bottom", fontsize=7, color="0.35")
     return _save(fig, results, spec.file, spec.title)
 
 

@@ -20,14 +20,17 @@ Also reported, as context for the counts: the count expected with the same cosin
 (no temporal structure; mean over seeded permutations). Cycles show as fewer smoothed sign changes
 than that, yet at least a few.
 
-The test of cycles (claim C1c) is a permutation test of serial dependence: the statistic is the lag-1
-autocorrelation of each block's (unsmoothed) cosine series, averaged over blocks; its null
-distribution comes from reordering the logged points at random, the same order for every block so
-that the blocks' dependence on each other is kept. Slow cycles, phases that persist over several
-logged points, raise the autocorrelation above the shuffled values (``rq1/autocorr_p_persistent``,
-one-sided, (1 + #{shuffled >= observed}) / (1 + permutations)); a series that flips more often than
-chance lowers it (``rq1/autocorr_p_alternating``). The noise baseline is reported, but no verdict
-rests on it: at small scale the two CE gradients agree so well that it never changes sign.
+The test of persistence (claim C1c) is a permutation test of serial dependence: each block's
+(unsmoothed) cosine series is detrended by its least-squares line over the logged points, and the
+statistic is the lag-1 autocorrelation of the residuals, averaged over blocks. Its null distribution
+comes from reordering the residuals at random, the same order for every block so that the blocks'
+dependence on each other is kept. Phases that persist over several logged points raise the
+autocorrelation above the shuffled values (``rq1/autocorr_p_persistent``, one-sided,
+(1 + #{shuffled >= observed}) / (1 + permutations)); a series that flips more often than chance
+lowers it (``rq1/autocorr_p_alternating``). Detrending keeps a slow monotone drift of the cosine,
+which is no cycle, from passing as persistence; a curved drift can still pass, which is why the
+cycles also need the sign changes of C1b. The noise baseline is reported, but no verdict rests on
+it: at small scale the two CE gradients agree so well that it never changes sign.
 """
 
 from __future__ import annotations
@@ -116,18 +119,28 @@ def lag1_autocorrelation(values: np.ndarray) -> np.ndarray:
     return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
 
 
+def detrend(values: np.ndarray) -> np.ndarray:
+    """Each column of (n, k) values minus its least-squares line over the positions 0 .. n-1."""
+    x = np.asarray(values, dtype=np.float64)
+    t = np.arange(len(x), dtype=np.float64)
+    design = np.stack([np.ones_like(t), t], axis=1)
+    coefficients, *_ = np.linalg.lstsq(design, x, rcond=None)
+    return x - design @ coefficients
+
+
 def persistence_test(
     cos: np.ndarray, rng: np.random.Generator, n: int = TEST_PERMUTATIONS
 ) -> dict[str, float] | None:
-    """The permutation test of serial dependence on (points, blocks) cosines; rows with a non-finite
-    value are dropped first. None with fewer than 4 complete points."""
+    """The permutation test of serial dependence on (points, blocks) cosines, detrended per block;
+    rows with a non-finite value are dropped first. None with fewer than 4 complete points."""
     complete = cos[np.all(np.isfinite(cos), axis=1)]
     if len(complete) < 4:
         return None
+    complete = detrend(complete)
     observed = float(lag1_autocorrelation(complete).mean())
     shuffled = np.array([lag1_autocorrelation(complete[rng.permutation(len(complete))]).mean() for _ in range(n)])
     return {
-        "rq1/autocorr": observed,
+        "rq1/autocorr": observed,  # of the detrended series
         "rq1/autocorr_shuffled": float(shuffled.mean()),
         "rq1/autocorr_p_persistent": float((1 + np.sum(shuffled >= observed)) / (1 + n)),
         "rq1/autocorr_p_alternating": float((1 + np.sum(shuffled <= observed)) / (1 + n)),

@@ -11,13 +11,17 @@ initialization). What is estimated depends on the quantity:
   per-seed difference method - baseline, its mean with a t interval.
 - ``robust_difference`` (heavy-tailed paired quantities: interference, alleviation %): the per-seed
   difference, its median with the distribution-free order-statistic interval of the sign test
-  (coverage >= 95 % whatever the distribution; none exists below 6 seeds) and the exact sign test.
+  (coverage >= 95 % whatever the distribution; none exists below 6 seeds) and the exact sign test,
+  ties with the null counted against rejection.
 - ``at_least`` (one method's values against a threshold, e.g. phase changes per run): the mean with a
-  t interval, cut at 0 for a quantity that cannot be negative (cutting keeps the coverage);
-  ``robust_at_least`` the same with the median and the sign test.
+  t interval, cut at 0 when no value is negative (a count, a fraction: cutting keeps the coverage);
+  ``robust_at_least`` the same with the median and the sign test. The test is of a mean (median)
+  above the threshold: values sitting exactly at it read inconclusive.
 
 Each estimate carries a two-sided p-value against its null (0 change, or the threshold) from the
 test the interval inverts, so an interval that excludes the null and p < 0.05 are the same event.
+Seeds with no spread at all leave the t test undefined; the sign test decides then (all n values
+on one side: p = 2 / 2^n), and no interval is printed.
 A verdict is *reproduced* when p < 0.05 with the estimate on the claimed side, *opposite* when
 p < 0.05 on the other side, *inconclusive* otherwise (and always with fewer than two seeds).
 ``holm`` adjusts a family of p-values (Holm 1979) for the multiplicity-corrected verdict.
@@ -79,8 +83,8 @@ def _finite(values: Sequence[float | None]) -> np.ndarray:
 def t_interval(values: Sequence[float | None], confidence: float = CONFIDENCE, null: float = 0.0) -> Estimate:
     """Mean and t interval of the finite values, with the one-sample t test against ``null``.
 
-    Values with no spread at all (every seed the same) give a zero-width interval and p = 0 when the
-    mean differs from ``null`` (1 when it equals it): the t statistic is then unbounded."""
+    Values with no spread at all (every seed the same) leave the t statistic undefined: no interval,
+    and the sign test's p-value (``sign_test``), so that 3 identical seeds are not a certainty."""
     x = _finite(values)
     n = len(x)
     if n == 0:
@@ -91,16 +95,28 @@ def t_interval(values: Sequence[float | None], confidence: float = CONFIDENCE, n
     sem = float(x.std(ddof=1)) / math.sqrt(n)
     half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * sem
     if sem == 0:
-        p = 1.0 if mean == null else 0.0
-    else:
-        p = float(2 * stats.t.sf(abs(mean - null) / sem, df=n - 1))
+        return Estimate(mean, None, None, n, sign_test(x, null), null)
+    p = float(2 * stats.t.sf(abs(mean - null) / sem, df=n - 1))
     return Estimate(mean, mean - half, mean + half, n, p, null)
+
+
+def sign_test(values: Sequence[float], null: float = 0.0) -> float | None:
+    """Two-sided exact sign test of the median against ``null``, ties counted against rejection:
+    p = 2 P(Binomial(n, 1/2) <= min(#above, #below) + #ties), at most 1. It rejects at level alpha
+    exactly when the order-statistic interval of ``median_interval`` excludes ``null``."""
+    x = _finite(values)
+    n = len(x)
+    if n < 2:
+        return None
+    ties = int(np.sum(x == null))
+    smaller = min(int(np.sum(x > null)), int(np.sum(x < null))) + ties
+    return float(min(1.0, 2 * stats.binom.cdf(smaller, n, 0.5)))
 
 
 def median_interval(values: Sequence[float | None], confidence: float = CONFIDENCE, null: float = 0.0) -> Estimate:
     """Median with the order-statistic interval [x_(k), x_(n-k+1)] of the sign test (distribution-free,
-    coverage 1 - 2 P(Binomial(n, 1/2) <= k - 1) >= ``confidence``) and the exact two-sided sign test
-    against ``null`` (values equal to it are dropped). No interval exists for n < 6 at 95 %."""
+    coverage 1 - 2 P(Binomial(n, 1/2) <= k - 1) >= ``confidence``) and ``sign_test`` against ``null``.
+    No interval exists for n < 6 at 95 %."""
     x = np.sort(_finite(values))
     n = len(x)
     if n == 0:
@@ -110,9 +126,7 @@ def median_interval(values: Sequence[float | None], confidence: float = CONFIDEN
     while k + 1 <= n // 2 and stats.binom.cdf(k, n, 0.5) <= (1 - confidence) / 2:
         k += 1  # after the loop: the largest k with P(B <= k - 1) <= alpha / 2
     low, high = (float(x[k - 1]), float(x[n - k])) if k >= 1 else (None, None)
-    above, below = int(np.sum(x > null)), int(np.sum(x < null))
-    p = float(stats.binomtest(above, above + below, 0.5).pvalue) if above + below and n >= 2 else None
-    return Estimate(median, low, high, n, p, null, "robust")
+    return Estimate(median, low, high, n, sign_test(x, null), null, "robust")
 
 
 def paired_values(method: dict[int, float], baseline: dict[int, float]) -> list[tuple[float, float]]:
@@ -194,8 +208,8 @@ def fisher_combined(pvalues: Sequence[float]) -> float | None:
 
 
 def t_errorbar(values: Sequence[float]) -> tuple[float, float]:
-    """The mean's 95 % t interval as seaborn's ``errorbar`` callable (the point itself for n < 2), so
-    that figures draw the interval the tables print."""
+    """The mean's 95 % t interval as seaborn's ``errorbar`` callable (the point itself for n < 2 or no
+    spread): figures draw the t interval of ``t_interval``, not seaborn's bootstrap."""
     estimate = t_interval(list(values))
     if estimate.low is None:
         return (estimate.mean, estimate.mean)

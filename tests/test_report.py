@@ -161,6 +161,33 @@ def test_verdicts():
     assert verdict(t_interval([-0.05]), "decrease") == "inconclusive"  # one seed is never a verdict
 
 
+def test_seeds_with_no_spread_leave_the_decision_to_the_sign_test():
+    # three identical counts are not a certainty: p = 2 / 2^3, no interval; six are enough
+    three = at_least([3, 3, 3], threshold=2)
+    assert (three.low, three.p) == (None, pytest.approx(0.25)) and verdict(three, "increase") == "inconclusive"
+    six = at_least([3] * 6, threshold=2)
+    assert six.p == pytest.approx(2 / 64) and verdict(six, "increase") == "reproduced"
+    assert verdict(at_least([2, 2, 2, 2], threshold=2), "increase") == "inconclusive"  # at the threshold
+
+
+def test_the_sign_test_counts_ties_against_rejection_and_agrees_with_the_interval():
+    # 3 ties with the null and 7 above: the interval [0, 6] holds 0, so the test must not reject
+    est = median_interval([0, 0, 0, 1, 2, 3, 4, 5, 6, 7])
+    assert est.low == 0 and est.p == pytest.approx(2 * scipy_stats.binom.cdf(3, 10, 0.5))
+    assert verdict(est, "increase") == "inconclusive"
+    assert median_interval([0] * 11 + [1] * 9).p == 1.0
+    rng = np.random.default_rng(0)
+    for _ in range(500):  # with ties or without: the interval excludes the null exactly when p < 0.05
+        x = rng.integers(-3, 6, int(rng.integers(6, 40))).astype(float)
+        e = median_interval(x)
+        assert (e.low > 0 or e.high < 0) == (e.p < 0.05)
+
+
+def test_a_threshold_claim_without_a_threshold_is_a_config_error():
+    with pytest.raises(ValueError, match="needs a threshold"):
+        claims.ClaimSpec(id="C7", claim="x", metric="phase_changes", kind="at_least", paper_value="q")
+
+
 def test_holm_adjusts_in_step_down_order():
     # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, then a running maximum: 0.02, 0.03, 0.06, 0.06
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
@@ -188,6 +215,16 @@ def test_serial_dependence_claim_combines_the_runs_p_values_with_fisher():
     fisher = scipy_stats.combine_pvalues([0.01, 0.03, 0.2], method="fisher").pvalue
     assert j.p == pytest.approx(2 * fisher) and verdict(j.estimate, "increase") == "reproduced"
     assert "0.5 against -0.02 in shuffled order" in j.text and "n=3" in j.text
+    # the side is the side of the smaller combined p-value, not of the mean: strong alternation in one
+    # run outweighs mild persistence in two
+    rows = [r for r in rows if not r["metric"].endswith(("_p_persistent", "_p_alternating"))]
+    for seed, (p_hi, p_lo) in enumerate([(1.0, 0.001), (0.3, 0.75), (0.3, 0.75)]):
+        rows += [{"method": "ce", "seed": seed, "metric": "rq1/autocorr_p_persistent", "value": p_hi},
+                 {"method": "ce", "seed": seed, "metric": "rq1/autocorr_p_alternating", "value": p_lo}]  # fmt: skip
+    j = claims.judge(claim, pd.DataFrame(rows))
+    alternating = scipy_stats.combine_pvalues([0.001, 0.75, 0.75], method="fisher").pvalue
+    assert j.p == pytest.approx(2 * alternating) and "for alternation" in j.text
+    assert verdict(j.estimate, "increase") == ("opposite" if j.p < 0.05 else "inconclusive")
 
 
 def test_aggregate_writes_tidy_tables(results):

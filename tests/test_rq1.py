@@ -99,11 +99,12 @@ def test_lag1_autocorrelation_is_the_textbook_formula_per_column():
 
 
 def test_permutation_p_values_are_exact_counts_over_the_shuffled_statistics():
-    cos = square_wave(40, half_period=5).reshape(-1, 1)
+    cos = square_wave(40, half_period=5).reshape(-1, 1) + np.linspace(0, 0.3, 40)[:, None]
+    residuals = cos - np.polyval(np.polyfit(np.arange(40), cos[:, 0], 1), np.arange(40))[:, None]
     rng = np.random.default_rng(3)
     result = persistence_test(cos, np.random.default_rng(3), n=50)
-    shuffled = np.array([lag1_autocorrelation(cos[rng.permutation(40)]).mean() for _ in range(50)])
-    observed = lag1_autocorrelation(cos).mean()
+    shuffled = np.array([lag1_autocorrelation(residuals[rng.permutation(40)]).mean() for _ in range(50)])
+    observed = lag1_autocorrelation(residuals).mean()  # the autocorrelation after the linear trend is removed
     assert result["rq1/autocorr"] == pytest.approx(observed)
     assert result["rq1/autocorr_shuffled"] == pytest.approx(shuffled.mean())
     assert result["rq1/autocorr_p_persistent"] == pytest.approx((1 + np.sum(shuffled >= observed)) / 51)
@@ -120,3 +121,12 @@ def test_noise_without_order_is_not_called_a_cycle_and_alternation_is_the_opposi
     result = persistence_test(flipping, rng)
     assert result["rq1/autocorr"] < -0.9 and result["rq1/autocorr_p_alternating"] == pytest.approx(1 / (1 + TEST_PERMUTATIONS))
     assert result["rq1/autocorr_p_persistent"] == 1.0
+
+
+def test_a_cosine_that_only_drifts_is_not_persistence():
+    # one sign all along, falling from 1 to 0.2: no cycle, and no persistence once the line is removed
+    rng = np.random.default_rng(5)
+    drift = np.linspace(1.0, 0.2, 80)[:, None] + 0.05 * rng.standard_normal((80, 2))
+    result = persistence_test(drift, rng)
+    assert lag1_autocorrelation(drift).mean() > 0.8  # without detrending it would look persistent
+    assert result["rq1/autocorr_p_persistent"] > 0.05 and abs(result["rq1/autocorr"]) < 0.3
