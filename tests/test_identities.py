@@ -1,0 +1,253 @@
+"""The objective's identities, pinned exactly: what one optimizer step's gradient is, what the
+controller is fed, how processes combine, which value counts as best, and what RQ1's cosine is.
+
+Each reference below is computed separately from the code it checks (its own forward passes and
+``torch.autograd.grad`` calls), so a change to a weight, a scaling, a layer or a reduction fails here.
+"""
+
+import math
+import os
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from replication.alignment import gradient_alignment
+from replication.mbe import layer_mbe
+from replication.objectives import accumulate_gradients
+from replication.tasks.base import Task as BaseTask
+from replication.train import Trainer
+
+from .conftest import tiny_config
+from .test_distributed import free_port
+
+GRAD_ACCUM = 4  # micro-batches per step: two main-loss and two MBE micro-batches for gapt
+
+
+def trainer_for(method: str, tmp_path, warm: bool = False, **overrides) -> Trainer:
+    """A tiny run's trainer; ``warm`` trains its 4 steps first, so that no gradient is the degenerate
+    one of the zero-initialized projections."""
+    config = tiny_config(method, train={"steps": 4, "grad_accum": GRAD_ACCUM, "eval_every": 0,
+                                        "eval_at_start": False, "checkpoint_every": 0}, **overrides)  # fmt: skip
+    trainer = Trainer(config, tmp_path, show_progress=False)
+    if warm:
+        trainer.run()
+    return trainer
+
+
+def params_of(trainer: Trainer) -> list[torch.Tensor]:
+    return [p for p in trainer.model.parameters() if p.requires_grad]
+
+
+def step_gradient(trainer: Trainer, step: int, phase) -> list[torch.Tensor]:
+    """The gradient one call of accumulate_gradients leaves in .grad (zeros where a parameter got none)."""
+    trainer.optimizers.zero_grad()
+    accumulate_gradients(
+        trainer.model, trainer.task, trainer.method, trainer.config.objective, trainer.plan, step=step, phase=phase,
+        micro_batches=range(GRAD_ACCUM), window=trainer.model.attention_window(0.0), autocast=nullcontext,
+    )  # fmt: skip
+    grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params_of(trainer)]
+    trainer.optimizers.zero_grad()
+    return grads
+
+
+def grad_of(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+
+
+def micro_batch_terms(trainer: Trainer, step: int, micro: int) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    """Separately: grad of the main loss, and grad of each block's patch MBE, on one micro-batch."""
+    params, task = params_of(trainer), trainer.task
+    batch = task.train_batch(step, micro)
+    out = task.forward(trainer.model, batch, window=trainer.model.attention_window(0.0))
+    main = grad_of(task.main_loss(out.output, batch), params)
+    kwargs = trainer.config.objective.mbe_options()
+    per_block = [grad_of(layer_mbe(out.hidden, [i], **kwargs)[0], params) for i in range(trainer.model.n_blocks)]
+    return main, per_block
+
+
+def combine(*terms: tuple[float, list[torch.Tensor]]) -> list[torch.Tensor]:
+    out = [torch.zeros_like(g) for g in terms[0][1]]
+    for weight, grads in terms:
+        for o, g in zip(out, grads):
+            o.add_(g, alpha=weight)
+    return out
+
+
+def assert_same(actual: list[torch.Tensor], expected: list[torch.Tensor], rtol=1e-4, atol=1e-7) -> None:
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=rtol, atol=atol)
+    assert sum(int(e.count_nonzero()) for e in expected) > 0.5 * sum(e.numel() for e in expected)  # not degenerate
+
+
+def assert_differs(actual: list[torch.Tensor], other: list[torch.Tensor]) -> None:
+    assert any(not torch.allclose(a, o, rtol=1e-3, atol=1e-6) for a, o in zip(actual, other))
+
+
+@pytest.mark.parametrize("lam", [0.5, 20.0])
+def test_joint_step_gradient_is_main_plus_lambda_times_mean_joint_mbe(tmp_path, lam):
+    # identity: g = (1/N) sum_i [grad main_i + lam * (1/|J|) sum_{l in J} grad MBE_l,i]
+    trainer = trainer_for("ce_mbe", tmp_path, warm=True, objective={"lambda_mbe": lam})
+    joint = trainer.plan.joint
+    assert joint == [1, 2, 3, 4]  # blocks 1 .. L-2 of 6
+    terms = []
+    for micro in range(GRAD_ACCUM):
+        main, per_block = micro_batch_terms(trainer, 0, micro)
+        terms += [(1 / GRAD_ACCUM, main)] + [(lam / (len(joint) * GRAD_ACCUM), per_block[i]) for i in joint]
+    expected = combine(*terms)
+    actual = step_gradient(trainer, 0, trainer.phase)
+    assert_same(actual, expected)
+    main_only = combine(*[t for t in terms if t[0] == 1 / GRAD_ACCUM])
+    assert_differs(actual, main_only)  # lambda does something at this size
+
+
+def test_alternate_step_alternates_main_and_one_rotating_mbe_layer_with_weight_one(tmp_path):
+    # identity: g = (1/N) [sum_{i even} grad main_i + sum_{i odd} grad MBE_{l(step),i}],
+    # l(step) = alternate[step mod |alternate|]; an MBE micro-batch carries no main loss
+    from replication.gapt import Phase
+
+    trainer = trainer_for("gapt", tmp_path, warm=True)
+    alternate = trainer.plan.alternate
+    assert alternate == [2, 3]  # blocks 2 .. L-3 of 6
+    for step in (0, 1, 2):
+        layer = alternate[step % len(alternate)]
+        terms, wrong_layer = [], []
+        for micro in range(GRAD_ACCUM):
+            main, per_block = micro_batch_terms(trainer, step, micro)
+            if micro % 2 == 0:
+                terms.append((1 / GRAD_ACCUM, main))
+                wrong_layer.append((1 / GRAD_ACCUM, main))
+            else:
+                terms.append((1 / GRAD_ACCUM, per_block[layer]))
+                wrong_layer.append((1 / GRAD_ACCUM, per_block[alternate[(step + 1) % len(alternate)]]))
+        actual = step_gradient(trainer, step, Phase.COMPRESS)
+        assert_same(actual, combine(*terms))
+        assert_differs(actual, combine(*wrong_layer))
+        # memorize: the same micro-batches, every one the main loss
+        memorize = [(1 / GRAD_ACCUM, micro_batch_terms(trainer, step, m)[0]) for m in range(GRAD_ACCUM)]
+        assert_same(step_gradient(trainer, step, Phase.MEMORIZE), combine(*memorize))
+
+
+@pytest.mark.parametrize("method", ["ce", "gapt_joint"])
+def test_a_step_of_n_micro_batches_is_the_mean_of_their_gradients(tmp_path, method):
+    # identity: accumulation over N micro-batches = (1/N) sum_i g_i, each g_i from its own call
+    from replication.gapt import Phase
+
+    trainer = trainer_for(method, tmp_path, warm=True)
+    phase = Phase.MEMORIZE if method == "ce" else Phase.COMPRESS
+    window = trainer.model.attention_window(0.0)
+    singles = []
+    for micro in range(GRAD_ACCUM):
+        trainer.optimizers.zero_grad()
+        accumulate_gradients(trainer.model, trainer.task, trainer.method, trainer.config.objective, trainer.plan,
+                             step=1, phase=phase, micro_batches=[micro], window=window, autocast=nullcontext)  # fmt: skip
+        singles.append([p.grad.detach().clone() for p in params_of(trainer)])
+    expected = combine(*[(1 / GRAD_ACCUM, g) for g in singles])
+    assert_same(step_gradient(trainer, 1, phase), expected)
+
+
+@pytest.mark.parametrize("method, monitored", [("gapt", [2, 3]), ("gapt_joint", [1, 2, 3, 4])])
+def test_the_controller_is_fed_the_steps_main_loss_and_the_monitored_blocks_mbe_in_order(tmp_path, method, monitored):
+    # identity: update(L, [MBE_l for l in monitored]) with the very numbers the train record logs
+    trainer = trainer_for(method, tmp_path)
+    assert trainer.plan.monitored == monitored
+    fed = []
+    real_update = trainer.controller.update
+    trainer.controller.update = lambda loss, mbe: fed.append((loss, list(mbe))) or real_update(loss, mbe)
+    trainer.run()
+    from replication.runio import read_metrics
+
+    records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(fed) == len(records) == 4
+    for (loss, mbe), record in zip(fed, records):
+        assert loss == record["train/ce"]
+        assert mbe == [record["train/mbe_by_layer"][i] for i in monitored]
+
+
+def test_the_best_validation_loss_is_the_minimum_and_its_step_the_argmin():
+    # identity: best = min over evaluations (not the last, not the max), step = argmin
+    from replication.tasks.fineweb import Task as FinewebTask
+
+    evals = [{"kind": "eval", "step": s, "val/ce": v, "val/mbe_by_layer": [1.0] * 6}
+             for s, v in ((0, 5.0), (10, 3.0), (20, 2.5), (30, 2.75))]  # fmt: skip
+    records = [{"kind": "train", "step": 0, "tokens": 10, "step_time": 1.0}, *evals]
+    base = BaseTask.summarize(SimpleNamespace(main_loss_name="ce"), records)
+    assert base["best/val/ce"] == 2.5 and base["final/val/ce"] == 2.75
+    fake = FinewebTask.__new__(FinewebTask)  # summarize reads only these attributes
+    fake.cfg = SimpleNamespace(rq1_time_constant=100.0)
+    fake.config = SimpleNamespace(seed=0, objective=SimpleNamespace(alternate_layers=None, joint_layers=None))
+    summary = fake.summarize(records)
+    assert summary["best/val/ce"] == 2.5 and summary["best/val/ce_step"] == 20
+
+
+def test_rq1_cosines_are_the_cosines_of_the_two_gradients(tmp_path):
+    # identity: cos = <g_CE, g_MBE_l> / (|g_CE| |g_MBE_l|) over all parameters, on micro-batch 0;
+    # noise = the same between the CE gradients of micro-batches 0 and 1
+    trainer = trainer_for("ce", tmp_path, warm=True)
+    params, task, window = params_of(trainer), trainer.task, trainer.model.attention_window(0.0)
+    layers = [2, 3]
+    record = gradient_alignment(trainer.model, task, step=2, layers=layers, window=window)
+
+    def flat(grads):
+        return torch.cat([g.reshape(-1).double() for g in grads])
+
+    main0, per_block0 = micro_batch_terms(trainer, 2, 0)
+    main1, _ = micro_batch_terms(trainer, 2, 1)
+
+    def cosine(a, b):
+        return float(flat(a) @ flat(b) / (flat(a).norm() * flat(b).norm()))
+
+    assert record["align/cos"] == pytest.approx([cosine(main0, per_block0[l]) for l in layers], rel=1e-5, abs=1e-7)
+    assert record["align/noise_cos"] == pytest.approx(cosine(main0, main1), rel=1e-5)
+    assert record["align/norm_ce"] == pytest.approx(float(flat(main0).norm()), rel=1e-5)
+    assert record["align/norm_mbe"] == pytest.approx([float(flat(per_block0[l]).norm()) for l in layers], rel=1e-5)
+    blocks = trainer.model.blocks
+    in_block = [any(p is q for q in blocks[2].parameters()) for p in params]
+    a = [g for g, keep in zip(main0, in_block) if keep]
+    b = [g for g, keep in zip(per_block0[3], in_block) if keep]
+    assert record["align/cos_by_block"][1][2] == pytest.approx(cosine(a, b), rel=1e-5, abs=1e-7)  # block 2, MBE_3
+    assert record["align/cos_by_block"][0][3] is None  # MBE of block 2 has no gradient in block 3
+
+
+def _ddp_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    torch.set_num_threads(1)
+    trainer = trainer_for("gapt_joint", run_dir)
+    _save_first_step_gradient(trainer, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def _save_first_step_gradient(trainer: Trainer, path: str) -> None:
+    """Run one step from seeded random weights (the same in every process; no zero-initialized
+    projection) and save .grad as the optimizer is about to use it (after any all-reduce)."""
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in params_of(trainer):
+            p.copy_(0.05 * torch.randn(p.shape, generator=generator))
+    real_step = trainer.optimizers.step
+
+    def capture():
+        if not os.path.exists(path):
+            torch.save([p.grad.detach().clone() for p in params_of(trainer)], path)
+        real_step()
+
+    trainer.optimizers.step = capture
+    trainer.config.train.__dict__["steps"] = 1
+    trainer._train_step(0, lambda: 0.0)
+
+
+@pytest.mark.slow
+def test_two_processes_reduce_to_the_single_process_gradient_of_the_same_global_batch(tmp_path):
+    # identity: after the all-reduce, each rank's .grad = (1/N) sum over all N micro-batches of the
+    # step, the gradient one process computes alone (an average over ranks, not a sum)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path / "ddp"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    _save_first_step_gradient(trainer_for("gapt_joint", tmp_path / "alone"), str(tmp_path / "alone.pt"))
+    alone = torch.load(tmp_path / "alone.pt")
+    for grads in ranks:
+        assert_same(grads, alone, rtol=1e-4, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in alone) and math.isfinite(sum(float(g.sum()) for g in alone))
