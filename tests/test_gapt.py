@@ -436,3 +436,53 @@ def test_relative_spike_uses_strict_inequality():
     assert feed(ctrl, [(10.0, 1.0)] * 3) == [M, M, C]
     assert ctrl.update(ce=11.0, mbe=1.0) is C  # gain exactly -tau: not a spike
     assert ctrl.update(ce=11.01, mbe=1.0) is M
+
+
+# -- thresholds are strict, as in every version of the author's code -------------------------------
+
+
+@pytest.mark.parametrize("rules", ["paper", "v1_code", "relative"])
+def test_a_ce_drop_exactly_at_the_threshold_is_no_progress(rules):
+    # progress is gain > threshold: 1.0 -> 0.5 -> 0.0 drops by exactly 0.5 (absolute, and relative 0.5 of 1.0)
+    ctrl = controller(rules, delta_ce=0.5, relative_tol=0.5, patience_memorize=3)
+    feed(ctrl, [(1.0, 1.0)])
+    ctrl.update(ce=0.5, mbe=1.0)
+    # paper: the first update (against +inf) is progress; v1_code and relative: it is not
+    assert ctrl.s_m == (1 if rules == "paper" else 2) and ctrl.phase is M
+
+
+@pytest.mark.parametrize("rules", ["paper", "v1_code", "relative"])
+def test_an_mbe_drop_exactly_at_the_threshold_is_no_progress(rules):
+    ctrl = controller(rules, delta_ce=0.5, delta_mbe=0.5, relative_tol=0.5, patience_memorize=1, patience_compress=5)
+    while ctrl.phase is M:
+        ctrl.update(ce=1.0, mbe=4.0)
+    feed(ctrl, [(1.0, 1.0)])  # compress: MBE 4 -> 1 (or its first value): progress or a first minimum
+    s_c = ctrl.s_c
+    ctrl.update(ce=1.0, mbe=0.5)  # exactly 0.5 below the minimum 1.0: no progress
+    assert ctrl.s_c == s_c + 1
+
+
+def test_the_relative_gain_cutoff_is_strictly_below_1e_minus_9():
+    assert PhaseController._relative_gain(1e-9, 0.0) == pytest.approx(1e-9 / 1e-6)  # at the cutoff: a gain
+    assert PhaseController._relative_gain(0.99e-9, 0.0) == 0.0
+
+
+def test_v1_logs_the_mean_of_the_per_layer_mbe_minima():
+    ctrl = controller("v1_code", patience_memorize=1, patience_compress=9)
+    feed(ctrl, [(1.0, [1.0, 1.0])] * 3)
+    assert ctrl.phase is C
+    feed(ctrl, [(1.0, [0.2, 3.0]), (1.0, [0.4, 1.0])])  # minima 0.2 and 1.0
+    assert ctrl.m_min == pytest.approx(0.6) and ctrl.snapshot()["m_min"] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("rules", ALL_RULES)
+def test_the_snapshot_logs_the_smoothed_inputs_and_survives_a_state_round_trip(rules):
+    ctrl = controller(rules, smoothing=0.5)
+    feed(ctrl, [(2.0, [1.0, 3.0]), (1.0, [2.0, 4.0])])
+    # bias-corrected EMA with beta 0.5 over two inputs: (0.25 x0 + 0.5 x1) / 0.75
+    snapshot = ctrl.snapshot()
+    assert snapshot["ce_input"] == pytest.approx((0.25 * 2.0 + 0.5 * 1.0) / 0.75)
+    assert snapshot["mbe_input"] == pytest.approx(((0.25 * 1.0 + 0.5 * 2.0) + (0.25 * 3.0 + 0.5 * 4.0)) / 2 / 0.75)
+    other = controller(rules, smoothing=0.5)
+    other.load_state_dict(json.loads(json.dumps(ctrl.state_dict())))
+    assert other.snapshot() == snapshot

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from replication.mbe import layer_mbe, patch_mbe, renyi_entropy
+from replication.mbe import layer_mbe, patch_mbe, patches, renyi_entropy
 
 ALPHAS = [0.5, 1.0, 2.0, 3.0]
 
@@ -213,3 +213,19 @@ def test_layer_mbe_of_blocks_of_different_shapes_falls_back_to_one_by_one():
     hidden = [torch.randn(2, 16, 12), torch.randn(2, 8, 20)]
     values = layer_mbe(hidden)
     assert values.tolist() == pytest.approx([patch_mbe(h).item() for h in hidden], abs=1e-6)
+
+
+def test_patch_mbe_passes_alpha_eps_and_clamp_through():
+    # identity: patch_mbe(h, P, alpha, eps, clamp) = mean of renyi_entropy over the patches with the same options
+    h = torch.randn(2, 16, 12)
+    for kwargs in ({"alpha": 3.0}, {"eps": 0.5}, {"alpha": 1.0, "clamp": True}):
+        expected = renyi_entropy(patches(h, 8), **kwargs).mean()
+        assert patch_mbe(h, 8, **kwargs).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert patch_mbe(h, 8, alpha=3.0).item() != pytest.approx(patch_mbe(h, 8).item(), rel=1e-3)
+    assert patch_mbe(h, 8, eps=0.5).item() != pytest.approx(patch_mbe(h, 8).item(), rel=1e-3)
+    # clamp defaults to off: a value a hair below 0 (eigenvalue round-off) is kept as it is
+    torch.manual_seed(1)
+    rank_one = torch.randn(1, 1, 4).expand(1, 8, 4) * torch.rand(1, 8, 1)  # round-off gives about -9e-8
+    unclamped = renyi_entropy(rank_one, alpha=3.0)
+    assert unclamped.item() < 0 and patch_mbe(rank_one, 8, alpha=3.0).item() == unclamped.item()
+    assert patch_mbe(rank_one, 8, alpha=3.0, clamp=True).item() == 0.0

@@ -1,6 +1,7 @@
 import json
 import math
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -12,10 +13,13 @@ from replication import aggregate, claims, figures, report
 from replication.config import load_experiment
 from replication.stats import (
     at_least,
+    fisher_combined,
     holm,
     median_interval,
     paired_change,
     paired_relative_changes,
+    paired_values,
+    sign_test,
     t_interval,
     verdict,
 )
@@ -356,3 +360,67 @@ def test_every_figure_of_every_experiment_has_a_title_and_a_caption():
     for path in sorted((REPO / "experiments").glob("*/config.yaml")):
         for figure in load_experiment(path).figures:
             assert figure.title and len(figure.caption) > 80, (path.parent.name, figure.file)
+
+
+# -- edges of the statistics that a mutation run found untested ------------------------------------
+
+
+def test_two_seeds_give_an_interval_and_one_gives_none():
+    two = t_interval([1.0, 3.0], null=0.5)
+    assert (two.low, two.high) == (pytest.approx(2 - 12.706 * 1.0, abs=1e-3), pytest.approx(2 + 12.706, abs=1e-3))
+    assert two.p == pytest.approx(scipy_stats.ttest_1samp([1.0, 3.0], 0.5).pvalue) and two.null == 0.5
+    one = t_interval([2.0], null=0.5)
+    assert (one.mean, one.low, one.p, one.n, one.null) == (2.0, None, None, 1, 0.5)
+    empty = t_interval([], null=0.5)
+    assert math.isnan(empty.mean) and empty.n == 0 and empty.null == 0.5 and empty.format() == "n/a"
+    assert t_interval([2.0, 2.0, 2.0], null=1.0).p == pytest.approx(0.25)  # no spread: the sign test
+    assert sign_test([1.0]) is None and sign_test([1.0, 2.0]) == pytest.approx(0.5)
+
+
+def test_the_sign_test_counts_ties_once_whichever_side_is_smaller():
+    # 1 above, 7 below, 2 ties: p = 2 P(B(10) <= 1 + 2)
+    x = [-5, -4, -3, -2, -1, -6, -7, 0, 0, 1]
+    assert sign_test(x) == pytest.approx(2 * scipy_stats.binom.cdf(3, 10, 0.5))
+    assert sign_test([v + 1.0 for v in x], null=1.0) == pytest.approx(sign_test(x))  # against another null
+    est = median_interval([v + 1.0 for v in x], null=1.0)
+    assert (est.null, est.kind, est.n) == (1.0, "robust", 10)
+    empty = median_interval([], null=2.0)
+    assert math.isnan(empty.mean) and (empty.n, empty.null, empty.kind, empty.low) == (0, 2.0, "robust", None)
+
+
+def test_paired_values_drop_a_seed_missing_or_non_finite_on_either_side():
+    assert paired_values({0: math.nan, 1: 1.0, 2: 4.0, 3: None}, {0: 1.0, 1: 2.0, 2: math.inf, 3: 1.0}) == [(1.0, 2.0)]
+    with pytest.raises(ValueError, match="positive"):
+        paired_change({0: 1.0, 1: 1.0}, {0: 0.0, 1: 1.0}, "relative")  # a zero baseline has no ratio
+    one = paired_change({0: 2.0}, {0: 1.0}, "relative")
+    assert (one.mean, one.low, one.high, one.n) == (pytest.approx(1.0), None, None, 1) and one.format() == "+100.0 % (n=1)"
+    with pytest.raises(ValueError, match="unknown change 'ratio'"):
+        paired_change({0: 2.0}, {0: 1.0}, "ratio")
+
+
+def test_at_least_names_its_kind_uses_the_median_when_robust_and_cuts_only_non_negative_data():
+    values = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 9.0]
+    robust = at_least(values, 1.0, robust=True)
+    reference = median_interval(values, null=1.0)
+    assert (robust.kind, robust.mean, robust.low, robust.high, robust.p) == (
+        "robust_at_least", reference.mean, reference.low, reference.high, reference.p)  # fmt: skip
+    assert at_least(values, 1.0).kind == "at_least" and at_least(values, 1.0).null == 1.0
+    signed = at_least([-1.0, 0.0, 3.0], 0.0)  # a negative value: the quantity can be negative, no cut
+    assert signed.low == pytest.approx(t_interval([-1.0, 0.0, 3.0]).low) and signed.low < 0
+    assert at_least([0.0, 0.5, 4.0], 0.0).low == 0.0
+
+
+def test_verdict_needs_two_seeds_and_holm_caps_at_one():
+    single = replace(t_interval([5.0, 6.0]), n=1)
+    assert verdict(single, "increase", p=0.001) == "inconclusive"
+    assert verdict(t_interval([5.0, 6.0, 7.0]), "increase", p=0.049) == "reproduced"
+    assert holm([0.6, 0.7]) == [1.0, 1.0]
+    assert fisher_combined([0.01, None, math.nan]) == pytest.approx(0.01) and fisher_combined([None]) is None
+
+
+def test_every_kind_formats_as_the_tables_print_it():
+    assert paired_change({0: 1.2, 1: 1.1, 2: 1.3}, {0: 1.0, 1: 1.0, 2: 1.0}, "difference").format().startswith("Δ +0.2 [")
+    x = {i: float(v) for i, v in enumerate([1, 2, 3, 4, 5, 6, 7])}
+    robust = paired_change(x, dict.fromkeys(x, 0.0), "robust_difference").format()
+    assert robust == "median +4 [+1, +7] (n=7)"
+    assert at_least([1.0, 2.0, 3.0], 0.0).format() == "2 [0, 4.48] (n=3)"
