@@ -24,6 +24,7 @@ from .conftest import tiny_config
 from .test_distributed import free_port
 
 GRAD_ACCUM = 4  # micro-batches per step: two main-loss and two MBE micro-batches for gapt
+OPTIONS = {"patch_size": 4, "alpha": 3.0, "eps": 1e-3}  # not the defaults: every call must pass them on
 
 
 def trainer_for(method: str, tmp_path, warm: bool = False, **overrides) -> Trainer:
@@ -90,7 +91,7 @@ def assert_differs(actual: list[torch.Tensor], other: list[torch.Tensor]) -> Non
 @pytest.mark.parametrize("lam", [0.5, 20.0])
 def test_joint_step_gradient_is_main_plus_lambda_times_mean_joint_mbe(tmp_path, lam):
     # identity: g = (1/N) sum_i [grad main_i + lam * (1/|J|) sum_{l in J} grad MBE_l,i]
-    trainer = trainer_for("ce_mbe", tmp_path, warm=True, objective={"lambda_mbe": lam})
+    trainer = trainer_for("ce_mbe", tmp_path, warm=True, objective={"lambda_mbe": lam, **OPTIONS})
     joint = trainer.plan.joint
     assert joint == [1, 2, 3, 4]  # blocks 1 .. L-2 of 6
     terms = []
@@ -109,7 +110,7 @@ def test_alternate_step_alternates_main_and_one_rotating_mbe_layer_with_weight_o
     # l(step) = alternate[step mod |alternate|]; an MBE micro-batch carries no main loss
     from replication.gapt import Phase
 
-    trainer = trainer_for("gapt", tmp_path, warm=True)
+    trainer = trainer_for("gapt", tmp_path, warm=True, objective=OPTIONS)
     alternate = trainer.plan.alternate
     assert alternate == [2, 3]  # blocks 2 .. L-3 of 6
     for step in (0, 1, 2):
@@ -251,3 +252,70 @@ def test_two_processes_reduce_to_the_single_process_gradient_of_the_same_global_
     for grads in ranks:
         assert_same(grads, alone, rtol=1e-4, atol=1e-6)
     assert any(g.abs().sum() > 0 for g in alone) and math.isfinite(sum(float(g.sum()) for g in alone))
+
+
+@pytest.mark.parametrize("method, phase", [("gapt", "compress"), ("gapt", "memorize"), ("gapt_joint", "compress")])
+def test_the_logged_step_values_are_means_over_the_micro_batches_that_ran_the_whole_model(tmp_path, method, phase):
+    # identity: main loss = mean over the main-loss micro-batches; MBE of block l = mean over the
+    # micro-batches that ran every block (gapt's MBE micro-batches stop early and do not count)
+    from replication.gapt import Phase
+
+    trainer = trainer_for(method, tmp_path, warm=True, objective=OPTIONS)
+    task, window, kwargs = trainer.task, trainer.model.attention_window(0.0), trainer.config.objective.mbe_options()
+    full = [m for m in range(GRAD_ACCUM) if not (method == "gapt" and phase == "compress" and m % 2 == 1)]
+    mains, mbes = [], []
+    with torch.no_grad():
+        for micro in full:
+            batch = task.train_batch(2, micro)
+            out = task.forward(trainer.model, batch, window=window)
+            mains.append(float(task.main_loss(out.output, batch)))
+            mbes.append(layer_mbe(out.hidden, None, **kwargs))
+    result = accumulate_gradients(
+        trainer.model, task, trainer.method, trainer.config.objective, trainer.plan, step=2, phase=Phase(phase),
+        micro_batches=range(GRAD_ACCUM), window=window, autocast=nullcontext,
+    )  # fmt: skip
+    trainer.optimizers.zero_grad()
+    assert (result.main_loss_count, result.mbe_count) == (len(full), len(full)) and result.finite
+    assert result.main_loss == pytest.approx(sum(mains) / len(full), rel=1e-5)
+    assert result.mbe_by_layer == pytest.approx((sum(mbes) / len(full)).tolist(), rel=1e-5)
+
+
+def test_one_non_finite_micro_batch_makes_the_whole_step_non_finite(tmp_path, monkeypatch):
+    # identity: finite = every micro-batch's loss is finite; a NaN in gapt's first MBE micro-batch is
+    # not forgotten because the later ones are finite (it never reaches the logged main loss)
+    import replication.objectives as objectives
+    from replication.gapt import Phase
+
+    trainer = trainer_for("gapt", tmp_path)
+    real, calls = objectives.layer_mbe, {"n": 0}
+
+    def nan_in_the_first_regularized_mbe(hidden, layers=None, **kwargs):
+        values = real(hidden, layers, **kwargs)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 1:
+                return values * math.nan
+        return values
+
+    monkeypatch.setattr(objectives, "layer_mbe", nan_in_the_first_regularized_mbe)
+    result = accumulate_gradients(
+        trainer.model, trainer.task, trainer.method, trainer.config.objective, trainer.plan, step=0,
+        phase=Phase.COMPRESS, micro_batches=range(GRAD_ACCUM), window=trainer.model.attention_window(0.0),
+        autocast=nullcontext,
+    )  # fmt: skip
+    trainer.optimizers.zero_grad()
+    assert calls["n"] == GRAD_ACCUM // 2 and math.isfinite(result.main_loss) and not result.finite
+
+
+def test_a_process_whose_share_holds_only_mbe_micro_batches_reports_no_main_loss(tmp_path):
+    # identity: with no main-loss micro-batch the sums are 0 over 0, so that summing over processes is exact
+    from replication.gapt import Phase
+
+    trainer = trainer_for("gapt", tmp_path)
+    result = accumulate_gradients(
+        trainer.model, trainer.task, trainer.method, trainer.config.objective, trainer.plan, step=0,
+        phase=Phase.COMPRESS, micro_batches=[1, 3], window=trainer.model.attention_window(0.0), autocast=nullcontext,
+    )  # fmt: skip
+    trainer.optimizers.zero_grad()
+    assert (result.main_loss_sum, result.main_loss_count, result.mbe_sum, result.mbe_count) == (0.0, 0, [], 0)
+    assert math.isnan(result.main_loss) and result.mbe_by_layer == [] and result.finite
