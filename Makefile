@@ -1,6 +1,7 @@
 # Two entry points, each installing what it needs into .venv first:
 #   make test        the test suite, then the smoke DAG end to end (what CI runs)
 #   make replicate   the replication at the scale this machine can carry (SCALE=cpu by default)
+#   make mutation    mutation testing of the core with mutmut (not part of CI; README, "Mutation testing")
 # TORCH=cpu installs PyTorch's CPU-only build from PyTorch's own wheel index (TORCH_CPU_INDEX) instead
 # of the default build of the package index (on Linux x86_64, a CUDA build with its CUDA wheels).
 PYTHON ?= python3
@@ -15,7 +16,7 @@ SMOKE ?= .smoke
 SCALES := $(sort $(patsubst config/%.yaml,%,$(wildcard config/*.yaml)))
 TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: install test test-fast smoke replicate report bench check-scale
+.PHONY: install test test-fast smoke replicate report bench check-scale mutation
 
 # a wrong SCALE stops make before anything runs, with one line naming the valid scales
 ifneq ($(filter replicate report check-scale,$(MAKECMDGOALS)),)
@@ -69,3 +70,48 @@ report: check-scale install
 # benchmarks (python -m benchmarks --help): ratios measured side by side, written to results/benchmarks
 bench: install
 	$(BIN)/python -m benchmarks
+
+# mutation testing with mutmut, configured in [tool.mutmut] of pyproject.toml (README, "Mutation
+# testing"); not part of CI. MUTATION_SCOPE names the functions whose mutants run, as fnmatch patterns
+# over mutmut's mutant names (`?` stands for the `ǁ` between a class and its method): every function
+# of mbe, gapt, objectives and stats, and of the training loop the step and its cross-process
+# reduction. `make mutation MUTATION_SCOPE=` runs every function of the five files instead (all of
+# train.py: about half as long again) and, unlike a named scope, reuses the results of unchanged
+# functions on a rerun. mutants/ keeps the mutants and results: `.venv/bin/mutmut show NAME` prints one
+# mutant's diff, `.venv/bin/mutmut browse` walks them; delete mutants/ for a run from scratch. One
+# worker by default, so that the machine stays usable; MUTATION_WORKERS=2 on an idle one.
+MUTATION_WORKERS ?= 1
+MUTATION_SCOPE ?= replication.mbe.* replication.gapt.* replication.objectives.* replication.stats.* \
+	replication.train.x?Trainer?_train_step__* replication.train.x?Trainer?_reduce__*
+MUTATION_ARGS = $(foreach p,$(MUTATION_SCOPE),'$(p)')
+
+# the results within the scope: each mutant that was not killed, then the counts per module
+define MUTATION_SUMMARY
+import collections, fnmatch, sys
+scope = sys.argv[1:]
+rows = [line.strip().rsplit(": ", 1) for line in sys.stdin if ": " in line]
+rows = [(n, s) for n, s in rows if not scope or any(fnmatch.fnmatch(n, p) for p in scope)]
+for n, s in sorted(rows):
+    if s != "killed":
+        print(f"  {s:12} {n}")
+counts = collections.defaultdict(collections.Counter)
+for n, s in rows:
+    counts[n.split(".")[1]][s] += 1
+    counts["all"][s] += 1
+print(f"\n{'module':12} {'mutants':>8} {'killed':>8} {'survived':>9} {'other':>6} {'survival':>9}")
+for module in sorted(counts, key=lambda m: (m == "all", m)):
+    c = counts[module]
+    n, tested = sum(c.values()), sum(c.values()) - c["no tests"] - c["not checked"]
+    rate = f"{100 * c['survived'] / tested:.1f} %" if tested else "-"
+    print(f"{module:12} {n:8} {c['killed']:8} {c['survived']:9} {n - c['killed'] - c['survived']:6} {rate:>9}")
+endef
+export MUTATION_SUMMARY
+
+$(BIN)/.installed-mutation: $(BIN)/.installed pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test,mutation]'
+	touch $@
+
+mutation: install $(BIN)/.installed-mutation
+	$(BIN)/mutmut run --max-children $(MUTATION_WORKERS) $(MUTATION_ARGS)
+	@echo "mutants not killed (status, name), then the counts; survival = survived / tested"
+	@$(BIN)/mutmut results --all=true | $(BIN)/python -c "$$MUTATION_SUMMARY" $(MUTATION_ARGS)
