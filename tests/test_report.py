@@ -424,3 +424,18 @@ def test_every_kind_formats_as_the_tables_print_it():
     robust = paired_change(x, dict.fromkeys(x, 0.0), "robust_difference").format()
     assert robust == "median +4 [+1, +7] (n=7)"
     assert at_least([1.0, 2.0, 3.0], 0.0).format() == "2 [0, 4.48] (n=3)"
+
+
+def test_the_remaining_edges_a_second_mutation_pass_found():
+    # the interval of a relative change is printed from both of its ends, each x 100
+    est = paired_change({0: 3.0, 1: 2.5, 2: 4.0}, {0: 1.0, 1: 1.0, 2: 1.0}, "relative")
+    assert est.format() == f"{100 * est.mean:+.1f} % [{100 * est.low:+.1f}, {100 * est.high:+.1f}] (n=3)"
+    assert paired_change({0: 1.5}, {0: 1.0}, "difference").format() == "Δ +0.5 (n=1)"  # no interval, no brackets
+    # no spread: the sign test against the estimate's own null, which the estimate keeps
+    assert t_interval([2.0, 2.0, 2.0], null=1.0).null == 1.0 and t_interval([2.0, 2.0, 2.0], null=2.0).p == 1.0
+    assert median_interval([3.0, 1.0, 2.0, 4.0, 5.0, 6.0], null=1.0).p == pytest.approx(sign_test([2.0, 0.0, 1.0, 3.0, 4.0, 5.0]))
+    one = median_interval([5.0])
+    assert (one.mean, one.n, one.low, one.p) == (5.0, 1, None, None)
+    # two seeds can decide (t with 1 degree of freedom)
+    two = t_interval([5.0, 5.1])
+    assert two.p < 0.05 and verdict(two, "increase") == "reproduced"
