@@ -155,8 +155,10 @@ def test_ce_minimum_carries_over_from_compress_into_memorize():
     assert ctrl.s_m == 1
 
 
-def test_scalar_and_per_layer_mbe_use_the_mean():
-    a, b = controller(), controller()
+@pytest.mark.parametrize("rules", ["paper", "relative"])
+def test_scalar_and_per_layer_mbe_use_the_mean(rules):
+    # the rules that watch one number get the mean over the layers
+    a, b = controller(rules), controller(rules)
     steps = [(3.0, 1.0)] * 4 + [(3.0, 0.75), (3.0, 0.5), (3.0, 0.5)]
     feed(a, steps)
     for ce, m in steps:

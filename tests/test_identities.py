@@ -164,6 +164,7 @@ def test_the_controller_is_fed_the_steps_main_loss_and_the_monitored_blocks_mbe_
     records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
     assert len(fed) == len(records) == 4
     for (loss, mbe), record in zip(fed, records):
+        assert record["window"] == trainer.model.attention_window(record["step"] / 4)  # progress = step / steps
         assert loss == record["train/ce"]
         assert mbe == [record["train/mbe_by_layer"][i] for i in monitored]
 
