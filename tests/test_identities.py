@@ -320,3 +320,32 @@ def test_a_process_whose_share_holds_only_mbe_micro_batches_reports_no_main_loss
     trainer.optimizers.zero_grad()
     assert (result.main_loss_sum, result.main_loss_count, result.mbe_sum, result.mbe_count) == (0.0, 0, [], 0)
     assert math.isnan(result.main_loss) and result.mbe_by_layer == [] and result.finite
+
+
+def test_each_step_passes_its_window_and_step_to_the_gradient_and_rq1_and_logs_its_learning_rates(tmp_path, monkeypatch):
+    # identity: at step s the loop uses window = attention_window(s / steps) for the step's gradient
+    # and for the RQ1 record of step s, and logs the learning rates that set_step(s) returns
+    import replication.train as train_module
+
+    seen = {"grad": [], "align": []}
+    real_grad, real_align = train_module.accumulate_gradients, train_module.gradient_alignment
+
+    def grad_spy(*args, **kwargs):
+        seen["grad"].append((kwargs["step"], kwargs["window"]))
+        return real_grad(*args, **kwargs)
+
+    def align_spy(*args, **kwargs):
+        seen["align"].append((kwargs["step"], kwargs["window"]))
+        return real_align(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "accumulate_gradients", grad_spy)
+    monkeypatch.setattr(train_module, "gradient_alignment", align_spy)
+    trainer = trainer_for("ce", tmp_path, alignment={"every": 2})
+    trainer.run()
+    expected = [(s, trainer.model.attention_window(s / 4)) for s in range(4)]
+    assert seen["grad"] == expected and seen["align"] == expected[::2]
+    assert len({w for _, w in expected}) > 1  # the schedule moves within these 4 steps
+    from replication.runio import read_metrics
+
+    records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["lr"] for r in records] == [trainer.optimizers.set_step(s) for s in range(4)]

@@ -202,6 +202,8 @@ def test_a_nonfinite_step_is_skipped_logged_and_not_fed_to_the_controller(tmp_pa
     assert trainer.controller.n_nonfinite == 1 and trainer.controller.n_updates == 8
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records if r.get("event") == "nonfinite_step"] == [3]
+    event = next(r for r in records if r.get("event") == "nonfinite_step")
+    assert event == {"kind": "event", "event": "nonfinite_step", "step": 3, "loss": None, "in_a_row": 1}
     assert next(r for r in records if r["kind"] == "train" and r["step"] == 3)["train/ce"] is None
 
 
