@@ -153,7 +153,7 @@ def test_a_step_of_n_micro_batches_is_the_mean_of_their_gradients(tmp_path, meth
 @pytest.mark.parametrize("method, monitored", [("gapt", [2, 3]), ("gapt_joint", [1, 2, 3, 4])])
 def test_the_controller_is_fed_the_steps_main_loss_and_the_monitored_blocks_mbe_in_order(tmp_path, method, monitored):
     # identity: update(L, [MBE_l for l in monitored]) with the very numbers the train record logs
-    trainer = trainer_for(method, tmp_path)
+    trainer = trainer_for(method, tmp_path, gapt={"delta_ce": 100.0, "patience_memorize": 1, "patience_compress": 1})
     assert trainer.plan.monitored == monitored
     fed = []
     real_update = trainer.controller.update
@@ -167,6 +167,11 @@ def test_the_controller_is_fed_the_steps_main_loss_and_the_monitored_blocks_mbe_
         assert record["window"] == trainer.model.attention_window(record["step"] / 4)  # progress = step / steps
         assert loss == record["train/ce"]
         assert mbe == [record["train/mbe_by_layer"][i] for i in monitored]
+        # the logged layer means: over every block, and over the monitored ones
+        assert record["train/mbe"] == pytest.approx(sum(record["train/mbe_by_layer"]) / 6)
+        assert record["train/mbe_monitored"] == pytest.approx(sum(mbe) / len(mbe))
+    changes = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("event") == "phase_change"]
+    assert changes == [{"kind": "event", "event": "phase_change", **t.as_dict()} for t in trainer.controller.transitions]
 
 
 def test_the_best_validation_loss_is_the_minimum_and_its_step_the_argmin():
