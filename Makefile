@@ -85,28 +85,6 @@ MUTATION_SCOPE ?= replication.mbe.* replication.gapt.* replication.objectives.* 
 	replication.train.x?Trainer?_train_step__* replication.train.x?Trainer?_reduce__*
 MUTATION_ARGS = $(foreach p,$(MUTATION_SCOPE),'$(p)')
 
-# the results within the scope: each mutant that was not killed, then the counts per module
-define MUTATION_SUMMARY
-import collections, fnmatch, sys
-scope = sys.argv[1:]
-rows = [line.strip().rsplit(": ", 1) for line in sys.stdin if ": " in line]
-rows = [(n, s) for n, s in rows if not scope or any(fnmatch.fnmatch(n, p) for p in scope)]
-for n, s in sorted(rows):
-    if s != "killed":
-        print(f"  {s:12} {n}")
-counts = collections.defaultdict(collections.Counter)
-for n, s in rows:
-    counts[n.split(".")[1]][s] += 1
-    counts["all"][s] += 1
-print(f"\n{'module':12} {'mutants':>8} {'killed':>8} {'survived':>9} {'other':>6} {'survival':>9}")
-for module in sorted(counts, key=lambda m: (m == "all", m)):
-    c = counts[module]
-    n, tested = sum(c.values()), sum(c.values()) - c["no tests"] - c["not checked"]
-    rate = f"{100 * c['survived'] / tested:.1f} %" if tested else "-"
-    print(f"{module:12} {n:8} {c['killed']:8} {c['survived']:9} {n - c['killed'] - c['survived']:6} {rate:>9}")
-endef
-export MUTATION_SUMMARY
-
 $(BIN)/.installed-mutation: $(BIN)/.installed pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,mutation]'
 	touch $@
@@ -114,4 +92,4 @@ $(BIN)/.installed-mutation: $(BIN)/.installed pyproject.toml
 mutation: install $(BIN)/.installed-mutation
 	$(BIN)/mutmut run --max-children $(MUTATION_WORKERS) $(MUTATION_ARGS)
 	@echo "mutants not killed (status, name), then the counts; survival = survived / tested"
-	@$(BIN)/mutmut results --all=true | $(BIN)/python -c "$$MUTATION_SUMMARY" $(MUTATION_ARGS)
+	@$(BIN)/mutmut results --all=true | $(BIN)/python tests/mutation_summary.py $(MUTATION_ARGS)

@@ -32,7 +32,7 @@ from tabulate import tabulate
 
 from replication.config import ConfigError, ExperimentSpec, load_experiment
 from replication.runio import read_metrics
-from replication.stats import CHANGES, paired_change, paired_values
+from replication.stats import CHANGES, paired_change
 from replication.tasks import TASK_MODULES
 
 TOP_LEVEL = ("phase_changes", "compress_steps", "nonfinite_steps", "wall_time_s", "tokens", "steps", "peak_memory_bytes")
@@ -168,10 +168,11 @@ def metric_table(spec: ExperimentSpec, summary: pd.DataFrame, methods: list[str]
         for method in methods:
             if method == "ce":
                 continue
-            how = row.change
-            if how == "relative" and any(m <= 0 or b <= 0 for m, b in paired_values(by_seed[method], by_seed["ce"])):
-                how = "difference"  # a ratio of a quantity that reaches 0 means nothing: the difference
-            changes.append(paired_change(by_seed[method], by_seed["ce"], how).format())
+            try:
+                change = paired_change(by_seed[method], by_seed["ce"], row.change)
+            except ValueError:  # a ratio of a quantity that reaches 0 means nothing: the difference
+                change = paired_change(by_seed[method], by_seed["ce"], "difference")
+            changes.append(change.format())
         claimed = [c.paper_value for c in spec.paper.claims if c.metric == row.key and c.baseline == "ce" and c.kind in CHANGES]
         change_rows.append([row.label, "; ".join(dict.fromkeys(claimed)) or "—", *changes])
     values = tabulate(values_rows, headers=["metric", "paper", *methods], tablefmt="github")

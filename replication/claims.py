@@ -72,8 +72,7 @@ def judge(claim: ClaimSpec, summary: pd.DataFrame) -> Judgement:
     if claim.kind == "serial_dependence":
         return _serial_dependence(claim, data)
     if claim.kind in ("at_least", "robust_at_least"):
-        threshold = claim.threshold if claim.threshold is not None else 0.0
-        estimate = at_least(list(by_seed(claim.method).values()), threshold, robust=claim.kind == "robust_at_least")
+        estimate = at_least(list(by_seed(claim.method).values()), claim.threshold, robust=claim.kind == "robust_at_least")
         return Judgement(claim, estimate, estimate.format(), estimate.p, "increase")
     try:
         estimate = paired_change(by_seed(claim.method), by_seed(claim.baseline), claim.kind)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import signal
 
 DEFAULT_TIME_CONSTANT = 100.0  # optimizer steps (paper scale)
 PERMUTATIONS = 200  # for the expected sign-change count
@@ -119,15 +120,6 @@ def lag1_autocorrelation(values: np.ndarray) -> np.ndarray:
     return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
 
 
-def detrend(values: np.ndarray) -> np.ndarray:
-    """Each column of (n, k) values minus its least-squares line over the positions 0 .. n-1."""
-    x = np.asarray(values, dtype=np.float64)
-    t = np.arange(len(x), dtype=np.float64)
-    design = np.stack([np.ones_like(t), t], axis=1)
-    coefficients, *_ = np.linalg.lstsq(design, x, rcond=None)
-    return x - design @ coefficients
-
-
 def persistence_test(
     cos: np.ndarray, rng: np.random.Generator, n: int = TEST_PERMUTATIONS
 ) -> dict[str, float] | None:
@@ -136,7 +128,7 @@ def persistence_test(
     complete = cos[np.all(np.isfinite(cos), axis=1)]
     if len(complete) < 4:
         return None
-    complete = detrend(complete)
+    complete = signal.detrend(complete, axis=0, type="linear")  # minus each block's least-squares line
     observed = float(lag1_autocorrelation(complete).mean())
     shuffled = np.array([lag1_autocorrelation(complete[rng.permutation(len(complete))]).mean() for _ in range(n)])
     return {

@@ -72,9 +72,6 @@ class Estimate:
         prefix = "median " if self.kind.startswith("robust") else ("Δ " if self.kind == "difference" else "")
         return f"{prefix}{body}{interval} (n={self.n})"
 
-    def format_percent(self) -> str:
-        return self.format()
-
 
 def _finite(values: Sequence[float | None]) -> np.ndarray:
     return np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
@@ -137,12 +134,6 @@ def paired_values(method: dict[int, float], baseline: dict[int, float]) -> list[
         if m is not None and b is not None and math.isfinite(m) and math.isfinite(b):
             pairs.append((float(m), float(b)))
     return pairs
-
-
-def paired_relative_changes(method: dict[int, float], baseline: dict[int, float]) -> list[float]:
-    """Per-seed (method - baseline) / |baseline| over the seeds both have (a description of the
-    seeds; verdicts use the log ratio, ``paired_change``)."""
-    return [(m - b) / abs(b) for m, b in paired_values(method, baseline) if b != 0]
 
 
 def paired_change(method: dict[int, float], baseline: dict[int, float], how: str = "relative") -> Estimate:

@@ -49,14 +49,8 @@ class Plan:
     @cached_property
     def specs(self) -> dict[str, ExperimentSpec]:
         folder = Path(self.config["experiments_dir"])
-        available = sorted(p.parent.name for p in folder.glob("*/config.yaml"))
         for name in self.config["experiments"]:
-            if name not in available:
-                hint = difflib.get_close_matches(name, available, n=1)
-                raise ConfigError(
-                    f"no experiment {name!r} in {folder}/"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else f"; it has {', '.join(available)}")
-                )
+            _check_experiment_name(name, folder, "no experiment")
         specs = {name: load_experiment(self.experiment_config(name)) for name in self.config["experiments"]}
         for name, spec in specs.items():
             if spec.experiment != name:
@@ -156,6 +150,17 @@ class Plan:
 
 
 
+def _check_experiment_name(name: str, folder: Path, problem: str) -> None:
+    """ConfigError unless ``folder/name/config.yaml`` exists, naming the closest experiment there."""
+    available = sorted(p.parent.name for p in folder.glob("*/config.yaml"))
+    if name not in available:
+        hint = difflib.get_close_matches(name, available, n=1)
+        raise ConfigError(
+            f"{problem} {name!r} in {folder}/"
+            + (f" (did you mean {hint[0]!r}?)" if hint else f"; it has {', '.join(available) or 'none'}")
+        )
+
+
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 PAPER_CONFIG = "config/paper.yaml"  # what `snakemake` runs when nothing names a config or a scale
 
@@ -238,14 +243,8 @@ def resolve_global_config(raw: dict[str, Any]) -> dict[str, Any]:
     config = copy.deepcopy({**DEFAULTS, **raw})
     # a per_experiment entry for an experiment that is not chosen is kept (and unused), so that one
     # scale's file serves any subset; one that names no experiment at all is a typo
-    folder = Path(config["experiments_dir"])
-    known = {p.parent.name for p in folder.glob("*/config.yaml")} | set(config["experiments"])
-    for name in sorted(set(config["per_experiment"]) - known):
-        hint = difflib.get_close_matches(name, sorted(known), n=1)
-        raise ConfigError(
-            f"per_experiment names {name!r}, no experiment in {folder}/"
-            + (f" (did you mean {hint[0]!r}?)" if hint else "")
-        )
+    for name in sorted(config["per_experiment"]):
+        _check_experiment_name(name, Path(config["experiments_dir"]), "per_experiment names no experiment")
     return config
 
 

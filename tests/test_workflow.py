@@ -72,7 +72,7 @@ def snakemake_fails(*args: str, cwd=REPO) -> str:
         ("scale: cpu\nexperiments: [arithmetc_ood]\n", "no experiment 'arithmetc_ood' in experiments/ (did you mean"),
         ("scale: cpu\nmethods: [gpat]\n", "methods.0: 'gpat' is not one of ce, ce_mbe, gapt, gapt_joint"),
         ("scale: cpu\nper_experiment: {forgeting_separation: {nproc_per_run: 1}}\n",
-         "per_experiment names 'forgeting_separation', no experiment in experiments/ (did you mean 'forgetting_separation'?)"),
+         "per_experiment names no experiment 'forgeting_separation' in experiments/ (did you mean 'forgetting_separation'?)"),
     ],
 )  # fmt: skip
 def test_a_bad_global_config_is_one_short_message_before_any_job_runs(tmp_path, text, message):
