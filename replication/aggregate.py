@@ -3,7 +3,8 @@
     python -m replication.aggregate experiments/NAME/config.yaml --scale S --runs runs --out results/S/NAME
 
 reads ``runs/NAME/S/<method>/seed<seed>/{summary.json,metrics.jsonl}`` of the experiment's methods
-and the scale's seeds, and writes into ``--out``:
+and the scale's seeds (a summary must match the folder's config.yaml: one written by a run of another
+config is an error naming the keys that differ), and writes into ``--out``:
 - ``summary.csv``: one row per (experiment, scale, method, seed, metric): every headline metric of
   summary.json and its top-level counts (phase_changes, compress_steps, nonfinite_steps, ...);
 - ``runs.csv``: one row per run with its provenance (git commit, versions, device, wall time);
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,10 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
-from replication.config import ConfigError, ExperimentSpec, load_experiment
-from replication.runio import read_metrics
+from replication import cli
+from replication.config import ConfigError, ExperimentSpec, load_experiment, load_run_config
+from replication.errors import RunFolderError
+from replication.runio import check_summary_config, read_json, read_metrics
 from replication.stats import CHANGES, paired_change
 from replication.tasks import TASK_MODULES
 
@@ -61,7 +63,11 @@ def collect(spec: ExperimentSpec, scale: str, runs: Path, methods: list[str], se
             if not path.exists():
                 missing.append(str(path))
                 continue
-            summary = json.loads(path.read_text())
+            summary = read_json(path)
+            config_path = folder / "config.yaml"
+            if not config_path.is_file():
+                raise RunFolderError(f"{config_path} is missing: {path} cannot be matched to its config")
+            check_summary_config(summary, load_run_config(config_path), path)
             key = {"method": method, "seed": seed}
             for metric, value in summary["metrics"].items():
                 if _is_number(value):
@@ -215,24 +221,23 @@ def write_table(spec: ExperimentSpec, scale: str, frames: dict[str, pd.DataFrame
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m replication.aggregate", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("replication.aggregate", __doc__)
     parser.add_argument("experiment", type=Path, help="experiments/NAME/config.yaml")
     parser.add_argument("--scale", required=True)
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--methods", nargs="*", help="default: every method of the experiment")
     parser.add_argument("--seeds", nargs="*", type=int, help="default: the scale's seeds")
-    args = parser.parse_args(argv)
-    try:
-        spec = load_experiment(args.experiment)
-        if args.scale not in spec.scales:
-            raise ConfigError(f"{args.experiment} has no scale {args.scale!r}")
-        methods = args.methods or list(spec.methods)
-        seeds = args.seeds or spec.scales[args.scale].seeds
-        frames = collect(spec, args.scale, args.runs, methods, seeds)
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return cli.run(_main, parser.parse_args(argv))
+
+
+def _main(args: argparse.Namespace) -> int:
+    spec = load_experiment(args.experiment)
+    if args.scale not in spec.scales:
+        raise ConfigError(f"{args.experiment} has no scale {args.scale!r}; it has {sorted(spec.scales)}")
+    methods = args.methods or list(spec.methods)
+    seeds = args.seeds or spec.scales[args.scale].seeds
+    frames = collect(spec, args.scale, args.runs, methods, seeds)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, frame in frames.items():
         # curves only feed figures: 7 significant digits; summary.csv keeps full precision for the tables

@@ -23,7 +23,9 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from replication.config import ClaimSpec, ConfigError, ExperimentSpec, load_experiment
+from replication import cli
+from replication.config import ClaimSpec, ExperimentSpec, load_experiment
+from replication.errors import DataError
 from replication.stats import Estimate, at_least, fisher_combined, holm, paired_change, verdict
 
 
@@ -116,23 +118,22 @@ def claim_rows(spec: ExperimentSpec, summary: pd.DataFrame, scale: str) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m replication.claims", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("replication.claims", __doc__)
     parser.add_argument("experiments", nargs="+", type=Path, help="experiments/NAME/config.yaml files")
     parser.add_argument("--scale", required=True)
     parser.add_argument("--results", type=Path, required=True, help="results/SCALE")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
+    return cli.run(_main, parser.parse_args(argv))
+
+
+def _main(args: argparse.Namespace) -> int:
     rows = []
-    try:
-        for path in args.experiments:
-            spec = load_experiment(path)
-            csv = args.results / spec.experiment / "summary.csv"
-            if not csv.exists():
-                raise FileNotFoundError(f"{csv} is missing: aggregate the experiment first")
-            rows += claim_rows(spec, pd.read_csv(csv), args.scale)
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    for path in args.experiments:
+        spec = load_experiment(path)
+        csv = args.results / spec.experiment / "summary.csv"
+        if not csv.exists():
+            raise DataError(f"{csv} is missing: aggregate the experiment first")
+        rows += claim_rows(spec, pd.read_csv(csv), args.scale)
     headers = ["id", "claim", "experiment", "measure", "paper", "ours (scale)", "p / Holm p", "verdict",
                "verdict (Holm)", "figure"]  # fmt: skip
     experiments = sorted({row[2] for row in rows})

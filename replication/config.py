@@ -14,26 +14,45 @@ the only thing ``python -m replication.train`` reads.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import hashlib
 import json
+import types
+import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from replication.errors import ConfigError
 from replication.gapt import GaptConfig
 
 METHOD_NAMES = ("ce", "ce_mbe", "gapt", "gapt_joint")
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used, with a message that names the offending key."""
-
-
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# value constraints shared by the config classes (the task modules use them too); a violation is a
+# validation error at load time whose location names the key
+Seed = Annotated[int, Field(ge=0, lt=2**32)]  # numpy's legacy seeding takes 32 bits
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # finite, >= 0
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # finite, > 0
+UnitFraction = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]  # [0, 1): betas, momenta, EMA
+LayerIndex = NonNegativeInt
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -43,39 +62,65 @@ class ModdedModelConfig(StrictModel):
     """The author's modded-nanogpt GPT-2 small (PAPER.md section 5); defaults are paper size."""
 
     name: Literal["modded"] = "modded"
-    vocab_size: int = 50304
-    n_layer: int = 12
-    d_model: int = 768
-    n_head: int = 6
-    head_dim: int = 128
-    mlp_ratio: int = 4
-    rope_base: float = 10000.0
-    logit_softcap: float = 30.0
-    window_start: int = 64  # sliding attention window at the start of training (tokens)
-    window_end: int = 1792  # ... and at the end; linear in between
-    window_multiple: int = 64
+    vocab_size: PositiveInt = 50304
+    n_layer: PositiveInt = 12
+    d_model: PositiveInt = 768
+    n_head: PositiveInt = 6
+    head_dim: PositiveInt = 128  # even: RoPE rotates pairs of channels
+    mlp_ratio: PositiveInt = 4
+    rope_base: PositiveFloat = 10000.0
+    logit_softcap: PositiveFloat = 30.0
+    window_start: PositiveInt = 64  # sliding attention window at the start of training (tokens)
+    window_end: PositiveInt = 1792  # ... and at the end; linear in between
+    window_multiple: PositiveInt = 64
     attention: Literal["auto", "sdpa", "flex"] = "auto"  # auto: flex on CUDA, sdpa elsewhere
+
+    @property
+    def n_blocks(self) -> int:
+        return self.n_layer
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> ModdedModelConfig:
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even (RoPE rotates pairs of channels), got {self.head_dim}")
+        if self.window_end < self.window_start:
+            raise ValueError(f"window_end ({self.window_end}) must be >= window_start ({self.window_start})")
+        return self
 
 
 class GPT2ModelConfig(StrictModel):
     """A plain GPT-2: learned positions, LayerNorm, GELU, tied head."""
 
     name: Literal["gpt2"] = "gpt2"
-    vocab_size: int = 50304
-    n_layer: int = 12
-    d_model: int = 768
-    n_head: int = 12
-    max_seq_len: int = 1024
+    vocab_size: PositiveInt = 50304
+    n_layer: PositiveInt = 12
+    d_model: PositiveInt = 768
+    n_head: PositiveInt = 12
+    max_seq_len: PositiveInt = 1024
     bias: bool = True
+
+    @property
+    def n_blocks(self) -> int:
+        return self.n_layer
+
+    @model_validator(mode="after")
+    def _heads_split_the_width(self) -> GPT2ModelConfig:
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        return self
 
 
 class MLPModelConfig(StrictModel):
     """The 10 -> 50 -> 1 ReLU network of experiment 3."""
 
     name: Literal["mlp"] = "mlp"
-    in_dim: int = 10
-    hidden_dim: int = 50
-    out_dim: int = 1
+    in_dim: PositiveInt = 10
+    hidden_dim: PositiveInt = 50
+    out_dim: PositiveInt = 1
+
+    @property
+    def n_blocks(self) -> int:
+        return 1  # the hidden ReLU layer is the model's one block
 
 
 ModelConfig = Annotated[Union[ModdedModelConfig, GPT2ModelConfig, MLPModelConfig], Field(discriminator="name")]
@@ -87,41 +132,41 @@ ModelConfig = Annotated[Union[ModdedModelConfig, GPT2ModelConfig, MLPModelConfig
 class ScheduleConfig(StrictModel):
     """Learning-rate multiplier: linear warm-up, flat, then linear decay to final_multiplier."""
 
-    warmup_steps: int = 0
-    stable_fraction: float = 0.6  # of all steps, at multiplier 1 (after warm-up)
-    final_multiplier: float = 0.1
+    warmup_steps: NonNegativeInt = 0
+    stable_fraction: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.6  # of all steps, at 1
+    final_multiplier: NonNegativeFloat = 0.1
 
 
 class MuonAdamConfig(StrictModel):
     """Muon for the 2-D block weights, Adam for head, embedding and scalars (PAPER.md section 5)."""
 
     name: Literal["muon_adam"] = "muon_adam"
-    muon_lr: float = 0.05
-    muon_momentum_start: float = 0.85
-    muon_momentum_end: float = 0.95
-    muon_momentum_warmup_steps: int = 300
-    head_lr: float = 0.008
-    embed_lr: float = 0.6
-    scalar_lr: float = 0.04
-    adam_betas: tuple[float, float] = (0.8, 0.95)
-    adam_eps: float = 1e-10
+    muon_lr: NonNegativeFloat = 0.05
+    muon_momentum_start: UnitFraction = 0.85
+    muon_momentum_end: UnitFraction = 0.95
+    muon_momentum_warmup_steps: NonNegativeInt = 300
+    head_lr: NonNegativeFloat = 0.008
+    embed_lr: NonNegativeFloat = 0.6
+    scalar_lr: NonNegativeFloat = 0.04
+    adam_betas: tuple[UnitFraction, UnitFraction] = (0.8, 0.95)
+    adam_eps: PositiveFloat = 1e-10
     schedule: ScheduleConfig = ScheduleConfig()
 
 
 class AdamWConfig(StrictModel):
     name: Literal["adamw"] = "adamw"
-    lr: float = 6e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 0.1  # on matrices only; biases, norms and embeddings of positions excluded
+    lr: NonNegativeFloat = 6e-4
+    betas: tuple[UnitFraction, UnitFraction] = (0.9, 0.95)
+    eps: PositiveFloat = 1e-8
+    weight_decay: NonNegativeFloat = 0.1  # matrices only; biases, norms and position embeddings excluded
     schedule: ScheduleConfig = ScheduleConfig()
 
 
 class AdamConfig(StrictModel):
     name: Literal["adam"] = "adam"
-    lr: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    lr: NonNegativeFloat = 0.01
+    betas: tuple[UnitFraction, UnitFraction] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
     schedule: ScheduleConfig = ScheduleConfig(stable_fraction=1.0, final_multiplier=1.0)
 
 
@@ -134,13 +179,15 @@ OptimConfig = Annotated[Union[MuonAdamConfig, AdamWConfig, AdamConfig], Field(di
 class ObjectiveConfig(StrictModel):
     """The MBE objective (PAPER.md sections 2 and 3.2)."""
 
-    patch_size: int = 8
-    alpha: float = 2.0
-    eps: float = 1e-7
+    patch_size: PositiveInt = 8
+    alpha: PositiveFloat = 2.0  # Renyi order; 1 is the von Neumann limit (replication.mbe)
+    eps: PositiveFloat = 1e-7
     clamp: bool = False
-    lambda_mbe: float = 20.0  # lambda of the joint objective (gapt_joint and ce_mbe)
-    alternate_layers: list[int] | None = None  # None: the middle layers 2 .. L-3 (0-based)
-    joint_layers: list[int] | None = None  # None: the middle layers 1 .. L-2 (0-based)
+    lambda_mbe: NonNegativeFloat = 20.0  # lambda of the joint objective (gapt_joint and ce_mbe)
+    # None: the middle layers 2 .. L-3 (0-based)
+    alternate_layers: Annotated[list[LayerIndex], Field(min_length=1)] | None = None
+    # None: the middle layers 1 .. L-2 (0-based)
+    joint_layers: Annotated[list[LayerIndex], Field(min_length=1)] | None = None
 
     def mbe_options(self) -> dict[str, Any]:
         """The keyword arguments of mbe.layer_mbe / patch_mbe that this objective sets."""
@@ -148,13 +195,13 @@ class ObjectiveConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    steps: int
-    grad_accum: int = 1  # micro-batches per optimizer step on each process
-    eval_every: int = 0  # optimizer steps between evaluations; 0: only at the start and the end
+    steps: PositiveInt
+    grad_accum: PositiveInt = 1  # micro-batches per optimizer step on each process
+    eval_every: NonNegativeInt = 0  # optimizer steps between evaluations; 0: only at the start and the end
     eval_at_start: bool = True
-    checkpoint_every: int = 100  # optimizer steps; 0 disables periodic checkpoints
+    checkpoint_every: NonNegativeInt = 100  # optimizer steps; 0 disables periodic checkpoints
     keep_checkpoint: bool = False  # keep the last checkpoint once summary.json is written
-    max_nonfinite_in_row: int = 10
+    max_nonfinite_in_row: PositiveInt = 10
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"  # autocast dtype of the forward pass
     compile: bool = False
@@ -163,22 +210,29 @@ class TrainConfig(StrictModel):
 class AlignmentConfig(StrictModel):
     """The RQ1 gradient-alignment logger (PAPER.md section 4); every = 0 turns it off."""
 
-    every: int = 0
-    layers: list[int] | None = None  # None: the alternate (middle) layers
+    every: NonNegativeInt = 0
+    layers: list[LayerIndex] | None = None  # None (or empty): the alternate (middle) layers
 
 
 class TaskConfig(StrictModel):
     """Base of every task's config; each task module defines a subclass with ``name`` fixed."""
 
     name: str
+    # the field holding the length of the sequence that MBE patches are cut from, or None when the
+    # task takes no MBE; RunConfig checks that objective.patch_size divides it
+    mbe_sequence_key: ClassVar[str | None] = None
+
+    def mbe_sequence_length(self) -> int | None:
+        """Length of the sequence MBE patches are cut from (tokens of a row, or samples of a batch)."""
+        return None if self.mbe_sequence_key is None else int(getattr(self, self.mbe_sequence_key))
 
 
 class RunConfig(StrictModel):
     experiment: str
     scale: str
     method: Literal["ce", "ce_mbe", "gapt", "gapt_joint"]
-    seed: int
-    data_seed: int | None = None  # None: the run seed (a seed draws the data too)
+    seed: Seed
+    data_seed: Seed | None = None  # None: the run seed (a seed draws the data too)
     task: SerializeAsAny[TaskConfig]
     model: ModelConfig
     optim: OptimConfig
@@ -196,7 +250,41 @@ class RunConfig(StrictModel):
             raise ValueError("task needs a 'name'")
         from replication.tasks import task_config_class
 
-        return task_config_class(value["name"]).model_validate(value)
+        name = value["name"]
+        config_class = task_config_class(name)
+        try:
+            return config_class.model_validate(value)
+        except ValidationError as error:
+            # put the task name in the location, as a discriminated union puts its tag there:
+            # ('task', 'synthetic', 'seq_lne'); format_validation_error resolves the class from it
+            raise _relocated(error, (name,)) from None
+
+    @model_validator(mode="after")
+    def _sections_fit(self) -> RunConfig:
+        length = self.task.mbe_sequence_length()
+        patch = self.objective.patch_size
+        if length is not None and length % patch:
+            raise ValueError(
+                f"objective.patch_size ({patch}) must divide task.{self.task.mbe_sequence_key} ({length}), "
+                "the length of the sequence MBE patches are cut from"
+            )
+        n_blocks = self.model.n_blocks
+        for key, layers in (
+            ("objective.alternate_layers", self.objective.alternate_layers),
+            ("objective.joint_layers", self.objective.joint_layers),
+            ("alignment.layers", self.alignment.layers),
+        ):
+            bad = [i for i in layers or [] if i >= n_blocks]
+            if bad:
+                raise ValueError(
+                    f"{key} {layers} names blocks {bad}; the model has {n_blocks} (0..{n_blocks - 1})"
+                )
+        from replication.objectives import METHODS, default_layers
+
+        compression = METHODS[self.method].compression
+        if compression != "none" and getattr(self.objective, f"{compression}_layers") is None:
+            default_layers(n_blocks, compression)  # a ConfigError (a ValueError) when the model has none
+        return self
 
     @property
     def effective_data_seed(self) -> int:
@@ -214,7 +302,7 @@ class RunConfig(StrictModel):
 
 
 class ScaleSpec(StrictModel):
-    seeds: list[int]
+    seeds: list[Seed]
     description: str = ""
     config: dict[str, Any] = {}
     methods: dict[str, dict[str, Any]] = {}
@@ -334,34 +422,129 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-_MODEL_CLASSES = (ModdedModelConfig, GPT2ModelConfig, MLPModelConfig)
-_OPTIM_CLASSES = (MuonAdamConfig, AdamWConfig, AdamConfig)
-_UNION_TAGS = {cls.model_fields["name"].default for cls in _MODEL_CLASSES + _OPTIM_CLASSES}
+# -- error messages ----------------------------------------------------------------------------
 
 
-def _known_keys() -> set[str]:
-    """Every field name of every config class, for did-you-mean hints on unknown keys."""
-    from replication.tasks import task_config_classes
+def _relocated(error: ValidationError, prefix: tuple[str | int, ...]) -> ValidationError:
+    """The same errors with ``prefix`` put in front of every location."""
+    details = []
+    for item in error.errors():
+        detail = {"type": item["type"], "loc": (*prefix, *item["loc"]), "input": item["input"]}
+        if "ctx" in item:
+            detail["ctx"] = item["ctx"]
+        details.append(detail)
+    return ValidationError.from_exception_data(error.title, details)
 
-    classes = [RunConfig, ExperimentSpec, ScaleSpec, ObjectiveConfig, TrainConfig, AlignmentConfig, ScheduleConfig]
-    classes += [PaperSpec, ClaimSpec, TableMetric, FigureSpec]
-    classes += [*_MODEL_CLASSES, *_OPTIM_CLASSES, *task_config_classes()]
-    keys = {name for cls in classes for name in cls.model_fields}
-    return keys | set(GaptConfig.__dataclass_fields__)
+
+def _unwrap(tp: Any) -> Any:
+    """A type without Annotated, and without None when it is an optional."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (Union, types.UnionType):
+            members = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(members) != 1:
+                return tp
+            tp = members[0]
+        else:
+            return tp
 
 
-def format_validation_error(error: ValidationError, source: str) -> str:
+def _tagged_members(tp: Any) -> dict[str, type]:
+    """The classes of a union of config classes told apart by their ``name``, by that name."""
+    if typing.get_origin(tp) not in (Union, types.UnionType):
+        return {}
+    members = {}
+    for member in typing.get_args(tp):
+        field = getattr(member, "model_fields", {}).get("name") if isinstance(member, type) else None
+        if field is None or not isinstance(field.default, str):
+            return {}
+        members[field.default] = member
+    return members
+
+
+def _field_types(cls: Any) -> dict[str, Any] | None:
+    """Field name -> type of a pydantic model or a dataclass; None for anything else."""
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return {name: info.annotation for name, info in cls.model_fields.items()}
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # an annotation that does not resolve here: the names still serve
+            hints = {}
+        return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
+    return None
+
+
+def _follow(root: Any, loc: tuple[str | int, ...]) -> tuple[list[str], Any]:
+    """Walk an error location down from the root class: the location as the user wrote it (without
+    the tags that discriminated unions and ``task`` put in it) and the class the location ends in
+    (None where the walk cannot tell)."""
+    shown: list[str] = []
+    tp = root
+    for part in loc:
+        tp = _unwrap(tp)
+        members = _tagged_members(tp)
+        if isinstance(part, str) and part in members:  # ('model', 'modded', ...): the tag
+            tp = members[part]
+            continue
+        if tp is TaskConfig and isinstance(part, str):  # ('task', 'synthetic', ...): see _task_by_name
+            from replication.tasks import TASK_MODULES, task_config_class
+
+            if part in TASK_MODULES:
+                try:
+                    tp = task_config_class(part)
+                except ImportError:
+                    tp = None
+                continue
+        shown.append(str(part))
+        fields = _field_types(tp)
+        if fields is not None:
+            tp = fields.get(str(part))
+            continue
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin in (list, tuple, set, frozenset) and args and isinstance(part, int):
+            tp = args[0]
+        elif origin is dict and len(args) == 2:
+            tp = args[1]
+        else:
+            tp = None
+    return shown, tp
+
+
+def _model_named(title: str) -> type[BaseModel] | None:
+    """The one loaded pydantic model class of this name (a ValidationError's title), if exactly one."""
+    found, stack = set(), [BaseModel]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            if sub.__name__ == title:
+                found.add(sub)
+            stack.append(sub)
+    return found.pop() if len(found) == 1 else None
+
+
+def format_validation_error(error: ValidationError, source: str, model: Any = None) -> str:
+    """One line per error, each naming the key; an unknown key gets a did-you-mean hint drawn from
+    the fields of the section it is in. ``model``: the class that was validated (default: the one
+    loaded model class named by the error's title; without one, unknown keys get no hint)."""
+    root = model if model is not None else _model_named(error.title)
     lines = [f"invalid configuration ({source}):"]
     for item in error.errors():
-        # a discriminated union puts its tag in the location, ('model', 'modded', 'n_layr'): drop it
-        loc = [str(p) for i, p in enumerate(item["loc"]) if not (i == 1 and p in _UNION_TAGS)]
-        dotted = ".".join(loc)
+        shown, _ = _follow(root, item["loc"])
+        dotted = ".".join(shown)
         if item["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-            hint = difflib.get_close_matches(loc[-1], sorted(_known_keys()), n=1)
+            key = str(item["loc"][-1])
+            _, section = _follow(root, item["loc"][:-1])
+            fields = _field_types(_unwrap(section)) or {}
+            hint = difflib.get_close_matches(key, sorted(set(fields) - {key}), n=1)
             suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
             lines.append(f"  unknown key '{dotted}'{suffix}")
         else:
-            lines.append(f"  {dotted or '<root>'}: {item['msg']}")
+            message = item["msg"]
+            if item["type"] == "value_error" and "error" in item.get("ctx", {}):
+                message = str(item["ctx"]["error"])  # without pydantic's "Value error, " prefix
+            lines.append(f"  {dotted}: {message}" if dotted else f"  {message}")
     return "\n".join(lines)
 
 
@@ -369,7 +552,7 @@ def validate_run_config(data: dict[str, Any], source: str = "run config") -> Run
     try:
         return RunConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, source)) from None
+        raise ConfigError(format_validation_error(error, source, RunConfig)) from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -387,7 +570,7 @@ def load_experiment(path: str | Path) -> ExperimentSpec:
     try:
         return ExperimentSpec.model_validate(load_yaml(path))
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, str(path))) from None
+        raise ConfigError(format_validation_error(error, str(path), ExperimentSpec)) from None
 
 
 def resolve_run_config(experiment: ExperimentSpec | str | Path, scale: str, method: str, seed: int) -> RunConfig:
@@ -409,7 +592,14 @@ def resolve_run_config(experiment: ExperimentSpec | str | Path, scale: str, meth
 
 
 def load_run_config(path: str | Path) -> RunConfig:
-    return validate_run_config(load_yaml(path), source=str(path))
+    data = load_yaml(path)
+    if "scales" in data or "methods" in data:  # the shape of an ExperimentSpec
+        raise ConfigError(
+            f"{path} is an experiment config, not a run config: resolve a run first with "
+            f"python -m replication.configure {path} --scale S --method M --seed N --out RUN_DIR/, "
+            "then train RUN_DIR/config.yaml"
+        )
+    return validate_run_config(data, source=str(path))
 
 
 def write_run_config(config: RunConfig, path: str | Path) -> None:

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from replication import cli  # noqa: E402
 from replication.config import ConfigError, ExperimentSpec, FigureSpec, load_experiment  # noqa: E402
 from replication.stats import t_errorbar  # noqa: E402
 
@@ -216,15 +217,14 @@ def draw(spec: ExperimentSpec, results: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m replication.figures", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("replication.figures", __doc__)
     parser.add_argument("experiment", type=Path, help="experiments/NAME/config.yaml")
     parser.add_argument("--results", type=Path, required=True, help="results/SCALE/NAME, holding the CSVs")
-    args = parser.parse_args(argv)
-    try:
-        draw(load_experiment(args.experiment), args.results)
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return cli.run(_main, parser.parse_args(argv))
+
+
+def _main(args: argparse.Namespace) -> int:
+    draw(load_experiment(args.experiment), args.results)
     return 0
 
 

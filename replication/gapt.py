@@ -110,8 +110,10 @@ class GaptConfig:
             raise ValueError(f"unknown GAPT rule set {self.rules!r}; choose one of {RULE_SETS}")
         if self.patience_memorize < 1 or self.patience_compress < 1:
             raise ValueError("GAPT patiences must be >= 1")
-        if self.spike_tol < 0 or self.relative_tol < 0:
-            raise ValueError("GAPT tolerances must be >= 0")
+        for name in ("delta_ce", "delta_mbe", "spike_tol", "relative_tol"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"GAPT {name} must be finite and >= 0, got {value}")
         if not 0.0 <= self.smoothing < 1.0:
             raise ValueError(f"GAPT smoothing is an EMA coefficient in [0, 1), got {self.smoothing}")
 

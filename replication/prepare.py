@@ -44,8 +44,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tqdm import tqdm
 
+from replication import cli
 from replication.config import ConfigError, format_validation_error, load_experiment
-from replication.runio import now, write_json_atomic
+from replication.errors import DataError
+from replication.runio import now, read_json, write_json_atomic
 from replication.shards import HEADER_INTS, MAGIC, VERSION, read_shard, shard_bytes, shard_token_count
 from replication.tokenization import file_sha256, get_tokenizer
 
@@ -83,11 +85,11 @@ class DatasetOptions(BaseModel):
         return self
 
 
-class NoSourceError(RuntimeError):
+class NoSourceError(DataError):
     """Neither the local file nor the hub can be read."""
 
 
-class SourceHashError(RuntimeError):
+class SourceHashError(DataError):
     """The local file is there but is not the file the data set names (damaged or replaced)."""
 
 
@@ -304,7 +306,7 @@ def _write_once(path: Path, tokens: np.ndarray) -> str:
     digest = hashlib.sha256(data).hexdigest()
     if path.exists():
         if file_sha256(path) != digest:
-            raise RuntimeError(
+            raise DataError(
                 f"{path} exists with other tokens than this preparation produces (the source or the options "
                 f"changed); delete {path.parent} to prepare the data set again"
             )
@@ -360,7 +362,7 @@ def prepare(
     splits = {"val": val.finish(), "train": train.finish()}
     for split, info in splits.items():
         if info["tokens"] == 0:
-            raise RuntimeError(
+            raise DataError(
                 f"data set {name!r}: the source ran out before the {split} split got any token"
             )
     manifest = {
@@ -376,29 +378,38 @@ def prepare(
     return manifest
 
 
-def load_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest of a prepared data set, after checking every shard's header against it."""
-    path = Path(folder) / MANIFEST_NAME
+def load_manifest(folder: Path, experiment: str | None = None) -> dict[str, Any]:
+    """The manifest of a prepared data set, after checking every shard's header against it.
+
+    ``experiment`` (the name of the experiment whose config declares the data set) goes into the
+    command the message of a missing data set offers.
+    """
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    config = f"experiments/{experiment}/config.yaml" if experiment else "experiments/<experiment>/config.yaml"
+    prepare_command = f"python -m replication.prepare {config} --dataset {folder.name} --out {folder}"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: prepare the data set first with "
-            f"python -m replication.prepare experiments/NAME/config.yaml --dataset {Path(folder).name} --out {folder}"
+        raise DataError(
+            f"the data set {folder.name} is not prepared ({path} is missing): prepare it with {prepare_command}, "
+            "or run the DAG, which prepares it (a train command's --data-root says where prepared data lives)"
         )
-    manifest = json.loads(path.read_text())
-    for split in ("val", "train"):
-        for shard in manifest["splits"][split]["shards"]:
-            count = shard_token_count(Path(folder) / shard["file"])
-            if count != shard["tokens"]:
-                raise RuntimeError(
-                    f"{folder}/{shard['file']} holds {count} tokens, the manifest says {shard['tokens']}"
-                )
+    manifest = read_json(path)
+    try:
+        for split in ("val", "train"):
+            for shard in manifest["splits"][split]["shards"]:
+                count = shard_token_count(folder / shard["file"])
+                if count != shard["tokens"]:
+                    raise DataError(
+                        f"{folder / shard['file']} holds {count} tokens, the manifest says {shard['tokens']}: "
+                        f"delete {folder} and prepare it again with {prepare_command}"
+                    )
+    except (KeyError, TypeError) as error:
+        raise DataError(f"{path} is not a manifest of this version (no {error}); delete {folder} and prepare it again") from None
     return manifest
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m replication.prepare", description=__doc__.split("\n\n")[0]
-    )
+    parser = cli.parser("replication.prepare", __doc__)
     parser.add_argument("experiment", type=Path, help="experiments/NAME/config.yaml")
     parser.add_argument("--dataset", required=True, help="a key of the experiment's datasets:")
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. data/DATASET")
@@ -407,26 +418,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1, help="tokenizer threads (default: 1)")
     parser.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
-    args = parser.parse_args(argv)
+    return cli.run(_main, parser.parse_args(argv))
+
+
+def _main(args: argparse.Namespace) -> int:
+    spec = load_experiment(args.experiment)
+    if args.dataset not in spec.datasets:
+        raise ConfigError(f"{args.experiment} has no data set {args.dataset!r}; it has {sorted(spec.datasets)}")
     try:
-        spec = load_experiment(args.experiment)
-        if args.dataset not in spec.datasets:
-            raise ConfigError(
-                f"{args.experiment} has no data set {args.dataset!r}; it has {sorted(spec.datasets)}"
-            )
-        try:
-            options = DatasetOptions.model_validate(spec.datasets[args.dataset])
-        except ValidationError as error:
-            raise ConfigError(
-                format_validation_error(error, f"{args.experiment}: datasets.{args.dataset}")
-            ) from None
-        show = {"auto": None, "bar": True, "lines": False}[args.progress]
-        manifest = prepare(
-            args.dataset, options, args.out, root=args.root, threads=args.threads, progress=show
-        )
-    except (ConfigError, NoSourceError, SourceHashError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        options = DatasetOptions.model_validate(spec.datasets[args.dataset])
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, f"{args.experiment}: datasets.{args.dataset}")) from None
+    show = {"auto": None, "bar": True, "lines": False}[args.progress]
+    manifest = prepare(args.dataset, options, args.out, root=args.root, threads=args.threads, progress=show)
     counts = ", ".join(f"{split} {info['tokens']:,} tokens" for split, info in manifest["splits"].items())
     print(
         f"{args.out}: {counts} ({manifest['tokenizer']['name']} from {manifest['source']['kind']})",

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import markdown
 
-from replication.config import ConfigError, ExperimentSpec, load_experiment
+from replication import cli
+from replication.config import ExperimentSpec, load_experiment
 from replication.workflow import DEFAULTS
 
 STYLE = """
@@ -150,18 +151,17 @@ def render(page: Page) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m replication.report", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("replication.report", __doc__)
     parser.add_argument("--scale", required=True, help="smoke, cpu, gpu1 or paper")
     parser.add_argument("--results", type=Path, default=Path("results"), help="the results root (default: results)")
     parser.add_argument("--experiments-dir", type=Path, default=Path("experiments"))
     parser.add_argument("--out", type=Path, default=None, help="default: RESULTS/SCALE/report.html")
-    args = parser.parse_args(argv)
+    return cli.run(_main, parser.parse_args(argv))
+
+
+def _main(args: argparse.Namespace) -> int:
     out = args.out or args.results / args.scale / "report.html"
-    try:
-        page = build(args.scale, args.results, args.experiments_dir, out=out)
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    page = build(args.scale, args.results, args.experiments_dir, out=out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(page), encoding="utf-8")
     for path in page.missing:

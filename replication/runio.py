@@ -1,7 +1,10 @@
-"""What a run writes: metrics.jsonl, summary.json, checkpoints, and the provenance of it all."""
+"""What a run writes: metrics.jsonl, summary.json, checkpoints, and the provenance of it all, and
+the lock that keeps a second trainer out of a run folder."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import math
 import os
@@ -10,14 +13,19 @@ import resource
 import socket
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from replication.errors import RunFolderError
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_NAME = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
+LOCK_NAME = "train.lock"
 
 
 def _clean(value: Any) -> Any:
@@ -57,9 +65,10 @@ class MetricsWriter:
             self._handle = self.path.open("w")
             return
         if not self.path.exists() or self.path.stat().st_size < truncate_to:
-            raise RuntimeError(
-                f"{self.path} is shorter than the checkpoint expects ({truncate_to} bytes): the metrics of "
-                "the interrupted run are gone; delete the run folder to start the run again"
+            state = "missing" if not self.path.exists() else f"shorter than the checkpoint expects ({truncate_to} bytes)"
+            raise RunFolderError(
+                f"{self.path} is {state}: the metrics of the steps before the checkpoint are gone; "
+                f"delete the run folder {self.path.parent} to train the run from the start"
             )
         with self.path.open("r+") as handle:
             handle.truncate(truncate_to)
@@ -81,8 +90,53 @@ class MetricsWriter:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Every record of a metrics.jsonl; a line that is not one JSON object names the file and line."""
+    records = []
     with Path(path).open() as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise RunFolderError(
+                    f"{path}, line {number}, is not a JSON record ({error.msg}): the file is damaged, or two "
+                    f"processes wrote it at once; delete the run folder {Path(path).parent} to train the run again"
+                ) from None
+            if not isinstance(record, dict) or "kind" not in record:
+                raise RunFolderError(f"{path}, line {number}, is not a metrics record (no 'kind')")
+            records.append(record)
+    return records
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object written by write_json_atomic; a damaged one names its file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunFolderError(f"{path} is not valid JSON ({error}); delete it to write it again") from None
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{path} does not hold a JSON object; delete it to write it again")
+    return data
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: data}
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> str:
+    """The keys in which two resolved configs differ, as ``key: old -> new``, dotted and sorted."""
+    a, b = _flatten(old), _flatten(new)
+    absent = "(absent)"
+    changes = [f"{key}: {a.get(key, absent)} -> {b.get(key, absent)}" for key in sorted(a.keys() | b.keys())
+               if a.get(key, absent) != b.get(key, absent)]  # fmt: skip
+    more = f" and {len(changes) - limit} more" if len(changes) > limit else ""
+    return "; ".join(changes[:limit]) + more if changes else "no key differs (only the digest)"
 
 
 def _git(*args: str) -> str | None:
@@ -133,15 +187,190 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def check_summary_config(summary: dict[str, Any], config: Any, path: Path) -> None:
+    """A RunFolderError unless the summary at path was written by a run of exactly this config (a
+    RunConfig), naming the keys in which the two differ."""
+    if summary.get("config_digest") == config.digest():
+        return
+    old = summary.get("config")
+    what = config_differences(old, config.to_dict()) if isinstance(old, dict) else "it records no config"
+    raise RunFolderError(
+        f"{path} was written by a run of another config ({what}); "
+        f"delete the run folder {path.parent} (or move it away) to train this config"
+    )
+
+
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    """Write checkpoint.pt so that a complete checkpoint exists at every moment.
+
+    The new state goes to a temporary file, flushed to disk; then the current checkpoint becomes
+    checkpoint.prev.pt (a hard link, so checkpoint.pt never disappears) and the new file replaces
+    checkpoint.pt. A crash or a full disk at any point leaves the last complete checkpoint readable,
+    and the one before it beside it.
+    """
     path = run_dir / CHECKPOINT_NAME
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
+    with tmp.open("wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if path.exists():
+        previous = run_dir / PREVIOUS_CHECKPOINT_NAME
+        link = previous.with_suffix(".pt.tmp")
+        link.unlink(missing_ok=True)
+        try:
+            os.link(path, link)
+        except OSError:  # a file system without hard links: the previous checkpoint is not kept
+            link = None
+        if link is not None:
+            link.replace(previous)
     tmp.replace(path)
 
 
-def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+def _read_checkpoint(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
+    """The checkpoint at path; a RunFolderError names the problem when it cannot be used."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - whatever torch.load raises on this file, it is unreadable
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunFolderError(f"cannot be read ({reason[:120]})") from None
+    if not isinstance(state, dict) or any(key not in state for key in required):
+        missing = [key for key in required if not isinstance(state, dict) or key not in state]
+        raise RunFolderError(f"is not a checkpoint of this trainer (it lacks {', '.join(missing[:4])})")
+    return state
+
+
+def load_checkpoint(run_dir: Path, required: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """checkpoint.pt of run_dir, or None when there is none.
+
+    One that cannot be read (truncated, empty, not a checkpoint) raises a RunFolderError that names
+    the file and the ways out: resume from checkpoint.prev.pt, when it is readable, or delete the
+    checkpoint and train from the start.
+    """
     path = run_dir / CHECKPOINT_NAME
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return _read_checkpoint(path, required)
+    except RunFolderError as error:
+        problem = f"{path} {error}"
+    previous = run_dir / PREVIOUS_CHECKPOINT_NAME
+    way_out = f"delete {path} to train the run from the start"
+    if previous.exists():
+        try:
+            step = _read_checkpoint(previous, required).get("next_step", "?")
+        except RunFolderError:
+            pass
+        else:
+            way_out = f"resume from the previous checkpoint (step {step}): mv {previous} {path}; or " + way_out
+    raise RunFolderError(f"{problem}.\n  Ways out: {way_out}")
+
+
+def remove_checkpoints(run_dir: Path) -> None:
+    for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held while one process trains it.
+
+    ``train.lock`` holds the holder's pid, host and start time, for the message a second trainer
+    gets. The lock itself is an ``flock`` on that file, which the operating system drops when its
+    process dies however it dies: a lock file left by a killed trainer is stale, and the next trainer
+    takes it over (``took_over`` then names the old holder). File systems without ``flock`` fall back
+    to the file's pid: a live process of that pid on this host holds the folder.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.enabled = enabled
+        self.took_over: str | None = None
+        self._handle = None
+
+    def __enter__(self) -> RunLock:
+        if self.enabled:
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def _describe(self, text: str) -> str:
+        try:
+            holder = json.loads(text)
+            return f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return "a process that left no pid"
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            handle = self.path.open("a+")
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                text = _read_holder(handle)
+                handle.close()
+                if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    self._refuse(text)
+                if _holder_alive(text):  # no flock here: trust the pid of a process on this host
+                    self._refuse(text)
+                handle = self.path.open("a+")
+            # the holder may have removed the file between our open and our lock: lock the file on disk
+            try:
+                same = os.path.samestat(os.fstat(handle.fileno()), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            handle.close()
+        handle.seek(0)
+        previous = handle.read()
+        if previous.strip():
+            self.took_over = self._describe(previous)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": now()}) + "\n")
+        handle.flush()
+        self._handle = handle
+
+    def _refuse(self, text: str) -> None:
+        raise RunFolderError(
+            f"{self.path.parent} is being trained by another process ({self._describe(text)}); "
+            "wait for it to finish, or stop it, then run this command again"
+        )
+
+    def release(self) -> None:
+        if self._handle is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still held, so no other process locks a removed file
+        self._handle.close()
+        self._handle = None
+
+
+def _read_holder(handle: Any, wait: float = 2.0) -> str:
+    """The lock file's text; a holder that has just taken the lock gets a moment to write its pid."""
+    deadline = time.monotonic() + wait
+    while True:
+        handle.seek(0)
+        text = handle.read()
+        if text.endswith("\n") or time.monotonic() > deadline:
+            return text
+        time.sleep(0.02)
+
+
+def _holder_alive(text: str) -> bool:
+    try:
+        holder = json.loads(text)
+        pid, host = int(holder["pid"]), holder["host"]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return False
+    if host != socket.gethostname():
+        return True  # cannot tell: a process on another host may hold it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from replication.errors import DataError
+
 MAGIC = 20240520
 VERSION = 1
 HEADER_INTS = 256
@@ -19,7 +21,7 @@ HEADER_BYTES = HEADER_INTS * 4
 TOKEN_DTYPE = np.dtype("<u2")
 
 
-class ShardError(ValueError):
+class ShardError(DataError, ValueError):
     """A file that is not a complete shard of this format."""
 
 

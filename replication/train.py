@@ -8,33 +8,43 @@ trains the run whose resolved config sits in RUN_DIR and writes into RUN_DIR:
   its update, the training main loss, the training MBE of every block, learning rates, time),
   "eval" (after ``step`` optimizer steps: the task's validation metrics), "alignment" (RQ1) or
   "event" (start, resume, phase_change, nonfinite_step).
-- ``summary.json``: headline metrics, phase changes, provenance; written last, so its presence
-  means the run finished. A run folder that holds one is not retrained.
-- ``checkpoint.pt`` every ``train.checkpoint_every`` steps and when the process is asked to stop
-  (SIGINT, SIGTERM). Running the same command again resumes from it and produces the same metrics
-  as an uninterrupted run (bit-identical on CPU).
+- ``summary.json``: headline metrics, phase changes, provenance, and the resolved config with its
+  digest; written last, so its presence means the run finished. A run folder that holds one is not
+  retrained; one whose summary belongs to another config is an error that names the differing keys.
+- ``checkpoint.pt`` every ``train.checkpoint_every`` steps, after the last step (before the final
+  evaluation), and when the process is asked to stop (SIGINT, SIGTERM); ``checkpoint.prev.pt`` is the
+  one before it. Running the same command again resumes from checkpoint.pt and produces the same
+  metrics as an uninterrupted run (bit-identical on CPU). Both are removed once the summary is
+  written, unless ``train.keep_checkpoint``.
+- ``train.lock`` while a process trains the folder: a second trainer of the same folder refuses, naming
+  the holder's pid; a lock left by a killed process is taken over.
+
+A stop request during training checkpoints at the end of the current step; during the final
+evaluation, whose checkpoint is already written, it stops at once. A second request stops at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from replication import cli
 from replication.alignment import gradient_alignment
 from replication.config import ConfigError, RunConfig, load_run_config
 from replication.distributed import all_reduce_gradients, all_reduce_sum, init_distributed
+from replication.errors import ReplicationError, RunFolderError
 from replication.gapt import PhaseController
 from replication.models import build_model
 from replication.objectives import METHODS, StepResult, accumulate_gradients, plan_layers
@@ -42,12 +52,18 @@ from replication.optim import Optimizers
 from replication.progress import Progress
 from replication.runio import (
     CHECKPOINT_NAME,
+    PREVIOUS_CHECKPOINT_NAME,
     MetricsWriter,
+    RunLock,
+    check_summary_config,
+    config_differences,
     load_checkpoint,
     now,
     peak_memory_bytes,
     provenance,
+    read_json,
     read_metrics,
+    remove_checkpoints,
     save_checkpoint,
     write_json_atomic,
 )
@@ -57,12 +73,18 @@ SUMMARY_NAME = "summary.json"
 METRICS_NAME = "metrics.jsonl"
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+# what a checkpoint must hold to resume a run
+CHECKPOINT_KEYS = ("config_digest", "next_step", "model", "optimizers", "controller", "task", "rng",
+                   "nonfinite_in_row", "n_nonfinite", "elapsed", "resumes", "metrics_offset")  # fmt: skip
 
 
-class TrainingInterrupted(RuntimeError):
-    pass
+class NonFiniteLossError(ReplicationError):
+    exit_code = 3
+
+
+class TrainingInterrupted(ReplicationError):
+    exit_code = 130
+    prefix = "interrupted"
 
 
 def _rng_state() -> dict[str, Any]:
@@ -87,11 +109,13 @@ def _seed_everything(seed: int) -> None:
 
 
 class _StopRequest:
-    """SIGINT/SIGTERM ask the loop to checkpoint at the end of the current step and stop."""
+    """SIGINT/SIGTERM ask the loop to checkpoint at the end of the current step and stop; inside
+    ``at_once(message)`` (work whose state is already checkpointed) they stop at once."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
+        self._at_once: str | None = None
 
     def __enter__(self) -> _StopRequest:
         import threading
@@ -105,6 +129,18 @@ class _StopRequest:
         if self.signal is not None:  # a second signal: stop at once
             raise KeyboardInterrupt
         self.signal = signum
+        if self._at_once is not None:
+            raise TrainingInterrupted(f"stopped by signal {signum} {self._at_once}")
+
+    @contextmanager
+    def at_once(self, message: str) -> Iterator[None]:
+        if self.signal is not None:
+            raise TrainingInterrupted(f"stopped by signal {self.signal} {message}")
+        self._at_once = message
+        try:
+            yield
+        finally:
+            self._at_once = None
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -128,12 +164,30 @@ def _check_config(config: RunConfig, method_name: str, world_size: int) -> None:
 def train(
     config: RunConfig, run_dir: str | Path, *, data_root: str | Path | None = None, show_progress: bool | None = None
 ) -> dict[str, Any]:
-    """Train one run into run_dir (resuming from its checkpoint if there is one); returns the summary."""
-    summary_path = Path(run_dir) / SUMMARY_NAME
-    if summary_path.exists():
-        print(f"{run_dir}: already finished ({SUMMARY_NAME} exists); not retraining", file=sys.stderr)
-        return json.loads(summary_path.read_text())
-    return Trainer(config, run_dir, data_root=data_root, show_progress=show_progress).run()
+    """Train one run into run_dir (resuming from its checkpoint if there is one); returns the summary.
+
+    The folder is locked for the whole call (by the main process of a torchrun group), so a second
+    trainer of it refuses, and one that starts after the first finished finds its summary.
+    """
+    run_dir = Path(run_dir)
+    with RunLock(run_dir, enabled=int(os.environ.get("RANK", "0")) == 0) as lock:
+        if lock.took_over:
+            print(f"{run_dir}: taking over the lock left by {lock.took_over}, which no longer holds it", file=sys.stderr)
+        summary = finished_summary(config, run_dir)
+        if summary is not None:
+            print(f"{run_dir}: already finished ({SUMMARY_NAME} exists); not retraining", file=sys.stderr)
+            return summary
+        return Trainer(config, run_dir, data_root=data_root, show_progress=show_progress).run()
+
+
+def finished_summary(config: RunConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The summary of a finished run of this config in run_dir, or None when the run has not finished."""
+    path = Path(run_dir) / SUMMARY_NAME
+    if not path.exists():
+        return None
+    summary = read_json(path)
+    check_summary_config(summary, config, path)
+    return summary
 
 
 class Trainer:
@@ -189,12 +243,14 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _restore(self) -> bool:
-        ckpt = load_checkpoint(self.run_dir)
+        ckpt = load_checkpoint(self.run_dir, required=CHECKPOINT_KEYS)
         if ckpt is None:
             return False
         if ckpt["config_digest"] != self.config.digest():
-            raise ConfigError(
-                f"{self.run_dir / CHECKPOINT_NAME} belongs to a different config than {self.run_dir}/config.yaml; "
+            old = ckpt.get("config")
+            what = config_differences(old, self.config.to_dict()) if isinstance(old, dict) else "digests differ"
+            raise RunFolderError(
+                f"{self.run_dir / CHECKPOINT_NAME} belongs to a different config ({what}); "
                 "delete the checkpoint (or the run folder) to train this config from the start"
             )
         self.model.load_state_dict(ckpt["model"])
@@ -218,6 +274,7 @@ class Trainer:
             self.run_dir,
             {
                 "config_digest": self.config.digest(),
+                "config": self.config.to_dict(),
                 "next_step": next_step,
                 "model": self.model.state_dict(),
                 "optimizers": self.optimizers.state_dict(),
@@ -234,14 +291,21 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        with self.stop:
-            return self._run()
+        try:
+            with self.stop:
+                return self._run()
+        finally:
+            self.progress.close()
+            self.writer.close()
 
     def _run(self) -> dict[str, Any]:
         tcfg = self.config.train
         t_start = time.perf_counter()
         resumed = self._restore()
         if resumed:
+            if self.ctx.is_main:
+                what = "the final evaluation" if self.start_step == tcfg.steps else f"step {self.start_step} of {tcfg.steps}"
+                print(f"{self.run_dir}: resuming from {what} (resume {self.resumes})", file=sys.stderr)
             self.writer.write({"kind": "event", "event": "resume", "step": self.start_step, "at": now()})
         else:
             self.writer.open(truncate_to=None)
@@ -258,18 +322,23 @@ class Trainer:
         for step in range(self.start_step, tcfg.steps):
             self._train_step(step, elapsed)
             done = step + 1
-            if done == tcfg.steps or (tcfg.eval_every and done % tcfg.eval_every == 0):
+            last = done == tcfg.steps
+            if not last and tcfg.eval_every and done % tcfg.eval_every == 0:
                 self._evaluate(done)
             interrupted = self.stop.signal is not None
-            if done < tcfg.steps and (interrupted or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0)):
+            # the last step is always checkpointed: an interrupted final evaluation resumes into itself
+            if last or interrupted or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
                 self._save(done, elapsed())
             if interrupted:
-                self.progress.close()
-                self.writer.close()
                 raise TrainingInterrupted(
                     f"stopped by signal {self.stop.signal} after step {done}; the checkpoint in {self.run_dir} "
                     "resumes the run when the same command runs again"
                 )
+        with self.stop.at_once(
+            f"during the final evaluation; the checkpoint in {self.run_dir} resumes into it when the same command "
+            "runs again"
+        ):
+            self._evaluate(tcfg.steps)
         self.progress.close()
         return self._finish(elapsed())
 
@@ -337,7 +406,6 @@ class Trainer:
         )
         self.progress.update(step, loss_key, result.main_loss, mbe, phase.value)
         if self.nonfinite_in_row >= tcfg.max_nonfinite_in_row:
-            self.writer.close()
             raise NonFiniteLossError(
                 f"{self.run_dir}: the main loss was non-finite in {self.nonfinite_in_row} steps in a row "
                 f"(last at step {step}); those updates were skipped and the run stops here. Lower the learning "
@@ -375,6 +443,7 @@ class Trainer:
                 "experiment": self.config.experiment,
                 "scale": self.config.scale,
                 "method": self.config.method,
+                "config_digest": self.config.digest(),
                 "seed": self.config.seed,
                 "data_seed": self.config.effective_data_seed,
                 "status": "finished",
@@ -395,39 +464,42 @@ class Trainer:
                 "peak_memory_bytes": peak_memory_bytes(self.ctx.device),
                 "finished_at": now(),
                 "provenance": provenance(self.ctx.device),
+                "config": self.config.to_dict(),
             }
             write_json_atomic(self.run_dir / SUMMARY_NAME, summary)
-            ckpt = self.run_dir / CHECKPOINT_NAME
-            if ckpt.exists() and not self.config.train.keep_checkpoint:
-                ckpt.unlink()
+            if self.config.train.keep_checkpoint:
+                (self.run_dir / PREVIOUS_CHECKPOINT_NAME).unlink(missing_ok=True)
+            else:
+                remove_checkpoints(self.run_dir)
         return summary
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m replication.train", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("replication.train", __doc__)
     parser.add_argument("config", type=Path, help="RUN_DIR/config.yaml, a resolved run config")
     parser.add_argument(
         "--data-root", type=Path, default=Path(os.environ.get("REPLICATION_DATA_ROOT", "data")),
         help="where prepared data sets live (default: $REPLICATION_DATA_ROOT or ./data)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
     args = parser.parse_args(argv)
+    return cli.run(_main, args)
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     show = {"auto": None, "bar": True, "lines": False}[args.progress]
-    try:
-        config = load_run_config(args.config)
-        train(config, args.config.parent, data_root=args.data_root, show_progress=show)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    except TrainingInterrupted as error:
-        print(f"interrupted: {error}", file=sys.stderr)
-        return 130
+    config = load_run_config(args.config)
+    train(config, args.config.parent, data_root=args.data_root, show_progress=show)
     return 0
 
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from replication.config import ConfigError, ExperimentSpec, load_experiment, resolve_run_config
+from replication import cli
+from replication.config import ConfigError, ExperimentSpec, load_experiment, load_yaml, resolve_run_config
 
 TABLE_FILES = ("summary.csv", "runs.csv", "curves.csv", "phases.csv", "alignment.csv", "table.md")
 
@@ -253,19 +254,21 @@ def check_outputs(argv: list[str] | None = None) -> int:
 
     The same KEY=VALUE overrides as snakemake's --config; exits 1 naming whatever is missing or empty.
     """
-    parser = argparse.ArgumentParser(prog="python -m replication.workflow", description=check_outputs.__doc__)
+    parser = cli.parser("replication.workflow", check_outputs.__doc__)
     parser.add_argument("configfile", type=str)
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE, as given to snakemake --config")
-    args = parser.parse_args(argv)
-    config = yaml.safe_load(open(args.configfile)) or {}
+    return cli.run(_check_outputs, parser.parse_args(argv))
+
+
+def _check_outputs(args: argparse.Namespace) -> int:
+    config = load_yaml(args.configfile)
     for item in args.overrides:
         key, _, value = item.partition("=")
         config[key] = yaml.safe_load(value) if value else value
     try:
         plan = Plan(resolve_global_config(config)).check()
     except ConfigError as error:
-        print(f"error: {args.configfile}: {error}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{args.configfile}: {error}") from None
     outputs = plan.final_outputs()
     bad = [p for p in outputs if not Path(p).is_file() or Path(p).stat().st_size == 0]
     for path in bad:

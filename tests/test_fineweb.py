@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from replication.config import ConfigError, load_experiment, resolve_run_config
+from replication.errors import DataError
 from replication.prepare import (
     DatasetOptions,
     NoSourceError,
@@ -130,7 +131,7 @@ def test_a_finished_preparation_is_not_redone_and_shards_are_never_rewritten(jso
     # ... and refuses to mix its shards with different ones
     (out / "manifest.json").unlink()
     write_shard(out / "train_000000.bin", np.arange(5))
-    with pytest.raises(RuntimeError, match="delete"):
+    with pytest.raises(DataError, match="delete"):
         prepare("toy", options(jsonl), out, progress=False)
 
 

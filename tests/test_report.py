@@ -10,7 +10,7 @@ import yaml
 from scipy import stats as scipy_stats
 
 from replication import aggregate, claims, figures, report
-from replication.config import load_experiment
+from replication.config import ExperimentSpec, load_experiment, resolve_run_config, write_run_config
 from replication.stats import (
     at_least,
     fisher_combined,
@@ -22,6 +22,8 @@ from replication.stats import (
     t_interval,
     verdict,
 )
+
+from .conftest import TINY
 
 SEEDS = [0, 1, 2, 3]
 CE = {0: 3.0, 1: 3.1, 2: 3.2, 3: 3.3}
@@ -50,7 +52,7 @@ EXPERIMENT = {
         {"kind": "by_digits", "file": "digits", "prefixes": ["final/ood/exact_match/digits_"]},
         {"kind": "by_method", "file": "phases", "metrics": ["phase_changes", "final/val/mbe"]},
     ],
-    "defaults": {},
+    "defaults": {key: TINY[key] for key in ("task", "model", "optim", "train")},
     "methods": {"ce": {}, "gapt": {}},
     "scales": {"smoke": {"seeds": SEEDS}, "cpu": {"seeds": SEEDS, "description": "a small model"}},
 }  # fmt: skip
@@ -59,6 +61,8 @@ EXPERIMENT = {
 def fake_run(folder, method, seed):
     """A run folder as the loop writes it, with metric values chosen so every verdict is known."""
     folder.mkdir(parents=True)
+    config = resolve_run_config(ExperimentSpec.model_validate(EXPERIMENT), "cpu", method, seed)
+    write_run_config(config, folder / "config.yaml")
     gapt = method == "gapt"
     ce = CE[seed] * (GAPT_CE_RATIO[seed] if gapt else 1.0)  # about -2 % on every seed
     mbe = 1.0 * ((1.10, 1.12, 1.08, 1.11)[seed] if gapt else 1.0)  # +8..12 %: the opposite of the claim
@@ -67,7 +71,8 @@ def fake_run(folder, method, seed):
     metrics = {"final/val/ce": ce, "final/val/mbe": mbe, "final/val/noisy": noisy}
     metrics.update({f"final/ood/exact_match/digits_{d}": 1.0 / d for d in (4, 5, 6)})
     summary = {"metrics": metrics, "phase_changes": phase_changes, "compress_steps": 5 if gapt else 0, "steps": 20,
-               "tokens": 640, "wall_time_s": 1.5, "world_size": 1, "provenance": {"git_commit": "abc123", "git_dirty": False}}  # fmt: skip
+               "tokens": 640, "wall_time_s": 1.5, "world_size": 1, "provenance": {"git_commit": "abc123", "git_dirty": False},
+               "config_digest": config.digest(), "config": config.to_dict()}  # fmt: skip
     (folder / "summary.json").write_text(json.dumps(summary))
     records = []
     for step in range(20):
@@ -94,6 +99,20 @@ def results(tmp_path):
     out = tmp_path / "results" / "cpu" / "demo"
     assert aggregate.main([str(config), "--scale", "cpu", "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
     return config, out
+
+
+def test_aggregation_refuses_a_summary_of_another_config(results, tmp_path, capsys):
+    """A run folder whose config.yaml changed after its summary was written (say, a method edited by
+    hand) is not aggregated: the error names the folder and the keys that differ."""
+    config, out = results
+    folder = tmp_path / "runs" / "demo" / "cpu" / "gapt" / "seed2"
+    run_config = folder / "config.yaml"
+    run_config.write_text(run_config.read_text().replace("\n  steps: 30\n", "\n  steps: 8\n"))
+    argv = [str(config), "--scale", "cpu", "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    assert aggregate.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{folder}/summary.json was written by a run of another config (train.steps: 30 -> 8)" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_t_interval_matches_scipy():

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from replication.config import ConfigError, write_run_config
+from replication.errors import RunFolderError
 from replication.gapt import Phase
 from replication.objectives import METHODS, default_layers, micro_batch_kind, plan_layers
 from replication.runio import read_metrics
@@ -141,7 +142,7 @@ def test_checkpoint_of_another_config_is_refused(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config("ce", train={"checkpoint_every": 2}), tmp_path, show_progress=False)
     monkeypatch.setattr(loop, "accumulate_gradients", real)
-    with pytest.raises(ConfigError, match="belongs to a different config"):
+    with pytest.raises(RunFolderError, match=r"belongs to a different config \(train.checkpoint_every: 2 -> 3\)"):
         train(tiny_config("ce", train={"checkpoint_every": 3}), tmp_path, show_progress=False)
 
 

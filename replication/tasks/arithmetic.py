@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import field_validator, model_validator
+from pydantic import PositiveInt, field_validator, model_validator
 from torch import Tensor
 
 from replication.arithmetic_data import (
@@ -50,7 +50,7 @@ from replication.arithmetic_data import (
     sample_operands,
     sample_square,
 )
-from replication.config import TaskConfig
+from replication.config import ConfigError, NonNegativeFloat, TaskConfig
 from replication.distributed import all_reduce_sum
 from replication.evaluation import mbe_kwargs
 from replication.mbe import layer_mbe
@@ -65,14 +65,18 @@ class Config(TaskConfig):
     name: Literal["arithmetic"] = "arithmetic"
     train_digits: tuple[int, int] = (1, 3)  # operand digits of train and of both ID validation splits
     ood_digits: tuple[int, int] = (4, 6)  # operand digits of OOD validation and the OOD control split
-    train_examples: int = 10_000_000
-    val_examples: int = 10_000  # each of held-out ID, seen ID, OOD validation and OOD control
-    seq_len: int = 32768  # tokens per row, training and validation
-    micro_batch_size: int = 1  # rows per micro-batch
-    eval_batch_rows: int = 1  # validation rows per forward pass
-    exact_match_per_digits: int = 1000  # greedily decoded d x d prompts per digit count d (ID: held out)
-    decode_batch: int = 1000  # prompts per forward pass of greedy decoding
-    early_stop_tolerance: float = 0.01  # stop when control CE exceeds its running minimum by this fraction
+    train_examples: PositiveInt = 10_000_000
+    val_examples: PositiveInt = 10_000  # each of held-out ID, seen ID, OOD validation and OOD control
+    seq_len: PositiveInt = 32768  # tokens per row, training and validation
+    micro_batch_size: PositiveInt = 1  # rows per micro-batch
+    eval_batch_rows: PositiveInt = 1  # validation rows per forward pass
+    # greedily decoded d x d prompts per digit count d (ID: held out)
+    exact_match_per_digits: PositiveInt = 1000
+    decode_batch: PositiveInt = 1000  # prompts per forward pass of greedy decoding
+    # stop when control CE exceeds its running minimum by this fraction
+    early_stop_tolerance: NonNegativeFloat = 0.01
+
+    mbe_sequence_key: ClassVar[str] = "seq_len"
 
     @field_validator("train_digits", "ood_digits")
     @classmethod
@@ -117,7 +121,7 @@ class Task(LanguageTask):
         cfg: Config = config.task
         vocab = getattr(config.model, "vocab_size", None)
         if vocab is not None and vocab < VOCAB_SIZE:
-            raise ValueError(f"the arithmetic task needs a vocabulary of at least {VOCAB_SIZE}, the model has {vocab}")
+            raise ConfigError(f"the arithmetic task needs a vocabulary of at least {VOCAB_SIZE}; model.vocab_size is {vocab}")
         self.cfg = cfg
         self.grad_accum = config.train.grad_accum
         seed = config.effective_data_seed
@@ -163,7 +167,7 @@ class Task(LanguageTask):
         starts = offsets[index[index < len(offsets)]]
         starts = np.unique(starts[starts + span <= len(self.stream)])
         if len(starts) == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.cfg.train_examples} training examples make a stream of {len(self.stream)} tokens, "
                 f"too short for one row of {span}: raise task.train_examples"
             )

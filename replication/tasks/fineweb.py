@@ -26,11 +26,11 @@ from __future__ import annotations
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from replication.config import ConfigError, TaskConfig
 from replication.evaluation import evaluate_lm
@@ -49,7 +49,15 @@ class Config(TaskConfig):
     micro_batch_size: int = Field(default=1, gt=0)  # rows per micro-batch on each process
     val_tokens: int = Field(default=10_485_760, gt=0)  # predicted validation tokens; a multiple of seq_len
     # time constant, in optimizer steps, of the smoothing of the RQ1 sign counts (replication.rq1)
-    rq1_time_constant: float = Field(default=DEFAULT_TIME_CONSTANT, gt=0)
+    rq1_time_constant: float = Field(default=DEFAULT_TIME_CONSTANT, gt=0, allow_inf_nan=False)
+
+    mbe_sequence_key: ClassVar[str] = "seq_len"
+
+    @model_validator(mode="after")
+    def _whole_validation_windows(self) -> Config:
+        if self.val_tokens % self.seq_len:
+            raise ValueError(f"val_tokens ({self.val_tokens}) must be a multiple of seq_len ({self.seq_len})")
+        return self
 
 
 class TokenStream:
@@ -85,7 +93,7 @@ class Task(LanguageTask):
         cfg: Config = config.task
         self.cfg = cfg
         folder = self.data_root / cfg.dataset
-        self.manifest = load_manifest(folder)
+        self.manifest = load_manifest(folder, experiment=config.experiment)
         tokenizer = self.manifest["tokenizer"]
         self.separator = int(tokenizer["separator"])
         model_vocab = getattr(config.model, "vocab_size", None)

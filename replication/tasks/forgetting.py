@@ -22,15 +22,22 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import Tensor
 
-from replication.config import ConfigError, MLPModelConfig, StrictModel, TaskConfig
+from replication.config import (
+    ConfigError,
+    MLPModelConfig,
+    NonNegativeFloat,
+    PositiveFloat,
+    StrictModel,
+    TaskConfig,
+)
 from replication.evaluation import mbe_kwargs
 from replication.mbe import patch_mbe
 from replication.models import ReplicationModel, build_model
@@ -60,21 +67,25 @@ class Stage(StrictModel):
 
 class Config(TaskConfig):
     name: Literal["forgetting"] = "forgetting"
-    input_std: float = 0.25
-    train_per_group: int = 500
-    val_per_group: int = 100
-    micro_batch_size: int = 16  # examples; half from each group in a mix stage
+    input_std: PositiveFloat = 0.25
+    train_per_group: PositiveInt = 500
+    val_per_group: PositiveInt = 100  # at least objective.patch_size (checked by the Task)
+    micro_batch_size: PositiveInt = 16  # examples; half from each group in a mix stage
     # "grouped": a micro-batch holds one group's samples, then the other's, so with 8 per group an
     # MBE patch never mixes the groups (the author's batches were built this way); "shuffled" mixes.
     order: Literal["grouped", "shuffled"] = "grouped"
-    shift_rank: int = 3
-    shift_scale: tuple[float, float] = (0.5, 5.0)  # U(lo, hi) times the tensor's norm
-    shift_magnitude: float = 1.0
-    specialization_threshold: float = 0.5  # |selectivity| above this: a specialized unit
+    shift_rank: PositiveInt = 3
+    shift_scale: tuple[PositiveFloat, PositiveFloat] = (0.5, 5.0)  # U(lo, hi) times the tensor's norm
+    shift_magnitude: NonNegativeFloat = 1.0
+    # |selectivity| (in [-1, 1]) above this: a specialized unit
+    specialization_threshold: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.5
     stages: list[Stage] = [
         Stage(name="mix", steps=1000, groups=["a", "b"]),
         Stage(name="finetune", steps=1000, groups=["a"]),
     ]
+
+    # the hidden layer of a micro-batch's samples is the one sequence that MBE patches are cut from
+    mbe_sequence_key: ClassVar[str] = "micro_batch_size"
 
     @model_validator(mode="after")
     def _stages_fit(self) -> Config:
@@ -88,6 +99,12 @@ class Config(TaskConfig):
                 raise ValueError(
                     f"micro_batch_size {self.micro_batch_size} does not split evenly over stage "
                     f"{stage.name!r}'s groups {stage.groups}"
+                )
+            share = self.micro_batch_size // len(stage.groups)
+            if share > self.train_per_group:  # a micro-batch draws its share without replacement
+                raise ValueError(
+                    f"train_per_group ({self.train_per_group}) is below the {share} examples per group "
+                    f"of a micro-batch of stage {stage.name!r}"
                 )
         lo, hi = self.shift_scale
         if not 0 < lo <= hi:

@@ -7,23 +7,26 @@ benchmarks and smoke runs. Token 0 separates documents.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field, PositiveInt
 
-from replication.config import TaskConfig
+from replication.config import ConfigError, TaskConfig
 from replication.tasks.base import derive_seed
 from replication.tasks.lm import LanguageTask, shard, windows_to_batch
 
 
 class Config(TaskConfig):
     name: Literal["synthetic"] = "synthetic"
-    vocab_size: int = 32
-    seq_len: int = 64
-    micro_batch_size: int = 8
-    branching: int = 3
-    mean_doc_length: int = 24
-    val_batches: int = 4
+    vocab_size: int = Field(default=32, ge=2)  # token 0 separates documents; successors are 1 .. V-1
+    seq_len: PositiveInt = 64
+    micro_batch_size: PositiveInt = 8
+    branching: PositiveInt = 3
+    mean_doc_length: PositiveInt = 24
+    val_batches: PositiveInt = 4
+
+    mbe_sequence_key: ClassVar[str] = "seq_len"
 
 
 class Task(LanguageTask):
@@ -33,7 +36,7 @@ class Task(LanguageTask):
         super().__init__(config, device, rank, world_size, data_root)
         cfg: Config = config.task
         if cfg.vocab_size > getattr(config.model, "vocab_size", cfg.vocab_size):
-            raise ValueError(f"task vocabulary {cfg.vocab_size} exceeds the model's {config.model.vocab_size}")
+            raise ConfigError(f"task.vocab_size {cfg.vocab_size} exceeds model.vocab_size {config.model.vocab_size}")
         self.cfg = cfg
         table_rng = torch.Generator().manual_seed(config.effective_data_seed)
         # successors of every token, never the separator (documents end by the reset below)

@@ -1,0 +1,27 @@
+"""The errors a user can act on: each carries a message that names the problem and the way out.
+
+A command-line module turns any of them into one ``error: ...`` line and its exit code, with no
+traceback (``replication.cli``). Anything else that escapes a command is a bug, reported as such.
+"""
+
+from __future__ import annotations
+
+
+class ReplicationError(Exception):
+    """A problem with the input or the state on disk, not with the code. Exit code 2."""
+
+    exit_code = 2
+    prefix = "error"
+
+
+class ConfigError(ReplicationError, ValueError):
+    """A configuration that cannot be used, with a message that names the offending key."""
+
+
+class RunFolderError(ReplicationError):
+    """A run folder in a state training cannot continue from: held by another process, a damaged
+    checkpoint or metrics file, or a summary of another config."""
+
+
+class DataError(ReplicationError):
+    """Input data that is missing, damaged or not what its config names."""
