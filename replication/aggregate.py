@@ -67,7 +67,9 @@ def collect(spec: ExperimentSpec, scale: str, runs: Path, methods: list[str], se
             config_path = folder / "config.yaml"
             if not config_path.is_file():
                 raise RunFolderError(f"{config_path} is missing: {path} cannot be matched to its config")
-            check_summary_config(summary, load_run_config(config_path), path)
+            warning = check_summary_config(summary, load_run_config(config_path), path)
+            if warning:
+                print(warning, file=sys.stderr)
             key = {"method": method, "seed": seed}
             for metric, value in summary["metrics"].items():
                 if _is_number(value):

@@ -1,9 +1,11 @@
 """What every ``python -m replication.<command>`` shares: short errors, and the traceback on request.
 
-A ``ReplicationError`` (bad config, damaged run folder, missing data) is one ``error: ...`` line and
-its exit code (2 unless the error names another), and so is an ``OSError`` (no space, no permission:
-its message names the path). Anything else is a bug: two lines, exit code 1.
-``--debug`` or ``REPLICATION_DEBUG=1`` lets every exception through with its traceback.
+A ``ReplicationError`` (bad config, damaged run folder, missing data) prints its message after
+``error:`` (one line, or one per problem for a config with several) and exits with its code: 2 unless
+the error names another (3: non-finite losses, 130: interrupted). An ``OSError`` (no space, no
+permission) is the file system's one-line answer, code 2; running out of device memory says what to
+lower, code 2. Anything else is a bug: two lines, code 1. ``--debug`` or ``REPLICATION_DEBUG=1`` adds
+the traceback and keeps the exit code.
 """
 
 from __future__ import annotations
@@ -11,11 +13,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Callable
 
 from replication.errors import ReplicationError
 
 DEBUG_ENV = "REPLICATION_DEBUG"
+OUT_OF_MEMORY = (
+    "out of memory on the device: lower task.micro_batch_size (raising train.grad_accum keeps the tokens "
+    "per step) or task.seq_len"
+)
 
 
 def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
@@ -29,22 +36,37 @@ def debugging(args: argparse.Namespace | None = None) -> bool:
     return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def run(body: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
     """Calls body(args) and turns what it raises into a message and an exit code."""
-    if debugging(args):
-        return body(args) or 0
+    debug = debugging(args)
     try:
         return body(args) or 0
-    except ReplicationError as error:
-        print(f"{error.prefix}: {error}", file=sys.stderr)
-        return error.exit_code
-    except OSError as error:  # the file system's answer (no space, no permission) names the path
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:  # noqa: BLE001 - a bug: say so in two lines, the traceback on request
-        print(f"error: unexpected {type(error).__name__}: {error}", file=sys.stderr)
-        print(f"  this is a bug; rerun with --debug (or {DEBUG_ENV}=1) for the traceback", file=sys.stderr)
-        return 1
+    except BaseException as error:  # noqa: BLE001 - every exit of a command goes through here
+        if isinstance(error, SystemExit):
+            raise
+        message, code = _describe(error, debug)
+        if debug:
+            traceback.print_exception(error)
+        print(message, file=sys.stderr)
+        return code
+
+
+def _describe(error: BaseException, debug: bool) -> tuple[str, int]:
+    """The message and exit code of what a command raised."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted", 130
+    if isinstance(error, ReplicationError):
+        return f"{error.prefix}: {error}", error.exit_code
+    if isinstance(error, OSError):
+        return f"error: {error}", 2
+    if type(error).__name__ == "OutOfMemoryError":  # torch's, without importing torch here
+        return f"error: {OUT_OF_MEMORY}", 2
+    message = f"error: unexpected {type(error).__name__}: {_first_line(error)}"
+    if not debug:
+        message += f"\n  this is a bug; rerun with --debug (or {DEBUG_ENV}=1) for the traceback"
+    return message, 1

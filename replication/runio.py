@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from replication.config import ConfigError, RunConfig, validate_run_config
 from replication.errors import RunFolderError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -40,9 +41,13 @@ def _clean(value: Any) -> Any:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write to a temporary file and rename, so a reader never sees half a file."""
+    """Write to a temporary file, flushed to disk, and rename: a reader never sees half a file, and a
+    crash of the machine leaves the old file or the new one."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=2, sort_keys=False) + "\n")
+    with tmp.open("w") as handle:
+        handle.write(json.dumps(_clean(data), indent=2, sort_keys=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
     tmp.replace(path)
 
 
@@ -68,7 +73,7 @@ class MetricsWriter:
             state = "missing" if not self.path.exists() else f"shorter than the checkpoint expects ({truncate_to} bytes)"
             raise RunFolderError(
                 f"{self.path} is {state}: the metrics of the steps before the checkpoint are gone; "
-                f"delete the run folder {self.path.parent} to train the run from the start"
+                + restart_hint(self.path.parent)
             )
         with self.path.open("r+") as handle:
             handle.truncate(truncate_to)
@@ -79,6 +84,12 @@ class MetricsWriter:
             return
         self._handle.write(json.dumps(_clean(record)) + "\n")
         self._handle.flush()
+
+    def sync(self) -> None:
+        """Put every record written so far on disk (before a checkpoint that points past them)."""
+        if self._handle is not None:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
 
     def offset(self) -> int:
         return self._handle.tell() if self._handle is not None else 0
@@ -101,12 +112,17 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as error:
                 raise RunFolderError(
                     f"{path}, line {number}, is not a JSON record ({error.msg}): the file is damaged, or two "
-                    f"processes wrote it at once; delete the run folder {Path(path).parent} to train the run again"
+                    f"processes wrote it at once; {restart_hint(Path(path).parent)}"
                 ) from None
             if not isinstance(record, dict) or "kind" not in record:
                 raise RunFolderError(f"{path}, line {number}, is not a metrics record (no 'kind')")
             records.append(record)
     return records
+
+
+def restart_hint(run_dir: Path) -> str:
+    """The way out of a run folder that cannot be continued: its config stays, the rest goes."""
+    return f"to train the run from the start, delete everything in {run_dir} but config.yaml"
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -187,16 +203,39 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def check_summary_config(summary: dict[str, Any], config: Any, path: Path) -> None:
-    """A RunFolderError unless the summary at path was written by a run of exactly this config (a
-    RunConfig), naming the keys in which the two differ."""
-    if summary.get("config_digest") == config.digest():
-        return
-    old = summary.get("config")
-    what = config_differences(old, config.to_dict()) if isinstance(old, dict) else "it records no config"
+def config_mismatch(record: dict[str, Any], config: RunConfig) -> str | None:
+    """None when a summary's or checkpoint's ``config_digest``/``config`` record this run config;
+    otherwise the keys in which the two differ.
+
+    A recorded config is validated again before it is compared, so a field added to the code since
+    (absent from the record, at its default now) is no difference; its digest is then recomputed.
+    """
+    if record.get("config_digest") == config.digest():
+        return None
+    old = record.get("config")
+    if not isinstance(old, dict):
+        return "the recorded config digest differs, and no config is recorded"
+    try:
+        revalidated = validate_run_config(old)
+    except ConfigError:
+        return config_differences(old, config.to_dict())  # it no longer validates: compare it as written
+    if revalidated.digest() == config.digest():
+        return None
+    return config_differences(revalidated.to_dict(), config.to_dict())
+
+
+def check_summary_config(summary: dict[str, Any], config: RunConfig, path: Path) -> str | None:
+    """A RunFolderError naming the keys that differ unless the summary at path was written by a run
+    of this config. A summary from before summaries recorded their config cannot be checked: the
+    returned warning says so (None otherwise)."""
+    if "config" not in summary and "config_digest" not in summary:
+        return f"warning: {path} records no config (written by an older version); it is not checked"
+    what = config_mismatch(summary, config)
+    if what is None:
+        return None
     raise RunFolderError(
-        f"{path} was written by a run of another config ({what}); "
-        f"delete the run folder {path.parent} (or move it away) to train this config"
+        f"{path} was written by a run of another config ({what}); delete {path.name} and any "
+        f"checkpoint*.pt in {path.parent} to train this config there (metrics.jsonl is then rewritten)"
     )
 
 
@@ -210,10 +249,14 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     """
     path = run_dir / CHECKPOINT_NAME
     tmp = path.with_suffix(".pt.tmp")
-    with tmp.open("wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with tmp.open("wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # half a checkpoint is no use, and may be large
+        raise
     if path.exists():
         previous = run_dir / PREVIOUS_CHECKPOINT_NAME
         link = previous.with_suffix(".pt.tmp")
@@ -231,7 +274,9 @@ def _read_checkpoint(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
     """The checkpoint at path; a RunFolderError names the problem when it cannot be used."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - whatever torch.load raises on this file, it is unreadable
+    except (OSError, MemoryError):
+        raise  # the machine's answer (no permission, an I/O error, no memory), not a damaged file
+    except Exception as error:  # noqa: BLE001 - whatever else torch.load raises on this file, it is unreadable
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RunFolderError(f"cannot be read ({reason[:120]})") from None
     if not isinstance(state, dict) or any(key not in state for key in required):
@@ -267,8 +312,10 @@ def load_checkpoint(run_dir: Path, required: tuple[str, ...] = ()) -> dict[str, 
 
 
 def remove_checkpoints(run_dir: Path) -> None:
+    """Every checkpoint of run_dir, with any temporary file a killed save left behind."""
     for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME):
-        (run_dir / name).unlink(missing_ok=True)
+        for path in (run_dir / name, (run_dir / name).with_suffix(".pt.tmp")):
+            path.unlink(missing_ok=True)
 
 
 class RunLock:
@@ -277,14 +324,15 @@ class RunLock:
     ``train.lock`` holds the holder's pid, host and start time, for the message a second trainer
     gets. The lock itself is an ``flock`` on that file, which the operating system drops when its
     process dies however it dies: a lock file left by a killed trainer is stale, and the next trainer
-    takes it over (``took_over`` then names the old holder). File systems without ``flock`` fall back
-    to the file's pid: a live process of that pid on this host holds the folder.
+    takes it over (``took_over`` then names the old holder). On a file system without ``flock``
+    (``warning`` says so) the folder is not locked.
     """
 
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.path = Path(run_dir) / LOCK_NAME
         self.enabled = enabled
         self.took_over: str | None = None
+        self.warning: str | None = None
         self._handle = None
 
     def __enter__(self) -> RunLock:
@@ -295,7 +343,8 @@ class RunLock:
     def __exit__(self, *exc: Any) -> None:
         self.release()
 
-    def _describe(self, text: str) -> str:
+    @staticmethod
+    def _describe(text: str) -> str:
         try:
             holder = json.loads(text)
             return f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
@@ -309,19 +358,18 @@ class RunLock:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
+                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    handle.close()
+                    self.warning = f"{self.path.parent}: the file system cannot lock files ({error.strerror}); " \
+                                   "nothing stops a second trainer of this folder"  # fmt: skip
+                    return
                 text = _read_holder(handle)
                 handle.close()
-                if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    self._refuse(text)
-                if _holder_alive(text):  # no flock here: trust the pid of a process on this host
-                    self._refuse(text)
-                handle = self.path.open("a+")
-            # the holder may have removed the file between our open and our lock: lock the file on disk
-            try:
-                same = os.path.samestat(os.fstat(handle.fileno()), os.stat(self.path))
-            except FileNotFoundError:
-                same = False
-            if same:
+                raise RunFolderError(
+                    f"{self.path.parent} is being trained by another process ({self._describe(text)}); "
+                    "wait for it to finish, or stop it, then run this command again"
+                ) from None
+            if _same_file(handle, self.path):  # not a file its holder removed between our open and lock
                 break
             handle.close()
         handle.seek(0)
@@ -334,18 +382,20 @@ class RunLock:
         handle.flush()
         self._handle = handle
 
-    def _refuse(self, text: str) -> None:
-        raise RunFolderError(
-            f"{self.path.parent} is being trained by another process ({self._describe(text)}); "
-            "wait for it to finish, or stop it, then run this command again"
-        )
-
     def release(self) -> None:
         if self._handle is None:
             return
-        self.path.unlink(missing_ok=True)  # while still held, so no other process locks a removed file
+        if _same_file(self._handle, self.path):  # removed while still held: no other process locks it then
+            self.path.unlink(missing_ok=True)
         self._handle.close()
         self._handle = None
+
+
+def _same_file(handle: Any, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _read_holder(handle: Any, wait: float = 2.0) -> str:
@@ -357,20 +407,3 @@ def _read_holder(handle: Any, wait: float = 2.0) -> str:
         if text.endswith("\n") or time.monotonic() > deadline:
             return text
         time.sleep(0.02)
-
-
-def _holder_alive(text: str) -> bool:
-    try:
-        holder = json.loads(text)
-        pid, host = int(holder["pid"]), holder["host"]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        return False
-    if host != socket.gethostname():
-        return True  # cannot tell: a process on another host may hold it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

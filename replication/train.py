@@ -56,7 +56,7 @@ from replication.runio import (
     MetricsWriter,
     RunLock,
     check_summary_config,
-    config_differences,
+    config_mismatch,
     load_checkpoint,
     now,
     peak_memory_bytes,
@@ -173,6 +173,8 @@ def train(
     with RunLock(run_dir, enabled=int(os.environ.get("RANK", "0")) == 0) as lock:
         if lock.took_over:
             print(f"{run_dir}: taking over the lock left by {lock.took_over}, which no longer holds it", file=sys.stderr)
+        if lock.warning:
+            print(f"warning: {lock.warning}", file=sys.stderr)
         summary = finished_summary(config, run_dir)
         if summary is not None:
             print(f"{run_dir}: already finished ({SUMMARY_NAME} exists); not retraining", file=sys.stderr)
@@ -186,7 +188,9 @@ def finished_summary(config: RunConfig, run_dir: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     summary = read_json(path)
-    check_summary_config(summary, config, path)
+    warning = check_summary_config(summary, config, path)
+    if warning:
+        print(warning, file=sys.stderr)
     return summary
 
 
@@ -246,12 +250,11 @@ class Trainer:
         ckpt = load_checkpoint(self.run_dir, required=CHECKPOINT_KEYS)
         if ckpt is None:
             return False
-        if ckpt["config_digest"] != self.config.digest():
-            old = ckpt.get("config")
-            what = config_differences(old, self.config.to_dict()) if isinstance(old, dict) else "digests differ"
+        what = config_mismatch(ckpt, self.config)
+        if what is not None:
             raise RunFolderError(
                 f"{self.run_dir / CHECKPOINT_NAME} belongs to a different config ({what}); "
-                "delete the checkpoint (or the run folder) to train this config from the start"
+                f"delete checkpoint*.pt in {self.run_dir} to train this config from the start"
             )
         self.model.load_state_dict(ckpt["model"])
         self.optimizers.load_state_dict(ckpt["optimizers"])
@@ -270,6 +273,7 @@ class Trainer:
     def _save(self, next_step: int, elapsed: float) -> None:
         if not self.ctx.is_main:
             return
+        self.writer.sync()  # the checkpoint's metrics offset must never point past what is on disk
         save_checkpoint(
             self.run_dir,
             {
@@ -308,6 +312,8 @@ class Trainer:
                 print(f"{self.run_dir}: resuming from {what} (resume {self.resumes})", file=sys.stderr)
             self.writer.write({"kind": "event", "event": "resume", "step": self.start_step, "at": now()})
         else:
+            if self.ctx.is_main:
+                remove_checkpoints(self.run_dir)  # a previous attempt's checkpoint.prev.pt belongs to other metrics
             self.writer.open(truncate_to=None)
             self.writer.write(
                 {"kind": "event", "event": "start", "step": 0, "at": now(), "provenance": provenance(self.ctx.device)}
@@ -475,7 +481,10 @@ class Trainer:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value

@@ -131,21 +131,31 @@ def _python(*args, **kwargs):
     return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
-def test_two_trainers_of_one_folder_one_trains_the_other_refuses(tmp_path, whole):
-    config = write(tiny_config("gapt", train={"checkpoint_every": 4}), tmp_path)
+def test_two_trainers_of_one_folder_one_trains_the_other_refuses(tmp_path):
+    """The second trainer starts while the first trains (its final evaluation is made long)."""
+    config = write(tiny_config("ce", train={"steps": 6, "eval_every": 0}, task={"val_batches": 600}), tmp_path)
     command = ["-m", "replication.train", str(config), "--threads", "1", "--progress", "lines"]
-    first, second = _python(*command), _python(*command)
-    results = {proc.pid: (proc.wait(timeout=120), proc.stderr.read().decode()) for proc in (first, second)}
-    codes = sorted(code for code, _ in results.values())
-    assert codes == [0, 2], results
-    (loser, (_, err)), = [(pid, r) for pid, r in results.items() if r[0] == 2]
-    winner = next(pid for pid in results if pid != loser)
-    lines = error_lines(err)
-    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path} is being trained by another process (pid {winner} on ")
-    assert lines[0].endswith("wait for it to finish, or stop it, then run this command again")
-    # the folder is whole: the winner's run equals the uninterrupted one, and no lock is left behind
-    assert comparable(read_metrics(tmp_path / "metrics.jsonl")) == comparable(whole)
+    first = _python(*command)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (tmp_path / CHECKPOINT_NAME).exists():  # it is in its final evaluation
+        time.sleep(0.02)
+    second = _python(*command)
+    code, err = second.wait(timeout=120), second.stderr.read().decode()
+    assert first.poll() is None, "the first trainer finished before the second started: make its evaluation longer"
+    assert code == 2, err
+    (line,) = error_lines(err)
+    assert line.startswith(f"error: {tmp_path} is being trained by another process (pid {first.pid} on ")
+    assert line.endswith("wait for it to finish, or stop it, then run this command again")
+    assert first.wait(timeout=120) == 0, first.stderr.read().decode()
+    # the folder is whole: one start, each step once, a summary, and no lock left behind
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(6))
+    assert [r.get("event") for r in records if r["kind"] == "event"] == ["start"]
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
     assert not (tmp_path / LOCK_NAME).exists()
+    # a third, after the first finished, finds the summary
+    third = _python(*command)
+    assert third.wait(timeout=120) == 0 and b"already finished" in third.stderr.read()
 
 
 def test_a_lock_left_by_a_killed_trainer_is_taken_over(tmp_path, capsys, whole):
@@ -162,6 +172,20 @@ def test_a_lock_left_by_a_killed_trainer_is_taken_over(tmp_path, capsys, whole):
     assert code == 0, err
     assert f"{tmp_path}: taking over the lock left by pid {holder.pid} on " in err
     assert comparable(read_metrics(tmp_path / "metrics.jsonl")) == comparable(whole)
+
+
+def test_a_file_system_without_locks_gets_a_warning_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    code, err = run_main([write(tiny_config("ce", train={"steps": 2}), tmp_path)], capsys)
+    assert code == 0
+    assert f"warning: {tmp_path}: the file system cannot lock files (No locks available); nothing stops a second trainer" in err
 
 
 def test_a_lock_is_released_when_the_run_fails(tmp_path, monkeypatch):
@@ -198,8 +222,37 @@ DAMAGE = {
     "truncated": lambda data: data[: len(data) // 2],
     "empty": lambda data: b"",
     "garbage": lambda data: b"\x80\x04not a checkpoint at all" * 100,
-    "another pickle": lambda data: __import__("pickle").dumps({"model": 1}),
+    "another file": lambda data: __import__("pickle").dumps({"model": 1}),
 }
+
+
+def test_a_checkpoint_of_something_else_is_named_as_such(two_checkpoints, capsys):
+    import torch
+
+    checkpoint = two_checkpoints.parent / CHECKPOINT_NAME
+    torch.save({"model": {}, "next_step": 3}, checkpoint)
+    code, err = run_main([two_checkpoints], capsys)
+    assert code == 2
+    assert error_lines(err)[0] == (
+        f"error: {checkpoint} is not a checkpoint of this trainer (it lacks config_digest, optimizers, controller, task)."
+    )
+
+
+def test_a_fresh_start_drops_the_checkpoint_of_an_earlier_attempt(tmp_path, monkeypatch):
+    """checkpoint.prev.pt left by an earlier attempt points into other metrics: a fresh start removes
+    it, so it is never offered as a way out."""
+    (tmp_path / PREVIOUS_CHECKPOINT_NAME).write_bytes(b"an earlier attempt's checkpoint")
+    real = loop.accumulate_gradients
+
+    def dies_at_step_6(*args, **kwargs):
+        if kwargs["step"] == 6:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "accumulate_gradients", dies_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(tiny_config("gapt", train={"checkpoint_every": 4}), tmp_path, show_progress=False)
+    assert (tmp_path / CHECKPOINT_NAME).exists() and not (tmp_path / PREVIOUS_CHECKPOINT_NAME).exists()
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
@@ -265,7 +318,7 @@ def test_a_checkpoint_without_its_metrics_is_a_short_error(two_checkpoints, caps
     assert code == 2
     (line,) = error_lines(err)
     assert line.startswith(f"error: {metrics} is {'missing' if state == 'missing' else 'shorter than the checkpoint'}")
-    assert line.endswith(f"delete the run folder {metrics.parent} to train the run from the start")
+    assert line.endswith(f"to train the run from the start, delete everything in {metrics.parent} but config.yaml")
 
 
 def test_a_damaged_metrics_line_names_the_file_and_line(tmp_path, capsys):
@@ -289,13 +342,48 @@ def test_a_finished_folder_refuses_a_changed_config(tmp_path, capsys):
     assert code == 2
     assert error_lines(err) == [
         f"error: {tmp_path}/summary.json was written by a run of another config (method: ce -> ce_mbe; "
-        f"train.steps: 4 -> 8); delete the run folder {tmp_path} (or move it away) to train this config"
+        f"train.steps: 4 -> 8); delete summary.json and any checkpoint*.pt in {tmp_path} to train this config "
+        "there (metrics.jsonl is then rewritten)"
     ]
     assert (tmp_path / "summary.json").read_text() == summary  # nothing was overwritten
     # the same config again: the finished run is handed back, not retrained
     write(tiny_config("ce", train={"steps": 4, "eval_every": 2}), tmp_path)
     code, err = run_main([config], capsys)
     assert code == 0 and "already finished" in err
+    # the way out the message names works
+    (tmp_path / "summary.json").unlink()
+    write(tiny_config("ce_mbe", train={"steps": 8, "eval_every": 2}), tmp_path)
+    assert run_main([config], capsys)[0] == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["method"] == "ce_mbe"
+
+
+def test_a_summary_is_compared_by_meaning_not_by_bytes(tmp_path, capsys):
+    """A key the summary's config lacks (a field added to the code since) that the run config holds
+    at its default is no difference; a summary from before summaries recorded their config is handed
+    back with a warning."""
+    config = write(tiny_config("ce", train={"steps": 4, "eval_every": 2}), tmp_path)
+    assert run_main([config], capsys)[0] == 0
+    path = tmp_path / "summary.json"
+    summary = json.loads(path.read_text())
+    del summary["config"]["train"]["keep_checkpoint"]  # a field at its default
+    summary["config_digest"] = "0" * 16
+    path.write_text(json.dumps(summary))
+    code, err = run_main([config], capsys)
+    assert code == 0 and "already finished" in err
+    del summary["config"], summary["config_digest"]
+    path.write_text(json.dumps(summary))
+    code, err = run_main([config], capsys)
+    assert code == 0 and f"warning: {path} records no config (written by an older version); it is not checked" in err
+
+
+def test_a_damaged_summary_names_the_file(tmp_path, capsys):
+    config = write(tiny_config("ce", train={"steps": 4, "eval_every": 2}), tmp_path)
+    assert run_main([config], capsys)[0] == 0
+    (tmp_path / "summary.json").write_text('{"metrics": {"final/')
+    code, err = run_main([config], capsys)
+    assert code == 2
+    (line,) = error_lines(err)
+    assert line.startswith(f"error: {tmp_path}/summary.json is not valid JSON (") and line.endswith("delete it to write it again")
 
 
 # -- nonsense values and wrong inputs ------------------------------------------------------------
@@ -380,12 +468,38 @@ def test_a_bug_is_two_lines_and_the_traceback_comes_on_request(tmp_path, monkeyp
         "error: unexpected KeyError: 'no such key'",
         "  this is a bug; rerun with --debug (or REPLICATION_DEBUG=1) for the traceback",
     ]
-    (tmp_path / "metrics.jsonl").unlink()
-    with pytest.raises(KeyError):
-        loop.main([str(config), "--debug"])
-    monkeypatch.setenv("REPLICATION_DEBUG", "1")
-    with pytest.raises(KeyError):
-        loop.main([str(config)])
+    for argv, env in (([str(config), "--debug"], None), ([str(config)], "1")):
+        if env:
+            monkeypatch.setenv("REPLICATION_DEBUG", env)
+        assert loop.main(argv) == 1  # the same exit code, with the traceback
+        err = capsys.readouterr().err
+        assert "Traceback (most recent call last)" in err and err.strip().endswith("error: unexpected KeyError: 'no such key'")
+
+
+def test_out_of_device_memory_says_what_to_lower(tmp_path, monkeypatch, capsys):
+    import torch
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore lines")
+
+    monkeypatch.setattr(loop, "accumulate_gradients", out_of_memory)
+    code, err = run_main([write(tiny_config("ce"), tmp_path)], capsys)
+    assert code == 2
+    (line,) = error_lines(err)
+    assert line.startswith("error: out of memory on the device: lower task.micro_batch_size")
+
+
+def test_a_yaml_typo_and_a_wrong_option_are_one_line(tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text("seed: 0\ntrain: {steps: 4\nmodel: x\n")
+    code, err = run_main([path], capsys)
+    assert code == 2
+    (line,) = error_lines(err)
+    assert line.startswith(f"error: {path} is not valid YAML at line 3, column 6")
+    with pytest.raises(SystemExit) as exit_info:
+        loop.main([str(path), "--threads", "two"])
+    assert exit_info.value.code == 2
+    assert "argument --threads: must be a whole number, got 'two'" in capsys.readouterr().err
 
 
 def test_a_nonfinite_run_stops_with_a_short_message(tmp_path, monkeypatch, capsys):
