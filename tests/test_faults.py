@@ -200,21 +200,26 @@ def test_a_lock_is_released_when_the_run_fails(tmp_path, monkeypatch):
 # -- damaged files -------------------------------------------------------------------------------
 
 
+def killed_at(folder, step, monkeypatch):
+    """The tiny gapt run, checkpointed every 4 steps, killed (no clean-up) when step ``step`` starts."""
+    real = loop.accumulate_gradients
+
+    def dies(*args, **kwargs):
+        if kwargs["step"] == step:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "accumulate_gradients", dies)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(tiny_config("gapt", train={"checkpoint_every": 4}), folder, show_progress=False)
+    monkeypatch.undo()
+
+
 @pytest.fixture
 def two_checkpoints(tmp_path, monkeypatch):
     """A run killed at step 10 with checkpoints every 4 steps: checkpoint.pt (8), checkpoint.prev.pt (4)."""
     config = write(tiny_config("gapt", train={"checkpoint_every": 4}), tmp_path)
-    real = loop.accumulate_gradients
-
-    def dies_at_step_10(*args, **kwargs):
-        if kwargs["step"] == 10:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "accumulate_gradients", dies_at_step_10)
-    with pytest.raises(KeyboardInterrupt):
-        loop.train(tiny_config("gapt", train={"checkpoint_every": 4}), tmp_path, show_progress=False)
-    monkeypatch.undo()
+    killed_at(tmp_path, 10, monkeypatch)
     return config
 
 
@@ -222,7 +227,7 @@ DAMAGE = {
     "truncated": lambda data: data[: len(data) // 2],
     "empty": lambda data: b"",
     "garbage": lambda data: b"\x80\x04not a checkpoint at all" * 100,
-    "another file": lambda data: __import__("pickle").dumps({"model": 1}),
+    "a plain pickle": lambda data: __import__("pickle").dumps({"model": 1}),
 }
 
 
@@ -242,16 +247,7 @@ def test_a_fresh_start_drops_the_checkpoint_of_an_earlier_attempt(tmp_path, monk
     """checkpoint.prev.pt left by an earlier attempt points into other metrics: a fresh start removes
     it, so it is never offered as a way out."""
     (tmp_path / PREVIOUS_CHECKPOINT_NAME).write_bytes(b"an earlier attempt's checkpoint")
-    real = loop.accumulate_gradients
-
-    def dies_at_step_6(*args, **kwargs):
-        if kwargs["step"] == 6:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "accumulate_gradients", dies_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        loop.train(tiny_config("gapt", train={"checkpoint_every": 4}), tmp_path, show_progress=False)
+    killed_at(tmp_path, 6, monkeypatch)
     assert (tmp_path / CHECKPOINT_NAME).exists() and not (tmp_path / PREVIOUS_CHECKPOINT_NAME).exists()
 
 
