@@ -19,8 +19,13 @@ trains the run whose resolved config sits in RUN_DIR and writes into RUN_DIR:
 - ``train.lock`` while a process trains the folder: a second trainer of the same folder refuses, naming
   the holder's pid; a lock left by a killed process is taken over.
 
-A stop request during training checkpoints at the end of the current step; during the final
-evaluation, whose checkpoint is already written, it stops at once. A second request stops at once.
+A stop request during training checkpoints at the end of the current step (under torchrun: the same
+step on every process, which agree on it in the step's all-reduce); during the final evaluation,
+whose checkpoint is already written, a single process stops at once, and a distributed run finishes
+the evaluation. A second request stops at once.
+
+``train.dtype`` is decided once (``replication.precision``) for training, evaluation and RQ1;
+``train.compile`` compiles each block (``ReplicationModel.compile_blocks``), never the whole model.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +53,7 @@ from replication.errors import ReplicationError, RunFolderError
 from replication.gapt import PhaseController
 from replication.models import build_model
 from replication.objectives import METHODS, StepResult, accumulate_gradients, plan_layers
+from replication.precision import autocast_for
 from replication.optim import Optimizers
 from replication.progress import Progress
 from replication.runio import (
@@ -70,6 +76,7 @@ from replication.runio import (
 from replication.tasks import build_task
 
 SUMMARY_NAME = "summary.json"
+COMPILE_BACKEND = "inductor"  # torch.compile's backend under train.compile (tests use "eager")
 METRICS_NAME = "metrics.jsonl"
 
 
@@ -110,12 +117,37 @@ def _seed_everything(seed: int) -> None:
 
 class _StopRequest:
     """SIGINT/SIGTERM ask the loop to checkpoint at the end of the current step and stop; inside
-    ``at_once(message)`` (work whose state is already checkpointed) they stop at once."""
+    ``at_once(message)`` (work whose state is already checkpointed) they stop at once.
 
-    def __init__(self) -> None:
+    In a distributed run each process sees its own signals, each at its own point of a step, and a
+    process that stopped alone would leave the others blocked in their next all-reduce. There the loop
+    does not act on ``signal``: ``Trainer._reduce`` adds ``pending()`` (1.0 while this process holds a
+    request) to the all-reduce every step already does and stores in ``agreed`` whether any process
+    held one, so every process stops after the same step. A request that arrives after a step's
+    all-reduce stays pending and counts at the next step's.
+
+    ``at_once`` is for a single process only. In a distributed run the final evaluation all-reduces
+    too, so a process that raised at once would leave the others blocked there until the launcher
+    (torchrun) tore the group down, and deciding together would cost a collective of its own. There a
+    stop request during the final evaluation (or after the last step's all-reduce) is not acted on:
+    every process finishes the evaluation, which is short next to training, and the run finishes. A
+    second signal still stops a process at once (``KeyboardInterrupt``), leaving the teardown of the
+    others to the launcher; the checkpoint of the last step resumes into the evaluation."""
+
+    def __init__(self, distributed: bool = False) -> None:
         self.signal: int | None = None
+        self.distributed = distributed
+        self.agreed = False  # distributed: some process held a request at the last step's all-reduce
         self._previous: dict[int, Any] = {}
         self._at_once: str | None = None
+
+    def pending(self) -> float:
+        """This process's vote in the step's all-reduce: 1.0 once it has received a stop request."""
+        return 0.0 if self.signal is None else 1.0
+
+    def reason(self) -> str:
+        """What stopped this process, for the message: its own signal, or another process's request."""
+        return f"signal {self.signal}" if self.signal is not None else "a stop request to another process"
 
     def __enter__(self) -> _StopRequest:
         import threading
@@ -134,6 +166,9 @@ class _StopRequest:
 
     @contextmanager
     def at_once(self, message: str) -> Iterator[None]:
+        if self.distributed:  # see the class docstring: every process finishes the work inside
+            yield
+            return
         if self.signal is not None:
             raise TrainingInterrupted(f"stopped by signal {self.signal} {message}")
         self._at_once = message
@@ -210,7 +245,7 @@ class Trainer:
         self.ctx = ctx = init_distributed(config.train.device)
         _check_config(config, config.method, ctx.world_size)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.stop = _StopRequest()
+        self.stop = _StopRequest(distributed=ctx.enabled)
         tcfg = config.train
         self.method = METHODS[config.method]
         device = ctx.device
@@ -223,9 +258,10 @@ class Trainer:
         self.plan = plan_layers(config.objective, self.method, self.model.n_blocks)
         self.optimizers = Optimizers(config.optim, self.model, tcfg.steps)
         self.controller = PhaseController(config.gapt) if self.method.gated else None
-        self.forward_model = torch.compile(self.model) if tcfg.compile else self.model
-        use_bf16 = tcfg.dtype == "bfloat16"
-        self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+        if tcfg.compile:  # per block: gapt's upto never reaches a compiled frame (ReplicationModel.compile_blocks)
+            self.model.compile_blocks(backend=COMPILE_BACKEND)
+        # the run's precision, decided here once for training, evaluation and RQ1
+        self.autocast = autocast_for(tcfg.dtype, device)
         # train.grad_accum counts a step's micro-batches over all processes; each runs an equal share,
         # by global index, so the data of a step does not depend on how many processes share it
         self.units_per_step = self.task.units_per_micro_batch * tcfg.grad_accum
@@ -331,13 +367,16 @@ class Trainer:
             last = done == tcfg.steps
             if not last and tcfg.eval_every and done % tcfg.eval_every == 0:
                 self._evaluate(done)
-            interrupted = self.stop.signal is not None
+            # distributed: what all processes agreed at this step's all-reduce, so all stop after it
+            interrupted = self.stop.agreed if self.ctx.enabled else self.stop.signal is not None
             # the last step is always checkpointed: an interrupted final evaluation resumes into itself
             if last or interrupted or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
                 self._save(done, elapsed())
             if interrupted:
+                if self.ctx.enabled:  # no process exits (and has the launcher stop the rest) before the save
+                    all_reduce_sum(torch.zeros(1, device=self.ctx.device)).item()
                 raise TrainingInterrupted(
-                    f"stopped by signal {self.stop.signal} after step {done}; the checkpoint in {self.run_dir} "
+                    f"stopped by {self.stop.reason()} after step {done}; the checkpoint in {self.run_dir} "
                     "resumes the run when the same command runs again"
                 )
         with self.stop.at_once(
@@ -355,14 +394,14 @@ class Trainer:
         lrs = self.optimizers.set_step(step)
         if self.config.alignment.every and step % self.config.alignment.every == 0 and self.ctx.is_main:
             record = gradient_alignment(
-                self.forward_model, self.task, step=step, layers=self.alignment_layers, window=window,
+                self.model, self.task, step=step, layers=self.alignment_layers, window=window,
                 autocast=self.autocast,
             )  # fmt: skip
             self.writer.write({"kind": "alignment", "step": step, **record})
         phase = self.phase
         t0 = time.perf_counter()
         result = accumulate_gradients(
-            self.forward_model, self.task, self.method, self.config.objective, self.plan,
+            self.model, self.task, self.method, self.config.objective, self.plan,
             step=step, phase=phase, micro_batches=self.micro_batches, window=window, autocast=self.autocast,
         )  # fmt: skip
         result = self._reduce(result)
@@ -419,21 +458,24 @@ class Trainer:
             )
 
     def _reduce(self, result: StepResult) -> StepResult:
-        """Sums and counts over every process: all ranks then feed the controller the same numbers."""
+        """Sums and counts over every process: all ranks then feed the controller the same numbers.
+        The same all-reduce counts the processes holding a stop request (``self.stop.agreed``)."""
         if not self.ctx.enabled:
             return result
         n_blocks = self.model.n_blocks
         mbe = result.mbe_sum or [0.0] * n_blocks
         packed = torch.tensor(
-            [result.main_loss_sum, result.main_loss_count, result.mbe_count, 0.0 if result.finite else 1.0, *mbe],
+            [result.main_loss_sum, result.main_loss_count, result.mbe_count, 0.0 if result.finite else 1.0,
+             self.stop.pending(), *mbe],
             dtype=torch.float64, device=self.ctx.device,
         )  # fmt: skip
         total = all_reduce_sum(packed).tolist()
-        return StepResult(total[0], int(total[1]), total[4:] if total[2] else [], int(total[2]), total[3] == 0.0)
+        self.stop.agreed = total[4] > 0.0
+        return StepResult(total[0], int(total[1]), total[5:] if total[2] else [], int(total[2]), total[3] == 0.0)
 
     def _evaluate(self, done: int) -> None:
         window = self.model.attention_window(done / self.config.train.steps)
-        metrics = self.task.evaluate(self.forward_model, step=done, window=window)
+        metrics = self.task.evaluate(self.model, step=done, window=window, autocast=self.autocast)
         record = {"kind": "eval", "step": done, "tokens": done * self.units_per_step, **metrics}
         self.writer.write(record)
         self.progress.log_eval(done, metrics)

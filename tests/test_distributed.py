@@ -2,16 +2,20 @@
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from replication.config import write_run_config
-from replication.runio import read_metrics
+from replication.runio import CHECKPOINT_NAME, load_checkpoint, read_metrics
 
 from .conftest import REPO, tiny_config
 
@@ -75,3 +79,110 @@ def test_torchrun_launches_the_same_command(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["world_size"] == 2
     assert summary["tokens"] == 6 * 2 * 4 * 32  # steps x micro-batches (1 per rank) x sequences x length
+
+
+# -- a stop request to one process ------------------------------------------------------------------
+
+STOP_CONFIG = dict(CONFIG, train={"steps": 8, "eval_every": 4, "checkpoint_every": 0})
+TIMING_KEYS = {"time", "step_time", "at", "provenance"}
+
+
+def _comparable(records):
+    kept = [r for r in records if r.get("event") != "resume"]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in kept]
+
+
+def test_a_distributed_stop_request_lets_the_final_evaluation_finish():
+    """at_once raises only in a single process: one process raising alone would leave the others
+    blocked in the evaluation's all-reduces; a distributed run finishes the evaluation instead."""
+    from replication.train import TrainingInterrupted, _StopRequest
+
+    with _StopRequest(distributed=True) as stop, stop.at_once("during the final evaluation"):
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signal == signal.SIGTERM and stop.pending() == 1.0
+    assert stop.reason() == f"signal {int(signal.SIGTERM)}"
+    with pytest.raises(TrainingInterrupted, match="stopped by signal 15 during"):
+        with _StopRequest() as alone, alone.at_once("during the final evaluation"):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert _StopRequest().reason() == "a stop request to another process"
+
+
+def _signal_after_reduce(trainer, at_step: int) -> None:
+    """SIGTERM to this process right after step at_step's all-reduce: the other process has already
+    counted this step's stop votes, so the request can only be agreed on at the next step."""
+    train_step, reduce = trainer._train_step, trainer._reduce
+    current = {}
+
+    def step_hook(step, elapsed):
+        current["step"] = step
+        return train_step(step, elapsed)
+
+    def reduce_hook(result):
+        reduced = reduce(result)
+        if current["step"] == at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return reduced
+
+    trainer._train_step, trainer._reduce = step_hook, reduce_hook
+
+
+def _stop_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str, signal_at: int | None) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    torch.set_num_threads(1)
+    from replication.train import Trainer, TrainingInterrupted
+
+    trainer = Trainer(tiny_config("gapt", **STOP_CONFIG), run_dir, show_progress=False)
+    if rank == 1 and signal_at is not None:
+        _signal_after_reduce(trainer, signal_at)
+    try:
+        trainer.run()
+        outcome = {"finished": True}
+    except TrainingInterrupted as error:
+        outcome = {"interrupted": str(error)}
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(outcome))
+    torch.distributed.destroy_process_group()
+
+
+def _two_processes(run_dir, out_dir, signal_at=None, timeout=120.0) -> list[dict]:
+    """Run _stop_worker in two gloo processes; a process blocked in a collective fails the test
+    (after timeout seconds) instead of hanging it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    context = mp.start_processes(
+        _stop_worker, args=(2, free_port(), str(run_dir), str(out_dir), signal_at), nprocs=2, join=False,
+        start_method="spawn",
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    try:
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the processes did not end in {timeout:.0f} s: one is blocked in a collective")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_both_after_the_same_step_and_resumes(tmp_path):
+    whole = _two_processes(tmp_path / "whole", tmp_path / "whole_out")
+    assert whole == [{"finished": True}] * 2
+
+    run = tmp_path / "run"
+    # rank 1 alone gets SIGTERM during step index 2, after that step's all-reduce: both stop after
+    # the next one (4 steps done), rank 0 with no signal of its own
+    outcomes = _two_processes(run, tmp_path / "stopped", signal_at=2)
+    messages = [outcome.get("interrupted", "") for outcome in outcomes]
+    steps = [int(m) for message in messages for m in re.findall(r"after step (\d+);", message)]
+    assert steps == [4, 4], outcomes
+    assert messages[0].startswith("stopped by a stop request to another process after step 4;"), messages
+    assert messages[1].startswith(f"stopped by signal {int(signal.SIGTERM)} after step 4;"), messages
+    assert load_checkpoint(run)["next_step"] == 4
+    assert max(r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train") == 3
+
+    assert _two_processes(run, tmp_path / "resumed") == [{"finished": True}] * 2
+    assert not (run / CHECKPOINT_NAME).exists()
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records if r.get("event") == "resume"] == [4]
+    assert _comparable(records) == _comparable(read_metrics(tmp_path / "whole" / "metrics.jsonl"))

@@ -1,6 +1,7 @@
 """FineWeb pretraining: shards, the preparation command, the loader, and the experiment's config."""
 
 import gzip
+from contextlib import nullcontext
 import json
 import os
 
@@ -314,12 +315,14 @@ def test_training_batches_are_next_token_pairs_and_validation_windows_split_amon
     assert torch.equal(torch.cat(shared).sort(dim=0).values, whole.sort(dim=0).values)
 
 
-def test_evaluation_runs_in_the_training_dtype(sample_bytes):
+def test_evaluation_runs_in_the_precision_it_is_handed(sample_bytes):
+    """The loop decides the run's precision once (replication.precision) and hands it to the task."""
+    from replication.precision import autocast_for
+
     val_ce = {}
     for dtype in ("float32", "bfloat16"):
-        config = resolve_run_config(EXPERIMENT, "smoke", "ce", 0)
-        config = config.model_copy(update={"train": config.train.model_copy(update={"dtype": dtype})})
-        metrics = _random_model_metrics(0, 1, str(sample_bytes), config)["metrics"]
+        autocast = autocast_for(dtype, torch.device("cpu"))
+        metrics = _random_model_metrics(0, 1, str(sample_bytes), autocast=autocast)["metrics"]
         val_ce[dtype] = metrics["val/ce"]
     assert val_ce["bfloat16"] != val_ce["float32"]
     assert val_ce["bfloat16"] == pytest.approx(val_ce["float32"], rel=1e-2)
@@ -353,7 +356,7 @@ def _evaluate_on_rank(rank: int, world: int, port: int, data_root: str, out: str
         torch.distributed.destroy_process_group()
 
 
-def _random_model_metrics(rank: int, world: int, data_root: str, config=None):
+def _random_model_metrics(rank: int, world: int, data_root: str, config=None, autocast=nullcontext):
     """Validation metrics of a randomly initialized smoke model, and this process's batches of steps 0 and 1."""
     from replication.models import build_model
     from replication.tasks.fineweb import Task
@@ -368,7 +371,7 @@ def _random_model_metrics(rank: int, world: int, data_root: str, config=None):
     batches = [
         task.train_batch(step, micro).inputs for step in (0, 1) for micro in range(config.train.grad_accum)
     ]
-    return {"metrics": task.evaluate(model, step=0, window=64), "batches": batches}
+    return {"metrics": task.evaluate(model, step=0, window=64, autocast=autocast), "batches": batches}
 
 
 @pytest.mark.slow

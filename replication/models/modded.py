@@ -44,10 +44,15 @@ def attention_mask(docs: Tensor, window: int) -> Tensor:
 
 
 def flex_block_mask(docs: Tensor, window: int):
+    """The BlockMask of ``attention_mask`` for FlexAttention. The window enters as a tensor: a
+    Python int captured by ``mask_mod`` is a constant of the compiled blocks, traced again when the
+    schedule first changes it (until dynamo makes it symbolic); a tensor is traced once."""
     from torch.nn.attention.flex_attention import create_block_mask
 
+    window_tensor = torch.tensor(window, device=docs.device)
+
     def mask_mod(b, h, q, k):
-        return (q >= k) & (q - k < window) & (docs[b, q] == docs[b, k])
+        return (q >= k) & (q - k < window_tensor) & (docs[b, q] == docs[b, k])
 
     batch, seq = docs.shape
     return create_block_mask(mask_mod, batch, None, seq, seq, device=docs.device)

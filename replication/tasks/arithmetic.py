@@ -54,6 +54,7 @@ from replication.config import ConfigError, NonNegativeFloat, TaskConfig
 from replication.distributed import all_reduce_sum
 from replication.evaluation import mbe_kwargs
 from replication.mbe import layer_mbe
+from replication.precision import Autocast
 from replication.tasks.base import Batch, derive_seed
 from replication.tasks.lm import LanguageTask, shard, windows_to_batch
 
@@ -118,6 +119,7 @@ class Task(LanguageTask):
 
     def __init__(self, config, device, rank=0, world_size=1, data_root=None):
         super().__init__(config, device, rank, world_size, data_root)
+        self._autocast: Autocast = nullcontext  # evaluate() sets the run's precision
         cfg: Config = config.task
         vocab = getattr(config.model, "vocab_size", None)
         if vocab is not None and vocab < VOCAB_SIZE:
@@ -205,11 +207,6 @@ class Task(LanguageTask):
         return windows_to_batch(torch.from_numpy(self.stream[index]), self.device)
 
     # -- evaluation --------------------------------------------------------------------------------
-    def _autocast(self):
-        if self.config.train.dtype == "bfloat16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
-
     def _answer_ce_and_mbe(self, model, windows: Tensor, window: int | None) -> Tensor:
         """Sums over this process's validation windows: [answer CE, answer tokens, patches, MBE x
         patches per block...], float64."""
@@ -254,7 +251,8 @@ class Task(LanguageTask):
         return torch.tensor([float(correct), float(len(expected))], dtype=torch.float64, device=self.device)
 
     @torch.no_grad()
-    def evaluate(self, model, *, step: int, window: int | None) -> dict[str, Any]:
+    def evaluate(self, model, *, step: int, window: int | None, autocast: Autocast = nullcontext) -> dict[str, Any]:
+        self._autocast = autocast  # the run's precision, for every forward pass below
         was_training = model.training
         model.eval()
         parts, layout = [], []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -12,6 +13,7 @@ import torch
 from torch import Tensor
 
 from replication.models import ModelOutput
+from replication.precision import Autocast
 
 if TYPE_CHECKING:
     from replication.config import RunConfig
@@ -69,8 +71,11 @@ class Task(ABC):
         """Scalar main loss (CE or L1), float32."""
 
     @abstractmethod
-    def evaluate(self, model: ReplicationModel, *, step: int, window: int | None) -> dict[str, Any]:
-        """Validation metrics at this point of training, keys like 'val/ce', 'val/mbe_by_layer'."""
+    def evaluate(
+        self, model: ReplicationModel, *, step: int, window: int | None, autocast: Autocast = nullcontext
+    ) -> dict[str, Any]:
+        """Validation metrics at this point of training, keys like 'val/ce', 'val/mbe_by_layer'; every
+        forward pass runs inside ``autocast()``, the run's precision (``replication.precision``)."""
 
     def forward(
         self, model: ReplicationModel, batch: Batch, *, window: int | None = None, upto: int | None = None

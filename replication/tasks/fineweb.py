@@ -24,7 +24,6 @@ that logged gradient alignment, the RQ1 statistics ``rq1/...`` of ``replication.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -35,6 +34,7 @@ from pydantic import Field, model_validator
 from replication.config import ConfigError, TaskConfig
 from replication.evaluation import evaluate_lm
 from replication.objectives import default_layers
+from replication.precision import Autocast
 from replication.prepare import load_manifest
 from replication.rq1 import DEFAULT_TIME_CONSTANT, cycle_statistics
 from replication.shards import read_shard
@@ -142,11 +142,7 @@ class Task(LanguageTask):
     def validation_batches(self) -> list[Batch]:
         return self._val
 
-    def evaluate(self, model, *, step: int, window: int | None) -> dict[str, Any]:
-        # evaluate in the dtype the model trains in: 10 M float32 tokens would cost more than the steps
-        autocast = nullcontext
-        if self.config.train.dtype == "bfloat16":
-            autocast = partial(torch.autocast, self.device.type, dtype=torch.bfloat16)
+    def evaluate(self, model, *, step: int, window: int | None, autocast: Autocast = nullcontext) -> dict[str, Any]:
         return evaluate_lm(model, self, self._val, window=window, prefix="val", autocast=autocast)
 
     def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from contextlib import nullcontext
 from typing import Annotated, Any, ClassVar, Literal
 
 import pandas as pd
@@ -41,6 +42,7 @@ from replication.config import (
 from replication.evaluation import mbe_kwargs
 from replication.mbe import patch_mbe
 from replication.models import ReplicationModel, build_model
+from replication.precision import Autocast
 from replication.separation import alleviation_percent, interference, separation_ratio, specialized_fraction
 from replication.tasks import base
 from replication.tasks.base import Batch, derive_seed
@@ -280,14 +282,19 @@ class Task(base.Task):
 
     # -- evaluation ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def hidden_and_l1(self, model: ReplicationModel, group: str) -> tuple[Tensor, float]:
+    def hidden_and_l1(
+        self, model: ReplicationModel, group: str, autocast: Autocast = nullcontext
+    ) -> tuple[Tensor, float]:
         """The hidden ReLU layer on a group's validation set, (n, hidden), and the group's mean L1."""
         x, y = self.val_data[group]
-        out = self.forward(model, Batch(inputs=x, targets=y))
+        with autocast():
+            out = self.forward(model, Batch(inputs=x, targets=y))
         hidden = out.hidden[0].flatten(0, 1).float()  # (1, n, hidden) -> (n, hidden)
         return hidden, F.l1_loss(out.output.float(), y.float()).item()
 
-    def evaluate(self, model: ReplicationModel, *, step: int, window: int | None) -> dict[str, Any]:
+    def evaluate(
+        self, model: ReplicationModel, *, step: int, window: int | None, autocast: Autocast = nullcontext
+    ) -> dict[str, Any]:
         """Per-group validation L1 and hidden MBE, their means over the groups, and how apart the
         groups' hidden layers are. MBE uses the first floor(n / P) * P samples of each group, in
         patches of P (P = objective.patch_size), so no patch mixes the groups."""
@@ -297,7 +304,7 @@ class Task(base.Task):
         metrics: dict[str, Any] = {"stage": self.cfg.stages[self.stage_index(max(step - 1, 0))].name}
         hidden = {}
         for group in GROUPS:
-            h, l1 = self.hidden_and_l1(model, group)
+            h, l1 = self.hidden_and_l1(model, group, autocast)
             hidden[group] = h
             usable = h[: len(h) - len(h) % patch]
             metrics[f"val/{group}/l1"] = l1

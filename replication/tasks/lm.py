@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, ClassVar
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor
 
 from replication.evaluation import evaluate_lm
 from replication.models import ModelOutput, ReplicationModel
+from replication.precision import Autocast
 from replication.tasks.base import Batch, Task
 
 
@@ -36,8 +38,10 @@ class LanguageTask(Task):
         """This process's share of the validation batches."""
         raise NotImplementedError
 
-    def evaluate(self, model: ReplicationModel, *, step: int, window: int | None) -> dict[str, Any]:
-        return evaluate_lm(model, self, self.validation_batches(), window=window, prefix="val")
+    def evaluate(
+        self, model: ReplicationModel, *, step: int, window: int | None, autocast: Autocast = nullcontext
+    ) -> dict[str, Any]:
+        return evaluate_lm(model, self, self.validation_batches(), window=window, prefix="val", autocast=autocast)
 
 
 def shard(items: list[Any], rank: int, world_size: int) -> list[Any]:
