@@ -2,6 +2,7 @@
 #   make test        the test suite, then the smoke DAG end to end (what CI runs)
 #   make replicate   the replication at the scale this machine can carry (SCALE=cpu by default)
 #   make mutation    mutation testing of the core with mutmut (not part of CI; README, "Mutation testing")
+#   make gpu-check   the GPU path on one CUDA device in at most 8 minutes, no network (README, "Running a scale")
 # TORCH=cpu installs PyTorch's CPU-only build from PyTorch's own wheel index (TORCH_CPU_INDEX) instead
 # of the default build of the package index (on Linux x86_64, a CUDA build with its CUDA wheels).
 PYTHON ?= python3
@@ -16,7 +17,7 @@ SMOKE ?= .smoke
 SCALES := $(sort $(patsubst config/%.yaml,%,$(wildcard config/*.yaml)))
 TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: install test test-fast smoke replicate report bench check-scale mutation
+.PHONY: install test test-fast smoke replicate report bench check-scale mutation gpu-check
 
 # a wrong SCALE stops make before anything runs, with one line naming the valid scales
 ifneq ($(filter replicate report check-scale,$(MAKECMDGOALS)),)
@@ -70,6 +71,14 @@ report: check-scale install
 # benchmarks (python -m benchmarks --help): ratios measured side by side, written to results/benchmarks
 bench: install
 	$(BIN)/python -m benchmarks
+
+# the GPU path in at most 8 minutes with no network: every method at the paper's shape, bf16 and compiled,
+# timed against ce with MFU, memory and compile counts, then a two-seed arithmetic mini-DAG at a shortened
+# gpu1 scale; writes results/benchmarks/gpu.json (python -m benchmarks.gpu_check --help for the options,
+# passed in GPU_CHECK_ARGS; --tiny runs it on CPU at a tiny shape)
+GPU_CHECK_ARGS ?=
+gpu-check: install
+	$(BIN)/python -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 # mutation testing with mutmut, configured in [tool.mutmut] of pyproject.toml (README, "Mutation
 # testing"); not part of CI. MUTATION_SCOPE names the functions whose mutants run, as fnmatch patterns

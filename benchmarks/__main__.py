@@ -3,6 +3,7 @@
 Sections: gapt_overhead, loop_efficiency, mbe_kernel, data_prep, evaluation, smoke_dag (default: all).
 Each prints a table and writes results/benchmarks/<section>.json with its provenance. Run it on a
 quiet machine: the ratios compare variants measured side by side, but other load still adds noise.
+The GPU path has a command of its own: python -m benchmarks.gpu_check (make gpu-check), writing gpu.json.
 """
 
 from __future__ import annotations

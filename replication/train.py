@@ -182,8 +182,13 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _check_config(config: RunConfig, method_name: str, world_size: int) -> None:
+def _check_config(config: RunConfig, method_name: str, world_size: int, device: torch.device) -> None:
     method = METHODS[method_name]
+    if getattr(config.model, "attention", None) == "flex" and device.type == "cpu":
+        raise ConfigError(
+            "model.attention is flex, but FlexAttention has no backward pass on CPU (torch "
+            f"{torch.__version__.split('+')[0]}): use model.attention: auto (flex on CUDA, sdpa elsewhere) or sdpa"
+        )
     if config.train.grad_accum % world_size:
         raise ConfigError(
             f"train.grad_accum ({config.train.grad_accum} micro-batches per step in all) must be divisible "
@@ -243,7 +248,7 @@ class Trainer:
     ):
         self.config, self.run_dir = config, Path(run_dir)
         self.ctx = ctx = init_distributed(config.train.device)
-        _check_config(config, config.method, ctx.world_size)
+        _check_config(config, config.method, ctx.world_size, ctx.device)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.stop = _StopRequest(distributed=ctx.enabled)
         tcfg = config.train

@@ -39,3 +39,8 @@ def _deterministic_threads():
     yield
     torch.set_num_threads(previous)
 
+
+def pytest_runtest_setup(item):
+    # the `gpu` marker (pyproject.toml) means: needs a CUDA device
+    if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")

@@ -90,6 +90,11 @@ def test_flex_attention_blocks_trace_once_for_every_window_of_the_schedule(dynam
     assert dynamo["stats"]["unique_graphs"] == 2, dict(dynamo["stats"])  # the first block, and the rest
 
 
+def test_flex_attention_on_cpu_is_refused_before_training(tmp_path):
+    with pytest.raises(loop.ConfigError, match="FlexAttention has no backward pass on CPU"):
+        loop.Trainer(tiny_config("ce", model={"attention": "flex"}), tmp_path, show_progress=False)
+
+
 # -- bf16 --------------------------------------------------------------------------------------------
 
 BF16_TOLERANCE = 0.02  # relative, on the first step's training loss and MBE of a tiny model
