@@ -6,7 +6,7 @@ Renyi entropy is S_alpha = log(sum_i lambda_i^alpha) / (1 - alpha), natural log.
 
 Everything here computes in float32 whatever the input dtype, and with autocast disabled inside, so
 a bf16 model reports (and regularizes) the same number as its float32 copy of the activations, and
-training MBE (computed under autocast) and validation MBE (outside it) are the same function.
+MBE under the run's autocast (training, evaluation) is the same function as outside it.
 """
 
 from __future__ import annotations

@@ -130,9 +130,11 @@ class _StopRequest:
     too, so a process that raised at once would leave the others blocked there until the launcher
     (torchrun) tore the group down, and deciding together would cost a collective of its own. There a
     stop request during the final evaluation (or after the last step's all-reduce) is not acted on:
-    every process finishes the evaluation, which is short next to training, and the run finishes. A
-    second signal still stops a process at once (``KeyboardInterrupt``), leaving the teardown of the
-    others to the launcher; the checkpoint of the last step resumes into the evaluation."""
+    every process finishes the evaluation, which is short next to training, and the run finishes,
+    unless the launcher's own deadline ends it first (torchrun kills its workers 30 s after passing
+    on a signal). A second signal still stops a process at once (``KeyboardInterrupt``), leaving the
+    teardown of the others to the launcher. Either way the checkpoint of the last step resumes into
+    the evaluation."""
 
     def __init__(self, distributed: bool = False) -> None:
         self.signal: int | None = None
@@ -184,10 +186,17 @@ class _StopRequest:
 
 def _check_config(config: RunConfig, method_name: str, world_size: int, device: torch.device) -> None:
     method = METHODS[method_name]
-    if getattr(config.model, "attention", None) == "flex" and device.type == "cpu":
+    attention = getattr(config.model, "attention", None)
+    if attention == "flex" and device.type == "cpu":
         raise ConfigError(
             "model.attention is flex, but FlexAttention has no backward pass on CPU (torch "
             f"{torch.__version__.split('+')[0]}): use model.attention: auto (flex on CUDA, sdpa elsewhere) or sdpa"
+        )
+    if attention in ("flex", "auto") and device.type == "cuda" and not config.train.compile:
+        raise ConfigError(
+            f"model.attention is {attention}, which is FlexAttention on CUDA, and train.compile is false: "
+            "uncompiled, FlexAttention builds every (T, T) score matrix; set train.compile: true, or "
+            "model.attention: sdpa"
         )
     if config.train.grad_accum % world_size:
         raise ConfigError(

@@ -27,7 +27,9 @@ TWELVE_BLOCKS = dict(
     train={"steps": 22, "grad_accum": 2, "eval_every": 11, "compile": True},
     gapt={"delta_ce": 100.0, "spike_tol": 100.0, "patience_memorize": 2, "patience_compress": 100},
 )
-GRAPH_BOUND = 6  # per run: the first block (no value residual yet) and the rest, each in training and evaluation
+# per run: the first block (no value residual yet), the other blocks, and the head, each in training
+# and in evaluation (no gradients)
+GRAPHS = 6
 
 
 @pytest.fixture
@@ -54,7 +56,7 @@ def test_gapt_under_compile_traces_a_bounded_number_of_graphs(tmp_path, dynamo):
     assert layers == set(trainer.plan.alternate) == set(range(2, 10))  # every rotation layer ran
     assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 11, 22]
     assert math.isfinite(summary["metrics"]["final/val/ce"])
-    assert 1 <= dynamo["stats"]["unique_graphs"] <= GRAPH_BOUND, dict(dynamo["stats"])
+    assert dynamo["stats"]["unique_graphs"] == GRAPHS, dict(dynamo["stats"])
 
 
 def test_compiling_blocks_keeps_parameter_names_and_outputs(dynamo):
@@ -87,7 +89,7 @@ def test_flex_attention_blocks_trace_once_for_every_window_of_the_schedule(dynam
     with torch.no_grad():
         for progress in torch.linspace(0, 1, 9).tolist():
             model(tokens, window=model.attention_window(progress))
-    assert dynamo["stats"]["unique_graphs"] == 2, dict(dynamo["stats"])  # the first block, and the rest
+    assert dynamo["stats"]["unique_graphs"] == 3, dict(dynamo["stats"])  # the first block, the rest, the head
 
 
 def test_flex_attention_on_cpu_is_refused_before_training(tmp_path):
@@ -97,15 +99,20 @@ def test_flex_attention_on_cpu_is_refused_before_training(tmp_path):
 
 # -- bf16 --------------------------------------------------------------------------------------------
 
-BF16_TOLERANCE = 0.02  # relative, on the first step's training loss and MBE of a tiny model
+CE_TOLERANCE = 5e-3  # relative
+MBE_TOLERANCE = 1e-2  # nats, absolute: MBE under compression nears 0, where a relative error means nothing
+# gapt in compress from step 2 on (no CE progress counts, no spike, a patience longer than the run)
+BF16_RUN = dict(train={"steps": 8, "eval_every": 4},
+                gapt={"delta_ce": 100.0, "spike_tol": 100.0, "patience_memorize": 1, "patience_compress": 100})  # fmt: skip
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_a_bf16_step_is_finite_computes_mbe_in_float32_and_agrees_with_float32(tmp_path, monkeypatch, method):
+def test_a_bf16_run_is_finite_computes_mbe_in_float32_and_agrees_with_float32(tmp_path, monkeypatch, method):
     """One run's precision reaches training, MBE and evaluation: under bf16 autocast every entropy
-    is computed from float32 Gram matrices, losses are finite, and the first steps agree with
-    float32 within 2 % over four steps (bf16 keeps 8 bits of mantissa: a relative error of about 0.4 % per
-    rounding, a few roundings deep)."""
+    is computed from float32 inputs with autocast off, losses stay finite, and eight steps (the
+    last six in compress for the gated methods) agree with float32 within 0.5 % in CE and 0.01 nats
+    in MBE. Measured on this model: at most 0.09 % and 0.0013 nats; bf16 keeps 8 bits of mantissa
+    (0.4 % per rounding), and the Gram matrices and losses stay float32."""
     seen = []
     real = mbe._renyi_entropy_float32
 
@@ -114,19 +121,23 @@ def test_a_bf16_step_is_finite_computes_mbe_in_float32_and_agrees_with_float32(t
         return real(z, *args, **kwargs)
 
     monkeypatch.setattr(mbe, "_renyi_entropy_float32", spy)
-    overrides = dict(train={"steps": 4, "eval_every": 2}, gapt={"patience_memorize": 1, "patience_compress": 4})
     runs = {}
     for dtype in ("float32", "bfloat16"):
         seen.clear()
-        config = tiny_config(method, **{**overrides, "train": {**overrides["train"], "dtype": dtype}})
+        config = tiny_config(method, **{**BF16_RUN, "train": {**BF16_RUN["train"], "dtype": dtype}})
         loop.train(config, tmp_path / dtype, show_progress=False)
         runs[dtype] = [r for r in read_metrics(tmp_path / dtype / "metrics.jsonl") if r["kind"] in ("train", "eval")]
         assert seen and all(d == torch.float32 and not autocast for d, autocast in seen), set(seen)
     assert [r["kind"] for r in runs["float32"]] == [r["kind"] for r in runs["bfloat16"]]
+    if METHODS[method].gated:
+        assert [r["phase"] for r in runs["bfloat16"] if r["kind"] == "train"][2:] == ["compress"] * 6
     for a, b in zip(runs["float32"], runs["bfloat16"]):
-        for key in ("train/ce", "train/mbe", "val/ce", "val/mbe"):
+        for key, tolerance in (("train/ce", CE_TOLERANCE), ("val/ce", CE_TOLERANCE)):
             if key in a:
-                assert math.isfinite(b[key]) and b[key] == pytest.approx(a[key], rel=BF16_TOLERANCE), (key, a, b)
+                assert math.isfinite(b[key]) and b[key] == pytest.approx(a[key], rel=tolerance), (key, a, b)
+        for key in ("train/mbe", "val/mbe"):
+            if key in a:
+                assert math.isfinite(b[key]) and b[key] == pytest.approx(a[key], abs=MBE_TOLERANCE), (key, a, b)
     # bf16 did run: the later records differ (step 0's loss is log V exactly in both: a zero-init head)
     assert any(a.get("train/ce") != b.get("train/ce") for a, b in zip(runs["float32"], runs["bfloat16"]))
 
@@ -146,3 +157,53 @@ def test_the_run_precision_reaches_evaluation(tmp_path, monkeypatch):
     monkeypatch.setattr(LanguageTask, "evaluate", evaluate)
     loop.train(tiny_config("ce", train={"steps": 2, "dtype": "bfloat16"}), tmp_path, show_progress=False)
     assert inside == [True, True]
+
+
+class CountingAutocast:
+    """An autocast factory that counts the forward passes it wraps and records the grad mode."""
+
+    def __init__(self):
+        self.entered = 0
+
+    def __call__(self):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def context():
+            self.entered += 1
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                yield
+
+        return context()
+
+
+def test_arithmetic_and_forgetting_evaluations_run_in_the_autocast_they_are_handed():
+    """Every forward pass of the arithmetic evaluation (answer CE and greedy decoding) and of the
+    forgetting evaluation enters the run's autocast, and a bf16 evaluation differs from float32."""
+    from .test_arithmetic import small_task
+    from .test_forgetting import smoke_config
+
+    from replication.models import build_model
+    from replication.tasks.forgetting import Task as ForgettingTask
+
+    for task in (small_task(), ForgettingTask(smoke_config(), torch.device("cpu"))):
+        torch.manual_seed(0)
+        model = build_model(task.config.model)
+        with torch.no_grad():
+            for p in model.parameters():  # zero-initialized heads would give the same numbers in any dtype
+                p.normal_(0.0, 0.3)
+        autocast = CountingAutocast()
+        in_bf16 = task.evaluate(model, step=1, window=64, autocast=autocast)
+        in_float32 = task.evaluate(model, step=1, window=64)
+        assert autocast.entered >= 2, type(task)
+        key = "ood/answer_ce" if "ood/answer_ce" in in_float32 else "val/a/l1"
+        assert in_bf16[key] != in_float32[key] and in_bf16[key] == pytest.approx(in_float32[key], rel=0.05)
+
+
+def test_flex_attention_on_cuda_needs_compile():
+    config = tiny_config("ce", model={"attention": "auto"})
+    with pytest.raises(loop.ConfigError, match="uncompiled, FlexAttention builds every"):
+        loop._check_config(config, "ce", 1, torch.device("cuda"))
+    compiled = tiny_config("ce", model={"attention": "auto"}, train={"compile": True})
+    loop._check_config(compiled, "ce", 1, torch.device("cuda"))
+    loop._check_config(config, "ce", 1, torch.device("cpu"))  # auto is sdpa on CPU
