@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from replication.config import ConfigError, ObjectiveConfig
-from replication.gapt import Phase
+from replication.gapt import Phase, PhaseController, Transition
 from replication.mbe import layer_mbe
 from replication.models import ReplicationModel
 from replication.tasks.base import Task
@@ -136,6 +136,63 @@ def _every_layer(hidden: list[Tensor], known: list[int], known_values: Tensor | 
     return values
 
 
+def micro_batch_objective(
+    kind: str, hidden: Sequence[Tensor], main: Tensor | None, objective: ObjectiveConfig, plan: LayerPlan, step: int
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """What one micro-batch back-propagates, from its blocks' hidden states and its main loss: the
+    loss, the detached main loss and the detached MBE of every block (both None for an MBE
+    micro-batch, which may have run only up to its layer). The suite's loop and the drop-in API
+    (``replication.dropin``) both compute a micro-batch here."""
+    mbe_kwargs = objective.mbe_options()
+    if kind == "mbe":
+        layer = plan.alternate[step % len(plan.alternate)]
+        return layer_mbe(hidden, [layer], **mbe_kwargs)[0], None, None
+    if main is None:
+        raise ValueError(f"a {kind} micro-batch needs its main loss")
+    loss = main
+    if kind == "joint":
+        regularized = layer_mbe(hidden, plan.joint, **mbe_kwargs)
+        loss = main + objective.lambda_mbe * regularized.mean()
+        every_layer = _every_layer(hidden, plan.joint, regularized.detach(), mbe_kwargs)
+    else:
+        every_layer = _every_layer(hidden, [], None, mbe_kwargs)
+    return loss, main.detach(), every_layer
+
+
+class StepAccumulator:
+    """The sums of one optimizer step over the micro-batches this process ran (``StepResult``)."""
+
+    def __init__(self, device: torch.device):
+        self.main_losses: list[Tensor] = []
+        self.mbe_sums: Tensor | None = None
+        self.n_full = 0
+        self.all_finite = torch.ones((), dtype=torch.bool, device=device)
+
+    def add(self, loss: Tensor, main: Tensor | None, every_layer: Tensor | None) -> None:
+        if main is not None:
+            self.main_losses.append(main)
+            self.mbe_sums = every_layer if self.mbe_sums is None else self.mbe_sums + every_layer
+            self.n_full += 1
+        self.all_finite &= torch.isfinite(loss.detach())  # checked once per step: no host sync per micro-batch
+
+    def result(self) -> StepResult:
+        main_sum = torch.stack(self.main_losses).sum().item() if self.main_losses else 0.0
+        mbe = self.mbe_sums.tolist() if self.mbe_sums is not None else []
+        finite = bool(self.all_finite) and math.isfinite(main_sum)
+        return StepResult(main_sum, len(self.main_losses), mbe, self.n_full, finite)
+
+
+def update_controller(controller: PhaseController, result: StepResult, monitored: Sequence[int]) -> list[Transition]:
+    """Feed the controller one step (the suite's loop and the drop-in API alike); its transitions.
+    A skipped (non-finite) step counts as non-finite and changes nothing else."""
+    before = len(controller.transitions)
+    if result.finite:
+        controller.update(result.main_loss, [result.mbe_by_layer[i] for i in monitored])
+    else:
+        controller.update(math.nan, [math.nan] * len(monitored))
+    return controller.transitions[before:]
+
+
 def accumulate_gradients(
     model: ReplicationModel,
     task: Task,
@@ -152,35 +209,18 @@ def accumulate_gradients(
     """Forward and backward this process's micro-batches of one optimizer step (their indices
     among all of the step's micro-batches); gradients land in .grad, averaged over these
     micro-batches, so that averaging over equal shares of processes gives the step's mean."""
-    mbe_kwargs = objective.mbe_options()
-    main_losses: list[Tensor] = []
-    mbe_sums: Tensor | None = None
-    n_full = 0
-    all_finite = torch.ones((), dtype=torch.bool, device=task.device)
+    step_sums = StepAccumulator(task.device)
     for micro in micro_batches:
         batch = task.train_batch(step, micro)
         kind = micro_batch_kind(method, phase, micro)
         with autocast():
-            if kind == "mbe":
-                layer = plan.alternate[step % len(plan.alternate)]
-                out = task.forward(model, batch, window=window, upto=layer + 1)
-                loss = layer_mbe(out.hidden, [layer], **mbe_kwargs)[0]
+            if kind == "mbe":  # the model runs only up to the regularized layer
+                upto = plan.alternate[step % len(plan.alternate)] + 1
+                out, main = task.forward(model, batch, window=window, upto=upto), None
             else:
                 out = task.forward(model, batch, window=window)
                 main = task.main_loss(out.output, batch)
-                loss = main
-                if kind == "joint":
-                    regularized = layer_mbe(out.hidden, plan.joint, **mbe_kwargs)
-                    loss = main + objective.lambda_mbe * regularized.mean()
-                    every_layer = _every_layer(out.hidden, plan.joint, regularized.detach(), mbe_kwargs)
-                else:
-                    every_layer = _every_layer(out.hidden, [], None, mbe_kwargs)
-                main_losses.append(main.detach())
-                mbe_sums = every_layer if mbe_sums is None else mbe_sums + every_layer
-                n_full += 1
-        all_finite &= torch.isfinite(loss.detach())  # checked once per step: no host sync per micro-batch
+            loss, main_detached, every_layer = micro_batch_objective(kind, out.hidden, main, objective, plan, step)
+        step_sums.add(loss, main_detached, every_layer)
         (loss / len(micro_batches)).backward()
-    main_sum = torch.stack(main_losses).sum().item() if main_losses else 0.0
-    mbe = mbe_sums.tolist() if mbe_sums is not None else []
-    finite = bool(all_finite) and math.isfinite(main_sum)
-    return StepResult(main_sum, len(main_losses), mbe, n_full, finite)
+    return step_sums.result()

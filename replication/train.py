@@ -31,7 +31,6 @@ the evaluation. A second request stops at once.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import random
 import signal
@@ -52,7 +51,7 @@ from replication.distributed import all_reduce_gradients, all_reduce_sum, init_d
 from replication.errors import ReplicationError, RunFolderError
 from replication.gapt import PhaseController
 from replication.models import build_model
-from replication.objectives import METHODS, StepResult, accumulate_gradients, plan_layers
+from replication.objectives import METHODS, StepResult, accumulate_gradients, plan_layers, update_controller
 from replication.precision import autocast_for
 from replication.optim import Optimizers
 from replication.progress import Progress
@@ -433,13 +432,8 @@ class Trainer:
             )  # fmt: skip
         self.optimizers.zero_grad()
 
-        if self.controller is not None:
-            before = len(self.controller.transitions)
-            if result.finite:
-                self.controller.update(result.main_loss, [result.mbe_by_layer[i] for i in self.plan.monitored])
-            else:  # a skipped step never drives the controller: it counts as non-finite and changes nothing
-                self.controller.update(math.nan, [math.nan] * len(self.plan.monitored))
-            for change in self.controller.transitions[before:]:
+        if self.controller is not None:  # a skipped step counts as non-finite and changes nothing else
+            for change in update_controller(self.controller, result, self.plan.monitored):
                 self.writer.write({"kind": "event", "event": "phase_change", **change.as_dict()})
         counters = self.controller.snapshot() if self.controller else {}
         counters.pop("phase", None)
