@@ -5,7 +5,7 @@ with this repository, and print each phase change as it happens.
     python examples/gapt_hf.py [--steps 300] [--out /tmp/gapt-hf]
 
 A randomly initialized 6-block GPT-2 (width 64) reads the sample as UTF-8 bytes in rows of 128
-tokens; 2 micro-batches of 8 rows make a step. It takes about a minute on two CPU cores. The
+tokens; 2 micro-batches of 8 rows make a step. It takes under a minute on two CPU cores. The
 controller's patiences are short (10 steps) so that a short run shows several cycles; the paper's
 are 125 steps of a million tokens each.
 """

@@ -29,7 +29,17 @@ given; ``ObjectiveConfig`` names the regularized ones (default: the paper's midd
 ``GaptConfig`` the controller's rule set and thresholds (``GaptConfig.preset`` gives each rule set's
 own defaults). A step whose loss is not finite is reported (``report.finite``), not fed to the
 controller: skip its optimizer step, as the suite does. One process: in a data-parallel loop, reduce
-the step's sums over processes before ``end_step`` (``replication.train`` shows how).
+the step's sums over processes (``step_sums``) and pass them to ``end_step``, and construct with
+``stop_early=False``: an MBE micro-batch that ends its forward pass by raising skips what a
+``DistributedDataParallel`` wrapper does after the forward, and with it the gradient all-reduce
+(``replication.train`` reduces by hand instead).
+
+Every block must run once per forward pass (no block object listed twice, no block applied twice),
+and the output its hook sees must carry gradients. Reentrant activation checkpointing
+(``use_reentrant=True``) runs the hooks without gradients; the output of a checkpointed block gains
+them afterwards, but not one inside a region of several blocks, nor the block an MBE micro-batch
+stops at: those are refused. Non-reentrant checkpointing (the default of Hugging Face models) is
+fine.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from replication.config import ConfigError, ObjectiveConfig
@@ -105,6 +116,7 @@ class GAPT:
         objective: ObjectiveConfig | None = None,
         controller: GaptConfig | None = None,
         hidden_state: Callable[[Any], Tensor] = block_output,
+        stop_early: bool = True,
     ):
         if method not in METHODS:
             raise ConfigError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
@@ -112,6 +124,9 @@ class GAPT:
         if self.method.compression == "alternate" and micro_batches < 2:
             raise ConfigError(f"method {method} alternates main-loss and MBE micro-batches: micro_batches must be >= 2")
         self.blocks = list(blocks)
+        if len({id(block) for block in self.blocks}) != len(self.blocks):
+            raise ConfigError("a block appears twice in blocks: every block must be a module of its own")
+        self.stop_early = stop_early
         self.micro_batches = micro_batches
         self.objective = objective or ObjectiveConfig()
         self.plan = plan_layers(self.objective, self.method, len(self.blocks))
@@ -148,8 +163,13 @@ class GAPT:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if self._captured is None:  # outside a micro-batch (evaluation, generation): nothing
                 return
+            if index in self._captured:
+                raise RuntimeError(
+                    f"block {index} ran twice in one micro-batch: GAPT needs each block once per forward pass "
+                    "(one forward pass per `with gapt.micro_batch(...)`, no block applied twice)"
+                )
             self._captured[index] = self.hidden_state(output)
-            if index == self._end_after:
+            if index == self._end_after and self.stop_early:
                 raise _EndForward
 
         return hook
@@ -181,6 +201,12 @@ class GAPT:
         if kind != "mbe" and mb.main_loss is None:
             raise RuntimeError("set mb.main_loss inside the `with gapt.micro_batch(...)` block")
         hidden = [captured[i] for i in range(needed)]
+        regularized = [layer] if kind == "mbe" else self.plan.joint if kind == "joint" else []
+        if torch.is_grad_enabled() and any(not hidden[i].requires_grad for i in regularized):
+            raise RuntimeError(
+                "a regularized block's output carries no gradient: reentrant activation checkpointing runs the "
+                "blocks' hooks without gradients; use use_reentrant=False"
+            )
         mb.objective, main, every_layer = micro_batch_objective(kind, hidden, mb.main_loss, self.objective, self.plan, step)
         self._sums.add(mb.objective, main, every_layer)
         mb.loss = mb.objective / self.micro_batches

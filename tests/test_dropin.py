@@ -70,9 +70,11 @@ def test_a_plain_loop_around_the_drop_in_trains_exactly_as_the_suite(tmp_path, m
         assert len(changes) >= 2 and {r.phase for r in reports} == {Phase.MEMORIZE, Phase.COMPRESS}
 
 
-def test_the_drop_in_weights_equal_the_suites(tmp_path):
-    """The weights after 40 gapt steps, through a checkpoint the suite keeps."""
-    config = tiny_config("gapt", **{**PHASES, "train": {**PHASES["train"], "keep_checkpoint": True}})
+@pytest.mark.parametrize("method", list(METHODS))
+def test_the_drop_in_weights_equal_the_suites(tmp_path, method):
+    """The weights after 40 steps, through the checkpoint the suite keeps: every micro-batch's
+    gradient, MBE micro-batches included, was the same."""
+    config = tiny_config(method, **{**PHASES, "train": {**PHASES["train"], "keep_checkpoint": True}})
     train(config, tmp_path, show_progress=False)
     suite_weights = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
     model, _, _ = plain_loop(config)
@@ -138,6 +140,30 @@ def test_misuse_is_named():
             mb.main_loss = torch.zeros(())
     gapt.remove()
     assert not any(block._forward_hooks for block in model.blocks)
+
+
+def test_a_block_listed_twice_applied_twice_or_without_gradients_is_refused():
+    from torch.utils.checkpoint import checkpoint
+
+    model = build_model(tiny_config("gapt").model)
+    with pytest.raises(ConfigError, match="a block appears twice"):
+        GAPT([*model.blocks, model.blocks[0]], method="ce")
+    gapt = GAPT(model.blocks, method="ce")
+    tokens = torch.randint(0, 32, (1, 32))
+    with pytest.raises(RuntimeError, match="block 0 ran twice in one micro-batch"):
+        with gapt.micro_batch(0, 0) as mb:
+            model(tokens)
+            mb.main_loss = model(tokens).output.float().mean()
+    gapt.remove()
+    mbe = GAPT(model.blocks, micro_batches=2)
+    mbe.controller.phase = Phase.COMPRESS  # micro-batch 1 stops at block 2, inside a reentrant checkpoint
+    mask = torch.ones(1, 1, 32, 32, dtype=torch.bool)
+    x = torch.randn(1, 32, 32, requires_grad=True)
+    with pytest.raises(RuntimeError, match="reentrant activation checkpointing"):
+        with mbe.micro_batch(0, 1) as mb:
+            h = x
+            for block in model.blocks:
+                h = checkpoint(lambda h, block=block: block(h, h, None, mask)[0], h, use_reentrant=True)
 
 
 def test_a_nonfinite_step_is_reported_and_not_fed_to_the_controller():

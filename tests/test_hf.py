@@ -60,13 +60,17 @@ def test_gapt_in_the_trainer_alternates_phases_logs_them_and_checkpoints_the_con
     changes = trainer.gapt.controller.transitions
     assert len(changes) >= 2
     assert [1.0 if r.phase is Phase.COMPRESS else 0.0 for r in trainer.gapt_reports] == logged
-    assert all(row["gapt/mbe"] > 0 and row["gapt/ce"] > 0 for row in trainer.state.log_history if "gapt/mbe" in row)
+    rows = [row for row in trainer.state.log_history if "gapt/mbe" in row]
+    assert [row["gapt/ce"] for row in rows] == [r.main_loss for r in trainer.gapt_reports]  # logging every step
+    assert [row["gapt/mbe"] for row in rows] == [r.mbe for r in trainer.gapt_reports]
+    assert rows[-1]["gapt/phase_changes"] == len(changes) and rows[-1]["gapt/nonfinite_steps"] == 0
     saved = json.loads((tmp_path / "run" / "checkpoint-20" / STATE_NAME).read_text())
     assert saved["step"] == 20 and saved["controller"]["n_updates"] == 20
 
     # resuming from step 20 continues the phase and the controller from there
+    (tmp_path / "run" / "checkpoint-40").rename(tmp_path / "run" / "final")  # True picks the latest: 20
     resumed = make_trainer(tmp_path / "run")
-    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-20"))
+    resumed.train(resume_from_checkpoint=True)
     assert resumed.gapt.step_index == 40 and resumed.gapt.controller.n_updates == 40
     assert compress_log(resumed)[-20:] == logged[-20:]
     assert resumed.gapt.controller.state_dict() == trainer.gapt.controller.state_dict()
