@@ -3,6 +3,7 @@
 #   make replicate   the replication at the scale this machine can carry (SCALE=cpu by default)
 #   make mutation    mutation testing of the core with mutmut (not part of CI; README, "Mutation testing")
 #   make gpu-check   the GPU path on one CUDA device in at most 8 minutes, no network (README, "Running a scale")
+#   make test-slurm  the smoke DAG through a real one-node SLURM started for it (root; README, "Running a scale")
 # TORCH=cpu installs PyTorch's CPU-only build from PyTorch's own wheel index (TORCH_CPU_INDEX) instead
 # of the default build of the package index (on Linux x86_64, a CUDA build with its CUDA wheels).
 PYTHON ?= python3
@@ -17,7 +18,7 @@ SMOKE ?= .smoke
 SCALES := $(sort $(patsubst config/%.yaml,%,$(wildcard config/*.yaml)))
 TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: install test test-fast smoke replicate report bench check-scale mutation gpu-check
+.PHONY: install test test-fast smoke replicate report bench check-scale mutation gpu-check test-slurm
 
 # a wrong SCALE stops make before anything runs, with one line naming the valid scales
 ifneq ($(filter replicate report check-scale,$(MAKECMDGOALS)),)
@@ -31,7 +32,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(if $(filter cpu,$(TORCH)),$(BIN)/python -m pip install --quiet --index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)")
-	$(BIN)/python -m pip install --quiet -e '.[test,hf]'
+	$(BIN)/python -m pip install --quiet -e '.[test,hf,slurm]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -71,6 +72,12 @@ report: check-scale install
 # benchmarks (python -m benchmarks --help): ratios measured side by side, written to results/benchmarks
 bench: install
 	$(BIN)/python -m benchmarks
+
+# the smoke DAG through profiles/slurm on a one-node SLURM that tests/cluster/slurm.sh installs (apt),
+# starts and stops; checked against a local run of the same DAG, then a failing job and its rerun
+test-slurm: install
+	$(BIN)/python -m pip install --quiet -e '.[test,hf,slurm]'
+	bash tests/cluster/slurm.sh bash tests/cluster/smoke_on_slurm.sh
 
 # the GPU path in at most 8 minutes with no network: every method at the paper's shape, bf16 and compiled,
 # timed against ce with MFU, memory and compile counts, then a two-seed arithmetic mini-DAG at a shortened

@@ -131,9 +131,9 @@ def test_torch_cpu_installs_the_pinned_release_from_pytorchs_cpu_index_and_only_
     lines = plan.splitlines()
     cpu = f'pip install --quiet --index-url https://download.pytorch.org/whl/cpu "torch=={pin}"'
     assert any(line.endswith(cpu) for line in lines)
-    assert lines.index(next(l for l in lines if l.endswith(cpu))) < lines.index(next(l for l in lines if "-e '.[test,hf]'" in l))
+    assert lines.index(next(l for l in lines if l.endswith(cpu))) < lines.index(next(l for l in lines if "-e '.[test,hf,slurm]'" in l))
     default = subprocess.run(["make", "-n", "install", venv], cwd=REPO, capture_output=True, text=True).stdout
-    assert "download.pytorch.org" not in default and "-e '.[test,hf]'" in default
+    assert "download.pytorch.org" not in default and "-e '.[test,hf,slurm]'" in default
     bad = subprocess.run(["make", "-s", "install", venv, "TORCH=cuda"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "error: TORCH=cuda" in bad.stderr and not (tmp_path / "venv").exists()
 
