@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from replication.config import ConfigError, ObjectiveConfig
+from replication.config import ConfigError
 from replication.dropin import GAPT
 from replication.gapt import GaptConfig, Phase
 from replication.models import build_model
