@@ -54,7 +54,7 @@ smoke: install
 	paths="runs_dir=$$dir/runs results_dir=$$dir/results logs_dir=$$dir/logs data_dir=$$dir/data" && \
 	echo "smoke DAG in $$dir" && \
 	if $(BIN)/snakemake --cores 2 --keep-going --configfile $(SMOKE_CONFIG) --config $$paths --quiet rules \
-		&& $(BIN)/python -m replication.workflow $(SMOKE_CONFIG) $$paths; then \
+		&& $(BIN)/python -m replication.reporting.workflow $(SMOKE_CONFIG) $$paths; then \
 		if [ "$(KEEP)" = 1 ]; then echo "smoke DAG passed; its outputs are in $$dir"; \
 		else rm -rf "$$dir"; echo "smoke DAG passed"; fi; \
 	else echo "smoke DAG failed: the runs, results and logs are kept in $$dir" >&2; exit 1; fi
@@ -67,7 +67,7 @@ replicate: check-scale install
 
 # one self-contained page: CLAIMS.md, every experiment's table and every figure with its caption
 report: check-scale install
-	$(BIN)/python -m replication.report --scale $(SCALE)
+	$(BIN)/python -m replication.reporting.report --scale $(SCALE)
 
 # benchmarks (python -m benchmarks --help): ratios measured side by side, written to results/benchmarks
 bench: install
@@ -97,7 +97,7 @@ gpu-check: install
 # mutant's diff, `.venv/bin/mutmut browse` walks them; delete mutants/ for a run from scratch. One
 # worker by default, so that the machine stays usable; MUTATION_WORKERS=2 on an idle one.
 MUTATION_WORKERS ?= 1
-MUTATION_SCOPE ?= replication.mbe.* replication.gapt.* replication.objectives.* replication.stats.* \
+MUTATION_SCOPE ?= replication.mbe.* replication.gapt.* replication.objectives.* replication.reporting.stats.* \
 	replication.train.x?Trainer?_train_step__* replication.train.x?Trainer?_reduce__*
 MUTATION_ARGS = $(foreach p,$(MUTATION_SCOPE),'$(p)')
 

@@ -2,7 +2,7 @@
 # (config/paper.yaml); `--configfile config/<scale>.yaml` selects another (smoke, cpu, gpu1). A global
 # config gets nothing from any other file: a key it omits takes the default that
 # workflow/schemas/config.schema.yaml states. Every job is a `python -m replication.<command>` call that
-# can also be run by hand; the Python package decides what to run (replication/workflow.py).
+# can also be run by hand; the Python package decides what to run (replication/reporting/workflow.py).
 import sys
 
 from snakemake.utils import min_version
@@ -10,7 +10,7 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 from replication.config import ConfigError
-from replication.workflow import PAPER_CONFIG, TABLE_FILES, Plan, resolve_global_config
+from replication.reporting.workflow import PAPER_CONFIG, TABLE_FILES, Plan, resolve_global_config
 
 if not workflow.overwrite_configfiles and "scale" not in config:
     # nothing names a config file or a scale: the full replication, by this explicit choice

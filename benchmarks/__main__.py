@@ -58,9 +58,9 @@ def run_section(name: str, out: Path) -> None:
 
         result = data_prep()
         print(f"\nData preparation, GPT-2 BPE, tokens/s (target {result['target']})")
-        rows = [[name, f"{r['tokens']:,}", f"{r['replication.prepare']:,.0f}", f"{r['tiktoken encode_ordinary_batch']:,.0f}",
+        rows = [[name, f"{r['tokens']:,}", f"{r['replication.tasks.fineweb.prepare']:,.0f}", f"{r['tiktoken encode_ordinary_batch']:,.0f}",
                  f"{r['ratio']:.3f}"] for name, r in result["inputs"].items()]  # fmt: skip
-        print(tabulate(rows, headers=["input", "tokens", "replication.prepare", "tiktoken batch encoder", "ratio"],
+        print(tabulate(rows, headers=["input", "tokens", "replication.tasks.fineweb.prepare", "tiktoken batch encoder", "ratio"],
                        tablefmt="github"))  # fmt: skip
         write_result(out, name, result)
     elif name == "evaluation":

@@ -1,4 +1,4 @@
-"""Data preparation: tokens/s of ``replication.prepare`` on the local FineWeb sample (GPT-2 BPE),
+"""Data preparation: tokens/s of ``replication.tasks.fineweb.prepare`` on the local FineWeb sample (GPT-2 BPE),
 against tiktoken's own batch encoder on the same texts, the ceiling of any preparation.
 
 Measured twice: on the sample itself (216 k tokens, where the fixed start-up of a ``datasets``
@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from replication.prepare import DatasetOptions, prepare
-from replication.tokenization import get_tokenizer
+from replication.tasks.fineweb.prepare import DatasetOptions, prepare
+from replication.tasks.fineweb.tokenization import get_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "experiments" / "fineweb_pretrain" / "sample" / "fineweb_sample.jsonl.gz"
@@ -35,7 +35,7 @@ def _measure(path: Path, threads: int, rounds: int) -> dict[str, float]:
             manifest = prepare("bench", options, Path(out) / "bench", threads=threads, progress=False)
             seconds = time.perf_counter() - start
         ours.append((manifest["splits"]["val"]["tokens"] + manifest["splits"]["train"]["tokens"]) / seconds)
-    return {"tokens": n_ceiling, "replication.prepare": max(ours), "tiktoken encode_ordinary_batch": max(ceiling),
+    return {"tokens": n_ceiling, "replication.tasks.fineweb.prepare": max(ours), "tiktoken encode_ordinary_batch": max(ceiling),
             "ratio": max(ours) / max(ceiling)}  # fmt: skip
 
 

@@ -340,7 +340,7 @@ def mini_dag_overrides(scratch: Path) -> list[str]:
 
 def check_mini_dag_plan(scratch: Path) -> dict[str, Any]:
     """Resolve the mini-DAG's global config and every run config, as the Snakefile does first."""
-    from replication.workflow import Plan, resolve_global_config
+    from replication.reporting.workflow import Plan, resolve_global_config
 
     write_mini_dag_experiments(scratch / "experiments")
     raw = yaml.safe_load((REPO / "config" / "gpu1.yaml").read_text())
@@ -368,7 +368,7 @@ def mini_dag_commands(scratch: Path, slots: int = 1) -> tuple[list[str], list[st
     snakemake = [sys.executable, "-m", "snakemake", "--cores", str(os.cpu_count() or 1), "--resources",
                  f"gpu={slots}", "--keep-going", "--configfile", "config/gpu1.yaml", "--config",
                  *overrides, "--quiet", "rules"]  # fmt: skip
-    check = [sys.executable, "-m", "replication.workflow", "config/gpu1.yaml", *overrides]
+    check = [sys.executable, "-m", "replication.reporting.workflow", "config/gpu1.yaml", *overrides]
     return snakemake, check
 
 

@@ -314,13 +314,13 @@ class TableMetric(StrictModel):
     key: str  # a key of summary.json's "metrics", or a top-level field such as "phase_changes"
     label: str
     paper: dict[str, float | str] = {}  # the paper's value per method, where it gives one
-    # how the change against ce is stated (replication.stats): "relative" needs positive values and
+    # how the change against ce is stated (replication.reporting.stats): "relative" needs positive values and
     # falls back to "difference" where some are not
     change: Literal["relative", "difference", "robust_difference"] = "relative"
 
 
 class ClaimSpec(StrictModel):
-    """One row of CLAIMS.md (PAPER.md section 8), judged from paired seeds (``replication.stats``).
+    """One row of CLAIMS.md (PAPER.md section 8), judged from paired seeds (``replication.reporting.stats``).
 
     kind, by the quantity ``metric`` is:
     - "relative" (positive): the paired log ratio of ``method`` against ``baseline``;
@@ -354,7 +354,7 @@ class ClaimSpec(StrictModel):
 
 
 class FigureSpec(StrictModel):
-    """One figure of an experiment, drawn from its CSVs alone (``replication.figures``).
+    """One figure of an experiment, drawn from its CSVs alone (``replication.reporting.figures``).
 
     kinds: ``curves`` (the curves.csv ``metrics`` against step, one panel per metric and method,
     compress phases shaded), ``mbe_by_layer`` (the per-layer eval ``metric`` at the last evaluation),

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from replication.arithmetic_data import (
+from replication.tasks.arithmetic.data import (
     BOS,
     EOS,
     SYMBOLS,
@@ -30,7 +30,7 @@ from replication.arithmetic_data import (
 )
 from replication.config import deep_merge, load_experiment, resolve_run_config, validate_run_config
 from replication.models import ModelOutput, build_model
-from replication.tasks.arithmetic import Task, early_stop
+from replication.tasks.arithmetic.task import Task, early_stop
 from replication.train import train
 
 from .conftest import REPO, TINY

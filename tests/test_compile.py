@@ -184,7 +184,7 @@ def test_arithmetic_and_forgetting_evaluations_run_in_the_autocast_they_are_hand
     from .test_forgetting import smoke_config
 
     from replication.models import build_model
-    from replication.tasks.forgetting import Task as ForgettingTask
+    from replication.tasks.forgetting.task import Task as ForgettingTask
 
     for task in (small_task(), ForgettingTask(smoke_config(), torch.device("cpu"))):
         torch.manual_seed(0)

@@ -219,9 +219,9 @@ def test_nan_and_negative_learning_rates_in_yaml_are_config_errors(tmp_path):
 
 
 def test_task_configs_reject_nonsense():
-    from replication.tasks.arithmetic import Config as Arithmetic
-    from replication.tasks.fineweb import Config as Fineweb
-    from replication.tasks.forgetting import Config as Forgetting
+    from replication.tasks.arithmetic.task import Config as Arithmetic
+    from replication.tasks.fineweb.task import Config as Fineweb
+    from replication.tasks.forgetting.task import Config as Forgetting
 
     with pytest.raises(ValueError, match="early_stop_tolerance"):
         Arithmetic(early_stop_tolerance=float("nan"))

@@ -451,7 +451,7 @@ def test_missing_prepared_data_names_the_experiment_and_the_command(tmp_path, ca
     assert code == 2
     (line,) = error_lines(err)
     dataset = yaml.safe_load((out / "config.yaml").read_text())["task"]["dataset"]
-    assert f"python -m replication.prepare experiments/fineweb_pretrain/config.yaml --dataset {dataset} " in line
+    assert f"python -m replication.tasks.fineweb.prepare experiments/fineweb_pretrain/config.yaml --dataset {dataset} " in line
     assert "NAME" not in line
 
 
@@ -514,7 +514,8 @@ def test_a_nonfinite_run_stops_with_a_short_message(tmp_path, monkeypatch, capsy
 
 
 def test_the_command_line_of_every_module_reports_a_missing_file_in_one_line(tmp_path, capsys):
-    from replication import aggregate, claims, figures, prepare, report
+    from replication.reporting import aggregate, claims, figures, report
+    from replication.tasks.fineweb import prepare
 
     missing = str(tmp_path / "nothing.yaml")
     calls = {
@@ -533,7 +534,7 @@ def test_the_command_line_of_every_module_reports_a_missing_file_in_one_line(tmp
 
 
 def test_the_workflow_check_reports_a_bad_config_in_short(tmp_path, capsys):
-    from replication import workflow
+    from replication.reporting import workflow
 
     path = tmp_path / "smoke.yaml"
     path.write_text("scale: smoke\nexperimentz: [arithmetic_ood]\n")

@@ -11,7 +11,7 @@ import torch
 
 from replication.config import ConfigError, load_experiment, resolve_run_config
 from replication.errors import DataError
-from replication.prepare import (
+from replication.tasks.fineweb.prepare import (
     DatasetOptions,
     NoSourceError,
     SourceHashError,
@@ -21,9 +21,9 @@ from replication.prepare import (
     prepare,
 )
 from replication.runio import read_metrics
-from replication.shards import HEADER_BYTES, MAGIC, ShardError, read_shard, shard_token_count, write_shard
-from replication.tasks.fineweb import TokenStream
-from replication.tokenization import file_sha256, get_tokenizer
+from replication.tasks.fineweb.shards import HEADER_BYTES, MAGIC, ShardError, read_shard, shard_token_count, write_shard
+from replication.tasks.fineweb.task import TokenStream
+from replication.tasks.fineweb.tokenization import file_sha256, get_tokenizer
 from replication.train import train
 
 from .conftest import REPO
@@ -299,7 +299,7 @@ def sample_bytes(tmp_path_factory):
 
 
 def test_training_batches_are_next_token_pairs_and_validation_windows_split_among_processes(sample_bytes):
-    from replication.tasks.fineweb import Task
+    from replication.tasks.fineweb.task import Task
 
     config = resolve_run_config(EXPERIMENT, "smoke", "ce", 0)
     task = Task(config, torch.device("cpu"), data_root=sample_bytes)
@@ -359,7 +359,7 @@ def _evaluate_on_rank(rank: int, world: int, port: int, data_root: str, out: str
 def _random_model_metrics(rank: int, world: int, data_root: str, config=None, autocast=nullcontext):
     """Validation metrics of a randomly initialized smoke model, and this process's batches of steps 0 and 1."""
     from replication.models import build_model
-    from replication.tasks.fineweb import Task
+    from replication.tasks.fineweb.task import Task
 
     config = config or resolve_run_config(EXPERIMENT, "smoke", "ce", 0)
     torch.manual_seed(0)

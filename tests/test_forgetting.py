@@ -16,14 +16,14 @@ from replication.config import (
 )
 from replication.models import build_model
 from replication.runio import read_metrics
-from replication.separation import (
+from replication.tasks.forgetting.separation import (
     alleviation_percent,
     interference,
     separation_ratio,
     specialized_fraction,
     unit_selectivity,
 )
-from replication.tasks.forgetting import Task, base_parameters, sample_inputs, teacher_shift
+from replication.tasks.forgetting.task import Task, base_parameters, sample_inputs, teacher_shift
 from replication.train import Trainer, train
 
 from .conftest import REPO
@@ -290,7 +290,7 @@ def test_the_always_on_mbe_objective_compresses_the_hidden_layer(smoke_runs):
 def test_alleviation_is_paired_with_the_ce_run_of_the_same_seed():
     import pandas as pd
 
-    from replication.tasks.forgetting import paired_metrics
+    from replication.tasks.forgetting.task import paired_metrics
 
     rows = []
     for seed, (ce_before, ce_after, gapt_after) in enumerate([(1.0, 3.0, 2.0), (1.0, 2.0, 2.5)]):

@@ -176,7 +176,7 @@ def test_the_controller_is_fed_the_steps_main_loss_and_the_monitored_blocks_mbe_
 
 def test_the_best_validation_loss_is_the_minimum_and_its_step_the_argmin():
     # identity: best = min over evaluations (not the last, not the max), step = argmin
-    from replication.tasks.fineweb import Task as FinewebTask
+    from replication.tasks.fineweb.task import Task as FinewebTask
 
     evals = [{"kind": "eval", "step": s, "val/ce": v, "val/mbe_by_layer": [1.0] * 6}
              for s, v in ((0, 5.0), (10, 3.0), (20, 2.5), (30, 2.75))]  # fmt: skip

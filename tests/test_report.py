@@ -9,9 +9,9 @@ import pytest
 import yaml
 from scipy import stats as scipy_stats
 
-from replication import aggregate, claims, figures, report
+from replication.reporting import aggregate, claims, figures, report
 from replication.config import ExperimentSpec, load_experiment, resolve_run_config, write_run_config
-from replication.stats import (
+from replication.reporting.stats import (
     at_least,
     fisher_combined,
     holm,

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from replication.rq1 import (
+from replication.reporting.rq1 import (
     TEST_PERMUTATIONS,
     alignment_series,
     lag1_autocorrelation,

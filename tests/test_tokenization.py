@@ -1,7 +1,7 @@
 import pytest
 
-from replication import tokenization
-from replication.tokenization import ByteTokenizer, GPT2Tokenizer, get_tokenizer
+from replication.tasks.fineweb import tokenization
+from replication.tasks.fineweb.tokenization import ByteTokenizer, GPT2Tokenizer, get_tokenizer
 
 SENTENCE = "The quick brown fox jumps over the lazy dog. Naïve café, 東京 — 42!"
 

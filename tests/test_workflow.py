@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from replication.config import ConfigError
-from replication.workflow import DEFAULTS, Plan, check_outputs, resolve_global_config
+from replication.reporting.workflow import DEFAULTS, Plan, check_outputs, resolve_global_config
 
 from .conftest import REPO
 

@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 
 TASK_MODULES = {
     "synthetic": "replication.tasks.synthetic",
-    "arithmetic": "replication.tasks.arithmetic",
-    "forgetting": "replication.tasks.forgetting",
-    "fineweb": "replication.tasks.fineweb",
+    "arithmetic": "replication.tasks.arithmetic.task",
+    "forgetting": "replication.tasks.forgetting.task",
+    "fineweb": "replication.tasks.fineweb.task",
 }
 
 

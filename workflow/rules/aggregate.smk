@@ -15,7 +15,7 @@ rule aggregate:
         seeds=lambda w: " ".join(map(str, PLAN.seeds(w.experiment))),
     shell:
         logged(
-            "{PYTHON} -m replication.aggregate {input.config} --scale {wildcards.scale} --runs {RUNS} "
+            "{PYTHON} -m replication.reporting.aggregate {input.config} --scale {wildcards.scale} --runs {RUNS} "
             "--out {params.out} --methods {params.methods} --seeds {params.seeds}"
         )
 
@@ -36,5 +36,5 @@ for _experiment in PLAN.specs:
             results=PLAN.results_dir(_experiment),
         shell:
             logged(
-                "{PYTHON} -m replication.figures {input.config} --results {params.results}"
+                "{PYTHON} -m replication.reporting.figures {input.config} --results {params.results}"
             )

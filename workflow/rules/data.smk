@@ -13,5 +13,5 @@ rule prepare_data:
         out=lambda w: f"{DATA}/{w.dataset}",
     shell:
         logged(
-            "{PYTHON} -m replication.prepare {input} --dataset {wildcards.dataset} --out {params.out}"
+            "{PYTHON} -m replication.tasks.fineweb.prepare {input} --dataset {wildcards.dataset} --out {params.out}"
         )

@@ -13,6 +13,6 @@ rule claims:
         results=f"{config['results_dir']}/{PLAN.scale}",
     shell:
         logged(
-            "{PYTHON} -m replication.claims {input.configs} --scale {PLAN.scale} --results {params.results} "
+            "{PYTHON} -m replication.reporting.claims {input.configs} --scale {PLAN.scale} --results {params.results} "
             "--out {output}"
         )

@@ -1,6 +1,6 @@
 """Multiplication with out-of-distribution operands (PAPER.md section 6, experiment ``arithmetic_ood``).
 
-Data (``replication.arithmetic_data``), all drawn from the data seed, never the run seed:
+Data (``replication.tasks.arithmetic.data``), all drawn from the data seed, never the run seed:
 - train: ``train_examples`` examples with operands of ``train_digits`` (1-3) digits, one stream,
   drawn only from the training part of the pair space (``arithmetic_data.held_out`` False);
 - held-out ID validation (``id``): ``val_examples`` with ``train_digits``, drawn only from the
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from pydantic import PositiveInt, field_validator, model_validator
 from torch import Tensor
 
-from replication.arithmetic_data import (
+from replication.tasks.arithmetic.data import (
     EOS,
     VOCAB_SIZE,
     Pairs,

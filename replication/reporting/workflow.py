@@ -162,7 +162,7 @@ def _check_experiment_name(name: str, folder: Path, problem: str) -> None:
         )
 
 
-SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 PAPER_CONFIG = "config/paper.yaml"  # what `snakemake` runs when nothing names a config or a scale
 
 
@@ -250,11 +250,11 @@ def resolve_global_config(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_outputs(argv: list[str] | None = None) -> int:
-    """python -m replication.workflow CONFIG.yaml [KEY=VALUE ...]: is every final output there?
+    """python -m replication.reporting.workflow CONFIG.yaml [KEY=VALUE ...]: is every final output there?
 
     The same KEY=VALUE overrides as snakemake's --config; exits 1 naming whatever is missing or empty.
     """
-    parser = cli.parser("replication.workflow", check_outputs.__doc__)
+    parser = cli.parser("replication.reporting.workflow", check_outputs.__doc__)
     parser.add_argument("configfile", type=str)
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE, as given to snakemake --config")
     return cli.run(_check_outputs, parser.parse_args(argv))

@@ -1,4 +1,4 @@
-"""FineWeb pretraining (PAPER.md section 5): token shards made by ``replication.prepare``.
+"""FineWeb pretraining (PAPER.md section 5): token shards made by ``replication.tasks.fineweb.prepare``.
 
 The loader is modded-nanogpt's: the training split is read in order, shard after shard, as
 contiguous chunks of ``micro_batch_size * seq_len + 1`` tokens (inputs and next-token targets of
@@ -18,7 +18,7 @@ Summary metrics (beyond the task defaults ``final/val/...`` and ``best/val/ce``)
 ``best/val/ce_step``; ``final/val/mbe_alternate_layers`` and ``final/val/mbe_joint_layers``, the
 mean validation MBE over the blocks that ``gapt`` and ``gapt_joint`` regularize (the same blocks
 in every method, so that runs compare); ``speed/tokens_per_s`` (training steps only); and, for runs
-that logged gradient alignment, the RQ1 statistics ``rq1/...`` of ``replication.rq1``.
+that logged gradient alignment, the RQ1 statistics ``rq1/...`` of ``replication.reporting.rq1``.
 """
 
 from __future__ import annotations
@@ -35,20 +35,20 @@ from replication.config import ConfigError, TaskConfig
 from replication.evaluation import evaluate_lm
 from replication.objectives import default_layers
 from replication.precision import Autocast
-from replication.prepare import load_manifest
-from replication.rq1 import DEFAULT_TIME_CONSTANT, cycle_statistics
-from replication.shards import read_shard
+from replication.tasks.fineweb.prepare import load_manifest
+from replication.reporting.rq1 import DEFAULT_TIME_CONSTANT, cycle_statistics
+from replication.tasks.fineweb.shards import read_shard
 from replication.tasks.base import Batch
 from replication.tasks.lm import LanguageTask, shard, windows_to_batch
 
 
 class Config(TaskConfig):
     name: Literal["fineweb"] = "fineweb"
-    dataset: str  # a folder under the data root, made by python -m replication.prepare
+    dataset: str  # a folder under the data root, made by python -m replication.tasks.fineweb.prepare
     seq_len: int = Field(default=32768, gt=0)  # tokens per row
     micro_batch_size: int = Field(default=1, gt=0)  # rows per micro-batch on each process
     val_tokens: int = Field(default=10_485_760, gt=0)  # predicted validation tokens; a multiple of seq_len
-    # time constant, in optimizer steps, of the smoothing of the RQ1 sign counts (replication.rq1)
+    # time constant, in optimizer steps, of the smoothing of the RQ1 sign counts (replication.reporting.rq1)
     rq1_time_constant: float = Field(default=DEFAULT_TIME_CONSTANT, gt=0, allow_inf_nan=False)
 
     mbe_sequence_key: ClassVar[str] = "seq_len"

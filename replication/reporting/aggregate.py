@@ -1,6 +1,6 @@
 """All runs of one experiment at one scale -> tidy CSVs and table.md.
 
-    python -m replication.aggregate experiments/NAME/config.yaml --scale S --runs runs --out results/S/NAME
+    python -m replication.reporting.aggregate experiments/NAME/config.yaml --scale S --runs runs --out results/S/NAME
 
 reads ``runs/NAME/S/<method>/seed<seed>/{summary.json,metrics.jsonl}`` of the experiment's methods
 and the scale's seeds (a summary must match the folder's config.yaml: one written by a run of another
@@ -14,7 +14,7 @@ config is an error naming the keys that differ), and writes into ``--out``:
 - ``phases.csv``: the phase intervals of every run, for shading;
 - ``alignment.csv``: the RQ1 gradient-alignment records, where runs logged them;
 - ``table.md``: mean ± std per method beside the paper's values, and the paired change against ce
-  (``replication.stats.paired_change``, as each table row's ``change`` names it) with its 95 %
+  (``replication.reporting.stats.paired_change``, as each table row's ``change`` names it) with its 95 %
   interval and n.
 Nothing here reads logs or stdout: only what the runs wrote.
 """
@@ -34,7 +34,7 @@ from replication import cli
 from replication.config import ConfigError, ExperimentSpec, load_experiment, load_run_config
 from replication.errors import RunFolderError
 from replication.runio import check_summary_config, read_json, read_metrics
-from replication.stats import CHANGES, paired_change
+from replication.reporting.stats import CHANGES, paired_change
 from replication.tasks import TASK_MODULES
 
 TOP_LEVEL = ("phase_changes", "compress_steps", "nonfinite_steps", "wall_time_s", "tokens", "steps", "peak_memory_bytes")
@@ -223,7 +223,7 @@ def write_table(spec: ExperimentSpec, scale: str, frames: dict[str, pd.DataFrame
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.parser("replication.aggregate", __doc__)
+    parser = cli.parser("replication.reporting.aggregate", __doc__)
     parser.add_argument("experiment", type=Path, help="experiments/NAME/config.yaml")
     parser.add_argument("--scale", required=True)
     parser.add_argument("--runs", type=Path, default=Path("runs"))

@@ -1,10 +1,10 @@
 """CLAIMS.md: one row per claim of every experiment, judged from paired seeds (PAPER.md section 8).
 
-    python -m replication.claims experiments/A/config.yaml experiments/B/config.yaml ... \\
+    python -m replication.reporting.claims experiments/A/config.yaml experiments/B/config.yaml ... \\
         --scale S --results results/S --out results/S/CLAIMS.md
 
-reads ``results/S/<experiment>/summary.csv`` (written by ``replication.aggregate``). Each claim names
-the statistic fit to its quantity (``ClaimSpec.kind``; ``replication.stats`` defines them): the paired
+reads ``results/S/<experiment>/summary.csv`` (written by ``replication.reporting.aggregate``). Each claim names
+the statistic fit to its quantity (``ClaimSpec.kind``; ``replication.reporting.stats`` defines them): the paired
 log ratio for a relative change of a positive quantity, the paired difference where the baseline can
 be near zero, the median paired difference with the sign test for heavy-tailed quantities, a
 threshold test for counts, and a permutation test of serial dependence for RQ1. The raw verdict
@@ -26,7 +26,7 @@ from tabulate import tabulate
 from replication import cli
 from replication.config import ClaimSpec, ExperimentSpec, load_experiment
 from replication.errors import DataError
-from replication.stats import Estimate, at_least, fisher_combined, holm, paired_change, verdict
+from replication.reporting.stats import Estimate, at_least, fisher_combined, holm, paired_change, verdict
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def claim_rows(spec: ExperimentSpec, summary: pd.DataFrame, scale: str) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.parser("replication.claims", __doc__)
+    parser = cli.parser("replication.reporting.claims", __doc__)
     parser.add_argument("experiments", nargs="+", type=Path, help="experiments/NAME/config.yaml files")
     parser.add_argument("--scale", required=True)
     parser.add_argument("--results", type=Path, required=True, help="results/SCALE")

@@ -43,7 +43,7 @@ from replication.evaluation import mbe_kwargs
 from replication.mbe import patch_mbe
 from replication.models import ReplicationModel, build_model
 from replication.precision import Autocast
-from replication.separation import alleviation_percent, interference, separation_ratio, specialized_fraction
+from replication.tasks.forgetting.separation import alleviation_percent, interference, separation_ratio, specialized_fraction
 from replication.tasks import base
 from replication.tasks.base import Batch, derive_seed
 

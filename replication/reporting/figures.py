@@ -1,6 +1,6 @@
 """Figures of one experiment, drawn from its tidy CSVs alone (PNG and PDF).
 
-    python -m replication.figures experiments/NAME/config.yaml --results results/SCALE/NAME
+    python -m replication.reporting.figures experiments/NAME/config.yaml --results results/SCALE/NAME
 
 draws every figure the experiment's ``figures:`` section lists (see ``config.FigureSpec``).
 """
@@ -22,7 +22,7 @@ import seaborn as sns  # noqa: E402
 
 from replication import cli  # noqa: E402
 from replication.config import ConfigError, ExperimentSpec, FigureSpec, load_experiment  # noqa: E402
-from replication.stats import t_errorbar  # noqa: E402
+from replication.reporting.stats import t_errorbar  # noqa: E402
 
 METHOD_ORDER = ["ce", "ce_mbe", "gapt", "gapt_joint"]
 COMPRESS_MAX_GREY = 0.3  # background grey when every seed compresses (a share of black)
@@ -217,7 +217,7 @@ def draw(spec: ExperimentSpec, results: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.parser("replication.figures", __doc__)
+    parser = cli.parser("replication.reporting.figures", __doc__)
     parser.add_argument("experiment", type=Path, help="experiments/NAME/config.yaml")
     parser.add_argument("--results", type=Path, required=True, help="results/SCALE/NAME, holding the CSVs")
     return cli.run(_main, parser.parse_args(argv))

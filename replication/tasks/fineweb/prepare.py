@@ -1,9 +1,9 @@
 """Prepare a token data set once, before any run reads it.
 
-    python -m replication.prepare experiments/NAME/config.yaml --dataset DATASET --out data/DATASET
+    python -m replication.tasks.fineweb.prepare experiments/NAME/config.yaml --dataset DATASET --out data/DATASET
 
 reads the options of ``datasets.DATASET`` in the experiment file (``DatasetOptions``), tokenizes the
-text into modded-nanogpt shards (``replication.shards``) and writes, into the output folder,
+text into modded-nanogpt shards (``replication.tasks.fineweb.shards``) and writes, into the output folder,
 ``val_000000.bin``, ``train_000000.bin``, ... and, last, ``manifest.json``: the token and document
 counts, the source, the tokenizer and the sha256 of every shard. The manifest marks the preparation
 finished; running the command again with the same options does nothing.
@@ -48,8 +48,8 @@ from replication import cli
 from replication.config import ConfigError, format_validation_error, load_experiment
 from replication.errors import DataError
 from replication.runio import now, read_json, write_json_atomic
-from replication.shards import HEADER_INTS, MAGIC, VERSION, read_shard, shard_bytes, shard_token_count
-from replication.tokenization import file_sha256, get_tokenizer
+from replication.tasks.fineweb.shards import HEADER_INTS, MAGIC, VERSION, read_shard, shard_bytes, shard_token_count
+from replication.tasks.fineweb.tokenization import file_sha256, get_tokenizer
 
 MANIFEST_NAME = "manifest.json"
 PRETOKENIZED_SHARD_TOKENS = 100_000_000  # the author's shards: 100 M tokens each
@@ -387,7 +387,7 @@ def load_manifest(folder: Path, experiment: str | None = None) -> dict[str, Any]
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     config = f"experiments/{experiment}/config.yaml" if experiment else "experiments/<experiment>/config.yaml"
-    prepare_command = f"python -m replication.prepare {config} --dataset {folder.name} --out {folder}"
+    prepare_command = f"python -m replication.tasks.fineweb.prepare {config} --dataset {folder.name} --out {folder}"
     if not path.is_file():
         raise DataError(
             f"the data set {folder.name} is not prepared ({path} is missing): prepare it with {prepare_command}, "
@@ -409,7 +409,7 @@ def load_manifest(folder: Path, experiment: str | None = None) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.parser("replication.prepare", __doc__)
+    parser = cli.parser("replication.tasks.fineweb.prepare", __doc__)
     parser.add_argument("experiment", type=Path, help="experiments/NAME/config.yaml")
     parser.add_argument("--dataset", required=True, help="a key of the experiment's datasets:")
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. data/DATASET")

@@ -1,6 +1,6 @@
 """One self-contained HTML page of a scale's results: the claims, every table, every figure.
 
-    python -m replication.report --scale cpu     # writes results/cpu/report.html
+    python -m replication.reporting.report --scale cpu     # writes results/cpu/report.html
 
 The page is built from the files under ``results/<scale>/`` alone (``CLAIMS.md``, each experiment's
 ``table.md`` and figure PNGs) and from the experiments' ``config.yaml`` (each figure's title and
@@ -25,7 +25,7 @@ import markdown
 
 from replication import cli
 from replication.config import ExperimentSpec, load_experiment
-from replication.workflow import DEFAULTS
+from replication.reporting.workflow import DEFAULTS
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1200px; margin: 2em auto;
@@ -151,7 +151,7 @@ def render(page: Page) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.parser("replication.report", __doc__)
+    parser = cli.parser("replication.reporting.report", __doc__)
     parser.add_argument("--scale", required=True, help="smoke, cpu, gpu1 or paper")
     parser.add_argument("--results", type=Path, default=Path("results"), help="the results root (default: results)")
     parser.add_argument("--experiments-dir", type=Path, default=Path("experiments"))

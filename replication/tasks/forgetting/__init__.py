@@ -1,0 +1,1 @@
+"""Catastrophic forgetting and representation separation (experiment 3): the metrics and the task."""
