@@ -1,7 +1,7 @@
 # The replication DAG. `snakemake --cores all` with no config file runs the paper scale
 # (config/paper.yaml); `--configfile config/<scale>.yaml` selects another (smoke, cpu, gpu1). A global
 # config gets nothing from any other file: a key it omits takes the default that
-# workflow/schemas/config.schema.yaml states. Every job is a `python -m replication.<command>` call that
+# replication/reporting/config.schema.yaml states. Every job is a `python -m replication.<command>` call that
 # can also be run by hand; the Python package decides what to run (replication/reporting/workflow.py).
 import sys
 
@@ -9,8 +9,11 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-from replication.config import ConfigError
-from replication.reporting.workflow import PAPER_CONFIG, TABLE_FILES, Plan, resolve_global_config
+from replication.errors import ConfigError
+from replication.methods import METHOD_NAMES
+from replication.reporting.workflow import TABLE_FILES, Plan, resolve_global_config
+
+PAPER_CONFIG = f"{workflow.basedir}/config/paper.yaml"  # what runs when nothing names a config or a scale
 
 if not workflow.overwrite_configfiles and "scale" not in config:
     # nothing names a config file or a scale: the full replication, by this explicit choice
@@ -37,7 +40,7 @@ def logged(command):
 
 
 wildcard_constraints:
-    method="ce|ce_mbe|gapt|gapt_joint",
+    method="|".join(METHOD_NAMES),  # the method registry
     seed=r"\d+",
     experiment=r"[a-z0-9_]+",
     scale=r"[a-z0-9_]+",

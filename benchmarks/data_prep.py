@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from replication.tasks.fineweb.prepare import DatasetOptions, prepare
+from replication.tasks.fineweb.data import DatasetOptions, prepare
 from replication.tasks.fineweb.tokenization import get_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent

@@ -60,7 +60,9 @@ import yaml
 from tabulate import tabulate
 
 from benchmarks.common import write_result
-from replication.config import METHOD_NAMES, RunConfig, deep_merge, resolve_run_config, validate_run_config
+from replication.config import deep_merge
+from replication.methods import METHOD_NAMES
+from replication.runconfig import RunConfig, resolve_run_config, validate_run_config
 
 REPO = Path(__file__).resolve().parent.parent
 FINEWEB = REPO / "experiments" / "fineweb_pretrain" / "config.yaml"

@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import interleaved
-from replication.config import RunConfig, deep_merge, resolve_run_config, validate_run_config
+from replication.config import deep_merge
 from replication.evaluation import evaluate_lm
 from replication.gapt import Phase
-from replication.objectives import METHODS, accumulate_gradients
+from replication.methods import METHODS
+from replication.objectives import accumulate_gradients
+from replication.runconfig import RunConfig, resolve_run_config, validate_run_config
 from replication.train import Trainer
 
 REPO = Path(__file__).resolve().parent.parent

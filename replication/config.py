@@ -1,14 +1,11 @@
-"""Typed, strict run configuration.
+"""The sections of a run's configuration, and what every config file shares.
 
-A run is described by one ``RunConfig``: frozen pydantic models in which an unknown key is an
-error naming the key. Experiments are YAML files (``experiments/<name>/config.yaml``) of partial
-configs merged in this order, later layers winning:
-
-    field defaults < experiment ``defaults`` < ``scales.<scale>.config`` < ``methods.<method>``
-    < ``scales.<scale>.methods.<method>`` < run identity (experiment, scale, method, seed)
-
-``resolve_run_config`` does this merge once; the result is written whole into the run folder and is
-the only thing ``python -m replication.train`` reads.
+Each section (model, optimizer, objective, training, alignment logging, and the base of every task's
+config) is a frozen pydantic model in which an unknown key is an error naming the key. A whole run,
+and the experiment files it is resolved from, are in ``replication.runconfig``; each task's own
+section is in its package (``replication.tasks.<name>.config``); the reporting sections of an
+experiment file are in ``replication.reporting.spec``. This module also holds what they share: the
+one-line-per-key error messages with did-you-mean hints, YAML loading, and the deep merge of layers.
 """
 
 from __future__ import annotations
@@ -16,8 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import hashlib
-import json
 import types
 import typing
 from pathlib import Path
@@ -30,16 +25,11 @@ from pydantic import (
     Field,
     NonNegativeInt,
     PositiveInt,
-    SerializeAsAny,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
 from replication.errors import ConfigError
-from replication.gapt import GaptConfig
-
-METHOD_NAMES = ("ce", "ce_mbe", "gapt", "gapt_joint")
 
 
 class StrictModel(BaseModel):
@@ -226,189 +216,13 @@ class TaskConfig(StrictModel):
         """Length of the sequence MBE patches are cut from (tokens of a row, or samples of a batch)."""
         return None if self.mbe_sequence_key is None else int(getattr(self, self.mbe_sequence_key))
 
-
-class RunConfig(StrictModel):
-    experiment: str
-    scale: str
-    method: Literal["ce", "ce_mbe", "gapt", "gapt_joint"]
-    seed: Seed
-    data_seed: Seed | None = None  # None: the run seed (a seed draws the data too)
-    task: SerializeAsAny[TaskConfig]
-    model: ModelConfig
-    optim: OptimConfig
-    train: TrainConfig
-    objective: ObjectiveConfig = ObjectiveConfig()
-    gapt: GaptConfig = GaptConfig()
-    alignment: AlignmentConfig = AlignmentConfig()
-
-    @field_validator("task", mode="before")
-    @classmethod
-    def _task_by_name(cls, value: Any) -> Any:
-        if isinstance(value, TaskConfig):
-            return value
-        if not isinstance(value, dict) or "name" not in value:
-            raise ValueError("task needs a 'name'")
-        from replication.tasks import task_config_class
-
-        name = value["name"]
-        config_class = task_config_class(name)
-        try:
-            return config_class.model_validate(value)
-        except ValidationError as error:
-            # put the task name in the location, as a discriminated union puts its tag there:
-            # ('task', 'synthetic', 'seq_lne'); format_validation_error resolves the class from it
-            raise _relocated(error, (name,)) from None
-
-    @model_validator(mode="after")
-    def _sections_fit(self) -> RunConfig:
-        length = self.task.mbe_sequence_length()
-        patch = self.objective.patch_size
-        if length is not None and length % patch:
-            raise ValueError(
-                f"objective.patch_size ({patch}) must divide task.{self.task.mbe_sequence_key} ({length}), "
-                "the length of the sequence MBE patches are cut from"
-            )
-        n_blocks = self.model.n_blocks
-        for key, layers in (
-            ("objective.alternate_layers", self.objective.alternate_layers),
-            ("objective.joint_layers", self.objective.joint_layers),
-            ("alignment.layers", self.alignment.layers),
-        ):
-            bad = [i for i in layers or [] if i >= n_blocks]
-            if bad:
-                raise ValueError(
-                    f"{key} {layers} names blocks {bad}; the model has {n_blocks} (0..{n_blocks - 1})"
-                )
-        from replication.objectives import METHODS, default_layers
-
-        compression = METHODS[self.method].compression
-        if compression != "none" and getattr(self.objective, f"{compression}_layers") is None:
-            default_layers(n_blocks, compression)  # a ConfigError (a ValueError) when the model has none
-        return self
-
-    @property
-    def effective_data_seed(self) -> int:
-        return self.seed if self.data_seed is None else self.data_seed
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-    def digest(self) -> str:
-        """A short hash of the resolved config: a checkpoint only resumes a run of the same config."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    def check_fit(self, model: Any, train: TrainConfig, objective: ObjectiveConfig) -> None:
+        """Raise ValueError when this task cannot run with these sections of the run config (a model
+        without the vocabulary it needs, stages that do not add up to train.steps, ...). RunConfig
+        calls it on every validation, so that a mismatch fails before anything runs."""
 
 
-# -- experiment files --------------------------------------------------------------------------
-
-
-class ScaleSpec(StrictModel):
-    seeds: list[Seed]
-    description: str = ""
-    config: dict[str, Any] = {}
-    methods: dict[str, dict[str, Any]] = {}
-
-
-class TableMetric(StrictModel):
-    """One row of an experiment's table.md: a headline metric of summary.json, per method."""
-
-    key: str  # a key of summary.json's "metrics", or a top-level field such as "phase_changes"
-    label: str
-    paper: dict[str, float | str] = {}  # the paper's value per method, where it gives one
-    # how the change against ce is stated (replication.reporting.stats): "relative" needs positive values and
-    # falls back to "difference" where some are not
-    change: Literal["relative", "difference", "robust_difference"] = "relative"
-
-
-class ClaimSpec(StrictModel):
-    """One row of CLAIMS.md (PAPER.md section 8), judged from paired seeds (``replication.reporting.stats``).
-
-    kind, by the quantity ``metric`` is:
-    - "relative" (positive): the paired log ratio of ``method`` against ``baseline``;
-    - "difference" (the baseline can be near zero): the paired difference, t interval;
-    - "robust_difference" (heavy-tailed): the median paired difference, sign test;
-    - "at_least" / "robust_at_least": ``method``'s values against ``threshold`` (mean and t, or median
-      and sign test), the interval cut at 0 for a quantity that cannot be negative;
-    - "serial_dependence": RQ1's permutation test; ``metric`` names the per-run statistic, whose
-      ``_shuffled``, ``_p_persistent`` and ``_p_alternating`` companions the run also reports.
-    A claim is reproduced when its p-value is below 0.05 with the estimate on the side of
-    ``direction`` (for a threshold claim: above it).
-    """
-
-    id: str
-    claim: str
-    metric: str
-    kind: Literal["relative", "difference", "robust_difference", "at_least", "robust_at_least",
-                  "serial_dependence"] = "relative"  # fmt: skip
-    method: str = "gapt"
-    baseline: str = "ce"
-    direction: Literal["decrease", "increase"] = "decrease"
-    threshold: float | None = None
-    paper_value: str  # as the paper states it, e.g. "-4.8 %"
-    figure: str | None = None  # a file under results/<scale>/<experiment>/
-
-    @model_validator(mode="after")
-    def _threshold_claims_name_one(self) -> ClaimSpec:
-        if self.kind in ("at_least", "robust_at_least") and self.threshold is None:
-            raise ValueError(f"claim {self.id}: kind {self.kind} needs a threshold")
-        return self
-
-
-class FigureSpec(StrictModel):
-    """One figure of an experiment, drawn from its CSVs alone (``replication.reporting.figures``).
-
-    kinds: ``curves`` (the curves.csv ``metrics`` against step, one panel per metric and method,
-    compress phases shaded), ``mbe_by_layer`` (the per-layer eval ``metric`` at the last evaluation),
-    ``rq1_alignment`` (alignment.csv: cosine against step per layer with the noise baseline),
-    ``by_digits`` (summary metrics ``<prefix><digits>`` for every ``prefixes`` entry),
-    ``by_method`` (summary ``metrics`` per method with the seed spread).
-    """
-
-    kind: Literal["curves", "mbe_by_layer", "rq1_alignment", "by_digits", "by_method"]
-    file: str  # file stem: <file>.png and <file>.pdf under results/<scale>/<experiment>/
-    title: str = ""
-    metrics: list[str] = []
-    metric: str | None = None
-    prefixes: list[str] = []
-    caption: str = ""
-
-
-class PaperSpec(StrictModel):
-    table: list[TableMetric] = []
-    claims: list[ClaimSpec] = []
-
-
-class ExperimentSpec(StrictModel):
-    """The schema of ``experiments/<name>/config.yaml``."""
-
-    experiment: str
-    description: str = ""
-    paper: PaperSpec = PaperSpec()  # the paper's numbers, for tables and claims
-    figures: list[FigureSpec] = []
-    # data sets prepared once before any run (name -> the preparation's own options); a run names the
-    # one it reads in its task config, and finds it under the --data-root of the train command
-    datasets: dict[str, dict[str, Any]] = {}
-    defaults: dict[str, Any] = {}
-    methods: dict[str, dict[str, Any]]
-    scales: dict[str, ScaleSpec]
-
-    @field_validator("methods")
-    @classmethod
-    def _known_methods(cls, methods: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(methods) - set(METHOD_NAMES))
-        if unknown:
-            raise ValueError(f"unknown methods {unknown}; the registry has {list(METHOD_NAMES)}")
-        return methods
-
-    @model_validator(mode="after")
-    def _claims_point_at_drawn_figures(self) -> ExperimentSpec:
-        drawn = {f"{figure.file}.png" for figure in self.figures}
-        for claim in self.paper.claims:
-            if claim.figure is not None and claim.figure not in drawn:
-                raise ValueError(f"claim {claim.id} points at {claim.figure}, which figures: does not draw")
-            for name in (claim.method, claim.baseline):
-                if name not in self.methods:
-                    raise ValueError(f"claim {claim.id} names method {name!r}, which the experiment does not run")
-        return self
+# -- merging layers ----------------------------------------------------------------------------
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -423,17 +237,6 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 
 # -- error messages ----------------------------------------------------------------------------
-
-
-def _relocated(error: ValidationError, prefix: tuple[str | int, ...]) -> ValidationError:
-    """The same errors with ``prefix`` put in front of every location."""
-    details = []
-    for item in error.errors():
-        detail = {"type": item["type"], "loc": (*prefix, *item["loc"]), "input": item["input"]}
-        if "ctx" in item:
-            detail["ctx"] = item["ctx"]
-        details.append(detail)
-    return ValidationError.from_exception_data(error.title, details)
 
 
 def _unwrap(tp: Any) -> Any:
@@ -479,7 +282,7 @@ def _field_types(cls: Any) -> dict[str, Any] | None:
 
 def _follow(root: Any, loc: tuple[str | int, ...]) -> tuple[list[str], Any]:
     """Walk an error location down from the root class: the location as the user wrote it (without
-    the tags that discriminated unions and ``task`` put in it) and the class the location ends in
+    the tags that discriminated unions put in it) and the class the location ends in
     (None where the walk cannot tell)."""
     shown: list[str] = []
     tp = root
@@ -489,15 +292,6 @@ def _follow(root: Any, loc: tuple[str | int, ...]) -> tuple[list[str], Any]:
         if isinstance(part, str) and part in members:  # ('model', 'modded', ...): the tag
             tp = members[part]
             continue
-        if tp is TaskConfig and isinstance(part, str):  # ('task', 'synthetic', ...): see _task_by_name
-            from replication.tasks import TASK_MODULES, task_config_class
-
-            if part in TASK_MODULES:
-                try:
-                    tp = task_config_class(part)
-                except ImportError:
-                    tp = None
-                continue
         shown.append(str(part))
         fields = _field_types(tp)
         if fields is not None:
@@ -548,13 +342,6 @@ def format_validation_error(error: ValidationError, source: str, model: Any = No
     return "\n".join(lines)
 
 
-def validate_run_config(data: dict[str, Any], source: str = "run config") -> RunConfig:
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(format_validation_error(error, source, RunConfig)) from None
-
-
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -574,45 +361,3 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_experiment(path: str | Path) -> ExperimentSpec:
-    try:
-        return ExperimentSpec.model_validate(load_yaml(path))
-    except ValidationError as error:
-        raise ConfigError(format_validation_error(error, str(path), ExperimentSpec)) from None
-
-
-def resolve_run_config(experiment: ExperimentSpec | str | Path, scale: str, method: str, seed: int) -> RunConfig:
-    """Merge an experiment's layers for one run, in the precedence written in the module docstring."""
-    spec = experiment if isinstance(experiment, ExperimentSpec) else load_experiment(experiment)
-    if scale not in spec.scales:
-        raise ConfigError(f"experiment {spec.experiment} has no scale {scale!r}; it has {sorted(spec.scales)}")
-    if method not in spec.methods:
-        raise ConfigError(f"experiment {spec.experiment} has no method {method!r}; it has {sorted(spec.methods)}")
-    scale_spec = spec.scales[scale]
-    unknown = sorted(set(scale_spec.methods) - set(spec.methods))
-    if unknown:
-        raise ConfigError(f"scales.{scale}.methods names methods the experiment lacks: {unknown}")
-    merged: dict[str, Any] = {}
-    for layer in (spec.defaults, scale_spec.config, spec.methods[method], scale_spec.methods.get(method, {})):
-        merged = deep_merge(merged, layer)
-    merged.update(experiment=spec.experiment, scale=scale, method=method, seed=int(seed))
-    return validate_run_config(merged, source=f"{spec.experiment}/{scale}/{method}/seed{seed}")
-
-
-def load_run_config(path: str | Path) -> RunConfig:
-    data = load_yaml(path)
-    if "scales" in data or "methods" in data:  # the shape of an ExperimentSpec
-        raise ConfigError(
-            f"{path} is an experiment config, not a run config: resolve a run first with "
-            f"python -m replication.configure {path} --scale S --method M --seed N --out RUN_DIR/, "
-            "then train RUN_DIR/config.yaml"
-        )
-    return validate_run_config(data, source=str(path))
-
-
-def write_run_config(config: RunConfig, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    tmp.replace(path)

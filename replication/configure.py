@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from replication import cli
-from replication.config import resolve_run_config, write_run_config
+from replication.runconfig import resolve_run_config, write_run_config
 
 RUN_CONFIG_NAME = "config.yaml"
 

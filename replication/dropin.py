@@ -54,8 +54,8 @@ from torch import Tensor, nn
 
 from replication.config import ConfigError, ObjectiveConfig
 from replication.gapt import GaptConfig, Phase, PhaseController
+from replication.methods import METHODS
 from replication.objectives import (
-    METHODS,
     StepAccumulator,
     StepResult,
     micro_batch_kind,

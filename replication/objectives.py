@@ -1,7 +1,5 @@
-"""Methods as a registry, and the gradient computation of one optimizer step (PAPER.md 3.2-3.3).
-
-A method is a name for two facts: whether the GAPT controller gates compression, and which
-compression objective the compress phase uses.
+"""The gradient computation of one optimizer step (PAPER.md 3.2-3.3), for each compression
+objective a method (``replication.methods``) can name:
 
 - ``alternate`` (method ``gapt``): the step's micro-batches alternate between main-loss-only
   (even index) and MBE-only (odd index, weight 1) micro-batches; the MBE micro-batch regularizes one
@@ -29,43 +27,9 @@ from torch import Tensor
 from replication.config import ConfigError, ObjectiveConfig
 from replication.gapt import Phase, PhaseController, Transition
 from replication.mbe import layer_mbe
+from replication.methods import Method, default_layers
 from replication.models import ReplicationModel
 from replication.tasks.base import Task
-
-Compression = Literal["none", "alternate", "joint"]
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    gated: bool  # a PhaseController decides the phase; otherwise the phase is fixed
-    compression: Compression
-
-    @property
-    def fixed_phase(self) -> Phase:
-        return Phase.MEMORIZE if self.compression == "none" else Phase.COMPRESS
-
-
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("ce", gated=False, compression="none"),
-        Method("ce_mbe", gated=False, compression="joint"),
-        Method("gapt", gated=True, compression="alternate"),
-        Method("gapt_joint", gated=True, compression="joint"),
-    )
-}
-
-
-def default_layers(n_blocks: int, kind: Literal["alternate", "joint"]) -> list[int]:
-    """The paper's middle layers, 0-based: alternate 2 .. L-3, joint 1 .. L-2 (of L blocks)."""
-    layers = list(range(2, n_blocks - 2)) if kind == "alternate" else list(range(1, n_blocks - 1))
-    if not layers:
-        raise ConfigError(
-            f"a model of {n_blocks} blocks has no middle layers for the {kind} objective; "
-            f"set objective.{kind}_layers explicitly"
-        )
-    return layers
 
 
 @dataclass(frozen=True)

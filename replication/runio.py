@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from replication.config import ConfigError, RunConfig, validate_run_config
 from replication.errors import RunFolderError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -136,25 +135,6 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict) and data:
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: data}
-
-
-def config_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> str:
-    """The keys in which two resolved configs differ, as ``key: old -> new``, dotted and sorted."""
-    a, b = _flatten(old), _flatten(new)
-    absent = "(absent)"
-    changes = [f"{key}: {a.get(key, absent)} -> {b.get(key, absent)}" for key in sorted(a.keys() | b.keys())
-               if a.get(key, absent) != b.get(key, absent)]  # fmt: skip
-    more = f" and {len(changes) - limit} more" if len(changes) > limit else ""
-    return "; ".join(changes[:limit]) + more if changes else "no key differs (only the digest)"
-
-
 def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
@@ -201,42 +181,6 @@ def provenance(device: torch.device) -> dict[str, Any]:
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def config_mismatch(record: dict[str, Any], config: RunConfig) -> str | None:
-    """None when a summary's or checkpoint's ``config_digest``/``config`` record this run config;
-    otherwise the keys in which the two differ.
-
-    A recorded config is validated again before it is compared, so a field added to the code since
-    (absent from the record, at its default now) is no difference; its digest is then recomputed.
-    """
-    if record.get("config_digest") == config.digest():
-        return None
-    old = record.get("config")
-    if not isinstance(old, dict):
-        return "the recorded config digest differs, and no config is recorded"
-    try:
-        revalidated = validate_run_config(old)
-    except ConfigError:
-        return config_differences(old, config.to_dict())  # it no longer validates: compare it as written
-    if revalidated.digest() == config.digest():
-        return None
-    return config_differences(revalidated.to_dict(), config.to_dict())
-
-
-def check_summary_config(summary: dict[str, Any], config: RunConfig, path: Path) -> str | None:
-    """A RunFolderError naming the keys that differ unless the summary at path was written by a run
-    of this config. A summary from before summaries recorded their config cannot be checked: the
-    returned warning says so (None otherwise)."""
-    if "config" not in summary and "config_digest" not in summary:
-        return f"warning: {path} records no config (written by an older version); it is not checked"
-    what = config_mismatch(summary, config)
-    if what is None:
-        return None
-    raise RunFolderError(
-        f"{path} was written by a run of another config ({what}); delete {path.name} and any "
-        f"checkpoint*.pt in {path.parent} to train this config there (metrics.jsonl is then rewritten)"
-    )
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,22 +47,22 @@ import torch
 
 from replication import cli
 from replication.alignment import gradient_alignment
-from replication.config import ConfigError, RunConfig, load_run_config
+from replication.config import ConfigError
 from replication.distributed import all_reduce_gradients, all_reduce_sum, init_distributed
 from replication.errors import ReplicationError, RunFolderError
 from replication.gapt import PhaseController
+from replication.methods import METHODS
 from replication.models import build_model
-from replication.objectives import METHODS, StepResult, accumulate_gradients, plan_layers, update_controller
-from replication.precision import autocast_for
+from replication.objectives import StepResult, accumulate_gradients, plan_layers, update_controller
 from replication.optim import Optimizers
+from replication.precision import autocast_for
 from replication.progress import Progress
+from replication.runconfig import RunConfig, check_summary_config, config_mismatch, load_run_config
 from replication.runio import (
     CHECKPOINT_NAME,
     PREVIOUS_CHECKPOINT_NAME,
     MetricsWriter,
     RunLock,
-    check_summary_config,
-    config_mismatch,
     load_checkpoint,
     now,
     peak_memory_bytes,
@@ -72,7 +73,7 @@ from replication.runio import (
     save_checkpoint,
     write_json_atomic,
 )
-from replication.tasks import build_task
+from replication.tasks.registry import build_task
 
 SUMMARY_NAME = "summary.json"
 COMPILE_BACKEND = "inductor"  # torch.compile's backend under train.compile (tests use "eager")
@@ -151,8 +152,6 @@ class _StopRequest:
         return f"signal {self.signal}" if self.signal is not None else "a stop request to another process"
 
     def __enter__(self) -> _StopRequest:
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)

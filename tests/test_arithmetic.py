@@ -11,6 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from replication.config import deep_merge
+from replication.models import ModelOutput, build_model
+from replication.reporting.spec import load_report_spec
+from replication.runconfig import resolve_run_config, validate_run_config
 from replication.tasks.arithmetic.data import (
     BOS,
     EOS,
@@ -28,8 +32,6 @@ from replication.tasks.arithmetic.data import (
     sample_operands,
     sample_square,
 )
-from replication.config import deep_merge, load_experiment, resolve_run_config, validate_run_config
-from replication.models import ModelOutput, build_model
 from replication.tasks.arithmetic.task import Task, early_stop
 from replication.train import train
 
@@ -243,7 +245,7 @@ def experiment_task(scale: str, seed: int, max_train_examples: int = 200_000) ->
     return Task(config.model_copy(update={"task": task}), torch.device("cpu"))
 
 
-SCALE_SEEDS = [(name, seed) for name, scale in load_experiment(EXPERIMENT).scales.items() for seed in scale.seeds]
+SCALE_SEEDS = [(name, seed) for name, scale in load_report_spec(EXPERIMENT).scales.items() for seed in scale.seeds]
 
 
 @pytest.mark.parametrize("scale, seed", SCALE_SEEDS)
@@ -453,7 +455,7 @@ def test_summary_reports_ood_ce_where_the_control_split_stops_and_ignores_step_0
 
 
 def test_every_scale_and_method_of_the_experiment_resolves():
-    spec = load_experiment(EXPERIMENT)
+    spec = load_report_spec(EXPERIMENT)
     assert set(spec.methods) == {"ce", "ce_mbe", "gapt", "gapt_joint"}
     for scale in spec.scales:
         for method in spec.methods:
@@ -477,7 +479,7 @@ def smoke_runs(tmp_path_factory):
 @pytest.mark.parametrize("method", ["ce", "ce_mbe", "gapt", "gapt_joint"])
 def test_smoke_run_has_every_metric_the_claims_and_table_name(smoke_runs, method):
     summary = smoke_runs[method]
-    spec = load_experiment(EXPERIMENT)
+    spec = load_report_spec(EXPERIMENT)
     keys = {c.metric for c in spec.paper.claims} | {row.key for row in spec.paper.table}
     for key in keys:
         value = summary[key] if key in summary else summary["metrics"][key]

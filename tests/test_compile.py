@@ -15,7 +15,7 @@ from torch._dynamo.utils import counters
 import replication.mbe as mbe
 import replication.train as loop
 from replication.gapt import Phase
-from replication.objectives import METHODS
+from replication.methods import METHODS
 from replication.runio import read_metrics
 
 from .conftest import tiny_config
@@ -180,11 +180,11 @@ class CountingAutocast:
 def test_arithmetic_and_forgetting_evaluations_run_in_the_autocast_they_are_handed():
     """Every forward pass of the arithmetic evaluation (answer CE and greedy decoding) and of the
     forgetting evaluation enters the run's autocast, and a bf16 evaluation differs from float32."""
-    from .test_arithmetic import small_task
-    from .test_forgetting import smoke_config
-
     from replication.models import build_model
     from replication.tasks.forgetting.task import Task as ForgettingTask
+
+    from .test_arithmetic import small_task
+    from .test_forgetting import smoke_config
 
     for task in (small_task(), ForgettingTask(smoke_config(), torch.device("cpu"))):
         torch.manual_seed(0)

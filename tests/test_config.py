@@ -2,17 +2,16 @@ import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from replication.config import (
-    ConfigError,
-    TableMetric,
-    format_validation_error,
+from replication.config import ConfigError, format_validation_error
+from replication.configure import main as configure_main
+from replication.reporting.spec import TableMetric, load_report_spec
+from replication.runconfig import (
     load_experiment,
     load_run_config,
     resolve_run_config,
     validate_run_config,
     write_run_config,
 )
-from replication.configure import main as configure_main
 
 from .conftest import REPO, TINY, tiny_config
 
@@ -176,7 +175,8 @@ def test_the_patch_size_must_divide_the_sequence_it_cuts():
     assert "objective.patch_size (5) must divide task.seq_len (32)" in message
     assert tiny_config(objective={"patch_size": 16}).objective.patch_size == 16
     forgetting = {
-        **TINY, "task": {"name": "forgetting", "micro_batch_size": 16}, "model": {"name": "mlp"},
+        **TINY, "model": {"name": "mlp"},
+        "task": {"name": "forgetting", "micro_batch_size": 16, "stages": [{"name": "mix", "steps": 30, "groups": ["a", "b"]}]},
         "optim": {"name": "adam"}, "objective": {"alternate_layers": [0], "joint_layers": [0]},
     }  # fmt: skip
     assert validate_run_config(forgetting).task.mbe_sequence_length() == 16
@@ -219,9 +219,9 @@ def test_nan_and_negative_learning_rates_in_yaml_are_config_errors(tmp_path):
 
 
 def test_task_configs_reject_nonsense():
-    from replication.tasks.arithmetic.task import Config as Arithmetic
-    from replication.tasks.fineweb.task import Config as Fineweb
-    from replication.tasks.forgetting.task import Config as Forgetting
+    from replication.tasks.arithmetic.config import Config as Arithmetic
+    from replication.tasks.fineweb.config import Config as Fineweb
+    from replication.tasks.forgetting.config import Config as Forgetting
 
     with pytest.raises(ValueError, match="early_stop_tolerance"):
         Arithmetic(early_stop_tolerance=float("nan"))
@@ -241,7 +241,7 @@ def test_task_configs_reject_nonsense():
 
 def test_every_shipped_run_still_resolves():
     for path in sorted((REPO / "experiments").glob("*/config.yaml")):
-        spec = load_experiment(path)
+        spec = load_report_spec(path)  # the reporting sections too
         for scale, scale_spec in spec.scales.items():
             for method in spec.methods:
                 resolve_run_config(spec, scale, method, scale_spec.seeds[-1])

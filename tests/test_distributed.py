@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from replication.config import write_run_config
+from replication.runconfig import write_run_config
 from replication.runio import CHECKPOINT_NAME, load_checkpoint, read_metrics
 
 from .conftest import REPO, tiny_config

@@ -9,11 +9,11 @@ import torch
 from replication.config import ConfigError
 from replication.dropin import GAPT
 from replication.gapt import GaptConfig, Phase
+from replication.methods import METHODS
 from replication.models import build_model
-from replication.objectives import METHODS
 from replication.optim import Optimizers
 from replication.runio import read_metrics
-from replication.tasks import build_task
+from replication.tasks.registry import build_task
 from replication.train import _seed_everything, train
 
 from .conftest import tiny_config

@@ -15,8 +15,9 @@ import time
 import pytest
 import yaml
 
-from replication import configure, train as loop
-from replication.config import write_run_config
+from replication import configure
+from replication import train as loop
+from replication.runconfig import write_run_config
 from replication.runio import CHECKPOINT_NAME, LOCK_NAME, PREVIOUS_CHECKPOINT_NAME, RunLock, read_metrics
 
 from .conftest import REPO, tiny_config
@@ -176,7 +177,6 @@ def test_a_lock_left_by_a_killed_trainer_is_taken_over(tmp_path, capsys, whole):
 
 def test_a_file_system_without_locks_gets_a_warning_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
     import errno
-
     import fcntl
 
     def no_locks(fd, operation):

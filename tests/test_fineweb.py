@@ -1,27 +1,37 @@
 """FineWeb pretraining: shards, the preparation command, the loader, and the experiment's config."""
 
 import gzip
-from contextlib import nullcontext
 import json
 import os
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
 import torch
 
-from replication.config import ConfigError, load_experiment, resolve_run_config
+from replication.config import ConfigError
 from replication.errors import DataError
-from replication.tasks.fineweb.prepare import (
+from replication.reporting.aggregate import run_statistics
+from replication.reporting.spec import load_report_spec
+from replication.runconfig import load_experiment, resolve_run_config
+from replication.runio import read_metrics
+from replication.tasks.fineweb.data import (
     DatasetOptions,
     NoSourceError,
     SourceHashError,
     content_sha256,
     load_manifest,
-    main,
     prepare,
 )
-from replication.runio import read_metrics
-from replication.tasks.fineweb.shards import HEADER_BYTES, MAGIC, ShardError, read_shard, shard_token_count, write_shard
+from replication.tasks.fineweb.prepare import main
+from replication.tasks.fineweb.shards import (
+    HEADER_BYTES,
+    MAGIC,
+    ShardError,
+    read_shard,
+    shard_token_count,
+    write_shard,
+)
 from replication.tasks.fineweb.task import TokenStream
 from replication.tasks.fineweb.tokenization import file_sha256, get_tokenizer
 from replication.train import train
@@ -340,9 +350,13 @@ def test_smoke_scale_ce_run_reports_validation_and_rq1_metrics(sample_bytes, tmp
     assert len(final_by_layer) == 6
     assert metrics["final/val/mbe_alternate_layers"] == pytest.approx(np.mean(final_by_layer[2:4]))
     assert metrics["final/val/mbe_joint_layers"] == pytest.approx(np.mean(final_by_layer[1:5]))
-    assert metrics["rq1/points"] == 15 and 0 <= metrics["rq1/min_sign_fraction"] <= 0.5
-    assert 0 < metrics["rq1/autocorr_p_persistent"] <= 1 and 0 < metrics["rq1/autocorr_p_alternating"] <= 1
-    assert "rq1/excess_sign_changes" not in metrics  # no verdict rests on the noise baseline
+    # RQ1's statistics come at aggregation, as the experiment file declares, from the run's own records
+    assert not [key for key in metrics if key.startswith("rq1/")]
+    rq1 = run_statistics(load_report_spec(EXPERIMENT).reporting_for("smoke"), records, seed=0)
+    assert rq1["rq1/smoothing_beta"] == pytest.approx(np.exp(-2 / 5))  # every 2 steps, smoke's tau of 5
+    assert rq1["rq1/points"] == 15 and 0 <= rq1["rq1/min_sign_fraction"] <= 0.5
+    assert 0 < rq1["rq1/autocorr_p_persistent"] <= 1 and 0 < rq1["rq1/autocorr_p_alternating"] <= 1
+    assert "rq1/excess_sign_changes" not in rq1  # no verdict rests on the noise baseline
     assert metrics["speed/tokens_per_s"] > 0
 
 

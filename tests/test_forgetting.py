@@ -6,15 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from replication.config import (
-    ConfigError,
-    MLPModelConfig,
-    deep_merge,
-    load_experiment,
-    resolve_run_config,
-    validate_run_config,
-)
+from replication.config import ConfigError, MLPModelConfig, deep_merge
 from replication.models import build_model
+from replication.reporting.spec import load_report_spec
+from replication.runconfig import resolve_run_config, validate_run_config
 from replication.runio import read_metrics
 from replication.tasks.forgetting.separation import (
     alleviation_percent,
@@ -233,7 +228,7 @@ def test_one_stage_is_protocol_a_alone(tmp_path):
 
 
 def test_every_scale_resolves_and_the_paper_scale_is_the_paper_size():
-    spec = load_experiment(EXPERIMENT)
+    spec = load_report_spec(EXPERIMENT)
     assert set(spec.methods) == {"ce", "ce_mbe", "gapt", "gapt_joint"}
     assert {"smoke", "cpu", "gpu1", "paper"} <= set(spec.scales)
     assert len(spec.scales["paper"].seeds) >= 20
@@ -261,7 +256,7 @@ def smoke_runs(tmp_path_factory):
 @pytest.mark.parametrize("method", ["ce", "ce_mbe", "gapt", "gapt_joint"])
 def test_a_smoke_run_reports_every_metric_the_claims_and_table_name(smoke_runs, method):
     run_dir, summary = smoke_runs[method]
-    spec = load_experiment(EXPERIMENT)
+    spec = load_report_spec(EXPERIMENT)
     wanted = {c.metric for c in spec.paper.claims} | {row.key for row in spec.paper.table}
     paired = {"forgetting/alleviation_percent"}  # pairs runs of a seed: computed by aggregation
     assert paired <= wanted
@@ -290,7 +285,10 @@ def test_the_always_on_mbe_objective_compresses_the_hidden_layer(smoke_runs):
 def test_alleviation_is_paired_with_the_ce_run_of_the_same_seed():
     import pandas as pd
 
-    from replication.tasks.forgetting.task import paired_metrics
+    from replication.reporting.aggregate import _paired_rows
+    from replication.reporting.spec import load_report_spec
+
+    (paired,) = load_report_spec(REPO / "experiments/forgetting_separation/config.yaml").reporting.paired
 
     rows = []
     for seed, (ce_before, ce_after, gapt_after) in enumerate([(1.0, 3.0, 2.0), (1.0, 2.0, 2.5)]):
@@ -300,7 +298,8 @@ def test_alleviation_is_paired_with_the_ce_run_of_the_same_seed():
             {"method": "gapt", "seed": seed, "metric": "forgetting/l1_before", "value": 0.5},
             {"method": "gapt", "seed": seed, "metric": "forgetting/l1_after", "value": gapt_after},
         ]
-    out = paired_metrics(pd.DataFrame(rows)).set_index(["method", "seed"]).value
+    out = _paired_rows(paired, pd.DataFrame(rows)).set_index(["method", "seed"]).value
+    assert set(out.index.get_level_values("method")) == {"ce", "gapt"}
     assert out[("gapt", 0)] == 50.0  # avoided half of ce's rise from 1.0 to 3.0
     assert out[("gapt", 1)] == -50.0  # forgot more than ce did
     assert out[("ce", 0)] == 0.0

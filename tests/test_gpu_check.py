@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_check
-from replication.config import METHOD_NAMES
+from replication.methods import METHOD_NAMES
 
 from .conftest import REPO
 

@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from replication.config import AdamConfig, AdamWConfig, GPT2ModelConfig, MLPModelConfig, ModdedModelConfig, MuonAdamConfig, ScheduleConfig
+from replication.config import (
+    AdamConfig,
+    AdamWConfig,
+    GPT2ModelConfig,
+    MLPModelConfig,
+    ModdedModelConfig,
+    MuonAdamConfig,
+    ScheduleConfig,
+)
 from replication.models import build_model
 from replication.optim import Optimizers, lr_multiplier
 

@@ -9,8 +9,9 @@ import pytest
 import yaml
 from scipy import stats as scipy_stats
 
+from replication.errors import ConfigError
 from replication.reporting import aggregate, claims, figures, report
-from replication.config import ExperimentSpec, load_experiment, resolve_run_config, write_run_config
+from replication.reporting.spec import load_report_spec
 from replication.reporting.stats import (
     at_least,
     fisher_combined,
@@ -22,8 +23,9 @@ from replication.reporting.stats import (
     t_interval,
     verdict,
 )
+from replication.runconfig import ExperimentSpec, resolve_run_config, write_run_config
 
-from .conftest import TINY
+from .conftest import REPO, TINY
 
 SEEDS = [0, 1, 2, 3]
 CE = {0: 3.0, 1: 3.1, 2: 3.2, 3: 3.3}
@@ -294,7 +296,7 @@ def test_claims_verdicts(results, tmp_path):
     assert "**Multiplicity.** 4 verdicts are drawn here (demo 4)" in text
     cells = {k: [c.strip() for c in line.split("|")[1:-1]] for k, line in rows.items()}
     # the Holm column: each claim's verdict read at its p-value adjusted over the experiment's four claims
-    spec, summary = load_experiment(config), pd.read_csv(out / "summary.csv")
+    spec, summary = load_report_spec(config), pd.read_csv(out / "summary.csv")
     judged = [claims.judge(c, summary) for c in spec.paper.claims]
     for j, p_holm in zip(judged, holm([j.p for j in judged])):
         assert cells[j.claim.id][8] == verdict(j.estimate, j.direction, p=p_holm)
@@ -321,7 +323,7 @@ def test_aggregate_names_missing_runs(tmp_path, capsys, results):
 
 def test_every_figure_kind_is_drawn(results):
     config, out = results
-    written = figures.draw(load_experiment(config), out)
+    written = figures.draw(load_report_spec(config), out)
     assert {p.name for p in written} == {f"{s}.{e}" for s in ("curves", "mbe_by_layer", "rq1", "digits", "phases")
                                          for e in ("png", "pdf")}  # fmt: skip
     assert all(p.stat().st_size > 5000 for p in written)
@@ -331,7 +333,7 @@ def test_figures_draw_the_t_interval_of_the_tables(results, monkeypatch):
     config, out = results
     drawn = {}
     monkeypatch.setattr(figures, "_save", lambda fig, results, stem, title: drawn.setdefault(stem, fig) and [])
-    spec = load_experiment(config)
+    spec = load_report_spec(config)
     figures.draw(spec.model_copy(update={"figures": [f for f in spec.figures if f.kind == "by_method"]}), out)
     summary = pd.read_csv(out / "summary.csv")
     gapt = summary[(summary.method == "gapt") & (summary.metric == "final/val/mbe")].value
@@ -342,7 +344,7 @@ def test_figures_draw_the_t_interval_of_the_tables(results, monkeypatch):
 
 def test_a_figure_without_its_data_is_a_clear_error(results):
     config, out = results
-    spec = load_experiment(config).model_copy(
+    spec = load_report_spec(config).model_copy(
         update={"figures": [figures.FigureSpec(kind="curves", file="x", metrics=["val/nothing"])]}
     )
     with pytest.raises(figures.ConfigError, match="curves.csv has none of the metrics"):
@@ -351,7 +353,7 @@ def test_a_figure_without_its_data_is_a_clear_error(results):
 
 def test_the_html_report_shows_every_table_and_gives_every_figure_its_own_caption(results, tmp_path, capsys):
     config, out = results
-    figures.draw(load_experiment(config), out)
+    figures.draw(load_report_spec(config), out)
     assert claims.main([str(config), "--scale", "cpu", "--results", str(out.parent), "--out", str(out.parent / "CLAIMS.md")]) == 0
     (out / "rq1.png").unlink()
     args = ["--scale", "cpu", "--results", str(tmp_path / "results"), "--experiments-dir", str(tmp_path / "experiments")]
@@ -378,7 +380,7 @@ def test_every_figure_of_every_experiment_has_a_title_and_a_caption():
     from .conftest import REPO
 
     for path in sorted((REPO / "experiments").glob("*/config.yaml")):
-        for figure in load_experiment(path).figures:
+        for figure in load_report_spec(path).figures:
             assert figure.title and len(figure.caption) > 80, (path.parent.name, figure.file)
 
 
@@ -459,3 +461,34 @@ def test_the_remaining_edges_a_second_mutation_pass_found():
     # two seeds can decide (t with 1 degree of freedom)
     two = t_interval([5.0, 5.1])
     assert two.p < 0.05 and verdict(two, "increase") == "reproduced"
+
+
+# -- derived statistics declared in the experiment file ------------------------------------------
+
+
+def test_a_scale_overrides_the_declared_reporting_and_a_mistyped_key_is_named(tmp_path):
+    text = (REPO / "experiments/fineweb_pretrain/config.yaml").read_text()
+    spec = load_report_spec(REPO / "experiments/fineweb_pretrain/config.yaml")
+    assert spec.reporting.rq1.time_constant == 100
+    assert spec.reporting_for("smoke").rq1.time_constant == 5
+    assert spec.reporting_for("cpu").rq1.time_constant == 29
+    assert spec.reporting_for("paper").rq1.time_constant == 100
+    path = tmp_path / "config.yaml"
+    path.write_text(text.replace("rq1: {time_constant: 29}", "rq1: {time_constnt: 29}"))
+    with pytest.raises(ConfigError, match=r"scales.cpu.reporting: unknown key 'rq1.time_constnt' \(did you mean 'time_constant'\?\)"):
+        load_report_spec(path)
+    path.write_text(text.replace("reporting:\n  rq1: {time_constant: 100}", "reporting:\n  rq2: {}"))
+    with pytest.raises(ConfigError, match=r"unknown key 'reporting.rq2' \(did you mean 'rq1'\?\)"):
+        load_report_spec(path)
+
+
+def test_aggregation_adds_exactly_the_declared_statistics(tmp_path):
+    """RQ1's statistics appear in summary.csv only where the experiment file declares them."""
+    records = [{"kind": "alignment", "step": s, "align/layers": [0, 1], "align/cos": [c, -c], "align/noise_cos": 0.1,
+                "align/norm_ce": 1.0, "align/norm_mbe": [1.0, 1.0]} for s, c in zip(range(0, 40, 2), [0.3, -0.2] * 10)]  # fmt: skip
+    declared = load_report_spec(REPO / "experiments/fineweb_pretrain/config.yaml").reporting_for("cpu")
+    stats = aggregate.run_statistics(declared, records, seed=0)
+    assert stats["rq1/points"] == 20 and stats["rq1/frac_positive"] == 0.5
+    assert stats["rq1/smoothing_beta"] == pytest.approx(math.exp(-2 / 29))
+    undeclared = load_report_spec(REPO / "experiments/arithmetic_ood/config.yaml").reporting_for("cpu")
+    assert aggregate.run_statistics(undeclared, records, seed=0) == {}

@@ -6,10 +6,10 @@ import pytest
 from replication.reporting.rq1 import (
     TEST_PERMUTATIONS,
     alignment_series,
-    lag1_autocorrelation,
-    persistence_test,
     cycle_statistics,
     exponential_smoothing,
+    lag1_autocorrelation,
+    persistence_test,
     sign_changes,
     smoothed_sign_changes,
     smoothing_factor,

@@ -9,10 +9,12 @@ import time
 import pytest
 import torch
 
-from replication.config import ConfigError, write_run_config
+from replication.config import ConfigError
 from replication.errors import RunFolderError
 from replication.gapt import Phase
-from replication.objectives import METHODS, default_layers, micro_batch_kind, plan_layers
+from replication.methods import METHODS, default_layers
+from replication.objectives import micro_batch_kind, plan_layers
+from replication.runconfig import write_run_config
 from replication.runio import read_metrics
 from replication.train import NonFiniteLossError, Trainer, main, train
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from replication.config import ConfigError
-from replication.reporting.workflow import DEFAULTS, Plan, check_outputs, resolve_global_config
+from replication.reporting.workflow import Plan, check_outputs, defaults, resolve_global_config
 
 from .conftest import REPO
 
@@ -26,7 +26,7 @@ def dry_run(*args: str, cwd=REPO) -> dict[str, int]:
 
 
 def expected_runs(config_file: str) -> dict[str, int]:
-    config = {**DEFAULTS, **yaml.safe_load((REPO / config_file).read_text())}
+    config = {**defaults(), **yaml.safe_load((REPO / config_file).read_text())}
     config["experiments_dir"] = str(REPO / "experiments")
     plan = Plan(config)
     return {e: len(plan.runs(e)) for e in plan.specs}
@@ -95,7 +95,7 @@ def test_a_global_config_that_omits_keys_gets_the_schema_defaults_and_nothing_el
     assert "-m replication.train" in output and "torch.distributed" not in output
     assert "--threads 1 " in output and "config/paper.yaml" not in output and "extended by" not in output
     resolved = resolve_global_config({"scale": "smoke"})
-    assert resolved == {**DEFAULTS, "scale": "smoke"}
+    assert resolved == {**defaults(), "scale": "smoke"}
     assert (resolved["threads_per_run"], resolved["gpus_per_run"], resolved["nproc_per_run"]) == (1, 0, 1)
     assert resolved["experiments"] == ["fineweb_pretrain", "arithmetic_ood", "forgetting_separation"]
 
@@ -110,7 +110,7 @@ def test_command_line_values_and_subsets_of_a_scale_file_resolve(tmp_path):
     plan = Plan(resolve_global_config({**gpu1, "experiments": ["fineweb_pretrain"], "experiments_dir": experiments_dir}))
     assert plan.job("fineweb_pretrain", "gpus_per_run") == 1
     resolved["experiments"].append("x")  # the result is a copy: the defaults stay as the schema states them
-    assert DEFAULTS["experiments"] == ["fineweb_pretrain", "arithmetic_ood", "forgetting_separation"]
+    assert defaults()["experiments"] == ["fineweb_pretrain", "arithmetic_ood", "forgetting_separation"]
     config = tmp_path / "c.yaml"
     config.write_text(f"scale: smoke\nexperiments: [arithmetic_ood]\nexperiments_dir: {experiments_dir}\n")
     assert check_outputs([str(config), f"results_dir={tmp_path}", "seeds=[0]", "threads_per_run=2"]) == 1
@@ -170,19 +170,19 @@ def test_plan_rejects_a_scale_an_experiment_lacks(tmp_path):
     (tmp_path / "demo" / "config.yaml").write_text(
         "experiment: demo\nmethods: {ce: {}}\nscales: {smoke: {seeds: [0]}}\n"
     )
-    plan = Plan({**DEFAULTS, "scale": "cpu", "experiments": ["demo"], "experiments_dir": str(tmp_path)})
+    plan = Plan({**defaults(), "scale": "cpu", "experiments": ["demo"], "experiments_dir": str(tmp_path)})
     with pytest.raises(ConfigError, match="has no scale 'cpu'; its scales: smoke"):
         plan.runs("demo")
 
 
 def test_launcher_uses_torchrun_for_several_processes():
-    config = {**DEFAULTS, "scale": "paper", "experiments": [], "nproc_per_run": 8,
+    config = {**defaults(), "scale": "paper", "experiments": [], "nproc_per_run": 8,
               "per_experiment": {"forgetting_separation": {"nproc_per_run": 1, "gpus_per_run": 0}}}  # fmt: skip
     plan = Plan(config)
     assert plan.launcher("py", "fineweb_pretrain") == "py -m torch.distributed.run --standalone --nproc-per-node 8 -m"
     assert plan.launcher("py", "forgetting_separation") == "py -m"
     assert plan.job("forgetting_separation", "gpus_per_run") == 0 and plan.job("fineweb_pretrain", "nproc_per_run") == 8
-    assert Plan({**DEFAULTS, "scale": "cpu", "experiments": []}).launcher("py", "x") == "py -m"
+    assert Plan({**defaults(), "scale": "cpu", "experiments": []}).launcher("py", "x") == "py -m"
 
 
 def test_output_check_names_what_is_missing(tmp_path, capsys):

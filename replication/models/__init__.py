@@ -1,61 +1,24 @@
-"""Models: every one returns its output and the hidden state of every block (PAPER.md section 2)."""
+"""Models: every one returns its output and the hidden state of every block (PAPER.md section 2).
+
+``base`` holds the interface the training loop relies on (``ReplicationModel``, ``ModelOutput``);
+``modded`` (the author's modded-nanogpt GPT-2), ``gpt2`` and ``mlp`` the models; ``build_model``
+picks one by its config's ``name``.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from replication.config import ModelConfig
+from replication.models.base import ModelOutput, ReplicationModel
+from replication.models.gpt2 import GPT2
+from replication.models.mlp import MLP
+from replication.models.modded import ModdedGPT
 
-from torch import Tensor, nn
+__all__ = ["GPT2", "MLP", "ModdedGPT", "ModelOutput", "ReplicationModel", "build_model"]
 
-if TYPE_CHECKING:
-    from replication.config import ModelConfig
-
-
-class ModelOutput(NamedTuple):
-    output: Tensor | None  # logits (B, T, V) or predictions (B, out); None when stopped early (upto)
-    hidden: list[Tensor]  # residual-stream output of each block that ran, each (B, S, D)
-
-
-class ReplicationModel(nn.Module):
-    """What the loop relies on: ``blocks`` (one entry per hidden state), parameter groups for the
-    optimizers, and an attention window schedule (None for models without one)."""
-
-    blocks: nn.ModuleList
-
-    @property
-    def n_blocks(self) -> int:
-        return len(self.blocks)
-
-    def attention_window(self, progress: float) -> int | None:
-        return None
-
-    def compile_blocks(self, **options: Any) -> None:
-        """``torch.compile`` every block in place, as torchtitan compiles repeated transformer blocks.
-
-        The loop around the blocks stays eager, so the Python arguments that change between calls
-        (gapt's ``upto``, which ends a forward pass after the block it regularizes) never reach a
-        compiled frame: one graph serves every block and every ``upto``, where compiling the whole
-        model traces one graph per ``upto`` and passes dynamo's recompile limit within one compress
-        phase of a 12-block model. Parameter names, and so state dicts and checkpoints, do not change.
-        """
-        for block in self.blocks:
-            block.compile(**options)
-
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Named parameter groups; every trainable parameter appears in exactly one."""
-        raise NotImplementedError
+MODELS: dict[str, type[ReplicationModel]] = {"modded": ModdedGPT, "gpt2": GPT2, "mlp": MLP}
 
 
 def build_model(config: ModelConfig) -> ReplicationModel:
-    if config.name == "modded":
-        from replication.models.modded import ModdedGPT
-
-        return ModdedGPT(config)
-    if config.name == "gpt2":
-        from replication.models.gpt2 import GPT2
-
-        return GPT2(config)
-    if config.name == "mlp":
-        from replication.models.mlp import MLP
-
-        return MLP(config)
-    raise ValueError(f"unknown model {config.name!r}")
+    if config.name not in MODELS:
+        raise ValueError(f"unknown model {config.name!r}")
+    return MODELS[config.name](config)

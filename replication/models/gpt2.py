@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from replication.config import GPT2ModelConfig
-from replication.models import ModelOutput, ReplicationModel
+from replication.models.base import ModelOutput, ReplicationModel
 
 
 class Block(nn.Module):

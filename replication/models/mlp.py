@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from replication.config import MLPModelConfig
-from replication.models import ModelOutput, ReplicationModel
+from replication.models.base import ModelOutput, ReplicationModel
 
 
 class HiddenLayer(nn.Module):

@@ -14,9 +14,10 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from replication.config import ModdedModelConfig
-from replication.models import ModelOutput, ReplicationModel
+from replication.models.base import ModelOutput, ReplicationModel
 
 
 def rms_norm(x: Tensor) -> Tensor:
@@ -50,8 +51,6 @@ def _block_mask_builder(compiled: bool):
     """create_block_mask, compiled for a GPU: compiled, it builds the mask block by block instead of
     from a dense (T, T) tensor (8.6 GB of temporaries at 32 k tokens); on CPU compiling it costs
     more than it saves."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
     return torch.compile(create_block_mask) if compiled else create_block_mask
 
 
@@ -96,8 +95,6 @@ class CausalSelfAttention(nn.Module):
         if isinstance(mask, Tensor):
             y = F.scaled_dot_product_attention(q, k, vt, attn_mask=mask)
         else:
-            from torch.nn.attention.flex_attention import flex_attention
-
             y = flex_attention(q, k, vt, block_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.proj(y), v1

@@ -6,7 +6,10 @@ reads ``runs/NAME/S/<method>/seed<seed>/{summary.json,metrics.jsonl}`` of the ex
 and the scale's seeds (a summary must match the folder's config.yaml: one written by a run of another
 config is an error naming the keys that differ), and writes into ``--out``:
 - ``summary.csv``: one row per (experiment, scale, method, seed, metric): every headline metric of
-  summary.json and its top-level counts (phase_changes, compress_steps, nonfinite_steps, ...);
+  summary.json, the statistics the experiment's ``reporting`` section declares (RQ1's cycle
+  statistics of a run's alignment records; metrics that pair a run with the baseline run of its seed;
+  ``replication.reporting.spec``), and the run's top-level counts (phase_changes, compress_steps,
+  nonfinite_steps, ...);
 - ``runs.csv``: one row per run with its provenance (git commit, versions, device, wall time);
 - ``curves.csv``: evaluation records (every scalar, per-layer values with a ``layer`` column) and
   training records thinned to at most MAX_TRAIN_POINTS per run, at 7 significant digits; this and
@@ -22,7 +25,6 @@ Nothing here reads logs or stdout: only what the runs wrote.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,11 +33,14 @@ import pandas as pd
 from tabulate import tabulate
 
 from replication import cli
-from replication.config import ConfigError, ExperimentSpec, load_experiment, load_run_config
-from replication.errors import RunFolderError
-from replication.runio import check_summary_config, read_json, read_metrics
+from replication.errors import ConfigError, RunFolderError
+from replication.methods import BASELINE
+from replication.reporting.rq1 import cycle_statistics
+from replication.reporting.spec import PairedMetricSpec, ReportingSpec, ReportSpec, load_report_spec
 from replication.reporting.stats import CHANGES, paired_change
-from replication.tasks import TASK_MODULES
+from replication.runconfig import check_summary_config, load_run_config
+from replication.runio import read_json, read_metrics
+from replication.tasks.forgetting.separation import alleviation_percent
 
 TOP_LEVEL = ("phase_changes", "compress_steps", "nonfinite_steps", "wall_time_s", "tokens", "steps", "peak_memory_bytes")
 PROVENANCE = ("git_commit", "git_dirty", "torch", "python", "device", "device_name", "torch_threads")
@@ -53,7 +58,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def collect(spec: ExperimentSpec, scale: str, runs: Path, methods: list[str], seeds: list[int]) -> dict[str, pd.DataFrame]:
+def collect(spec: ReportSpec, scale: str, runs: Path, methods: list[str], seeds: list[int]) -> dict[str, pd.DataFrame]:
+    reporting = spec.reporting_for(scale)
     summary_rows, run_rows, curve_rows, phase_rows, align_rows = [], [], [], [], []
     missing = []
     for method in methods:
@@ -67,11 +73,14 @@ def collect(spec: ExperimentSpec, scale: str, runs: Path, methods: list[str], se
             config_path = folder / "config.yaml"
             if not config_path.is_file():
                 raise RunFolderError(f"{config_path} is missing: {path} cannot be matched to its config")
-            warning = check_summary_config(summary, load_run_config(config_path), path)
+            run_config = load_run_config(config_path)
+            warning = check_summary_config(summary, run_config, path)
             if warning:
                 print(warning, file=sys.stderr)
             key = {"method": method, "seed": seed}
-            for metric, value in summary["metrics"].items():
+            records = read_metrics(folder / "metrics.jsonl")
+            metrics = {**summary["metrics"], **run_statistics(reporting, records, run_config.seed)}
+            for metric, value in metrics.items():
                 if _is_number(value):
                     summary_rows.append({**key, "metric": metric, "value": float(value)})
             for metric in TOP_LEVEL:
@@ -84,16 +93,15 @@ def collect(spec: ExperimentSpec, scale: str, runs: Path, methods: list[str], se
                  "peak_memory_bytes": summary.get("peak_memory_bytes"), "finished_at": summary.get("finished_at"),
                  "resumes": summary.get("resumes")}
             )  # fmt: skip
-            records = read_metrics(folder / "metrics.jsonl")
             curve_rows += _curve_rows(key, records, summary["steps"])
             phase_rows += _phase_rows(key, records)
             align_rows += _alignment_rows(key, records)
     if missing:
         raise FileNotFoundError("runs without a summary.json (unfinished or never run):\n  " + "\n  ".join(missing))
     summary_frame = pd.DataFrame(summary_rows, columns=["method", "seed", "metric", "value"])
-    paired = _paired_metrics(spec)
-    if paired is not None and not summary_frame.empty:
-        summary_frame = pd.concat([summary_frame, paired(summary_frame)], ignore_index=True)
+    if reporting.paired and not summary_frame.empty:
+        paired = [_paired_rows(p, summary_frame) for p in reporting.paired]
+        summary_frame = pd.concat([summary_frame, *paired], ignore_index=True)
     frames = {
         "summary": summary_frame,
         "runs": pd.DataFrame(run_rows),
@@ -109,13 +117,31 @@ def collect(spec: ExperimentSpec, scale: str, runs: Path, methods: list[str], se
     return frames
 
 
-def _paired_metrics(spec: ExperimentSpec):
-    """The task module's ``paired_metrics(summary) -> rows``, for metrics that pair a run with the
-    ce run of the same seed (such as alleviation %), or None."""
-    name = spec.defaults.get("task", {}).get("name")
-    if name not in TASK_MODULES:
-        return None
-    return getattr(importlib.import_module(TASK_MODULES[name]), "paired_metrics", None)
+def run_statistics(reporting: ReportingSpec, records: list[dict], seed: int) -> dict[str, float]:
+    """The per-run statistics the reporting section declares, from the run's own records."""
+    if reporting.rq1 is None:
+        return {}
+    return cycle_statistics(records, time_constant=reporting.rq1.time_constant, seed=seed)
+
+
+PAIRED_KINDS = {"alleviation_percent": alleviation_percent}  # f(baseline_after, after, baseline_before)
+
+
+def _paired_rows(paired: PairedMetricSpec, summary: pd.DataFrame) -> pd.DataFrame:
+    """One row of ``paired.metric`` per run whose seed has a baseline run with both inputs."""
+    wide = summary.pivot_table(index=["method", "seed"], columns="metric", values="value")
+    needed = {paired.before, paired.after}
+    if not needed <= set(wide.columns) or paired.baseline not in wide.index.get_level_values("method"):
+        return summary.iloc[0:0]
+    baseline = wide.loc[paired.baseline]
+    formula = PAIRED_KINDS[paired.kind]
+    rows = []
+    for (method, seed), row in wide.iterrows():
+        if seed not in baseline.index:
+            continue
+        value = formula(baseline.loc[seed, paired.after], row[paired.after], baseline.loc[seed, paired.before])
+        rows.append({"method": method, "seed": seed, "metric": paired.metric, "value": value})
+    return pd.DataFrame(rows, columns=["method", "seed", "metric", "value"])
 
 
 def _curve_rows(key: dict, records: list[dict], steps: int, max_train_points: int = MAX_TRAIN_POINTS) -> list[dict]:
@@ -158,7 +184,7 @@ def _alignment_rows(key: dict, records: list[dict]) -> list[dict]:
     return rows
 
 
-def metric_table(spec: ExperimentSpec, summary: pd.DataFrame, methods: list[str]) -> tuple[str, str]:
+def metric_table(spec: ReportSpec, summary: pd.DataFrame, methods: list[str]) -> tuple[str, str]:
     """The two markdown tables: values per method, and paired relative changes against ce."""
     values_rows, change_rows = [], []
     for row in spec.paper.table:
@@ -169,26 +195,26 @@ def metric_table(spec: ExperimentSpec, summary: pd.DataFrame, methods: list[str]
             cells.append(f"{x.mean():.4g} ± {x.std(ddof=1):.2g}" if len(x) > 1 else (f"{x.mean():.4g}" if len(x) else "n/a"))
         paper = ", ".join(f"{m} {v}" for m, v in row.paper.items()) or "—"
         values_rows.append([row.label, paper, *cells])
-        if "ce" not in methods:
+        if BASELINE not in methods:
             continue
         by_seed = {m: dict(zip(data[data.method == m].seed, data[data.method == m].value)) for m in methods}
         changes = []
         for method in methods:
-            if method == "ce":
+            if method == BASELINE:
                 continue
             try:
-                change = paired_change(by_seed[method], by_seed["ce"], row.change)
+                change = paired_change(by_seed[method], by_seed[BASELINE], row.change)
             except ValueError:  # a ratio of a quantity that reaches 0 means nothing: the difference
-                change = paired_change(by_seed[method], by_seed["ce"], "difference")
+                change = paired_change(by_seed[method], by_seed[BASELINE], "difference")
             changes.append(change.format())
-        claimed = [c.paper_value for c in spec.paper.claims if c.metric == row.key and c.baseline == "ce" and c.kind in CHANGES]
+        claimed = [c.paper_value for c in spec.paper.claims if c.metric == row.key and c.baseline == BASELINE and c.kind in CHANGES]
         change_rows.append([row.label, "; ".join(dict.fromkeys(claimed)) or "—", *changes])
     values = tabulate(values_rows, headers=["metric", "paper", *methods], tablefmt="github")
-    changes = tabulate(change_rows, headers=["metric", "paper", *[m for m in methods if m != "ce"]], tablefmt="github")
+    changes = tabulate(change_rows, headers=["metric", "paper", *[m for m in methods if m != BASELINE]], tablefmt="github")
     return values, changes
 
 
-def write_table(spec: ExperimentSpec, scale: str, frames: dict[str, pd.DataFrame], methods: list[str], out: Path) -> None:
+def write_table(spec: ReportSpec, scale: str, frames: dict[str, pd.DataFrame], methods: list[str], out: Path) -> None:
     runs = frames["runs"]
     values, changes = metric_table(spec, frames["summary"], methods)
     commits = sorted({str(c)[:12] for c in runs.git_commit.dropna()}) if "git_commit" in runs else []
@@ -234,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    spec = load_experiment(args.experiment)
+    spec = load_report_spec(args.experiment)
     if args.scale not in spec.scales:
         raise ConfigError(f"{args.experiment} has no scale {args.scale!r}; it has {sorted(spec.scales)}")
     methods = args.methods or list(spec.methods)

@@ -24,8 +24,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from replication import cli
-from replication.config import ClaimSpec, ExperimentSpec, load_experiment
 from replication.errors import DataError
+from replication.reporting.spec import ClaimSpec, ReportSpec, load_report_spec
 from replication.reporting.stats import Estimate, at_least, fisher_combined, holm, paired_change, verdict
 
 
@@ -101,7 +101,7 @@ def measure(claim: ClaimSpec) -> str:
     return f"`{claim.metric}`: {claim.method} vs {claim.baseline}, {MEASURES[claim.kind]}"
 
 
-def claim_rows(spec: ExperimentSpec, summary: pd.DataFrame, scale: str) -> list[list[str]]:
+def claim_rows(spec: ReportSpec, summary: pd.DataFrame, scale: str) -> list[list[str]]:
     """The rows of one experiment: raw verdict at 0.05 and Holm verdict over the experiment's claims."""
     judgements = [judge(claim, summary) for claim in spec.paper.claims]
     adjusted = holm([j.p for j in judgements])
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     rows = []
     for path in args.experiments:
-        spec = load_experiment(path)
+        spec = load_report_spec(path)
         csv = args.results / spec.experiment / "summary.csv"
         if not csv.exists():
             raise DataError(f"{csv} is missing: aggregate the experiment first")

@@ -21,10 +21,12 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from replication import cli  # noqa: E402
-from replication.config import ConfigError, ExperimentSpec, FigureSpec, load_experiment  # noqa: E402
+from replication.config import ConfigError  # noqa: E402
+from replication.methods import METHOD_NAMES  # noqa: E402
+from replication.reporting.spec import FigureSpec, ReportSpec, load_report_spec  # noqa: E402
 from replication.reporting.stats import t_errorbar  # noqa: E402
 
-METHOD_ORDER = ["ce", "ce_mbe", "gapt", "gapt_joint"]
+METHOD_ORDER = list(METHOD_NAMES)  # the registry's order, and each method's colour by its place in it
 COMPRESS_MAX_GREY = 0.3  # background grey when every seed compresses (a share of black)
 
 
@@ -195,7 +197,7 @@ def by_method(spec: FigureSpec, summary: pd.DataFrame, results: Path) -> list[Pa
     return _save(fig, results, spec.file, spec.title)
 
 
-def draw(spec: ExperimentSpec, results: Path) -> list[Path]:
+def draw(spec: ReportSpec, results: Path) -> list[Path]:
     sns.set_theme(style="whitegrid", context="paper")
 
     def read(name: str) -> pd.DataFrame:
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    draw(load_experiment(args.experiment), args.results)
+    draw(load_report_spec(args.experiment), args.results)
     return 0
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import markdown
 
 from replication import cli
-from replication.config import ExperimentSpec, load_experiment
-from replication.reporting.workflow import DEFAULTS
+from replication.reporting.spec import ReportSpec, load_report_spec
+from replication.reporting.workflow import defaults
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1200px; margin: 2em auto;
@@ -71,7 +71,7 @@ def _link_figures_in_page(text: str) -> str:
     )
 
 
-def _figure_html(spec: ExperimentSpec, number: int, results: Path, page: Page, link_base: str) -> list[str]:
+def _figure_html(spec: ReportSpec, number: int, results: Path, page: Page, link_base: str) -> list[str]:
     """Each figure embedded, with its number, title and caption; ``link_base`` leads from the page to
     ``results`` (for the PDF links)."""
     out = []
@@ -105,14 +105,14 @@ def build(
     link_base = Path(os.path.relpath(results.resolve(), out.resolve().parent)).as_posix()
     if experiments is None:  # the DAG's order first, then any other experiment with results
         present = {p.name for p in results.iterdir() if (p / "table.md").is_file()} if results.is_dir() else set()
-        order = [name for name in DEFAULTS["experiments"] if name in present]
+        order = [name for name in defaults()["experiments"] if name in present]
         experiments = order + sorted(present - set(order))
     if not experiments:
         raise FileNotFoundError(
             f"{results} holds no experiment's results: run the scale first (make replicate SCALE={scale})"
         )
     page = Page(scale)
-    specs = [load_experiment(experiments_dir / name / "config.yaml") for name in experiments]
+    specs = [load_report_spec(experiments_dir / name / "config.yaml") for name in experiments]
     claims = results / "CLAIMS.md"
     nav = [f'<a href="#{s.experiment}">{s.experiment}</a>' for s in specs]
     page.sections.append(f"<h1>GAPT replication: results at <code>{html.escape(scale)}</code> scale</h1>")

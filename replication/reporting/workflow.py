@@ -1,8 +1,10 @@
 """What the Snakemake DAG runs, computed from the global config (the Snakefile only wires it up).
 
-The global config (``config/<scale>.yaml``, validated against ``workflow/schemas/config.schema.yaml``)
-names the scale, the experiments and optionally a subset of methods and seeds; everything else comes
-from each experiment's own ``experiments/<name>/config.yaml``.
+The global config (``config/<scale>.yaml``, validated against ``config.schema.yaml`` beside this
+module, whose method list is the registry's, ``replication.methods``) names the scale, the
+experiments and optionally a subset of methods and seeds; everything else comes from each
+experiment's own ``experiments/<name>/config.yaml``. Nothing here reads a file at import: the
+schema is read on first use, and every repository path comes from the global config.
 """
 
 from __future__ import annotations
@@ -10,16 +12,21 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import importlib.resources
 import sys
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
 
 from replication import cli
-from replication.config import ConfigError, ExperimentSpec, load_experiment, load_yaml, resolve_run_config
+from replication.config import ConfigError, load_yaml
+from replication.methods import METHOD_NAMES
+from replication.reporting.spec import ReportSpec, load_report_spec
+from replication.runconfig import resolve_run_config
 
 TABLE_FILES = ("summary.csv", "runs.csv", "curves.csv", "phases.csv", "alignment.csv", "table.md")
 
@@ -48,11 +55,11 @@ class Plan:
         return f"{self.config['experiments_dir']}/{experiment}/config.yaml"
 
     @cached_property
-    def specs(self) -> dict[str, ExperimentSpec]:
+    def specs(self) -> dict[str, ReportSpec]:
         folder = Path(self.config["experiments_dir"])
         for name in self.config["experiments"]:
             _check_experiment_name(name, folder, "no experiment")
-        specs = {name: load_experiment(self.experiment_config(name)) for name in self.config["experiments"]}
+        specs = {name: load_report_spec(self.experiment_config(name)) for name in self.config["experiments"]}
         for name, spec in specs.items():
             if spec.experiment != name:
                 raise ConfigError(f"{self.experiment_config(name)} names itself {spec.experiment!r}, not {name!r}")
@@ -140,7 +147,7 @@ class Plan:
     def job(self, experiment: str, key: str) -> int:
         """threads_per_run, gpus_per_run or nproc_per_run of one experiment's training jobs."""
         override = (self.config.get("per_experiment") or {}).get(experiment, {})
-        return int(override.get(key, self.config.get(key, DEFAULTS[key])))
+        return int(override.get(key, self.config.get(key, _defaults()[key])))
 
     def launcher(self, python: str, experiment: str) -> str:
         """What precedes the training module's name: python -m, or torchrun for several processes."""
@@ -162,21 +169,26 @@ def _check_experiment_name(name: str, folder: Path, problem: str) -> None:
         )
 
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-PAPER_CONFIG = "config/paper.yaml"  # what `snakemake` runs when nothing names a config or a scale
+@cache
+def schema() -> dict[str, Any]:
+    """The global config's JSON schema, with the method registry as the methods' enum."""
+    loaded = yaml.safe_load(importlib.resources.files(__package__).joinpath("config.schema.yaml").read_text())
+    loaded["properties"]["methods"]["items"]["enum"] = list(METHOD_NAMES)
+    return loaded
 
 
 @cache
-def _schema() -> dict[str, Any]:
-    return yaml.safe_load(SCHEMA.read_text())
+def _defaults() -> dict[str, Any]:
+    return {
+        "methods": None,
+        "seeds": None,
+        **{key: spec["default"] for key, spec in schema()["properties"].items() if "default" in spec},
+    }
 
 
-def _schema_defaults() -> dict[str, Any]:
-    """The defaults the DAG's config schema states (the one place they are written)."""
-    return {key: spec["default"] for key, spec in _schema()["properties"].items() if "default" in spec}
-
-
-DEFAULTS = {"methods": None, "seeds": None, **_schema_defaults()}
+def defaults() -> dict[str, Any]:
+    """The defaults the DAG's config schema states (the one place they are written), as a new dict."""
+    return copy.deepcopy(_defaults())
 
 
 def _describe(error: Any) -> str:
@@ -232,16 +244,14 @@ def resolve_global_config(raw: dict[str, Any]) -> dict[str, Any]:
     1 thread, 0 GPUs and 1 process per run, as the schema documents. Raises ``ConfigError`` with one
     line per problem.
     """
-    import jsonschema
-
     if not isinstance(raw, dict):
         raise ConfigError(f"the config must be a mapping of keys to values, not {type(raw).__name__}")
     raw = _integers(raw)
-    validator = jsonschema.Draft202012Validator(_schema())
+    validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("\n".join(_describe(e) for e in errors))
-    config = copy.deepcopy({**DEFAULTS, **raw})
+    config = copy.deepcopy({**_defaults(), **raw})
     # a per_experiment entry for an experiment that is not chosen is kept (and unused), so that one
     # scale's file serves any subset; one that names no experiment at all is a typo
     for name in sorted(config["per_experiment"]):

@@ -7,17 +7,32 @@ from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
+from replication.config import ObjectiveConfig, TaskConfig, TrainConfig
 from replication.models import ModelOutput
 from replication.precision import Autocast
 
 if TYPE_CHECKING:
-    from replication.config import RunConfig
     from replication.models import ReplicationModel
+
+
+class RunView(Protocol):
+    """What a task reads of its run's config (a ``replication.runconfig.RunConfig`` is one). Whether
+    the sections fit together was checked when the config was validated (``TaskConfig.check_fit``)."""
+
+    experiment: str
+    seed: int
+    task: TaskConfig
+    model: Any  # one of replication.config.ModelConfig's classes
+    train: TrainConfig
+    objective: ObjectiveConfig
+
+    @property
+    def effective_data_seed(self) -> int: ...
 
 
 def derive_seed(*parts: object) -> int:
@@ -45,7 +60,7 @@ class Task(ABC):
 
     def __init__(
         self,
-        config: RunConfig,
+        config: RunView,
         device: torch.device,
         rank: int = 0,
         world_size: int = 1,

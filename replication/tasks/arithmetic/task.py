@@ -31,76 +31,33 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import PositiveInt, field_validator, model_validator
 from torch import Tensor
 
+from replication.distributed import all_reduce_sum
+from replication.errors import ConfigError
+from replication.evaluation import mbe_kwargs
+from replication.mbe import layer_mbe
+from replication.precision import Autocast
+from replication.tasks.arithmetic.config import Config
 from replication.tasks.arithmetic.data import (
     EOS,
-    VOCAB_SIZE,
     Pairs,
     answer_mask,
     encode_examples,
     example_aligned_windows,
-    longest_example,
     sample_operands,
     sample_square,
 )
-from replication.config import ConfigError, NonNegativeFloat, TaskConfig
-from replication.distributed import all_reduce_sum
-from replication.evaluation import mbe_kwargs
-from replication.mbe import layer_mbe
-from replication.precision import Autocast
 from replication.tasks.base import Batch, derive_seed
 from replication.tasks.lm import LanguageTask, shard, windows_to_batch
 
 SPLIT_PREFIXES = ("id", "id_seen", "ood", "control")  # validation windows scored by answer CE
 MBE_PREFIXES = ("id", "ood")  # ... and by MBE
-
-
-class Config(TaskConfig):
-    name: Literal["arithmetic"] = "arithmetic"
-    train_digits: tuple[int, int] = (1, 3)  # operand digits of train and of both ID validation splits
-    ood_digits: tuple[int, int] = (4, 6)  # operand digits of OOD validation and the OOD control split
-    train_examples: PositiveInt = 10_000_000
-    val_examples: PositiveInt = 10_000  # each of held-out ID, seen ID, OOD validation and OOD control
-    seq_len: PositiveInt = 32768  # tokens per row, training and validation
-    micro_batch_size: PositiveInt = 1  # rows per micro-batch
-    eval_batch_rows: PositiveInt = 1  # validation rows per forward pass
-    # greedily decoded d x d prompts per digit count d (ID: held out)
-    exact_match_per_digits: PositiveInt = 1000
-    decode_batch: PositiveInt = 1000  # prompts per forward pass of greedy decoding
-    # stop when control CE exceeds its running minimum by this fraction
-    early_stop_tolerance: NonNegativeFloat = 0.01
-
-    mbe_sequence_key: ClassVar[str] = "seq_len"
-
-    @field_validator("train_digits", "ood_digits")
-    @classmethod
-    def _digit_range(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if not 1 <= value[0] <= value[1] <= 9:
-            raise ValueError(f"a digit range needs 1 <= lo <= hi <= 9, got {list(value)}")
-        return value
-
-    @model_validator(mode="after")
-    def _ood_above_train(self) -> Config:
-        if self.ood_digits[0] <= self.train_digits[1]:
-            raise ValueError(
-                f"ood_digits {list(self.ood_digits)} must start above train_digits "
-                f"{list(self.train_digits)}, so that no OOD pair can be a training pair"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _rows_hold_examples(self) -> Config:
-        longest = longest_example(max(self.train_digits[1], self.ood_digits[1]))
-        if self.seq_len + 1 < longest:
-            raise ValueError(f"seq_len {self.seq_len} is too short for the longest example ({longest} tokens)")
-        return self
 
 
 def early_stop(control: list[float], tolerance: float) -> int | None:
@@ -121,9 +78,6 @@ class Task(LanguageTask):
         super().__init__(config, device, rank, world_size, data_root)
         self._autocast: Autocast = nullcontext  # evaluate() sets the run's precision
         cfg: Config = config.task
-        vocab = getattr(config.model, "vocab_size", None)
-        if vocab is not None and vocab < VOCAB_SIZE:
-            raise ConfigError(f"the arithmetic task needs a vocabulary of at least {VOCAB_SIZE}; model.vocab_size is {vocab}")
         self.cfg = cfg
         self.grad_accum = config.train.grad_accum
         seed = config.effective_data_seed

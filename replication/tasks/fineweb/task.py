@@ -17,47 +17,29 @@ and run in the training dtype; reported are the mean token CE and every block's 
 Summary metrics (beyond the task defaults ``final/val/...`` and ``best/val/ce``):
 ``best/val/ce_step``; ``final/val/mbe_alternate_layers`` and ``final/val/mbe_joint_layers``, the
 mean validation MBE over the blocks that ``gapt`` and ``gapt_joint`` regularize (the same blocks
-in every method, so that runs compare); ``speed/tokens_per_s`` (training steps only); and, for runs
-that logged gradient alignment, the RQ1 statistics ``rq1/...`` of ``replication.reporting.rq1``.
+in every method, so that runs compare); and ``speed/tokens_per_s`` (training steps only). The RQ1
+statistics of runs that logged gradient alignment are computed at aggregation, as the experiment
+file's ``reporting:`` section declares (``replication.reporting.rq1``).
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 
-from replication.config import ConfigError, TaskConfig
+from replication.errors import ConfigError
 from replication.evaluation import evaluate_lm
-from replication.objectives import default_layers
+from replication.methods import default_layers
 from replication.precision import Autocast
-from replication.tasks.fineweb.prepare import load_manifest
-from replication.reporting.rq1 import DEFAULT_TIME_CONSTANT, cycle_statistics
-from replication.tasks.fineweb.shards import read_shard
 from replication.tasks.base import Batch
+from replication.tasks.fineweb.config import Config
+from replication.tasks.fineweb.data import load_manifest
+from replication.tasks.fineweb.shards import read_shard
 from replication.tasks.lm import LanguageTask, shard, windows_to_batch
-
-
-class Config(TaskConfig):
-    name: Literal["fineweb"] = "fineweb"
-    dataset: str  # a folder under the data root, made by python -m replication.tasks.fineweb.prepare
-    seq_len: int = Field(default=32768, gt=0)  # tokens per row
-    micro_batch_size: int = Field(default=1, gt=0)  # rows per micro-batch on each process
-    val_tokens: int = Field(default=10_485_760, gt=0)  # predicted validation tokens; a multiple of seq_len
-    # time constant, in optimizer steps, of the smoothing of the RQ1 sign counts (replication.reporting.rq1)
-    rq1_time_constant: float = Field(default=DEFAULT_TIME_CONSTANT, gt=0, allow_inf_nan=False)
-
-    mbe_sequence_key: ClassVar[str] = "seq_len"
-
-    @model_validator(mode="after")
-    def _whole_validation_windows(self) -> Config:
-        if self.val_tokens % self.seq_len:
-            raise ValueError(f"val_tokens ({self.val_tokens}) must be a multiple of seq_len ({self.seq_len})")
-        return self
 
 
 class TokenStream:
@@ -158,9 +140,6 @@ class Task(LanguageTask):
         steps = [r for r in records if r["kind"] == "train"]
         if steps:
             summary["speed/tokens_per_s"] = steps[-1]["tokens"] / sum(r["step_time"] for r in steps)
-        summary.update(
-            cycle_statistics(records, time_constant=self.cfg.rq1_time_constant, seed=self.config.seed)
-        )
         return summary
 
 

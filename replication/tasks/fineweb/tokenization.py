@@ -59,7 +59,7 @@ class GPT2Tokenizer:
     name = "gpt2"
 
     def __init__(self, threads: int = 1):
-        import tiktoken
+        import tiktoken  # only for the GPT-2 tokenizer
         from tiktoken.load import data_gym_to_mergeable_bpe_ranks
         from tiktoken_ext.openai_public import r50k_pat_str
 

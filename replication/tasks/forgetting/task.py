@@ -23,96 +23,25 @@ from __future__ import annotations
 import bisect
 import itertools
 from contextlib import nullcontext
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import Tensor
 
-from replication.config import (
-    ConfigError,
-    MLPModelConfig,
-    NonNegativeFloat,
-    PositiveFloat,
-    StrictModel,
-    TaskConfig,
-)
+from replication.config import MLPModelConfig
 from replication.evaluation import mbe_kwargs
 from replication.mbe import patch_mbe
 from replication.models import ReplicationModel, build_model
 from replication.precision import Autocast
-from replication.tasks.forgetting.separation import alleviation_percent, interference, separation_ratio, specialized_fraction
 from replication.tasks import base
 from replication.tasks.base import Batch, derive_seed
-
-GROUPS = ("a", "b")
-Group = Literal["a", "b"]
-RESERVED_STAGE_NAMES = {"val", "final", "best", "forgetting", "phase_changes"}  # other summary prefixes
-
-
-class Stage(StrictModel):
-    """``steps`` optimizer steps on the mix of ``groups`` (an equal share of each per micro-batch)."""
-
-    name: str
-    steps: int = Field(ge=1)
-    groups: list[Group]
-
-    @field_validator("groups")
-    @classmethod
-    def _distinct(cls, groups: list[str]) -> list[str]:
-        if not groups or len(set(groups)) != len(groups):
-            raise ValueError(f"a stage trains on one or more distinct groups of {GROUPS}, got {groups}")
-        return groups
-
-
-class Config(TaskConfig):
-    name: Literal["forgetting"] = "forgetting"
-    input_std: PositiveFloat = 0.25
-    train_per_group: PositiveInt = 500
-    val_per_group: PositiveInt = 100  # at least objective.patch_size (checked by the Task)
-    micro_batch_size: PositiveInt = 16  # examples; half from each group in a mix stage
-    # "grouped": a micro-batch holds one group's samples, then the other's, so with 8 per group an
-    # MBE patch never mixes the groups (the author's batches were built this way); "shuffled" mixes.
-    order: Literal["grouped", "shuffled"] = "grouped"
-    shift_rank: PositiveInt = 3
-    shift_scale: tuple[PositiveFloat, PositiveFloat] = (0.5, 5.0)  # U(lo, hi) times the tensor's norm
-    shift_magnitude: NonNegativeFloat = 1.0
-    # |selectivity| (in [-1, 1]) above this: a specialized unit
-    specialization_threshold: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.5
-    stages: list[Stage] = [
-        Stage(name="mix", steps=1000, groups=["a", "b"]),
-        Stage(name="finetune", steps=1000, groups=["a"]),
-    ]
-
-    # the hidden layer of a micro-batch's samples is the one sequence that MBE patches are cut from
-    mbe_sequence_key: ClassVar[str] = "micro_batch_size"
-
-    @model_validator(mode="after")
-    def _stages_fit(self) -> Config:
-        names = [s.name for s in self.stages]
-        if not self.stages or len(set(names)) != len(names):
-            raise ValueError(f"task.stages needs at least one stage and distinct names, got {names}")
-        if RESERVED_STAGE_NAMES & set(names):
-            raise ValueError(f"stage names {sorted(RESERVED_STAGE_NAMES)} are taken by other summary keys")
-        for stage in self.stages:
-            if self.micro_batch_size % len(stage.groups):
-                raise ValueError(
-                    f"micro_batch_size {self.micro_batch_size} does not split evenly over stage "
-                    f"{stage.name!r}'s groups {stage.groups}"
-                )
-            share = self.micro_batch_size // len(stage.groups)
-            if share > self.train_per_group:  # a micro-batch draws its share without replacement
-                raise ValueError(
-                    f"train_per_group ({self.train_per_group}) is below the {share} examples per group "
-                    f"of a micro-batch of stage {stage.name!r}"
-                )
-        lo, hi = self.shift_scale
-        if not 0 < lo <= hi:
-            raise ValueError(f"shift_scale must be 0 < lo <= hi, got {self.shift_scale}")
-        return self
-
+from replication.tasks.forgetting.config import GROUPS, Config
+from replication.tasks.forgetting.separation import (
+    interference,
+    separation_ratio,
+    specialized_fraction,
+)
 
 # -- the data: pure functions of a generator ---------------------------------------------------------
 
@@ -193,7 +122,6 @@ class Task(base.Task):
         super().__init__(config, device, rank, world_size, data_root)
         cfg: Config = config.task
         self.cfg = cfg
-        self._check_run(config)
         self.stage_ends = list(itertools.accumulate(s.steps for s in cfg.stages))
         seed = config.effective_data_seed
         self.theta0 = base_parameters(config.model, derive_seed("forgetting", seed, "theta0"))
@@ -212,30 +140,6 @@ class Task(base.Task):
             y = predict(teacher, shifted(self.theta0, self.shift, sign), x)
             self.train_data[group] = (x[:n_train].to(device), y[:n_train].to(device))
             self.val_data[group] = (x[n_train:].to(device), y[n_train:].to(device))
-
-    @staticmethod
-    def _check_run(config) -> None:
-        cfg: Config = config.task
-        if config.model.name != "mlp":
-            raise ConfigError(f"the forgetting task trains model.name: mlp, got {config.model.name}")
-        total = sum(s.steps for s in cfg.stages)
-        if total != config.train.steps:
-            raise ConfigError(f"task.stages add up to {total} steps but train.steps is {config.train.steps}")
-        every = config.train.eval_every
-        for stage, end in zip(cfg.stages[:-1], itertools.accumulate(s.steps for s in cfg.stages)):
-            if not every or end % every:
-                raise ConfigError(
-                    f"stage {stage.name!r} ends at step {end}, which is not an evaluation step: "
-                    f"train.eval_every ({every}) must divide it"
-                )
-        patch = config.objective.patch_size
-        if cfg.micro_batch_size % patch:
-            raise ConfigError(
-                f"task.micro_batch_size ({cfg.micro_batch_size}) must be a multiple of "
-                f"objective.patch_size ({patch})"
-            )
-        if cfg.val_per_group < patch:
-            raise ConfigError(f"task.val_per_group ({cfg.val_per_group}) is below the patch size ({patch})")
 
     # -- training -----------------------------------------------------------------------------------
     @property
@@ -348,25 +252,3 @@ class Task(base.Task):
                 summary["forgetting/l1_after"] = after
                 summary["forgetting/interference"] = interference(before, after)
         return summary
-
-
-def paired_metrics(summary: pd.DataFrame) -> pd.DataFrame:
-    """Metrics that pair each run with the ``ce`` run of the same seed (called by aggregation).
-
-    ``forgetting/alleviation_percent``: the share of ce's forgetting of group B that the method
-    avoids, ``separation.alleviation_percent`` (0 for ce itself by definition).
-    """
-    wide = summary.pivot_table(index=["method", "seed"], columns="metric", values="value")
-    needed = {"forgetting/l1_before", "forgetting/l1_after"}
-    if not needed <= set(wide.columns) or "ce" not in wide.index.get_level_values("method"):
-        return summary.iloc[0:0]
-    ce = wide.loc["ce"]
-    rows = []
-    for (method, seed), row in wide.iterrows():
-        if seed not in ce.index:
-            continue
-        value = alleviation_percent(
-            ce.loc[seed, "forgetting/l1_after"], row["forgetting/l1_after"], ce.loc[seed, "forgetting/l1_before"]
-        )
-        rows.append({"method": method, "seed": seed, "metric": "forgetting/alleviation_percent", "value": value})
-    return pd.DataFrame(rows, columns=["method", "seed", "metric", "value"])

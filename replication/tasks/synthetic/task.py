@@ -7,26 +7,11 @@ benchmarks and smoke runs. Token 0 separates documents.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
-from pydantic import Field, PositiveInt
 
-from replication.config import ConfigError, TaskConfig
 from replication.tasks.base import derive_seed
 from replication.tasks.lm import LanguageTask, shard, windows_to_batch
-
-
-class Config(TaskConfig):
-    name: Literal["synthetic"] = "synthetic"
-    vocab_size: int = Field(default=32, ge=2)  # token 0 separates documents; successors are 1 .. V-1
-    seq_len: PositiveInt = 64
-    micro_batch_size: PositiveInt = 8
-    branching: PositiveInt = 3
-    mean_doc_length: PositiveInt = 24
-    val_batches: PositiveInt = 4
-
-    mbe_sequence_key: ClassVar[str] = "seq_len"
+from replication.tasks.synthetic.config import Config
 
 
 class Task(LanguageTask):
@@ -35,8 +20,6 @@ class Task(LanguageTask):
     def __init__(self, config, device, rank=0, world_size=1, data_root=None):
         super().__init__(config, device, rank, world_size, data_root)
         cfg: Config = config.task
-        if cfg.vocab_size > getattr(config.model, "vocab_size", cfg.vocab_size):
-            raise ConfigError(f"task.vocab_size {cfg.vocab_size} exceeds model.vocab_size {config.model.vocab_size}")
         self.cfg = cfg
         table_rng = torch.Generator().manual_seed(config.effective_data_seed)
         # successors of every token, never the separator (documents end by the reset below)

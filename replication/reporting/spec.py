@@ -1,0 +1,167 @@
+"""The reporting sections of an experiment file: its table, claims, figures and derived statistics.
+
+``ReportSpec`` is ``replication.runconfig.ExperimentSpec`` with its ``paper``, ``figures`` and
+``reporting`` sections validated; every reporting command loads experiments through
+``load_report_spec``. The ``reporting`` section declares the statistics aggregation derives from
+the runs (``replication.reporting.aggregate``), so that no reporting code reaches into a task:
+
+    reporting:
+      rq1: {time_constant: 100}   # RQ1's cycle statistics (replication.reporting.rq1) of every run
+                                  # that logged gradient alignment, into summary.csv as rq1/...
+      paired:                     # metrics that pair each run with the baseline run of its seed
+        - {metric: forgetting/alleviation_percent, kind: alleviation_percent,
+           before: forgetting/l1_before, after: forgetting/l1_after}
+
+A scale may override it under ``scales.<scale>.reporting`` (deep-merged, as run configs are).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import ValidationError, model_validator
+
+from replication.config import PositiveFloat, StrictModel, deep_merge, format_validation_error, load_yaml
+from replication.errors import ConfigError
+from replication.methods import BASELINE
+from replication.reporting.rq1 import DEFAULT_TIME_CONSTANT
+from replication.runconfig import ExperimentSpec
+
+
+class TableMetric(StrictModel):
+    """One row of an experiment's table.md: a headline metric of summary.json, per method."""
+
+    key: str  # a key of summary.json's "metrics", or a top-level field such as "phase_changes"
+    label: str
+    paper: dict[str, float | str] = {}  # the paper's value per method, where it gives one
+    # how the change against ce is stated (replication.reporting.stats): "relative" needs positive values and
+    # falls back to "difference" where some are not
+    change: Literal["relative", "difference", "robust_difference"] = "relative"
+
+
+class ClaimSpec(StrictModel):
+    """One row of CLAIMS.md (PAPER.md section 8), judged from paired seeds (``replication.reporting.stats``).
+
+    kind, by the quantity ``metric`` is:
+    - "relative" (positive): the paired log ratio of ``method`` against ``baseline``;
+    - "difference" (the baseline can be near zero): the paired difference, t interval;
+    - "robust_difference" (heavy-tailed): the median paired difference, sign test;
+    - "at_least" / "robust_at_least": ``method``'s values against ``threshold`` (mean and t, or median
+      and sign test), the interval cut at 0 for a quantity that cannot be negative;
+    - "serial_dependence": RQ1's permutation test; ``metric`` names the per-run statistic, whose
+      ``_shuffled``, ``_p_persistent`` and ``_p_alternating`` companions the run also reports.
+    A claim is reproduced when its p-value is below 0.05 with the estimate on the side of
+    ``direction`` (for a threshold claim: above it).
+    """
+
+    id: str
+    claim: str
+    metric: str
+    kind: Literal["relative", "difference", "robust_difference", "at_least", "robust_at_least",
+                  "serial_dependence"] = "relative"  # fmt: skip
+    method: str = "gapt"
+    baseline: str = BASELINE
+    direction: Literal["decrease", "increase"] = "decrease"
+    threshold: float | None = None
+    paper_value: str  # as the paper states it, e.g. "-4.8 %"
+    figure: str | None = None  # a file under results/<scale>/<experiment>/
+
+    @model_validator(mode="after")
+    def _threshold_claims_name_one(self) -> ClaimSpec:
+        if self.kind in ("at_least", "robust_at_least") and self.threshold is None:
+            raise ValueError(f"claim {self.id}: kind {self.kind} needs a threshold")
+        return self
+
+
+class FigureSpec(StrictModel):
+    """One figure of an experiment, drawn from its CSVs alone (``replication.reporting.figures``).
+
+    kinds: ``curves`` (the curves.csv ``metrics`` against step, one panel per metric and method,
+    compress phases shaded), ``mbe_by_layer`` (the per-layer eval ``metric`` at the last evaluation),
+    ``rq1_alignment`` (alignment.csv: cosine against step per layer with the noise baseline),
+    ``by_digits`` (summary metrics ``<prefix><digits>`` for every ``prefixes`` entry),
+    ``by_method`` (summary ``metrics`` per method with the seed spread).
+    """
+
+    kind: Literal["curves", "mbe_by_layer", "rq1_alignment", "by_digits", "by_method"]
+    file: str  # file stem: <file>.png and <file>.pdf under results/<scale>/<experiment>/
+    title: str = ""
+    metrics: list[str] = []
+    metric: str | None = None
+    prefixes: list[str] = []
+    caption: str = ""
+
+
+class PaperSpec(StrictModel):
+    table: list[TableMetric] = []
+    claims: list[ClaimSpec] = []
+
+
+class RQ1Spec(StrictModel):
+    """RQ1's cycle statistics of each run that logged gradient alignment (``replication.reporting.rq1``)."""
+
+    time_constant: PositiveFloat = DEFAULT_TIME_CONSTANT  # optimizer steps, of the sign-count smoothing
+
+
+class PairedMetricSpec(StrictModel):
+    """A metric of each run computed from its own summary and that of the baseline run of its seed.
+
+    kind ``alleviation_percent``: the share of the baseline's forgetting that the run avoids,
+    ``100 (after_baseline - after) / (after_baseline - before_baseline)``
+    (``replication.tasks.forgetting.separation.alleviation_percent``; 0 for the baseline itself).
+    """
+
+    metric: str  # the name of the new metric in summary.csv
+    kind: Literal["alleviation_percent"]
+    before: str  # summary metrics it is computed from
+    after: str
+    baseline: str = BASELINE
+
+
+class ReportingSpec(StrictModel):
+    rq1: RQ1Spec | None = None
+    paired: list[PairedMetricSpec] = []
+
+
+class ReportSpec(ExperimentSpec):
+    """An experiment file with its reporting sections validated."""
+
+    paper: PaperSpec = PaperSpec()  # the paper's numbers, for tables and claims
+    figures: list[FigureSpec] = []
+    reporting: ReportingSpec = ReportingSpec()
+
+    def reporting_for(self, scale: str) -> ReportingSpec:
+        """The reporting section with ``scales.<scale>.reporting`` merged over it."""
+        override = self.scales[scale].reporting if scale in self.scales else {}
+        if not override:
+            return self.reporting
+        return ReportingSpec.model_validate(deep_merge(self.reporting.model_dump(), override))
+
+    @model_validator(mode="after")
+    def _claims_point_at_drawn_figures(self) -> ReportSpec:
+        drawn = {f"{figure.file}.png" for figure in self.figures}
+        for claim in self.paper.claims:
+            if claim.figure is not None and claim.figure not in drawn:
+                raise ValueError(f"claim {claim.id} points at {claim.figure}, which figures: does not draw")
+            for name in (claim.method, claim.baseline):
+                if name not in self.methods:
+                    raise ValueError(f"claim {claim.id} names method {name!r}, which the experiment does not run")
+        return self
+
+    @model_validator(mode="after")
+    def _scale_reporting_is_valid(self) -> ReportSpec:
+        for scale in self.scales:
+            try:
+                self.reporting_for(scale)
+            except ValidationError as error:
+                lines = format_validation_error(error, "", ReportingSpec).splitlines()[1:]
+                raise ValueError("; ".join(f"scales.{scale}.reporting: {line.strip()}" for line in lines)) from None
+        return self
+
+
+def load_report_spec(path: str | Path) -> ReportSpec:
+    try:
+        return ReportSpec.model_validate(load_yaml(path))
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, str(path), ReportSpec)) from None

@@ -1,0 +1,260 @@
+"""One run's whole configuration, and the experiment files it is resolved from.
+
+A run is described by one ``RunConfig``: the sections of ``replication.config``, the task's own
+section (one of the task packages' ``Config`` classes, told apart by ``task.name``), and the run's
+identity. Experiments are YAML files (``experiments/<name>/config.yaml``) of partial configs merged
+in this order, later layers winning:
+
+    field defaults < experiment ``defaults`` < ``scales.<scale>.config`` < ``methods.<method>``
+    < ``scales.<scale>.methods.<method>`` < run identity (experiment, scale, method, seed)
+
+``resolve_run_config`` does this merge once; the result is written whole into the run folder and is
+the only thing ``python -m replication.train`` reads. The reporting sections of an experiment file
+(``paper``, ``figures``, ``reporting``) are carried here unread; ``replication.reporting.spec``
+validates them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from replication.config import (
+    AlignmentConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    Seed,
+    StrictModel,
+    TaskConfig,
+    TrainConfig,
+    deep_merge,
+    format_validation_error,
+    load_yaml,
+)
+from replication.errors import ConfigError, RunFolderError
+from replication.gapt import GaptConfig
+from replication.methods import METHOD_NAMES, METHODS, default_layers
+from replication.tasks.arithmetic.config import Config as ArithmeticConfig
+from replication.tasks.fineweb.config import Config as FineWebConfig
+from replication.tasks.forgetting.config import Config as ForgettingConfig
+from replication.tasks.synthetic.config import Config as SyntheticConfig
+
+# every task's section, by its name; replication.tasks.registry maps each name to its Task
+TASK_CONFIGS: dict[str, type[TaskConfig]] = {
+    c.model_fields["name"].default: c for c in (SyntheticConfig, ArithmeticConfig, ForgettingConfig, FineWebConfig)
+}
+TaskConfigs = Annotated[Union[tuple(TASK_CONFIGS.values())], Field(discriminator="name")]  # type: ignore[valid-type]
+MethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]  # the registry's names, in its order
+
+
+class RunConfig(StrictModel):
+    experiment: str
+    scale: str
+    method: MethodName
+    seed: Seed
+    data_seed: Seed | None = None  # None: the run seed (a seed draws the data too)
+    task: TaskConfigs
+    model: ModelConfig
+    optim: OptimConfig
+    train: TrainConfig
+    objective: ObjectiveConfig = ObjectiveConfig()
+    gapt: GaptConfig = GaptConfig()
+    alignment: AlignmentConfig = AlignmentConfig()
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_has_a_name(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            if "name" not in value:
+                raise ValueError(f"task needs a 'name', one of {sorted(TASK_CONFIGS)}")
+            if value["name"] not in TASK_CONFIGS:
+                raise ValueError(f"unknown task {value['name']!r}; the registry has {sorted(TASK_CONFIGS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _sections_fit(self) -> RunConfig:
+        length = self.task.mbe_sequence_length()
+        patch = self.objective.patch_size
+        if length is not None and length % patch:
+            raise ValueError(
+                f"objective.patch_size ({patch}) must divide task.{self.task.mbe_sequence_key} ({length}), "
+                "the length of the sequence MBE patches are cut from"
+            )
+        n_blocks = self.model.n_blocks
+        for key, layers in (
+            ("objective.alternate_layers", self.objective.alternate_layers),
+            ("objective.joint_layers", self.objective.joint_layers),
+            ("alignment.layers", self.alignment.layers),
+        ):
+            bad = [i for i in layers or [] if i >= n_blocks]
+            if bad:
+                raise ValueError(
+                    f"{key} {layers} names blocks {bad}; the model has {n_blocks} (0..{n_blocks - 1})"
+                )
+        compression = METHODS[self.method].compression
+        if compression != "none" and getattr(self.objective, f"{compression}_layers") is None:
+            default_layers(n_blocks, compression)  # a ConfigError (a ValueError) when the model has none
+        self.task.check_fit(self.model, self.train, self.objective)
+        return self
+
+    @property
+    def effective_data_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def digest(self) -> str:
+        """A short hash of the resolved config: a checkpoint only resumes a run of the same config."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -- experiment files --------------------------------------------------------------------------
+
+
+class ScaleSpec(StrictModel):
+    seeds: list[Seed]
+    description: str = ""
+    config: dict[str, Any] = {}
+    methods: dict[str, dict[str, Any]] = {}
+    reporting: dict[str, Any] = {}  # over the experiment's reporting: (replication.reporting.spec)
+
+
+class ExperimentSpec(StrictModel):
+    """The schema of ``experiments/<name>/config.yaml``, as far as running it goes."""
+
+    experiment: str
+    description: str = ""
+    # data sets prepared once before any run (name -> the preparation's own options); a run names the
+    # one it reads in its task config, and finds it under the --data-root of the train command
+    datasets: dict[str, dict[str, Any]] = {}
+    defaults: dict[str, Any] = {}
+    methods: dict[str, dict[str, Any]]
+    scales: dict[str, ScaleSpec]
+    # the reporting sections, validated by replication.reporting.spec.ReportSpec
+    paper: dict[str, Any] = {}
+    figures: list[Any] = []
+    reporting: dict[str, Any] = {}
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(methods) - set(METHOD_NAMES))
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; the registry has {list(METHOD_NAMES)}")
+        return methods
+
+
+def validate_run_config(data: dict[str, Any], source: str = "run config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source, RunConfig)) from None
+
+
+def load_experiment(path: str | Path) -> ExperimentSpec:
+    try:
+        return ExperimentSpec.model_validate(load_yaml(path))
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, str(path), ExperimentSpec)) from None
+
+
+def resolve_run_config(experiment: ExperimentSpec | str | Path, scale: str, method: str, seed: int) -> RunConfig:
+    """Merge an experiment's layers for one run, in the precedence written in the module docstring."""
+    spec = experiment if isinstance(experiment, ExperimentSpec) else load_experiment(experiment)
+    if scale not in spec.scales:
+        raise ConfigError(f"experiment {spec.experiment} has no scale {scale!r}; it has {sorted(spec.scales)}")
+    if method not in spec.methods:
+        raise ConfigError(f"experiment {spec.experiment} has no method {method!r}; it has {sorted(spec.methods)}")
+    scale_spec = spec.scales[scale]
+    unknown = sorted(set(scale_spec.methods) - set(spec.methods))
+    if unknown:
+        raise ConfigError(f"scales.{scale}.methods names methods the experiment lacks: {unknown}")
+    merged: dict[str, Any] = {}
+    for layer in (spec.defaults, scale_spec.config, spec.methods[method], scale_spec.methods.get(method, {})):
+        merged = deep_merge(merged, layer)
+    merged.update(experiment=spec.experiment, scale=scale, method=method, seed=int(seed))
+    return validate_run_config(merged, source=f"{spec.experiment}/{scale}/{method}/seed{seed}")
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    data = load_yaml(path)
+    if "scales" in data or "methods" in data:  # the shape of an ExperimentSpec
+        raise ConfigError(
+            f"{path} is an experiment config, not a run config: resolve a run first with "
+            f"python -m replication.configure {path} --scale S --method M --seed N --out RUN_DIR/, "
+            "then train RUN_DIR/config.yaml"
+        )
+    return validate_run_config(data, source=str(path))
+
+
+def write_run_config(config: RunConfig, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    tmp.replace(path)
+
+
+# -- comparing configs ---------------------------------------------------------------------------
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: data}
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> str:
+    """The keys in which two resolved configs differ, as ``key: old -> new``, dotted and sorted."""
+    a, b = _flatten(old), _flatten(new)
+    absent = "(absent)"
+    changes = [f"{key}: {a.get(key, absent)} -> {b.get(key, absent)}" for key in sorted(a.keys() | b.keys())
+               if a.get(key, absent) != b.get(key, absent)]  # fmt: skip
+    more = f" and {len(changes) - limit} more" if len(changes) > limit else ""
+    return "; ".join(changes[:limit]) + more if changes else "no key differs (only the digest)"
+
+
+def config_mismatch(record: dict[str, Any], config: RunConfig) -> str | None:
+    """None when a summary's or checkpoint's ``config_digest``/``config`` record this run config;
+    otherwise the keys in which the two differ.
+
+    A recorded config is validated again before it is compared, so a field added to the code since
+    (absent from the record, at its default now) is no difference; its digest is then recomputed.
+    """
+    if record.get("config_digest") == config.digest():
+        return None
+    old = record.get("config")
+    if not isinstance(old, dict):
+        return "the recorded config digest differs, and no config is recorded"
+    try:
+        revalidated = validate_run_config(old)
+    except ConfigError:
+        return config_differences(old, config.to_dict())  # it no longer validates: compare it as written
+    if revalidated.digest() == config.digest():
+        return None
+    return config_differences(revalidated.to_dict(), config.to_dict())
+
+
+def check_summary_config(summary: dict[str, Any], config: RunConfig, path: Path) -> str | None:
+    """A RunFolderError naming the keys that differ unless the summary at path was written by a run
+    of this config. A summary from before summaries recorded their config cannot be checked: the
+    returned warning says so (None otherwise)."""
+    if "config" not in summary and "config_digest" not in summary:
+        return f"warning: {path} records no config (written by an older version); it is not checked"
+    what = config_mismatch(summary, config)
+    if what is None:
+        return None
+    raise RunFolderError(
+        f"{path} was written by a run of another config ({what}); delete {path.name} and any "
+        f"checkpoint*.pt in {path.parent} to train this config there (metrics.jsonl is then rewritten)"
+    )
