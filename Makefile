@@ -90,14 +90,14 @@ gpu-check: install
 # mutation testing with mutmut, configured in [tool.mutmut] of pyproject.toml (README, "Mutation
 # testing"); not part of CI. MUTATION_SCOPE names the functions whose mutants run, as fnmatch patterns
 # over mutmut's mutant names (`?` stands for the `ǁ` between a class and its method): every function
-# of mbe, gapt, objectives and stats, and of the training loop the step and its cross-process
-# reduction. `make mutation MUTATION_SCOPE=` runs every function of the five files instead (all of
+# of mbe, gapt, methods, objectives and stats, and of the training loop the step and its cross-process
+# reduction. `make mutation MUTATION_SCOPE=` runs every function of the six files instead (all of
 # train.py: about half as long again) and, unlike a named scope, reuses the results of unchanged
 # functions on a rerun. mutants/ keeps the mutants and results: `.venv/bin/mutmut show NAME` prints one
 # mutant's diff, `.venv/bin/mutmut browse` walks them; delete mutants/ for a run from scratch. One
 # worker by default, so that the machine stays usable; MUTATION_WORKERS=2 on an idle one.
 MUTATION_WORKERS ?= 1
-MUTATION_SCOPE ?= replication.mbe.* replication.gapt.* replication.objectives.* replication.reporting.stats.* \
+MUTATION_SCOPE ?= replication.mbe.* replication.gapt.* replication.methods.* replication.objectives.* replication.reporting.stats.* \
 	replication.train.x?Trainer?_train_step__* replication.train.x?Trainer?_reduce__*
 MUTATION_ARGS = $(foreach p,$(MUTATION_SCOPE),'$(p)')
 

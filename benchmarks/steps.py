@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from benchmarks.common import interleaved
 from replication.config import deep_merge
 from replication.evaluation import evaluate_lm
-from replication.gapt import Phase
 from replication.methods import METHODS
 from replication.objectives import accumulate_gradients
 from replication.runconfig import RunConfig, resolve_run_config, validate_run_config
@@ -62,7 +61,7 @@ def gapt_overhead(shape: str, rounds: int = 5) -> dict[str, Any]:
 
     def one_step(method: str):
         t = trainers[method]
-        phase = Phase.MEMORIZE if method == "ce" else Phase.COMPRESS
+        phase = METHODS[method].fixed_phase  # ce memorizes; the rest take their compress step
 
         def run() -> None:
             accumulate_gradients(t.model, t.task, t.method, t.config.objective, t.plan, step=steps[method],

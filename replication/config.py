@@ -36,7 +36,7 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# value constraints shared by the config classes (the task modules use them too); a violation is a
+# value constraints shared by the config classes (the task packages' config.py use them too); a violation is a
 # validation error at load time whose location names the key
 Seed = Annotated[int, Field(ge=0, lt=2**32)]  # numpy's legacy seeding takes 32 bits
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # finite, >= 0
@@ -205,7 +205,7 @@ class AlignmentConfig(StrictModel):
 
 
 class TaskConfig(StrictModel):
-    """Base of every task's config; each task module defines a subclass with ``name`` fixed."""
+    """Base of every task's config; each task package's config.py defines a subclass with ``name`` fixed."""
 
     name: str
     # the field holding the length of the sequence that MBE patches are cut from, or None when the

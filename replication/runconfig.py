@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -183,8 +184,29 @@ def resolve_run_config(experiment: ExperimentSpec | str | Path, scale: str, meth
     return validate_run_config(merged, source=f"{spec.experiment}/{scale}/{method}/seed{seed}")
 
 
+# keys that run folders written by earlier versions hold and this version reads elsewhere: a recorded
+# config (a run folder's config.yaml, summary or checkpoint) is read without them, so that the run
+# still resumes and aggregates; an experiment file that sets one is an error naming it
+MOVED_KEYS = {
+    ("task", "rq1_time_constant"): "the experiment file's reporting.rq1.time_constant (RQ1's statistics are "
+    "computed at aggregation)",
+}
+
+
+def without_moved_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A recorded run config without the keys of MOVED_KEYS, and a note for each one dropped."""
+    data, notes = dict(data), []
+    for (section, key), where in MOVED_KEYS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            data[section] = {k: v for k, v in data[section].items() if k != key}
+            notes.append(f"{section}.{key} is no longer read: it moved to {where}")
+    return data, notes
+
+
 def load_run_config(path: str | Path) -> RunConfig:
-    data = load_yaml(path)
+    data, notes = without_moved_keys(load_yaml(path))
+    for note in notes:
+        print(f"note: {path}: {note}", file=sys.stderr)
     if "scales" in data or "methods" in data:  # the shape of an ExperimentSpec
         raise ConfigError(
             f"{path} is an experiment config, not a run config: resolve a run first with "
@@ -229,7 +251,8 @@ def config_mismatch(record: dict[str, Any], config: RunConfig) -> str | None:
     otherwise the keys in which the two differ.
 
     A recorded config is validated again before it is compared, so a field added to the code since
-    (absent from the record, at its default now) is no difference; its digest is then recomputed.
+    (absent from the record, at its default now) is no difference, nor is a key of MOVED_KEYS; its
+    digest is then recomputed.
     """
     if record.get("config_digest") == config.digest():
         return None
@@ -237,7 +260,7 @@ def config_mismatch(record: dict[str, Any], config: RunConfig) -> str | None:
     if not isinstance(old, dict):
         return "the recorded config digest differs, and no config is recorded"
     try:
-        revalidated = validate_run_config(old)
+        revalidated = validate_run_config(without_moved_keys(old)[0])
     except ConfigError:
         return config_differences(old, config.to_dict())  # it no longer validates: compare it as written
     if revalidated.digest() == config.digest():

@@ -109,36 +109,62 @@ def test_the_detector_finds_a_cycle_and_a_hidden_import(tmp_path, monkeypatch):
         test_no_module_imports_the_package_inside_a_function()
 
 
-def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
-    seen, stack = set(), [start]
-    while stack:
-        for nxt in graph.get(stack.pop(), ()):
-            if nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return seen
-
-
 def _entry_points() -> set[str]:
     """Modules run as ``python -m``: the edges, which may read files and the whole run config."""
     return {_module_name(p) for p in PACKAGE.rglob("*.py") if 'if __name__ == "__main__":' in p.read_text()}
 
 
-def test_only_reporting_reaches_reporting_and_tasks_never_reach_the_run_layer():
-    graph = _graph()
-    run_layer = {"replication.runconfig", "replication.train", "replication.tasks.registry"}
+# ARCHITECTURE.md's layers, top to bottom: a module imports from its own layer or the ones above
+LAYERS = [
+    ("core", ("replication.errors", "replication.gapt", "replication.methods", "replication.mbe")),
+    ("config", ("replication.config",)),
+    ("machinery", ("replication.precision", "replication.distributed", "replication.progress", "replication.runio",
+                   "replication.cli")),
+    ("models", ("replication.models",)),
+    ("task interface", ("replication.tasks.base", "replication.tasks.lm", "replication.evaluation")),
+    ("tasks", ("replication.tasks.arithmetic", "replication.tasks.fineweb", "replication.tasks.forgetting",
+               "replication.tasks.synthetic")),
+    ("run", ("replication.runconfig", "replication.tasks.registry", "replication.objectives", "replication.alignment",
+             "replication.optim", "replication.train", "replication.configure")),
+    ("integrations", ("replication.dropin", "replication.hf")),
+    ("reporting", ("replication.reporting",)),
+]  # fmt: skip
+
+
+def _layer(module: str) -> int:
+    if module in ("replication", "replication.tasks"):  # package docstrings
+        return -1
+    for index, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return index
+    raise AssertionError(f"{module} belongs to no layer of ARCHITECTURE.md")
+
+
+def _layer_violations(graph: dict[str, set[str]], entry_points: set[str]) -> list[str]:
+    run = next(i for i, (name, _) in enumerate(LAYERS) if name == "run")
+    bad = []
+    for module, imported in graph.items():
+        for target in imported:
+            below = _layer(target) > _layer(module)
+            allowed = module in entry_points and _layer(target) <= run  # a command may resolve a run config
+            if below and not allowed:
+                bad.append(f"{module} ({LAYERS[_layer(module)][0]}) imports {target} ({LAYERS[_layer(target)][0]})")
+    return sorted(bad)
+
+
+def test_every_import_points_up_the_layers():
     entry_points = _entry_points()
     assert {"replication.train", "replication.tasks.fineweb.prepare", "replication.reporting.aggregate"} <= entry_points
-    for module in graph:
-        reached = _reaches(graph, module)
-        if not module.startswith("replication.reporting"):
-            assert not {m for m in reached if m.startswith("replication.reporting")}, module
-        inner = module.startswith(("replication.tasks.", "replication.models")) and module not in run_layer
-        if inner and module not in entry_points:
-            assert not reached & run_layer, f"{module} reaches {sorted(reached & run_layer)}"
-    core = {"replication.mbe", "replication.gapt", "replication.methods", "replication.errors"}
-    for module in core:
-        assert _reaches(graph, module) <= core, module
+    assert _layer_violations(_graph(), entry_points) == []
+
+
+def test_the_layer_check_finds_an_import_down_the_layers():
+    graph = {"replication.tasks.fineweb.task": {"replication.runconfig"}, "replication.train": {"replication.reporting.stats"},
+             "replication.tasks.fineweb.prepare": {"replication.runconfig"}}  # fmt: skip
+    assert _layer_violations(graph, {"replication.tasks.fineweb.prepare", "replication.train"}) == [
+        "replication.tasks.fineweb.task (tasks) imports replication.runconfig (run)",
+        "replication.train (run) imports replication.reporting.stats (reporting)",
+    ]
 
 
 # -- one method registry ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from replication.config import ConfigError, format_validation_error
 from replication.configure import main as configure_main
 from replication.reporting.spec import TableMetric, load_report_spec
 from replication.runconfig import (
+    config_mismatch,
     load_experiment,
     load_run_config,
     resolve_run_config,
@@ -330,3 +331,50 @@ def test_a_task_validators_message_keeps_the_task_location():
     task = {"name": "arithmetic", "seq_len": 64, "ood_digits": [2, 3]}
     with pytest.raises(ConfigError, match=r"\n  task: ood_digits \[2, 3\] must start above train_digits"):
         validate_run_config({**TINY, "task": task})
+
+
+# -- sections that do not fit together fail at validation (TaskConfig.check_fit) --------------------
+
+FORGETTING_RUN = {
+    **TINY, "model": {"name": "mlp"}, "optim": {"name": "adam"},
+    "objective": {"alternate_layers": [0], "joint_layers": [0]},
+    "task": {"name": "forgetting", "micro_batch_size": 16,
+             "stages": [{"name": "mix", "steps": 20, "groups": ["a", "b"]}, {"name": "finetune", "steps": 10, "groups": ["a"]}]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        ({"model": {"name": "gpt2", "vocab_size": 32, "n_layer": 2, "d_model": 16, "n_head": 2}},
+         "the forgetting task trains model.name: mlp, got gpt2"),
+        ({"train": {**TINY["train"], "steps": 40}}, r"task.stages add up to 30 steps but train.steps is 40"),
+        ({"train": {**TINY["train"], "eval_every": 15}}, r"stage 'mix' ends at step 20, which is not an evaluation step"),
+        ({"task": {**FORGETTING_RUN["task"], "val_per_group": 4}}, r"task.val_per_group \(4\) is below the patch size \(8\)"),
+    ],
+)  # fmt: skip
+def test_a_forgetting_run_whose_sections_do_not_fit_fails_naming_why(change, expected):
+    assert validate_run_config(FORGETTING_RUN).task.name == "forgetting"
+    with pytest.raises(ConfigError, match=expected):
+        validate_run_config({**FORGETTING_RUN, **change})
+
+
+def test_a_model_vocabulary_too_small_for_the_task_fails_at_validation():
+    with pytest.raises(ConfigError, match=r"task.vocab_size 64 exceeds model.vocab_size 32"):
+        validate_run_config({**TINY, "task": {**TINY["task"], "vocab_size": 64}})
+    arithmetic = {"name": "arithmetic", "seq_len": 32, "train_digits": [1, 2], "ood_digits": [3, 3]}
+    with pytest.raises(ConfigError, match="the arithmetic task needs a vocabulary of at least"):
+        validate_run_config({**TINY, "task": arithmetic, "model": {**TINY["model"], "vocab_size": 8}})
+
+
+def test_a_run_folder_from_before_rq1_moved_to_reporting_still_loads_and_matches(tmp_path, capsys):
+    config = resolve_run_config(REPO / "experiments/fineweb_pretrain/config.yaml", "cpu", "ce", 0)
+    old = config.to_dict()
+    old["task"]["rq1_time_constant"] = 29.0  # what run folders of the earlier version hold
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old))
+    assert load_run_config(path) == config
+    assert "task.rq1_time_constant is no longer read: it moved to the experiment file's reporting" in capsys.readouterr().err
+    assert config_mismatch({"config": old, "config_digest": "written-before"}, config) is None
+    with pytest.raises(ConfigError, match="unknown key 'task.rq1_time_constant'"):  # never in a new config
+        validate_run_config(old)

@@ -183,9 +183,8 @@ def test_the_best_validation_loss_is_the_minimum_and_its_step_the_argmin():
     records = [{"kind": "train", "step": 0, "tokens": 10, "step_time": 1.0}, *evals]
     base = BaseTask.summarize(SimpleNamespace(main_loss_name="ce"), records)
     assert base["best/val/ce"] == 2.5 and base["final/val/ce"] == 2.75
-    fake = FinewebTask.__new__(FinewebTask)  # summarize reads only these attributes
-    fake.cfg = SimpleNamespace(rq1_time_constant=100.0)
-    fake.config = SimpleNamespace(seed=0, objective=SimpleNamespace(alternate_layers=None, joint_layers=None))
+    fake = FinewebTask.__new__(FinewebTask)  # summarize reads only the run config's objective
+    fake.config = SimpleNamespace(objective=SimpleNamespace(alternate_layers=None, joint_layers=None))
     summary = fake.summarize(records)
     assert summary["best/val/ce"] == 2.5 and summary["best/val/ce_step"] == 20
 

@@ -490,5 +490,8 @@ def test_aggregation_adds_exactly_the_declared_statistics(tmp_path):
     stats = aggregate.run_statistics(declared, records, seed=0)
     assert stats["rq1/points"] == 20 and stats["rq1/frac_positive"] == 0.5
     assert stats["rq1/smoothing_beta"] == pytest.approx(math.exp(-2 / 29))
+    assert "rq1/noise_cos_mean" in stats
+    no_noise = [{**r, "align/noise_cos": None} for r in records]  # one micro-batch a step: no noise baseline
+    assert "rq1/noise_cos_mean" not in aggregate.run_statistics(declared, no_noise, seed=0)  # not a NaN row
     undeclared = load_report_spec(REPO / "experiments/arithmetic_ood/config.yaml").reporting_for("cpu")
     assert aggregate.run_statistics(undeclared, records, seed=0) == {}

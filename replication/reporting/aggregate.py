@@ -25,6 +25,7 @@ Nothing here reads logs or stdout: only what the runs wrote.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,8 @@ def run_statistics(reporting: ReportingSpec, records: list[dict], seed: int) -> 
     """The per-run statistics the reporting section declares, from the run's own records."""
     if reporting.rq1 is None:
         return {}
-    return cycle_statistics(records, time_constant=reporting.rq1.time_constant, seed=seed)
+    found = cycle_statistics(records, time_constant=reporting.rq1.time_constant, seed=seed)
+    return {k: v for k, v in found.items() if math.isfinite(v)}  # as summary.json, which holds no NaN
 
 
 PAIRED_KINDS = {"alleviation_percent": alleviation_percent}  # f(baseline_after, after, baseline_before)

@@ -3,7 +3,8 @@
 ``ReportSpec`` is ``replication.runconfig.ExperimentSpec`` with its ``paper``, ``figures`` and
 ``reporting`` sections validated; every reporting command loads experiments through
 ``load_report_spec``. The ``reporting`` section declares the statistics aggregation derives from
-the runs (``replication.reporting.aggregate``), so that no reporting code reaches into a task:
+the runs (``replication.reporting.aggregate``), so that what an experiment reports is read from its
+file, not looked up in its task's code:
 
     reporting:
       rq1: {time_constant: 100}   # RQ1's cycle statistics (replication.reporting.rq1) of every run
@@ -30,9 +31,11 @@ from replication.runconfig import ExperimentSpec
 
 
 class TableMetric(StrictModel):
-    """One row of an experiment's table.md: a headline metric of summary.json, per method."""
+    """One row of an experiment's table.md: a metric of summary.csv, per method."""
 
-    key: str  # a key of summary.json's "metrics", or a top-level field such as "phase_changes"
+    # a key of summary.json's "metrics", a statistic the reporting section declares (rq1/..., a paired
+    # metric), or a top-level field of summary.json such as "phase_changes"
+    key: str
     label: str
     paper: dict[str, float | str] = {}  # the paper's value per method, where it gives one
     # how the change against ce is stated (replication.reporting.stats): "relative" needs positive values and

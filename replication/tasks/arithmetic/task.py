@@ -2,7 +2,7 @@
 
 Data (``replication.tasks.arithmetic.data``), all drawn from the data seed, never the run seed:
 - train: ``train_examples`` examples with operands of ``train_digits`` (1-3) digits, one stream,
-  drawn only from the training part of the pair space (``arithmetic_data.held_out`` False);
+  drawn only from the training part of the pair space (``data.held_out`` False);
 - held-out ID validation (``id``): ``val_examples`` with ``train_digits``, drawn only from the
   held-out part (``held_out`` True), so no pair of it (nor its commutative twin) is ever trained on;
 - seen ID validation (``id_seen``): the first ``val_examples`` training examples that a training
@@ -18,7 +18,7 @@ over the whole window (the model is trained on the stream, as in the paper). Row
 at the first <bos> at or after j * seq_len, so no row begins with an example whose operands are cut
 off; rows are read in order and the stream wraps around after a pass. Validation windows start at an
 example's <bos> too and count every example's answer tokens exactly once
-(``arithmetic_data.example_aligned_windows``).
+(``data.example_aligned_windows``).
 
 Metrics of ``evaluate`` (prefix id/ (held-out ID), ood/; id_seen/ and control/ only the answer CE):
 - ``answer_ce``: mean CE over answer tokens (the space after '=' and every digit of c, not <eos>);
@@ -81,7 +81,7 @@ class Task(LanguageTask):
         self.cfg = cfg
         self.grad_accum = config.train.grad_accum
         seed = config.effective_data_seed
-        # the ID pair space is cut in two once and for all (arithmetic_data.held_out): training draws
+        # the ID pair space is cut in two once and for all (data.held_out): training draws
         # only from one part, held-out ID validation and ID exact match only from the other
         self.train_operands = self._operands(seed, "train", cfg.train_examples, cfg.train_digits, "train")
         self.stream, offsets = encode_examples(*self.train_operands)

@@ -95,11 +95,6 @@ class Config(TaskConfig):
                     f"stage {stage.name!r} ends at step {end}, which is not an evaluation step: "
                     f"train.eval_every ({every}) must divide it"
                 )
-        patch = objective.patch_size
-        if self.micro_batch_size % patch:
-            raise ValueError(
-                f"task.micro_batch_size ({self.micro_batch_size}) must be a multiple of "
-                f"objective.patch_size ({patch})"
-            )
+        patch = objective.patch_size  # (that it divides micro_batch_size, RunConfig checks for every task)
         if self.val_per_group < patch:
             raise ValueError(f"task.val_per_group ({self.val_per_group}) is below the patch size ({patch})")
