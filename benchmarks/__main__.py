@@ -1,6 +1,7 @@
 """python -m benchmarks [SECTION ...] [--out results/benchmarks]
 
-Sections: gapt_overhead, loop_efficiency, mbe_kernel, data_prep, evaluation, smoke_dag (default: all).
+Sections: cpu_step, gapt_overhead, loop_efficiency, mbe_kernel, data_prep, evaluation, smoke_dag (default: all);
+bf16_parity (about 30 minutes of real cpu-scale runs) only when named.
 Each prints a table and writes results/benchmarks/<section>.json with its provenance. Run it on a
 quiet machine: the ratios compare variants measured side by side, but other load still adds noise.
 The GPU path has a command of its own: python -m benchmarks.gpu_check (make gpu-check), writing gpu.json.
@@ -9,6 +10,7 @@ The GPU path has a command of its own: python -m benchmarks.gpu_check (make gpu-
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -36,11 +38,12 @@ def run_section(name: str, out: Path) -> None:
         from benchmarks.steps import loop_efficiency
 
         result = loop_efficiency()
-        print(f"\nLoop efficiency ({result['shape']} shape; target {result['target']})")
+        print(f"\nLoop efficiency ({result['shape']} shape, {result['dtype']}; target {result['target']})")
         rows = [["replication.train", *[f"{x:.2f}" for x in result["replication_steps_per_s"]]],
+                ["replication.train, RQ1 every 5 steps", *[f"{x:.2f}" for x in result["replication_with_rq1_steps_per_s"]]],
                 ["minimal loop", *[f"{x:.2f}" for x in result["minimal_steps_per_s"]]]]  # fmt: skip
         print(tabulate(rows, headers=["steps/s", *[f"round {i + 1}" for i in range(len(rows[0]) - 1)]], tablefmt="github"))
-        print(f"ratio (best of rounds): {result['ratio']:.3f}")
+        print(f"ratio (best of rounds): {result['ratio']:.3f}; with RQ1: {result['rq1_ratio']:.3f}")
         write_result(out, name, result)
     elif name == "mbe_kernel":
         from benchmarks.mbe_kernel import mbe_kernel
@@ -81,16 +84,42 @@ def run_section(name: str, out: Path) -> None:
         print(f"\nSmoke DAG ({result['runs']} runs on {result['cores']} cores; target {result['target']})")
         print(f"wall time {result['dag_wall_seconds']:.0f} s, of which orchestration {100 * result['orchestration_share']:.0f} %")
         write_result(out, name, result)
+    elif name == "cpu_step":
+        from benchmarks.steps import cpu_step
+
+        result = cpu_step()
+        peak = result["matmul_peak_flops"]
+        print(f"\nThe cpu-scale step ({result['tokens_per_step']} tokens, {result['threads']} threads; matmul peak "
+              f"{peak['float32'] / 1e9:.0f} GFLOP/s float32, {peak['bfloat16'] / 1e9:.0f} bf16; target {result['target']})")
+        rows = [[name, f"{r['seconds_per_step'] * 1000:.1f}", f"{r['speedup_over_float32_eager']:.2f}",
+                 f"{100 * r['mfu']:.0f} %", "" if r["compile_seconds"] is None else f"{r['compile_seconds']:.1f}",
+                 "" if r["payback_steps"] is None else f"{r['payback_steps']:.0f}"]
+                for name, r in result["variants"].items()]  # fmt: skip
+        print(tabulate(rows, headers=["variant", "ms / step", "x float32 eager", "MFU (own dtype's peak)",
+                                      "compile s", "payback steps"], tablefmt="github"))  # fmt: skip
+        write_result(out, name, result)
+    elif name == "bf16_parity":
+        from benchmarks.parity import bf16_parity
+
+        result = bf16_parity()
+        print(f"\nbf16 parity, {result['experiment']} at {result['scale']} scale, seeds {result['seeds']}")
+        rows = [[r["method"], r["metric"], f"{statistics.mean(r['float32']):.4f}", f"{statistics.mean(r['bfloat16']):.4f}",
+                 f"{r['paired_difference']:+.4f} [{r['interval'][0]:+.4f}, {r['interval'][1]:+.4f}]",
+                 f"{r['float32_seed_sd']:.4f}", "yes" if r["agrees"] else "no"] for r in result["rows"]]  # fmt: skip
+        print(tabulate(rows, headers=["method", "metric", "float32", "bf16", "bf16 - float32 (95 % t)",
+                                      "float32 seed sd", "agrees"], tablefmt="github"))  # fmt: skip
+        write_result(out, name, result)
     else:
-        raise SystemExit(f"unknown section {name!r}; choose from {SECTIONS}")
+        raise SystemExit(f"unknown section {name!r}; choose from {SECTIONS + LONG_SECTIONS}")
 
 
-SECTIONS = ["gapt_overhead", "loop_efficiency", "mbe_kernel", "data_prep", "evaluation", "smoke_dag"]
+SECTIONS = ["cpu_step", "gapt_overhead", "loop_efficiency", "mbe_kernel", "data_prep", "evaluation", "smoke_dag"]
+LONG_SECTIONS = ["bf16_parity"]  # trains real runs (about 30 minutes): only when named
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sections", nargs="*", default=SECTIONS, help=f"any of {SECTIONS}")
+    parser.add_argument("sections", nargs="*", default=SECTIONS, help=f"any of {SECTIONS + LONG_SECTIONS}")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the in-process sections")
     args = parser.parse_args(argv)

@@ -9,6 +9,7 @@ different micro-batches: what "no systematic alignment" looks like at this point
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -93,3 +94,73 @@ def gradient_alignment(
         "align/ce": ce.item(),
         "align/mbe": mbes.detach().tolist(),
     }
+
+
+class InStepAlignment:
+    """The same record as ``gradient_alignment``, taken from the training step's own passes.
+
+    A step whose micro-batches 0 and 1 both compute the main loss alone (``ce``, and a gated method
+    while it memorizes) already runs the forward and backward passes that the record needs:
+    - ``g_CE`` of micro-batch 0 is ``.grad`` after that micro-batch's backward (times the number of
+      micro-batches, which the step divides by);
+    - the noise baseline's second gradient is what micro-batch 1 adds to ``.grad``;
+    - ``g_l`` comes from micro-batch 0's graph, kept through its backward, one backward per layer.
+    So the step's micro-batches are not run a second time. The values equal the separate pass's up to
+    floating-point rounding (the difference of two sums stands for micro-batch 1's gradient).
+    ``seconds`` is the time spent on the record, which the loop keeps out of the step's time.
+    """
+
+    def __init__(
+        self,
+        model: ReplicationModel,
+        task: Task,
+        layers: Sequence[int],
+        micro_batches: int,
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
+    ):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.blocks = _block_index(model, self.params)
+        self.n_blocks = model.n_blocks
+        self.task, self.layers, self.scale, self.autocast = task, list(layers), float(micro_batches), autocast
+        self.record: dict[str, Any] | None = None
+        self.seconds = 0.0
+        self._first: list[Tensor | None] = []
+        self._partial: dict[str, Any] = {}
+
+    def retain_graph(self, micro: int) -> bool:
+        """Whether the step's backward of this micro-batch must keep its graph for the MBE gradients."""
+        return micro == 0
+
+    def after_backward(self, micro: int, hidden: Sequence[Tensor], main: Tensor | None) -> None:
+        start = time.perf_counter()
+        if micro == 0:
+            self._first = [None if p.grad is None else p.grad.detach() * self.scale for p in self.params]
+            with self.autocast():
+                mbes = layer_mbe(list(hidden), self.layers, **mbe_kwargs(self.task))
+            cos_global, cos_blocks, norm_mbe = [], [], []
+            for i in range(len(self.layers)):
+                retain = i < len(self.layers) - 1
+                g_l = torch.autograd.grad(mbes[i], self.params, retain_graph=retain, allow_unused=True)
+                c, per_block, norm_ce, n_l = _cosines(self._first, g_l, self.blocks, self.n_blocks)
+                cos_global.append(c)
+                cos_blocks.append(per_block)
+                norm_mbe.append(n_l)
+            self._partial = {
+                "align/layers": list(self.layers), "align/cos": cos_global, "align/cos_by_block": cos_blocks,
+                "align/norm_mbe": norm_mbe, "align/ce": float(main) if main is not None else None,
+                "align/mbe": mbes.detach().tolist(),
+            }  # fmt: skip
+        elif micro == 1 and self._first:
+            second = [
+                None if p.grad is None else p.grad.detach() * self.scale - (0 if g is None else g)
+                for p, g in zip(self.params, self._first)
+            ]
+            noise, noise_blocks, norm_ce, _ = _cosines(self._first, second, self.blocks, self.n_blocks)
+            p = self._partial
+            self.record = {
+                "align/layers": p["align/layers"], "align/cos": p["align/cos"], "align/cos_by_block": p["align/cos_by_block"],
+                "align/norm_ce": norm_ce, "align/norm_mbe": p["align/norm_mbe"], "align/noise_cos": noise,
+                "align/noise_cos_by_block": noise_blocks, "align/ce": p["align/ce"], "align/mbe": p["align/mbe"],
+            }  # fmt: skip
+            self._first = []
+        self.seconds += time.perf_counter() - start

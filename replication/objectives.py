@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -30,6 +30,14 @@ from replication.mbe import layer_mbe
 from replication.methods import Method, default_layers
 from replication.models import ReplicationModel
 from replication.tasks.base import Task
+
+
+class MicroBatchProbe(Protocol):
+    """What looks into a step's micro-batches without running them again (RQ1's in-step record)."""
+
+    def retain_graph(self, micro: int) -> bool: ...
+
+    def after_backward(self, micro: int, hidden: Sequence[Tensor], main: Tensor | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -169,10 +177,13 @@ def accumulate_gradients(
     micro_batches: Sequence[int],
     window: int | None,
     autocast: Callable[[], AbstractContextManager],
+    probe: MicroBatchProbe | None = None,
 ) -> StepResult:
     """Forward and backward this process's micro-batches of one optimizer step (their indices
     among all of the step's micro-batches); gradients land in .grad, averaged over these
-    micro-batches, so that averaging over equal shares of processes gives the step's mean."""
+    micro-batches, so that averaging over equal shares of processes gives the step's mean.
+    ``probe`` (RQ1's ``alignment.InStepAlignment``) sees each micro-batch's hidden states and .grad
+    after its backward, the graph kept where it asks."""
     step_sums = StepAccumulator(task.device)
     for micro in micro_batches:
         batch = task.train_batch(step, micro)
@@ -186,5 +197,7 @@ def accumulate_gradients(
                 main = task.main_loss(out.output, batch)
             loss, main_detached, every_layer = micro_batch_objective(kind, out.hidden, main, objective, plan, step)
         step_sums.add(loss, main_detached, every_layer)
-        (loss / len(micro_batches)).backward()
+        (loss / len(micro_batches)).backward(retain_graph=probe is not None and probe.retain_graph(micro))
+        if probe is not None:
+            probe.after_backward(micro, out.hidden, main_detached)
     return step_sums.result()

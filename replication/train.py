@@ -46,14 +46,20 @@ import numpy as np
 import torch
 
 from replication import cli
-from replication.alignment import gradient_alignment
+from replication.alignment import InStepAlignment, gradient_alignment
 from replication.config import ConfigError
 from replication.distributed import all_reduce_gradients, all_reduce_sum, init_distributed
 from replication.errors import ReplicationError, RunFolderError
-from replication.gapt import PhaseController
+from replication.gapt import Phase, PhaseController
 from replication.methods import METHODS
 from replication.models import build_model
-from replication.objectives import StepResult, accumulate_gradients, plan_layers, update_controller
+from replication.objectives import (
+    StepResult,
+    accumulate_gradients,
+    micro_batch_kind,
+    plan_layers,
+    update_controller,
+)
 from replication.optim import Optimizers
 from replication.precision import autocast_for
 from replication.progress import Progress
@@ -404,18 +410,28 @@ class Trainer:
         progress = step / tcfg.steps
         window = self.model.attention_window(progress)
         lrs = self.optimizers.set_step(step)
-        if self.config.alignment.every and step % self.config.alignment.every == 0 and self.ctx.is_main:
-            record = gradient_alignment(
-                self.model, self.task, step=step, layers=self.alignment_layers, window=window,
-                autocast=self.autocast,
-            )  # fmt: skip
-            self.writer.write({"kind": "alignment", "step": step, **record})
         phase = self.phase
+        probe = None
+        if self.config.alignment.every and step % self.config.alignment.every == 0 and self.ctx.is_main:
+            if self._alignment_in_step(phase):  # from the step's own passes (alignment.InStepAlignment)
+                probe = InStepAlignment(self.model, self.task, self.alignment_layers, len(self.micro_batches),
+                                        autocast=self.autocast)  # fmt: skip
+            else:
+                record = gradient_alignment(
+                    self.model, self.task, step=step, layers=self.alignment_layers, window=window,
+                    autocast=self.autocast,
+                )  # fmt: skip
+                self.writer.write({"kind": "alignment", "step": step, **record})
         t0 = time.perf_counter()
         result = accumulate_gradients(
             self.model, self.task, self.method, self.config.objective, self.plan,
             step=step, phase=phase, micro_batches=self.micro_batches, window=window, autocast=self.autocast,
+            probe=probe,
         )  # fmt: skip
+        probe_seconds = 0.0
+        if probe is not None and probe.record is not None:
+            self.writer.write({"kind": "alignment", "step": step, **probe.record})
+            probe_seconds = probe.seconds
         result = self._reduce(result)
         if result.finite:
             if self.ctx.enabled:
@@ -452,7 +468,7 @@ class Trainer:
                 "train/mbe_monitored": sum(monitored) / len(monitored) if monitored else None,
                 "lr": lrs,
                 "window": window,
-                "step_time": time.perf_counter() - t0,
+                "step_time": time.perf_counter() - t0 - probe_seconds,  # without RQ1's record
                 "time": elapsed(),
             }
         )
@@ -463,6 +479,13 @@ class Trainer:
                 f"(last at step {step}); those updates were skipped and the run stops here. Lower the learning "
                 "rate or check the data; the last periodic checkpoint is kept."
             )
+
+    def _alignment_in_step(self, phase: Phase) -> bool:
+        """Whether this process's step runs micro-batches 0 and 1, first and in that order, each on the
+        main loss alone: then RQ1's record comes from the step's own passes."""
+        first = list(self.micro_batches[:2])
+        kinds = {micro_batch_kind(self.method, phase, m) for m in (0, 1)}
+        return first == [0, 1] and kinds == {"main"}
 
     def _reduce(self, result: StepResult) -> StepResult:
         """Sums and counts over every process: all ranks then feed the controller the same numbers.

@@ -275,3 +275,11 @@ def test_a_wheel_installed_on_its_own_imports_every_module_and_runs(tmp_path):
         done = subprocess.run([sys.executable, "-m", *command], cwd=away, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
     assert (away / "run" / "summary.json").is_file()
+
+
+def test_resolving_configs_and_planning_the_dag_never_import_torch():
+    """configure runs once per run and the Snakefile imports the planner on every start: both stay
+    free of torch's two seconds of import (what a job costs before it does anything)."""
+    script = "import sys, replication.configure, replication.reporting.workflow; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

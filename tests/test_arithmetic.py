@@ -21,7 +21,6 @@ from replication.tasks.arithmetic.data import (
     SYMBOLS,
     VOCAB_SIZE,
     answer_lengths,
-    answer_mask,
     decode,
     encode,
     encode_examples,
@@ -32,7 +31,7 @@ from replication.tasks.arithmetic.data import (
     sample_operands,
     sample_square,
 )
-from replication.tasks.arithmetic.task import Task, early_stop
+from replication.tasks.arithmetic.task import Task, answer_mask, early_stop
 from replication.train import train
 
 from .conftest import REPO, TINY

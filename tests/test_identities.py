@@ -14,9 +14,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from replication.alignment import gradient_alignment
+from replication.alignment import InStepAlignment, gradient_alignment
 from replication.mbe import layer_mbe
 from replication.objectives import accumulate_gradients
+from replication.runio import read_metrics
 from replication.tasks.base import Task as BaseTask
 from replication.train import Trainer
 
@@ -218,6 +219,64 @@ def test_rq1_cosines_are_the_cosines_of_the_two_gradients(tmp_path):
     assert record["align/cos_by_block"][0][3] is None  # MBE of block 2 has no gradient in block 3
 
 
+@pytest.mark.parametrize("grad_accum", [2, 4])
+def test_rq1_from_the_steps_own_passes_equals_the_separate_pass_and_leaves_the_step_alone(tmp_path, grad_accum):
+    # the in-step record (alignment.InStepAlignment) is the separate pass's record on the same weights,
+    # up to rounding; and a probed step leaves exactly the gradient of an unprobed one
+    config = tiny_config("ce", train={"steps": 4, "grad_accum": grad_accum, "eval_every": 0, "eval_at_start": False,
+                                      "checkpoint_every": 0})  # fmt: skip
+    trainer = Trainer(config, tmp_path, show_progress=False)
+    trainer.run()  # warm: no gradient is the degenerate one of the zero-initialized projections
+    model, task, window, layers = trainer.model, trainer.task, trainer.model.attention_window(0.0), [2, 3]
+    reference = gradient_alignment(model, task, step=2, layers=layers, window=window)
+
+    def run_step(probe):
+        trainer.optimizers.zero_grad()
+        accumulate_gradients(
+            model, task, trainer.method, trainer.config.objective, trainer.plan, step=2, phase=trainer.phase,
+            micro_batches=range(grad_accum), window=window, autocast=nullcontext, probe=probe,
+        )  # fmt: skip
+        grads = [p.grad.detach().clone() for p in params_of(trainer)]
+        trainer.optimizers.zero_grad()
+        return grads
+
+    plain = run_step(None)
+    probe = InStepAlignment(model, task, layers, micro_batches=grad_accum)
+    probed = run_step(probe)
+    assert all(torch.equal(a, b) for a, b in zip(plain, probed))
+    record = probe.record
+    assert list(record) == list(reference)
+    assert record["align/layers"] == layers and record["align/ce"] == pytest.approx(reference["align/ce"], rel=1e-6)
+    for key in ("align/cos", "align/norm_mbe", "align/mbe"):
+        assert record[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-7), key
+    for key in ("align/noise_cos", "align/norm_ce"):
+        assert record[key] == pytest.approx(reference[key], rel=1e-5), key
+    for mine, theirs in zip(record["align/cos_by_block"], reference["align/cos_by_block"]):
+        assert [x is None for x in mine] == [x is None for x in theirs]
+        assert [x for x in mine if x is not None] == pytest.approx([x for x in theirs if x is not None], rel=1e-4, abs=1e-6)
+    assert record["align/noise_cos_by_block"] == pytest.approx(reference["align/noise_cos_by_block"], rel=1e-4, abs=1e-6)
+
+
+def test_the_loop_takes_rq1_from_the_step_where_it_can_and_from_a_separate_pass_where_not(tmp_path, monkeypatch):
+    import replication.train as loop
+
+    separate = []
+    real = loop.gradient_alignment
+    monkeypatch.setattr(loop, "gradient_alignment", lambda *a, **k: separate.append(k["step"]) or real(*a, **k))
+    ce = trainer_for("ce", tmp_path / "ce", alignment={"every": 2})
+    ce.run()
+    assert separate == []  # every record of a ce run comes from its own steps
+    records = [r for r in read_metrics(tmp_path / "ce" / "metrics.jsonl") if r["kind"] == "alignment"]
+    assert [r["step"] for r in records] == [0, 2]
+    config = tiny_config("gapt", train={"steps": 12, "grad_accum": 2, "eval_every": 0, "eval_at_start": False,
+                                        "checkpoint_every": 0},
+                         alignment={"every": 1}, gapt={"patience_memorize": 1, "patience_compress": 2, "delta_ce": 10.0})  # fmt: skip
+    Trainer(config, tmp_path / "gapt", show_progress=False).run()
+    phases = {r["step"]: r["phase"] for r in read_metrics(tmp_path / "gapt" / "metrics.jsonl") if r["kind"] == "train"}
+    assert separate == [s for s, phase in sorted(phases.items()) if phase == "compress"]  # alternate micro-batches
+    assert "compress" in phases.values() and "memorize" in phases.values()
+
+
 def _ddp_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
@@ -336,6 +395,8 @@ def test_each_step_passes_its_window_and_step_to_the_gradient_and_rq1_and_logs_i
 
     def grad_spy(*args, **kwargs):
         seen["grad"].append((kwargs["step"], kwargs["window"]))
+        if kwargs.get("probe") is not None:  # RQ1's record taken from the step's own passes
+            seen["align"].append((kwargs["step"], kwargs["window"]))
         return real_grad(*args, **kwargs)
 
     def align_spy(*args, **kwargs):

@@ -15,8 +15,9 @@ included: 4 of their 45 unordered pairs are held out, 2x3, 2x8, 3x3 and 3x8 (7 o
 the twins); tests pin the counts of every bucket.
 
 The *answer* of an example is the space after ``=`` and every digit of c; ``<eos>`` is not part of
-it. ``answer_mask`` finds the answer tokens of the examples that lie whole inside a window of
-tokens, which is what the answer CE and the exact-match scoring count.
+it. ``task.answer_mask`` finds the answer tokens of the examples that lie whole inside a window of
+tokens, which is what the answer CE and the exact-match scoring count. This module needs numpy only,
+so that resolving a run config never imports torch.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
-import torch
-from torch import Tensor
 
 SYMBOLS = ("<bos>", "<eos>", "x", "=", " ", *"0123456789")
 BOS, EOS, TIMES, EQUALS, SPACE = range(5)
@@ -152,32 +151,6 @@ def encode_examples(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def answer_lengths(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Answer tokens per example: the space after '=' and the digits of c."""
     return np.array([len(str(x * y)) + 1 for x, y in zip(a.tolist(), b.tolist())], dtype=np.int64)
-
-
-def answer_mask(tokens: Tensor) -> Tensor:
-    """(..., T) token windows -> (..., T) bool: True at the answer tokens (the space after '=' and the
-    digits of c) of every example whose <bos> and <eos> are both inside the window.
-
-    An example cut by the window's start (its prompt not all visible) or end (its answer not all
-    visible) contributes nothing. For next-token targets of a window w, use answer_mask(w)[..., 1:].
-    """
-    length = tokens.size(-1)
-    pos = torch.arange(length, device=tokens.device).expand_as(tokens)
-    none_before = torch.full_like(pos, -1)
-    none_after = torch.full_like(pos, length)
-
-    def last(symbol: int) -> Tensor:  # position of the latest `symbol` at or before each position
-        return torch.where(tokens == symbol, pos, none_before).cummax(dim=-1).values
-
-    def next_(symbol: int) -> Tensor:  # position of the first `symbol` at or after each position
-        flipped = torch.where(tokens == symbol, pos, none_after).flip(-1)
-        return flipped.cummin(dim=-1).values.flip(-1)
-
-    last_bos, last_eq, last_eos = last(BOS), last(EQUALS), last(EOS)
-    is_answer_symbol = (tokens == SPACE) | (tokens >= FIRST_DIGIT)
-    after_equals = (last_bos >= 0) & (last_eq > last_bos) & (last_eq > last_eos)
-    complete = next_(EOS) < next_(BOS)  # this example's <eos> comes before any later <bos> (or the end)
-    return is_answer_symbol & after_equals & complete
 
 
 def example_aligned_windows(stream: np.ndarray, offsets: np.ndarray, length: int) -> np.ndarray:

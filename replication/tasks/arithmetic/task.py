@@ -45,9 +45,12 @@ from replication.mbe import layer_mbe
 from replication.precision import Autocast
 from replication.tasks.arithmetic.config import Config
 from replication.tasks.arithmetic.data import (
+    BOS,
     EOS,
+    EQUALS,
+    FIRST_DIGIT,
+    SPACE,
     Pairs,
-    answer_mask,
     encode_examples,
     example_aligned_windows,
     sample_operands,
@@ -58,6 +61,32 @@ from replication.tasks.lm import LanguageTask, shard, windows_to_batch
 
 SPLIT_PREFIXES = ("id", "id_seen", "ood", "control")  # validation windows scored by answer CE
 MBE_PREFIXES = ("id", "ood")  # ... and by MBE
+
+
+def answer_mask(tokens: Tensor) -> Tensor:
+    """(..., T) token windows -> (..., T) bool: True at the answer tokens (the space after '=' and the
+    digits of c) of every example whose <bos> and <eos> are both inside the window.
+
+    An example cut by the window's start (its prompt not all visible) or end (its answer not all
+    visible) contributes nothing. For next-token targets of a window w, use answer_mask(w)[..., 1:].
+    """
+    length = tokens.size(-1)
+    pos = torch.arange(length, device=tokens.device).expand_as(tokens)
+    none_before = torch.full_like(pos, -1)
+    none_after = torch.full_like(pos, length)
+
+    def last(symbol: int) -> Tensor:  # position of the latest `symbol` at or before each position
+        return torch.where(tokens == symbol, pos, none_before).cummax(dim=-1).values
+
+    def next_(symbol: int) -> Tensor:  # position of the first `symbol` at or after each position
+        flipped = torch.where(tokens == symbol, pos, none_after).flip(-1)
+        return flipped.cummin(dim=-1).values.flip(-1)
+
+    last_bos, last_eq, last_eos = last(BOS), last(EQUALS), last(EOS)
+    is_answer_symbol = (tokens == SPACE) | (tokens >= FIRST_DIGIT)
+    after_equals = (last_bos >= 0) & (last_eq > last_bos) & (last_eq > last_eos)
+    complete = next_(EOS) < next_(BOS)  # this example's <eos> comes before any later <bos> (or the end)
+    return is_answer_symbol & after_equals & complete
 
 
 def early_stop(control: list[float], tolerance: float) -> int | None:
