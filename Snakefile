@@ -28,6 +28,9 @@ except ConfigError as error:
     sys.exit(f"error: the global config: {error}")
 
 RUNS, DATA, LOGS = config["runs_dir"], config["data_dir"], config["logs_dir"]
+# one inductor cache for every training job of the DAG: a run with train.compile reuses the kernels an
+# earlier run of the same shapes compiled (the first one pays; the rest load them in seconds)
+COMPILE_CACHE = f"{RUNS}/.compile-cache"
 PYTHON = sys.executable  # the environment Snakemake runs in is the one every job runs in
 
 

@@ -91,12 +91,16 @@ def run_section(name: str, out: Path) -> None:
         peak = result["matmul_peak_flops"]
         print(f"\nThe cpu-scale step ({result['tokens_per_step']} tokens, {result['threads']} threads; matmul peak "
               f"{peak['float32'] / 1e9:.0f} GFLOP/s float32, {peak['bfloat16'] / 1e9:.0f} bf16; target {result['target']})")
+        def cell(value, spec):
+            return "" if value is None else format(value, spec)
+
         rows = [[name, f"{r['seconds_per_step'] * 1000:.1f}", f"{r['speedup_over_float32_eager']:.2f}",
-                 f"{100 * r['mfu']:.0f} %", "" if r["compile_seconds"] is None else f"{r['compile_seconds']:.1f}",
-                 "" if r["payback_steps"] is None else f"{r['payback_steps']:.0f}"]
+                 f"{100 * r['mfu']:.0f} %", cell(r["compile_seconds_cold"], ".1f"), cell(r["payback_steps_cold"], ".0f"),
+                 cell(r["compile_seconds_warm"], ".1f"), cell(r["payback_steps_warm"], ".0f")]
                 for name, r in result["variants"].items()]  # fmt: skip
         print(tabulate(rows, headers=["variant", "ms / step", "x float32 eager", "MFU (own dtype's peak)",
-                                      "compile s", "payback steps"], tablefmt="github"))  # fmt: skip
+                                      "compile s (cold)", "payback steps", "compile s (warm)", "payback steps"],
+                       tablefmt="github"))  # fmt: skip
         write_result(out, name, result)
     elif name == "bf16_parity":
         from benchmarks.parity import bf16_parity
@@ -108,6 +112,8 @@ def run_section(name: str, out: Path) -> None:
                  f"{r['float32_seed_sd']:.4f}", "yes" if r["agrees"] else "no"] for r in result["rows"]]  # fmt: skip
         print(tabulate(rows, headers=["method", "metric", "float32", "bf16", "bf16 - float32 (95 % t)",
                                       "float32 seed sd", "agrees"], tablefmt="github"))  # fmt: skip
+        for metric, effect in result["gapt_joint_vs_ce"].items():
+            print(f"gapt_joint vs ce, {metric}: float32 {effect['float32']['text']}; bf16 {effect['bfloat16']['text']}")
         write_result(out, name, result)
     else:
         raise SystemExit(f"unknown section {name!r}; choose from {SECTIONS + LONG_SECTIONS}")

@@ -33,12 +33,13 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,14 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+def cxx_compiler() -> str | None:
+    """The C++ compiler inductor would find (its own order: $CXX, then the usual names), or None."""
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
 def _check_config(config: RunConfig, method_name: str, world_size: int, device: torch.device) -> None:
     method = METHODS[method_name]
     attention = getattr(config.model, "attention", None)
@@ -201,6 +210,11 @@ def _check_config(config: RunConfig, method_name: str, world_size: int, device: 
             f"model.attention is {attention}, which is FlexAttention on CUDA, and train.compile is false: "
             "uncompiled, FlexAttention builds every (T, T) score matrix; set train.compile: true, or "
             "model.attention: sdpa"
+        )
+    if config.train.compile and COMPILE_BACKEND == "inductor" and cxx_compiler() is None:
+        raise ConfigError(
+            "train.compile is true, and torch.compile's inductor needs a C++ compiler, but none was found "
+            "($CXX, c++, g++, clang++): install one (Debian: apt install g++), or set train.compile: false"
         )
     if config.train.grad_accum % world_size:
         raise ConfigError(
@@ -350,11 +364,19 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         try:
-            with self.stop:
+            with self.stop, self._compiled_backward_keeps_its_graph():
                 return self._run()
         finally:
             self.progress.close()
             self.writer.close()
+
+    def _compiled_backward_keeps_its_graph(self) -> AbstractContextManager:
+        """RQ1's record takes gradients of graphs a backward has kept (retain_graph), which a compiled
+        backward refuses when it donates its saved buffers: a compiled run that logs alignment compiles
+        without donated buffers (they save memory only)."""
+        if self.config.train.compile and self.config.alignment.every:
+            return torch._functorch.config.patch(donated_buffer=False)
+        return nullcontext()
 
     def _run(self) -> dict[str, Any]:
         tcfg = self.config.train

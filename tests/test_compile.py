@@ -207,3 +207,32 @@ def test_flex_attention_on_cuda_needs_compile():
     compiled = tiny_config("ce", model={"attention": "auto"}, train={"compile": True})
     loop._check_config(compiled, "ce", 1, torch.device("cuda"))
     loop._check_config(config, "ce", 1, torch.device("cpu"))  # auto is sdpa on CPU
+
+
+def test_compiling_without_a_cxx_compiler_is_refused_naming_the_ways_out(monkeypatch):
+    compiled = tiny_config("ce", train={"compile": True})
+    monkeypatch.setenv("CXX", "")
+    monkeypatch.setattr(loop.shutil, "which", lambda name: None)  # a machine with no C++ compiler
+    with pytest.raises(loop.ConfigError, match=r"needs a C\+\+ compiler.*apt install g\+\+\), or set train.compile: false"):
+        loop._check_config(compiled, "ce", 1, torch.device("cpu"))
+    loop._check_config(tiny_config("ce"), "ce", 1, torch.device("cpu"))  # eager needs none
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", "eager")  # nor does a backend that generates no code
+    loop._check_config(compiled, "ce", 1, torch.device("cpu"))
+    monkeypatch.setattr(loop.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "clang++" else None)
+    assert loop.cxx_compiler() == "clang++"
+
+
+@pytest.mark.parametrize("compiled,every,donated", [(True, 2, False), (True, 0, True), (False, 2, True)])
+def test_a_compiled_run_that_logs_rq1_compiles_without_donated_buffers(tmp_path, monkeypatch, compiled, every, donated):
+    # RQ1's record keeps a backward's graph (retain_graph), which a compiled backward that donates its
+    # saved buffers refuses; seen with inductor at the cpu scale when the DAG's cache held a gapt_joint
+    # run's kernels. The setting is the run's own: it is restored after.
+    import torch._functorch.config as functorch_config
+
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", "eager")
+    seen = []
+    monkeypatch.setattr(loop.Trainer, "_run", lambda self: seen.append(functorch_config.donated_buffer) or {})
+    config = tiny_config("ce", train={"compile": compiled}, alignment={"every": every})
+    before = functorch_config.donated_buffer
+    loop.Trainer(config, tmp_path, show_progress=False).run()
+    assert seen == [donated] and functorch_config.donated_buffer == before

@@ -93,6 +93,7 @@ def test_a_global_config_that_omits_keys_gets_the_schema_defaults_and_nothing_el
     assert done.returncode == 0, done.stderr[-3000:]
     output = done.stdout + done.stderr
     assert "-m replication.train" in output and "torch.distributed" not in output
+    assert f"TORCHINDUCTOR_CACHE_DIR={tmp_path}/runs/.compile-cache " in output  # one cache for the whole DAG
     assert "--threads 1 " in output and "config/paper.yaml" not in output and "extended by" not in output
     resolved = resolve_global_config({"scale": "smoke"})
     assert resolved == {**defaults(), "scale": "smoke"}

@@ -33,6 +33,7 @@ rule train:
         launcher=lambda w: PLAN.launcher(PYTHON, w.experiment),
     shell:
         logged(
-            "{params.launcher} replication.train {input.config} --data-root {DATA} --threads {threads} "
+            "TORCHINDUCTOR_CACHE_DIR={COMPILE_CACHE} {params.launcher} replication.train {input.config} "
+            "--data-root {DATA} --threads {threads} "
             "--progress lines"
         )
