@@ -119,9 +119,11 @@ def _replication_loop(config: RunConfig, steps: int) -> float:
 
 def loop_efficiency(shape: str = "cpu", steps: int = 30, rounds: int = 5) -> dict[str, Any]:
     """replication.train's ce steps per second over the minimal loop's, rounds interleaved; and the
-    same with RQ1's record every 5 steps (the cpu scale's cadence for ce), all in the scale's dtype."""
-    dtype = resolve_run_config(FINEWEB, shape if shape == "cpu" else "paper", "ce", 0).train.dtype
-    config = shape_config(shape, "ce", dtype=dtype)
+    same with RQ1's record every 5 steps (the cpu scale's cadence for ce), all as the cpu scale ships
+    (its dtype, and compiled where it compiles: both loops then run the same compiled blocks)."""
+    shipped = resolve_run_config(FINEWEB, shape if shape == "cpu" else "paper", "ce", 0).train
+    dtype, compiled = shipped.dtype, shipped.compile and shape == "cpu"
+    config = shape_config(shape, "ce", dtype=dtype, compile=compiled)
     with_rq1 = validate_run_config(deep_merge(config.to_dict(), {"alignment": {"every": 5}}))
     ours, rq1, minimal = [], [], []
     for _ in range(rounds):
@@ -132,6 +134,7 @@ def loop_efficiency(shape: str = "cpu", steps: int = 30, rounds: int = 5) -> dic
     return {
         "shape": shape,
         "dtype": dtype,
+        "compile": compiled,
         "steps_per_round": steps,
         "replication_steps_per_s": ours,
         "replication_with_rq1_steps_per_s": rq1,
