@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,21 @@ def shape_config(shape: str, method: str = "ce", dtype: str = "float32", compile
     return validate_run_config({**base, "task": synthetic, "train": train, "alignment": {"every": 0}})
 
 
+def optimizer_step(t: Trainer, counters: dict[str, int], key: str) -> Callable[[], None]:
+    """One optimizer step of the trainer's method in its fixed phase (ce memorizes; the rest take
+    their compress step) at the next step index ``counters[key]``, mid-schedule window."""
+
+    def run() -> None:
+        accumulate_gradients(t.model, t.task, t.method, t.config.objective, t.plan, step=counters[key],
+                             phase=t.method.fixed_phase, micro_batches=t.micro_batches,
+                             window=t.model.attention_window(0.5), autocast=t.autocast)  # fmt: skip
+        t.optimizers.step()
+        t.optimizers.zero_grad()
+        counters[key] += 1
+
+    return run
+
+
 def gapt_overhead(shape: str, rounds: int = 5) -> dict[str, Any]:
     """Seconds per optimizer step of each method (gated methods forced into compress) over ce."""
     trainers, steps = {}, {}
@@ -62,18 +78,7 @@ def gapt_overhead(shape: str, rounds: int = 5) -> dict[str, Any]:
             steps[method] = 0
 
     def one_step(method: str):
-        t = trainers[method]
-        phase = METHODS[method].fixed_phase  # ce memorizes; the rest take their compress step
-
-        def run() -> None:
-            accumulate_gradients(t.model, t.task, t.method, t.config.objective, t.plan, step=steps[method],
-                                 phase=phase, micro_batches=t.micro_batches, window=t.model.attention_window(0.5),
-                                 autocast=t.autocast)  # fmt: skip
-            t.optimizers.step()
-            t.optimizers.zero_grad()
-            steps[method] += 1
-
-        return run
+        return optimizer_step(trainers[method], steps, method)
 
     for method in METHODS:  # warm-up: first steps allocate optimizer state
         one_step(method)()
@@ -262,18 +267,7 @@ def cpu_step(method: str = "ce", rounds: int = 7) -> dict[str, Any]:
             steps[name] = 0
 
     def one_step(name: str):
-        t = trainers[name]
-        phase = METHODS[method].fixed_phase
-
-        def run() -> None:
-            accumulate_gradients(t.model, t.task, t.method, t.config.objective, t.plan, step=steps[name],
-                                 phase=phase, micro_batches=t.micro_batches, window=t.model.attention_window(0.5),
-                                 autocast=t.autocast)  # fmt: skip
-            t.optimizers.step()
-            t.optimizers.zero_grad()
-            steps[name] += 1
-
-        return run
+        return optimizer_step(trainers[name], steps, name)
 
     warm_first_step = {}
     cache = tempfile.TemporaryDirectory()
