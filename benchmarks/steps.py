@@ -235,15 +235,12 @@ def _first_step_in_a_new_process(method: str, dtype: str, compiled: bool) -> flo
     code = (
         "import json, tempfile, time, torch\n"
         f"torch.set_num_threads({torch.get_num_threads()})\n"
-        "from benchmarks.steps import shape_config\n"
-        "from replication.methods import METHODS\n"
-        "from replication.objectives import accumulate_gradients\n"
+        "from benchmarks.steps import optimizer_step, shape_config\n"
         "from replication.train import Trainer\n"
         f"t = Trainer(shape_config('cpu', {method!r}, {dtype!r}, {compiled!r}), tempfile.mkdtemp(), show_progress=False)\n"
+        "step = optimizer_step(t, {'first': 0}, 'first')\n"
         "start = time.perf_counter()\n"
-        f"accumulate_gradients(t.model, t.task, t.method, t.config.objective, t.plan, step=0, phase=METHODS[{method!r}]"
-        ".fixed_phase, micro_batches=t.micro_batches, window=t.model.attention_window(0.5), autocast=t.autocast)\n"
-        "t.optimizers.step()\n"
+        "step()\n"
         "print(json.dumps(time.perf_counter() - start))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -51,6 +51,19 @@ def _cosines(a: Sequence[Tensor | None], b: Sequence[Tensor | None], blocks: lis
     return cos(dot.sum(), na.sum(), nb.sum()), per_block, math.sqrt(na.sum().item()), math.sqrt(nb.sum().item())
 
 
+def _mbe_cosines(g_ce: Sequence[Tensor | None], mbes: Tensor, params: list[Tensor], blocks: list[int], n_blocks: int):
+    """Each layer's MBE gradient (one backward each, the graph freed after the last) against g_ce:
+    global cosines, per-block cosines and the MBE gradients' norms, one entry per layer."""
+    cos_global, cos_blocks, norm_mbe = [], [], []
+    for i in range(len(mbes)):
+        g_l = torch.autograd.grad(mbes[i], params, retain_graph=i < len(mbes) - 1, allow_unused=True)
+        c, per_block, _, n_l = _cosines(g_ce, g_l, blocks, n_blocks)
+        cos_global.append(c)
+        cos_blocks.append(per_block)
+        norm_mbe.append(n_l)
+    return cos_global, cos_blocks, norm_mbe
+
+
 def gradient_alignment(
     model: ReplicationModel,
     task: Task,
@@ -70,13 +83,7 @@ def gradient_alignment(
         ce = task.main_loss(out.output, first)
         mbes = layer_mbe(out.hidden, layers, **mbe_kwargs(task))
     g_ce = torch.autograd.grad(ce, params, retain_graph=True, allow_unused=True)
-    cos_global, cos_blocks, norm_mbe = [], [], []
-    for i in range(len(layers)):
-        g_l = torch.autograd.grad(mbes[i], params, retain_graph=i < len(layers) - 1, allow_unused=True)
-        c, per_block, norm_ce, n_l = _cosines(g_ce, g_l, blocks, n_blocks)
-        cos_global.append(c)
-        cos_blocks.append(per_block)
-        norm_mbe.append(n_l)
+    cos_global, cos_blocks, norm_mbe = _mbe_cosines(g_ce, mbes, params, blocks, n_blocks)
 
     with autocast():
         out2 = task.forward(model, second, window=window)
@@ -137,14 +144,7 @@ class InStepAlignment:
             self._first = [None if p.grad is None else p.grad.detach() * self.scale for p in self.params]
             with self.autocast():
                 mbes = layer_mbe(list(hidden), self.layers, **mbe_kwargs(self.task))
-            cos_global, cos_blocks, norm_mbe = [], [], []
-            for i in range(len(self.layers)):
-                retain = i < len(self.layers) - 1
-                g_l = torch.autograd.grad(mbes[i], self.params, retain_graph=retain, allow_unused=True)
-                c, per_block, norm_ce, n_l = _cosines(self._first, g_l, self.blocks, self.n_blocks)
-                cos_global.append(c)
-                cos_blocks.append(per_block)
-                norm_mbe.append(n_l)
+            cos_global, cos_blocks, norm_mbe = _mbe_cosines(self._first, mbes, self.params, self.blocks, self.n_blocks)
             self._partial = {
                 "align/layers": list(self.layers), "align/cos": cos_global, "align/cos_by_block": cos_blocks,
                 "align/norm_mbe": norm_mbe, "align/ce": float(main) if main is not None else None,
