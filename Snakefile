@@ -10,6 +10,7 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 from replication.errors import ConfigError
+from replication.launch import TrainServer
 from replication.methods import METHOD_NAMES
 from replication.reporting.workflow import TABLE_FILES, Plan, resolve_global_config
 
@@ -32,6 +33,11 @@ RUNS, DATA, LOGS = config["runs_dir"], config["data_dir"], config["logs_dir"]
 # earlier run of the same shapes compiled (the first one pays; the rest load them in seconds)
 COMPILE_CACHE = f"{RUNS}/.compile-cache"
 PYTHON = sys.executable  # the environment Snakemake runs in is the one every job runs in
+# one warm process for the DAG's CPU training jobs (replication/launch.py): each run forks from it
+# instead of importing torch afresh, which is most of a short run's cost. Started before the first
+# job, it names its socket in the jobs' environment; without it (cluster execution, `train_server:
+# false`) python -m replication.launch is python -m replication.train.
+TRAIN_SERVER = TrainServer(PYTHON, f"{LOGS}/train-server.log") if config["train_server"] and workflow.local_exec else None
 
 
 def logged(command):
@@ -47,6 +53,21 @@ wildcard_constraints:
     seed=r"\d+",
     experiment=r"[a-z0-9_]+",
     scale=r"[a-z0-9_]+",
+
+
+onstart:
+    if TRAIN_SERVER:
+        TRAIN_SERVER.start()
+
+
+onsuccess:
+    if TRAIN_SERVER:
+        TRAIN_SERVER.stop()
+
+
+onerror:
+    if TRAIN_SERVER:
+        TRAIN_SERVER.stop()
 
 
 include: "workflow/rules/data.smk"

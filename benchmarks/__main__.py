@@ -83,8 +83,13 @@ def run_section(name: str, out: Path) -> None:
         from benchmarks.smoke_dag import smoke_dag
 
         result = smoke_dag()
-        print(f"\nSmoke DAG ({result['runs']} runs on {result['cores']} cores; target {result['target']})")
-        print(f"wall time {result['dag_wall_seconds']:.0f} s, of which orchestration {100 * result['orchestration_share']:.0f} %")
+        print(f"\nSmoke DAG ({result['shipped']['runs']} runs on {result['cores']} cores; target {result['target']})")
+        rows = [[label, f"{r['dag_wall_seconds']:.1f}", f"{r['training_loop_seconds_total']:.1f}",
+                 f"{100 * r['orchestration_share']:.0f} %"]
+                for label, r in (("each job its own process", result["without_train_server"]),
+                                 ("jobs forked from the warm server (shipped)", result["shipped"]))]  # fmt: skip
+        print(tabulate(rows, headers=["", "wall (s)", "in training loops (s)", "orchestration"], tablefmt="github"))
+        print(f"speedup from the warm server: {result['speedup_from_train_server']:.2f}x")
         write_result(out, name, result)
     elif name == "cpu_step":
         from benchmarks.steps import cpu_step

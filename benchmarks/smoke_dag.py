@@ -1,7 +1,10 @@
-"""The smoke DAG end to end on this machine, and how much of it is orchestration.
+"""The smoke DAG end to end on this machine, with and without the warm training server, and how
+much of it is orchestration.
 
 Orchestration = the DAG's wall time minus the time spent inside training loops divided by the
-number of parallel job slots: Snakemake's own work plus every job's interpreter and torch start-up.
+number of parallel job slots: Snakemake's own work plus every job's interpreter and torch start-up
+(which the warm server, ``replication.launch``, pays once). Both DAGs run in this process's session,
+one after the other, so their ratio compares like with like.
 """
 
 from __future__ import annotations
@@ -16,25 +19,37 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+TARGET_S = 40.0
 
 
-def smoke_dag(cores: int = 2) -> dict[str, Any]:
+def _one_dag(cores: int, train_server: bool) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix="smoke-bench-"))
     paths = [f"{k}={scratch}/{k.split('_')[0]}" for k in ("runs_dir", "results_dir", "logs_dir", "data_dir")]
     command = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", "config/smoke.yaml",
-               "--config", *paths, "--quiet", "all"]  # fmt: skip
+               "--config", *paths, f"train_server={str(train_server).lower()}", "--quiet", "all"]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True, capture_output=True)
     wall = time.perf_counter() - start
     summaries = list((scratch / "runs").rglob("summary.json"))
     train_seconds = sum(json.loads(p.read_text())["wall_time_s"] for p in summaries)
     shutil.rmtree(scratch, ignore_errors=True)
-    in_training = train_seconds / cores
     return {
-        "cores": cores,
         "runs": len(summaries),
         "dag_wall_seconds": wall,
         "training_loop_seconds_total": train_seconds,
-        "orchestration_share": max(0.0, 1.0 - in_training / wall),
-        "target": "dag_wall_seconds <= 300",
+        "orchestration_share": max(0.0, 1.0 - train_seconds / cores / wall),
+    }
+
+
+def smoke_dag(cores: int = 2) -> dict[str, Any]:
+    alone = _one_dag(cores, train_server=False)  # every training job a process of its own
+    warm = _one_dag(cores, train_server=True)  # the shipped DAG: jobs forked from the warm server
+    return {
+        "cores": cores,
+        "shipped": warm,
+        "without_train_server": alone,
+        "speedup_from_train_server": alone["dag_wall_seconds"] / warm["dag_wall_seconds"],
+        "dag_wall_seconds": warm["dag_wall_seconds"],
+        "target": f"dag_wall_seconds <= {TARGET_S:g} (the shipped DAG)",
+        "target_met": warm["dag_wall_seconds"] <= TARGET_S,
     }

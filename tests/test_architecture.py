@@ -119,13 +119,13 @@ LAYERS = [
     ("core", ("replication.errors", "replication.gapt", "replication.methods", "replication.mbe")),
     ("config", ("replication.config",)),
     ("machinery", ("replication.precision", "replication.distributed", "replication.progress", "replication.runio",
-                   "replication.cli")),
+                   "replication.cli", "replication.launch")),
     ("models", ("replication.models",)),
     ("task interface", ("replication.tasks.base", "replication.tasks.lm", "replication.evaluation")),
     ("tasks", ("replication.tasks.arithmetic", "replication.tasks.fineweb", "replication.tasks.forgetting",
                "replication.tasks.synthetic")),
     ("run", ("replication.runconfig", "replication.tasks.registry", "replication.objectives", "replication.alignment",
-             "replication.optim", "replication.train", "replication.configure")),
+             "replication.optim", "replication.train", "replication.configure", "replication.trainserver")),
     ("integrations", ("replication.dropin", "replication.hf")),
     ("reporting", ("replication.reporting",)),
 ]  # fmt: skip
@@ -267,7 +267,7 @@ def test_a_wheel_installed_on_its_own_imports_every_module_and_runs(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site)}
     done = subprocess.run([sys.executable, "-c", script], cwd=away, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert int(done.stdout.split()[-1]) >= 55  # every module was found in the wheel
+    assert int(done.stdout.split()[-1]) >= 57  # every module was found in the wheel
     for command in (
         ["replication.configure", str(experiment), "--scale", "tiny", "--method", "ce", "--seed", "0", "--out", "run/"],
         ["replication.train", "run/config.yaml", "--progress", "lines"],
@@ -277,9 +277,11 @@ def test_a_wheel_installed_on_its_own_imports_every_module_and_runs(tmp_path):
     assert (away / "run" / "summary.json").is_file()
 
 
-def test_resolving_configs_and_planning_the_dag_never_import_torch():
-    """configure runs once per run and the Snakefile imports the planner on every start: both stay
-    free of torch's two seconds of import (what a job costs before it does anything)."""
-    script = "import sys, replication.configure, replication.reporting.workflow; print('torch' in sys.modules)"
+def test_resolving_configs_planning_the_dag_and_launching_a_run_never_import_torch():
+    """configure runs once per run, the Snakefile imports the planner and the server's launcher on
+    every start, and replication.launch starts every CPU training job: all stay free of torch's two
+    seconds of import (what a job costs before it does anything)."""
+    script = ("import sys, replication.configure, replication.reporting.workflow, replication.launch; "
+              "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

@@ -22,7 +22,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from replication import cli
+from replication import cli, launch
 from replication.config import ConfigError, load_yaml
 from replication.methods import METHOD_NAMES
 from replication.reporting.spec import ReportSpec, load_report_spec
@@ -150,11 +150,20 @@ class Plan:
         return int(override.get(key, self.config.get(key, _defaults()[key])))
 
     def launcher(self, python: str, experiment: str) -> str:
-        """What precedes the training module's name: python -m, or torchrun for several processes."""
+        """The command line that trains one run of experiment, up to the run's arguments.
+
+        Several processes per run: torchrun. One process on CPUs: ``replication.launch``, which forks
+        the run from the DAG's warm training server when there is one (``launch.TrainServer``) and is
+        ``replication.train`` itself otherwise. One process on a GPU: ``replication.train``. The line
+        is the same whether a server runs or not, so Snakemake never sees changed params.
+        """
         n = self.job(experiment, "nproc_per_run")
-        if n <= 1:
-            return f"{python} -m"
-        return f"{python} -m torch.distributed.run --standalone --nproc-per-node {n} -m"
+        if n > 1:
+            return f"{python} -m torch.distributed.run --standalone --nproc-per-node {n} -m {launch.TRAIN_MODULE}"
+        if self.job(experiment, "gpus_per_run") == 0:
+            return f"{python} -m {launch.__name__}"
+        return f"{python} -m {launch.TRAIN_MODULE}"
+
 
 
 

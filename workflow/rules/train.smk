@@ -33,7 +33,7 @@ rule train:
         launcher=lambda w: PLAN.launcher(PYTHON, w.experiment),
     shell:
         logged(
-            "TORCHINDUCTOR_CACHE_DIR={COMPILE_CACHE} {params.launcher} replication.train {input.config} "
+            "TORCHINDUCTOR_CACHE_DIR={COMPILE_CACHE} {params.launcher} {input.config} "
             "--data-root {DATA} --threads {threads} "
             "--progress lines"
         )
