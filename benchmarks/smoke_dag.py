@@ -26,7 +26,7 @@ def _one_dag(cores: int, train_server: bool) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix="smoke-bench-"))
     paths = [f"{k}={scratch}/{k.split('_')[0]}" for k in ("runs_dir", "results_dir", "logs_dir", "data_dir")]
     command = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", "config/smoke.yaml",
-               "--config", *paths, f"train_server={str(train_server).lower()}", "--quiet", "all"]  # fmt: skip
+               "--config", *paths, f"train_server={train_server}", "--quiet", "all"]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True, capture_output=True)
     wall = time.perf_counter() - start
