@@ -195,6 +195,10 @@ class TrainConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"  # autocast dtype of the forward pass
     compile: bool = False
+    # steps between the training records that carry every block's detached MBE (train/mbe_by_layer,
+    # train/mbe), the last step always among them; the steps between compute only the blocks the
+    # controller monitors and the objective regularizes (train/mbe_monitored)
+    block_mbe_every: PositiveInt = 1
 
 
 class AlignmentConfig(StrictModel):

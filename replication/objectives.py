@@ -10,7 +10,8 @@ objective a method (``replication.methods``) can name:
 
 Gradients are summed over the step's micro-batches and divided by their count, so every method sees
 the same tokens per step. The training MBE that is logged, and fed to the controller, is the
-detached patch-MBE of every block averaged over the micro-batches that ran the whole model.
+detached patch-MBE of each block averaged over the micro-batches that ran the whole model: every
+block on the steps the loop logs them all, the monitored and regularized blocks on the others.
 """
 
 from __future__ import annotations
@@ -97,10 +98,14 @@ def micro_batch_kind(method: Method, phase: Phase, micro: int) -> Literal["main"
 
 
 @torch.no_grad()
-def _every_layer(hidden: list[Tensor], known: list[int], known_values: Tensor | None, kwargs: dict) -> Tensor:
-    """Detached MBE of every block, reusing the values already computed for the ``known`` blocks."""
-    rest = [i for i in range(len(hidden)) if i not in known]
-    values = torch.empty(len(hidden), device=hidden[0].device)
+def _every_layer(
+    hidden: list[Tensor], known: list[int], known_values: Tensor | None, kwargs: dict, blocks: Sequence[int] | None
+) -> Tensor:
+    """Detached MBE of ``blocks`` (None: every block), reusing the values already computed for the
+    ``known`` blocks; NaN for a block neither names."""
+    wanted = range(len(hidden)) if blocks is None else blocks
+    rest = sorted({i for i in wanted if i not in known})
+    values = torch.full((len(hidden),), math.nan, device=hidden[0].device)
     if rest:
         values[rest] = layer_mbe([h.detach() for h in hidden], rest, **kwargs)
     if known:
@@ -109,12 +114,15 @@ def _every_layer(hidden: list[Tensor], known: list[int], known_values: Tensor | 
 
 
 def micro_batch_objective(
-    kind: str, hidden: Sequence[Tensor], main: Tensor | None, objective: ObjectiveConfig, plan: LayerPlan, step: int
+    kind: str, hidden: Sequence[Tensor], main: Tensor | None, objective: ObjectiveConfig, plan: LayerPlan, step: int,
+    blocks: Sequence[int] | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """What one micro-batch back-propagates, from its blocks' hidden states and its main loss: the
     loss, the detached main loss and the detached MBE of every block (both None for an MBE
-    micro-batch, which may have run only up to its layer). The suite's loop and the drop-in API
-    (``replication.dropin``) both compute a micro-batch here."""
+    micro-batch, which may have run only up to its layer). With ``blocks``, the detached MBE is
+    computed for those blocks and the regularized ones only, NaN elsewhere (the loop's steps between
+    ``train.block_mbe_every``). The suite's loop and the drop-in API (``replication.dropin``) both
+    compute a micro-batch here."""
     mbe_kwargs = objective.mbe_options()
     if kind == "mbe":
         layer = plan.alternate[step % len(plan.alternate)]
@@ -125,9 +133,9 @@ def micro_batch_objective(
     if kind == "joint":
         regularized = layer_mbe(hidden, plan.joint, **mbe_kwargs)
         loss = main + objective.lambda_mbe * regularized.mean()
-        every_layer = _every_layer(hidden, plan.joint, regularized.detach(), mbe_kwargs)
+        every_layer = _every_layer(hidden, plan.joint, regularized.detach(), mbe_kwargs, blocks)
     else:
-        every_layer = _every_layer(hidden, [], None, mbe_kwargs)
+        every_layer = _every_layer(hidden, [], None, mbe_kwargs, blocks)
     return loss, main.detach(), every_layer
 
 
@@ -178,12 +186,14 @@ def accumulate_gradients(
     window: int | None,
     autocast: Callable[[], AbstractContextManager],
     probe: MicroBatchProbe | None = None,
+    blocks: Sequence[int] | None = None,
 ) -> StepResult:
     """Forward and backward this process's micro-batches of one optimizer step (their indices
     among all of the step's micro-batches); gradients land in .grad, averaged over these
     micro-batches, so that averaging over equal shares of processes gives the step's mean.
     ``probe`` (RQ1's ``alignment.InStepAlignment``) sees each micro-batch's hidden states and .grad
-    after its backward, the graph kept where it asks."""
+    after its backward, the graph kept where it asks. ``blocks``: those whose detached MBE the result
+    holds besides the regularized ones (None: every block; the rest NaN)."""
     step_sums = StepAccumulator(task.device)
     for micro in micro_batches:
         batch = task.train_batch(step, micro)
@@ -195,7 +205,9 @@ def accumulate_gradients(
             else:
                 out = task.forward(model, batch, window=window)
                 main = task.main_loss(out.output, batch)
-            loss, main_detached, every_layer = micro_batch_objective(kind, out.hidden, main, objective, plan, step)
+            loss, main_detached, every_layer = micro_batch_objective(
+                kind, out.hidden, main, objective, plan, step, blocks
+            )
         step_sums.add(loss, main_detached, every_layer)
         (loss / len(micro_batches)).backward(retain_graph=probe is not None and probe.retain_graph(micro))
         if probe is not None:

@@ -444,11 +444,12 @@ class Trainer:
                     autocast=self.autocast,
                 )  # fmt: skip
                 self.writer.write({"kind": "alignment", "step": step, **record})
+        every_block = step % tcfg.block_mbe_every == 0 or step == tcfg.steps - 1
         t0 = time.perf_counter()
         result = accumulate_gradients(
             self.model, self.task, self.method, self.config.objective, self.plan,
             step=step, phase=phase, micro_batches=self.micro_batches, window=window, autocast=self.autocast,
-            probe=probe,
+            probe=probe, blocks=None if every_block else self.plan.monitored,
         )  # fmt: skip
         probe_seconds = 0.0
         if probe is not None and probe.record is not None:
@@ -485,8 +486,8 @@ class Trainer:
                 "phase": phase.value,
                 **counters,
                 loss_key: result.main_loss,
-                "train/mbe_by_layer": mbe,
-                "train/mbe": sum(mbe) / len(mbe) if mbe else None,
+                "train/mbe_by_layer": mbe if every_block else None,  # else NaN outside the monitored blocks
+                "train/mbe": sum(mbe) / len(mbe) if mbe and every_block else None,
                 "train/mbe_monitored": sum(monitored) / len(monitored) if monitored else None,
                 "lr": lrs,
                 "window": window,
@@ -494,7 +495,7 @@ class Trainer:
                 "time": elapsed(),
             }
         )
-        self.progress.update(step, loss_key, result.main_loss, mbe, phase.value)
+        self.progress.update(step, loss_key, result.main_loss, monitored, phase.value)
         if self.nonfinite_in_row >= tcfg.max_nonfinite_in_row:
             raise NonFiniteLossError(
                 f"{self.run_dir}: the main loss was non-finite in {self.nonfinite_in_row} steps in a row "

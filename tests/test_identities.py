@@ -175,6 +175,55 @@ def test_the_controller_is_fed_the_steps_main_loss_and_the_monitored_blocks_mbe_
     assert changes == [{"kind": "event", "event": "phase_change", **t.as_dict()} for t in trainer.controller.transitions]
 
 
+@pytest.mark.parametrize("method", ["ce", "gapt", "gapt_joint"])
+def test_every_blocks_mbe_only_every_block_mbe_every_steps_and_the_same_run_otherwise(tmp_path, method, monkeypatch):
+    # identity: a run with train.block_mbe_every = 3 is the run with 1, record for record, except
+    # that the steps between (1, 2, 4, 5 of 0..7; the last is always whole) compute and log only the
+    # monitored blocks' MBE (plus the regularized ones, which the objective computes anyway)
+    import itertools
+
+    import replication.objectives as objectives
+
+    gapt = {"delta_ce": 100.0, "patience_memorize": 1, "patience_compress": 1}
+    every = tiny_config(method, train={"steps": 8, "eval_every": 0, "checkpoint_every": 0}, gapt=gapt)
+    thinned = every.model_copy(update={"train": every.train.model_copy(update={"block_mbe_every": 3})})
+    Trainer(every, tmp_path / "every", show_progress=False).run()
+    asked = []
+    real = objectives._every_layer
+    monkeypatch.setattr(objectives, "_every_layer", lambda *a: asked.append(a[-1]) or real(*a))
+    trainer = Trainer(thinned, tmp_path / "thinned", show_progress=False)
+    trainer.run()
+    full = [r for r in read_metrics(tmp_path / "every" / "metrics.jsonl") if r["kind"] == "train"]
+    thin = [r for r in read_metrics(tmp_path / "thinned" / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in thin] == list(range(8))
+    for a, b in zip(full, thin):
+        assert b["train/ce"] == a["train/ce"] and b["phase"] == a["phase"]
+        assert b["train/mbe_monitored"] == pytest.approx(a["train/mbe_monitored"], rel=1e-6)
+        if b["step"] in (0, 3, 6, 7):
+            assert b["train/mbe_by_layer"] == pytest.approx(a["train/mbe_by_layer"], rel=1e-6)
+            assert b["train/mbe"] == pytest.approx(a["train/mbe"], rel=1e-6)
+        else:
+            assert b["train/mbe_by_layer"] is None and b["train/mbe"] is None
+    # the blocks asked for, step after step (several micro-batches of a step ask alike)
+    monitored = trainer.plan.monitored
+    assert [key for key, _ in itertools.groupby(asked)] == [None, monitored, None, monitored, None]
+
+
+def test_the_detached_mbe_of_some_blocks_is_theirs_and_nan_elsewhere():
+    from replication.objectives import _every_layer
+
+    torch.manual_seed(0)
+    hidden = [torch.randn(2, 16, 8) for _ in range(5)]
+    kw = {"patch_size": 8, "alpha": 2.0, "eps": 1e-7, "clamp": False}
+    everything = layer_mbe(hidden, list(range(5)), **kw)
+    known = torch.tensor([10.0, 20.0])  # the regularized blocks' values, passed in, not recomputed
+    some = _every_layer(hidden, [1, 4], known, kw, [0, 1])
+    assert some[0] == pytest.approx(everything[0].item(), rel=1e-6)
+    assert some[[1, 4]].tolist() == [10.0, 20.0]
+    assert torch.isnan(some[[2, 3]]).all()
+    assert _every_layer(hidden, [], None, kw, None).tolist() == pytest.approx(everything.tolist(), rel=1e-6)
+
+
 def test_the_best_validation_loss_is_the_minimum_and_its_step_the_argmin():
     # identity: best = min over evaluations (not the last, not the max), step = argmin
     from replication.tasks.fineweb.task import Task as FinewebTask
