@@ -48,7 +48,7 @@ def run_section(name: str, out: Path) -> None:
                  *[f"{x:.2f}" for x in result["replication_every_block_every_step_steps_per_s"]]],
                 ["minimal loop", *[f"{x:.2f}" for x in result["minimal_steps_per_s"]]]]  # fmt: skip
         print(tabulate(rows, headers=["steps/s", *[f"round {i + 1}" for i in range(len(rows[0]) - 1)]], tablefmt="github"))
-        print(f"ratio (best of rounds): {result['ratio']:.3f}; with RQ1: {result['rq1_ratio']:.3f}; "
+        print(f"ratio (median of the rounds' paired ratios): {result['ratio']:.3f}; with RQ1: {result['rq1_ratio']:.3f}; "
               f"every block's MBE every step: {result['every_block_every_step_ratio']:.3f}")
         write_result(out, name, result)
     elif name == "mbe_kernel":
