@@ -197,7 +197,8 @@ class TrainConfig(StrictModel):
     compile: bool = False
     # steps between the training records that carry every block's detached MBE (train/mbe_by_layer,
     # train/mbe), the last step always among them; the steps between compute only the blocks the
-    # controller monitors and the objective regularizes (train/mbe_monitored)
+    # controller monitors (train/mbe_monitored; none for a method without a controller) and the ones
+    # the objective regularizes
     block_mbe_every: PositiveInt = 1
 
 

@@ -302,6 +302,7 @@ class Trainer:
         self.writer = MetricsWriter(self.run_dir / METRICS_NAME, enabled=ctx.is_main)
         self.progress = Progress(tcfg.steps, enabled=ctx.is_main, bar=show_progress)
         self.alignment_layers = list(config.alignment.layers or self.plan.alternate or self.plan.monitored)
+        self.last_monitored: list[float] = []  # the monitored blocks' latest training MBE, for the progress line
         self.start_step = 0
         self.nonfinite_in_row = 0
         self.n_nonfinite = 0
@@ -445,11 +446,15 @@ class Trainer:
                 )  # fmt: skip
                 self.writer.write({"kind": "alignment", "step": step, **record})
         every_block = step % tcfg.block_mbe_every == 0 or step == tcfg.steps - 1
+        # between those steps: the blocks the controller reads, and none for a method without one
+        # (the regularized blocks come with the loss either way)
+        thin_blocks = self.plan.monitored if self.controller is not None else []
+        has_monitored = every_block or self.controller is not None or set(self.plan.monitored) <= set(self.plan.joint)
         t0 = time.perf_counter()
         result = accumulate_gradients(
             self.model, self.task, self.method, self.config.objective, self.plan,
             step=step, phase=phase, micro_batches=self.micro_batches, window=window, autocast=self.autocast,
-            probe=probe, blocks=None if every_block else self.plan.monitored,
+            probe=probe, blocks=None if every_block else thin_blocks,
         )  # fmt: skip
         probe_seconds = 0.0
         if probe is not None and probe.record is not None:
@@ -476,7 +481,9 @@ class Trainer:
         counters = self.controller.snapshot() if self.controller else {}
         counters.pop("phase", None)
         mbe = result.mbe_by_layer
-        monitored = [mbe[i] for i in self.plan.monitored] if mbe else []
+        monitored = [mbe[i] for i in self.plan.monitored] if mbe and has_monitored else []
+        if monitored:
+            self.last_monitored = monitored
         loss_key = f"train/{self.task.main_loss_name}"
         self.writer.write(
             {
@@ -495,7 +502,7 @@ class Trainer:
                 "time": elapsed(),
             }
         )
-        self.progress.update(step, loss_key, result.main_loss, monitored, phase.value)
+        self.progress.update(step, loss_key, result.main_loss, self.last_monitored, phase.value)
         if self.nonfinite_in_row >= tcfg.max_nonfinite_in_row:
             raise NonFiniteLossError(
                 f"{self.run_dir}: the main loss was non-finite in {self.nonfinite_in_row} steps in a row "
