@@ -3,6 +3,7 @@
 # config gets nothing from any other file: a key it omits takes the default that
 # replication/reporting/config.schema.yaml states. Every job is a `python -m replication.<command>` call that
 # can also be run by hand; the Python package decides what to run (replication/reporting/workflow.py).
+import os
 import sys
 
 from snakemake.utils import min_version
@@ -10,7 +11,7 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 from replication.errors import ConfigError
-from replication.launch import TrainServer
+from replication.launch import SERVER_ENV, TrainServer
 from replication.methods import METHOD_NAMES
 from replication.reporting.workflow import TABLE_FILES, Plan, resolve_global_config
 
@@ -37,7 +38,13 @@ PYTHON = sys.executable  # the environment Snakemake runs in is the one every jo
 # instead of importing torch afresh, which is most of a short run's cost. Started before the first
 # job, it names its socket in the jobs' environment; without it (cluster execution, `train_server:
 # false`) python -m replication.launch is python -m replication.train.
-TRAIN_SERVER = TrainServer(PYTHON, f"{LOGS}/train-server.log") if config["train_server"] and workflow.local_exec else None
+TRAIN_SERVER = (
+    TrainServer(PYTHON, f"{LOGS}/train-server.log")
+    if config["train_server"] and workflow.local_exec and PLAN.forks_training()
+    else None
+)
+if TRAIN_SERVER is None:
+    os.environ.pop(SERVER_ENV, None)  # an outer DAG's server is not this one's
 
 
 def logged(command):

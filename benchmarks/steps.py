@@ -174,6 +174,7 @@ def loop_efficiency(shape: str = "cpu", steps: int = 30, rounds: int = 7) -> dic
         "block_mbe": _block_mbe_cost(config),
         "statistic": "median over rounds of the paired ratio (variant / minimal loop, same round)",
         "target": ">= 0.98; with RQ1 >= 0.9",
+        "target_met": {"ratio": paired(ours) >= 0.98, "rq1_ratio": paired(rq1) >= 0.9},
     }
 
 

@@ -99,7 +99,11 @@ def micro_batch_kind(method: Method, phase: Phase, micro: int) -> Literal["main"
 
 @torch.no_grad()
 def _every_layer(
-    hidden: list[Tensor], known: list[int], known_values: Tensor | None, kwargs: dict, blocks: Sequence[int] | None
+    hidden: list[Tensor],
+    known: list[int],
+    known_values: Tensor | None,
+    kwargs: dict,
+    blocks: Sequence[int] | None,
 ) -> Tensor:
     """Detached MBE of ``blocks`` (None: every block), reusing the values already computed for the
     ``known`` blocks; NaN for a block neither names."""
@@ -114,7 +118,12 @@ def _every_layer(
 
 
 def micro_batch_objective(
-    kind: str, hidden: Sequence[Tensor], main: Tensor | None, objective: ObjectiveConfig, plan: LayerPlan, step: int,
+    kind: str,
+    hidden: Sequence[Tensor],
+    main: Tensor | None,
+    objective: ObjectiveConfig,
+    plan: LayerPlan,
+    step: int,
     blocks: Sequence[int] | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """What one micro-batch back-propagates, from its blocks' hidden states and its main loss: the

@@ -34,18 +34,18 @@ class Progress:
         """One step; ``mbe``: the training MBE of the blocks the controller monitors."""
         if not self.enabled:
             return
-        mean_mbe = sum(mbe) / len(mbe) if mbe else float("nan")
+        shown_mbe = f" | monitored mbe {sum(mbe) / len(mbe):.3f}" if mbe else ""  # none yet after a resume
         if self._bar is not None:
             self._bar.update(1)
             if step % 10 == 0 or step + 1 == self.total:
-                self._bar.set_postfix_str(f"{loss_key} {loss:.4f} | monitored mbe {mean_mbe:.3f} | {phase}", refresh=False)
+                self._bar.set_postfix_str(f"{loss_key} {loss:.4f}{shown_mbe} | {phase}", refresh=False)
             return
         done = step + 1
         if done % self.every == 0 or done == self.total:
             rate = (done - self._first) / max(time.perf_counter() - self._t0, 1e-9)
             eta = (self.total - done) / rate if rate > 0 else float("nan")
             print(
-                f"[step {done}/{self.total}] {loss_key} {loss:.4f} | monitored mbe {mean_mbe:.3f} | {phase} | "
+                f"[step {done}/{self.total}] {loss_key} {loss:.4f}{shown_mbe} | {phase} | "
                 f"{rate:.2f} steps/s | eta {eta / 60:.1f} min",
                 file=sys.stderr,
                 flush=True,

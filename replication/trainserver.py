@@ -8,21 +8,25 @@ runs ``replication.train.main`` with its arguments. It tells the requester the c
 when a signal ended it).
 
 It is single-threaded, so every fork comes from a quiet process, and it never runs a tensor
-operation itself, so no child inherits a started thread pool. A requester that disappears (its job
-killed) gets its run stopped with SIGTERM, which checkpoints. On SIGTERM or SIGINT, or when the
-process that started it is gone, it stops accepting, lets running children finish, and exits.
-Environment variables that torch reads when it is imported (``OMP_NUM_THREADS``) keep the server's
-values: the DAG's jobs set threads with ``--threads``.
+operation itself, so no child inherits a started thread pool. Signals are blocked across each fork,
+so that one sent to a child before it has taken the run's own handlers waits for them. A child dies
+with the server (``PR_SET_PDEATHSIG``: SIGTERM, which checkpoints). A requester that disappears (its
+job killed) gets its run stopped with SIGTERM too. On SIGTERM or SIGINT, or when the process that
+started it is gone, it stops accepting, lets running children finish, and exits. A request it cannot
+read, or a fork that fails, is logged and refused; the requester then trains on its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import ctypes
 import os
 import selectors
 import signal
 import socket
 import sys
+import tempfile
 import traceback
 from datetime import UTC, datetime
 
@@ -32,20 +36,35 @@ from replication import train
 from replication.launch import read_request
 
 POLL_S = 0.2
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def _log(text: str) -> None:
-    print(f"{datetime.now(UTC).isoformat(timespec='seconds')} {text}", flush=True)
+    try:
+        print(f"{datetime.now(UTC).isoformat(timespec='seconds')} {text}", flush=True)
+    except OSError:  # a full disk must not end the server
+        pass
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM this process when its parent (the server) dies; exit now if it already has (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(128 + int(signal.SIGTERM))
 
 
 class Server:
-    def __init__(self, listener: socket.socket) -> None:
+    def __init__(self, listener: socket.socket, parent: int) -> None:
         self.listener = listener
         self.listener.setblocking(False)
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ)
         self.children: dict[int, socket.socket | None] = {}  # pid -> its requester (None once it is gone)
-        self.parent = os.getppid()
+        self.parent = parent  # the process that started it (given: it may be gone by now)
         self.stop_requested = False
         self.accepting = True
 
@@ -55,10 +74,13 @@ class Server:
         _log(f"serving on descriptor {self.listener.fileno()} (pid {os.getpid()})")
         while self.accepting or self.children:
             for key, _ in self.selector.select(timeout=POLL_S):
-                if key.fileobj is self.listener:
-                    self._accept()
-                else:
-                    self._check_requester(key.fileobj, key.data)
+                try:
+                    if key.fileobj is self.listener:
+                        self._accept()
+                    else:
+                        self._check_requester(key.fileobj, key.data)
+                except Exception as error:  # noqa: BLE001 - one bad request must not end the others' runs
+                    _log(f"error: {type(error).__name__}: {error}")
             self._reap()
             if self.accepting and (self.stop_requested or os.getppid() != self.parent):
                 self._stop_accepting()
@@ -88,9 +110,20 @@ class Server:
             return
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        server = os.getpid()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as error:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            _log(f"refused a request: cannot fork ({error})")
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+            return
         if pid == 0:
-            self._child(conn, request, fds)  # never returns
+            self._child(conn, request, fds, server, blocked)  # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         for fd in fds:
             os.close(fd)
         conn.settimeout(None)
@@ -142,12 +175,16 @@ class Server:
                     pass
                 conn.close()
 
-    def _child(self, conn: socket.socket, request: dict, fds: list[int]) -> None:
+    def _child(self, conn: socket.socket, request: dict, fds: list[int], server: int, mask: set) -> None:
         code = 1
         try:
+            _die_with_parent(server)
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            for signum in request["ignored"]:  # the requester's (nohup), as a process of its own would
+                signal.signal(signum, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal sent since the fork arrives now
             self.selector.close()
             self.listener.close()
             conn.close()
@@ -163,6 +200,7 @@ class Server:
             os.environ.update(request["env"])
             sys.orig_argv = list(request["command"])  # the provenance's command: the job's own
             sys.argv = ["replication.train", *request["argv"]]
+            tempfile.tempdir = None  # the job's TMPDIR, not the one the server's imports cached
             code = train.main(request["argv"])
         except SystemExit as stop:  # argparse's usage errors
             if isinstance(stop.code, int) or stop.code is None:
@@ -173,6 +211,10 @@ class Server:
         except BaseException:  # noqa: BLE001 - the child must end here, whatever happened
             traceback.print_exc()
         finally:
+            try:
+                atexit._run_exitfuncs()  # what the interpreter runs at exit (torch's compile workers)
+            except Exception:  # noqa: BLE001, S110 - the run's exit code stands
+                pass
             for stream in (sys.stdout, sys.stderr):
                 try:
                     stream.flush()
@@ -182,12 +224,13 @@ class Server:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'replication.trainserver'}",
-                                     description=__doc__.split("\n\n")[0])
+    summary = __doc__.split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog="python -m replication.trainserver", description=summary)
     parser.add_argument("--fd", type=int, required=True, help="the listening Unix socket, inherited")
+    parser.add_argument("--parent", type=int, default=None, help="stop once this process is gone")
     args = parser.parse_args(argv)
     listener = socket.socket(fileno=args.fd)
-    Server(listener).serve()
+    Server(listener, args.parent or os.getppid()).serve()
     return 0
 
 

@@ -33,8 +33,8 @@ def comparable(records):
 @pytest.fixture
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
-    started = TrainServer(sys.executable, folder / "server.log", folder=folder / "s")
-    started.start()
+    started = TrainServer(sys.executable, folder / "server.log")
+    assert started.start()
     yield started
     started.stop()
 
@@ -123,3 +123,72 @@ def test_with_no_server_answering_a_job_trains_on_its_own(tmp_path):
     assert f"note: no training server answers at {tmp_path / 'no-socket'}; training in a process of its own" in err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert " -m replication.train " in summary["provenance"]["command"]  # it became train itself
+
+
+def test_a_server_that_dies_under_a_run_stops_it_and_the_job_fails_once_the_folder_is_free(tmp_path, server):
+    config = write(tiny_config("ce", train={"steps": 400, "eval_every": 0}), tmp_path)
+    job = launch(config, server=server.path)
+    wait_for_step(job, 20)
+    server.process.kill()  # SIGKILL: the server runs no clean-up; its child learns of it from the kernel
+    code, err = job.wait(timeout=60), job.stderr.read()
+    assert code == 1 and "ended during the run" in err and "resumes from the last checkpoint" in err
+    assert not (tmp_path / LOCK_NAME).exists() and (tmp_path / CHECKPOINT_NAME).exists()  # stopped, checkpointed
+
+
+def test_a_signal_sent_before_the_run_starts_still_stops_it(tmp_path, tmp_path_factory):
+    # the request waits while a new server imports torch; the job's SIGTERM is held until the
+    # server names the run, then reaches it however early in the child it lands
+    folder = tmp_path_factory.mktemp("fresh")
+    fresh = TrainServer(sys.executable, folder / "server.log")
+    assert fresh.start()
+    try:
+        config = write(tiny_config("ce", train={"steps": 400, "eval_every": 0}), tmp_path)
+        job = launch(config, server=fresh.path)
+        time.sleep(0.5)
+        job.send_signal(signal.SIGTERM)
+        assert job.wait(timeout=120) in (130, 128 + signal.SIGTERM)
+        assert not (tmp_path / "summary.json").exists()
+    finally:
+        fresh.stop()
+
+
+def test_a_signal_the_job_ignores_the_run_ignores(tmp_path, server):
+    config = write(tiny_config("ce", train={"steps": 200, "eval_every": 0}), tmp_path)
+    job = launch(config, server=server.path, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # nohup
+    wait_for_step(job, 10)
+    job.send_signal(signal.SIGHUP)
+    assert job.wait(timeout=120) == 0 and (tmp_path / "summary.json").exists()
+
+
+def test_a_request_the_server_cannot_read_is_refused_and_the_server_goes_on(tmp_path, server):
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bad:
+        bad.connect(server.path)
+        bad.sendall(b"\x00\x00\x00\x05hello")  # no standard streams, no JSON
+        try:
+            assert bad.recv(100) == b""  # closed without a run
+        except ConnectionResetError:  # closed with the rest of the request unread
+            pass
+    config = write(tiny_config("ce", train={"steps": 3}), tmp_path)
+    job = launch(config, server=server.path)
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 0 and "note:" not in err, err
+    assert "refused a request" in server.log.read_text()
+
+
+def test_a_server_that_closes_before_starting_the_run_leaves_it_to_the_job(tmp_path):
+    import socket
+    import threading
+
+    path = str(tmp_path / "s")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    threading.Thread(target=lambda: listener.accept()[0].close(), daemon=True).start()
+    config = write(tiny_config("ce", train={"steps": 3}), tmp_path / "run")
+    job = launch(config, server=path)
+    out, err = job.communicate(timeout=120)
+    listener.close()
+    assert job.returncode == 0, err
+    assert "note: no training server answers" in err and (tmp_path / "run" / "summary.json").exists()

@@ -160,11 +160,16 @@ class Plan:
         n = self.job(experiment, "nproc_per_run")
         if n > 1:
             return f"{python} -m torch.distributed.run --standalone --nproc-per-node {n} -m {launch.TRAIN_MODULE}"
-        if self.job(experiment, "gpus_per_run") == 0:
+        if self._forks(experiment):
             return f"{python} -m {launch.__name__}"
         return f"{python} -m {launch.TRAIN_MODULE}"
 
+    def _forks(self, experiment: str) -> bool:
+        return self.job(experiment, "nproc_per_run") == 1 and self.job(experiment, "gpus_per_run") == 0
 
+    def forks_training(self) -> bool:
+        """Whether some training job of this DAG goes through replication.launch (one CPU process)."""
+        return any(self._forks(experiment) for experiment in self.specs)
 
 
 def _check_experiment_name(name: str, folder: Path, problem: str) -> None:
