@@ -1,6 +1,7 @@
 # Two entry points, each installing what it needs into .venv first:
 #   make test        the test suite, then the smoke DAG end to end (what CI runs)
 #   make replicate   the replication at the scale this machine can carry (SCALE=cpu by default)
+#   make study       the scale's study of model size and GAPT's knobs (SCALE=cpu; results/<scale>/study/)
 #   make mutation    mutation testing of the core with mutmut (not part of CI; README, "Mutation testing")
 #   make gpu-check   the GPU path on one CUDA device in at most 8 minutes, no network (README, "Running a scale")
 #   make test-slurm  the smoke DAG through a real one-node SLURM started for it (root; README, "Running a scale")
@@ -18,10 +19,10 @@ SMOKE ?= .smoke
 SCALES := $(sort $(patsubst config/%.yaml,%,$(wildcard config/*.yaml)))
 TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: install test test-fast smoke replicate report bench check-scale mutation gpu-check test-slurm
+.PHONY: install test test-fast smoke replicate study report bench check-scale mutation gpu-check test-slurm
 
 # a wrong SCALE stops make before anything runs, with one line naming the valid scales
-ifneq ($(filter replicate report check-scale,$(MAKECMDGOALS)),)
+ifneq ($(filter replicate study report check-scale,$(MAKECMDGOALS)),)
 ifneq ($(words $(filter $(SCALE),$(SCALES))),1)
 $(error SCALE=$(SCALE) is not a scale; choose one of: $(SCALES))
 endif
@@ -64,6 +65,11 @@ check-scale:
 
 replicate: check-scale install
 	$(BIN)/snakemake --profile profiles/local-cpu --configfile config/$(SCALE).yaml
+
+# the study an experiment declares under scales.<scale>.study (model sizes, GAPT's knobs); it reuses
+# the scale's own runs of the methods it compares, training them first when they are missing
+study: check-scale install
+	$(BIN)/snakemake --profile profiles/local-cpu --configfile config/$(SCALE).yaml study
 
 # one self-contained page: CLAIMS.md, every experiment's table and every figure with its caption
 report: check-scale install

@@ -119,12 +119,75 @@ class RunConfig(StrictModel):
 # -- experiment files --------------------------------------------------------------------------
 
 
+ARM_NAME = r"^[a-z0-9_]+$"
+
+
+class SizeArms(StrictModel):
+    """A study's model sizes: each runs ``methods`` with the scale's config and this model."""
+
+    methods: list[str]
+    models: dict[Annotated[str, Field(pattern=ARM_NAME)], dict[str, Any]]  # name -> model overrides
+
+
+class KnobArm(StrictModel):
+    """A study's one-at-a-time change of one method's config at the scale's own model."""
+
+    method: str
+    knob: str  # what it varies, as a reader names it ("patience", "spike tolerance")
+    value: str  # the setting, as shown ("x 0.5", "0.05", "off")
+    config: dict[str, Any]  # run config overrides, over every layer of the scale
+
+
+class StudySpec(StrictModel):
+    """``scales.<scale>.study``: arms that vary the scale's runs, each a scale of its own named
+    ``<scale>_study_<arm>`` (so that the DAG configures and trains them as it does any run).
+    The scale's own runs are the study's reference: its model is one more size, its config the
+    point the knobs move from."""
+
+    seeds: list[Seed]
+    sizes: SizeArms | None = None
+    knobs: dict[Annotated[str, Field(pattern=ARM_NAME)], KnobArm] = {}
+
+
 class ScaleSpec(StrictModel):
     seeds: list[Seed]
     description: str = ""
     config: dict[str, Any] = {}
     methods: dict[str, dict[str, Any]] = {}
     reporting: dict[str, Any] = {}  # over the experiment's reporting: (replication.reporting.spec)
+    study: StudySpec | None = None
+    # set on the scales a study derives (never in a file): the scale they vary and their arm
+    study_of: str | None = None
+    arm: str | None = None
+
+
+def study_scale(scale: str, arm: str) -> str:
+    return f"{scale}_study_{arm}"
+
+
+def _study_scales(scale: str, spec: ScaleSpec, methods: dict[str, Any]) -> dict[str, ScaleSpec]:
+    """The scales a scale's study derives: one per model size and one per knob."""
+    study = spec.study
+    derived: dict[str, ScaleSpec] = {}
+    arms_methods = ([] if study.sizes is None else study.sizes.methods) + [k.method for k in study.knobs.values()]
+    unknown = sorted(set(arms_methods) - set(methods))
+    if unknown:
+        raise ValueError(f"scales.{scale}.study names methods the experiment lacks: {unknown}")
+    if study.sizes is not None:
+        for arm, model in study.sizes.models.items():
+            derived[study_scale(scale, arm)] = ScaleSpec(
+                seeds=study.seeds, description=f"{scale} with model {arm} ({scale}'s study of model size)",
+                config=deep_merge(spec.config, {"model": model}),
+                methods={m: spec.methods.get(m, {}) for m in study.sizes.methods},
+                reporting=spec.reporting, study_of=scale, arm=arm,
+            )  # fmt: skip
+    for arm, knob in study.knobs.items():
+        derived[study_scale(scale, arm)] = ScaleSpec(
+            seeds=study.seeds, description=f"{scale} with {knob.knob} {knob.value} ({scale}'s study of GAPT's knobs)",
+            config=spec.config, methods={knob.method: deep_merge(spec.methods.get(knob.method, {}), knob.config)},
+            reporting=spec.reporting, study_of=scale, arm=arm,
+        )  # fmt: skip
+    return derived
 
 
 class ExperimentSpec(StrictModel):
@@ -150,6 +213,25 @@ class ExperimentSpec(StrictModel):
         if unknown:
             raise ValueError(f"unknown methods {unknown}; the registry has {list(METHOD_NAMES)}")
         return methods
+
+    @model_validator(mode="after")
+    def _derive_study_scales(self) -> ExperimentSpec:
+        for scale, spec in list(self.scales.items()):
+            if spec.study_of is not None or spec.arm is not None:
+                if spec.study is not None or scale not in _study_scales(spec.study_of, self.scales[spec.study_of],
+                                                                          self.methods):  # fmt: skip
+                    raise ValueError(f"scales.{scale}: study_of and arm are set by a study, not in a file")
+                continue
+            if spec.study is not None:
+                for name, derived in _study_scales(scale, spec, self.methods).items():
+                    if name in self.scales and self.scales[name] != derived:
+                        raise ValueError(f"scale {name!r} is both in the file and derived by scales.{scale}.study")
+                    self.scales[name] = derived
+        return self
+
+    def study_arms(self, scale: str) -> dict[str, str]:
+        """Arm name -> the scale that runs it, for the study of scale (empty without one)."""
+        return {s.arm: name for name, s in self.scales.items() if s.study_of == scale}
 
 
 def validate_run_config(data: dict[str, Any], source: str = "run config") -> RunConfig:

@@ -24,11 +24,13 @@ import yaml
 
 from replication import cli, launch
 from replication.config import ConfigError, load_yaml
-from replication.methods import METHOD_NAMES
+from replication.methods import BASELINE, METHOD_NAMES
 from replication.reporting.spec import ReportSpec, load_report_spec
 from replication.runconfig import resolve_run_config
 
 TABLE_FILES = ("summary.csv", "runs.csv", "curves.csv", "phases.csv", "alignment.csv", "table.md")
+STUDY_FILES = ("study.csv", "scaling.csv", "scaling_fit.csv", "sensitivity.csv", "scaling.png", "scaling.pdf",
+               "sensitivity.png", "sensitivity.pdf", "README.md")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,41 @@ class Plan:
     def runs(self, experiment: str) -> list[RunId]:
         return [RunId(experiment, self.scale, m, s) for m in self.methods(experiment) for s in self.seeds(experiment)]
 
+    # -- the study of a scale (scales.<scale>.study; make study) --------------------------------
+    def study_runs(self, experiment: str) -> list[RunId]:
+        """The runs of every arm of the experiment's study at this scale (none without a study)."""
+        spec = self.specs[experiment]
+        return [RunId(experiment, scale, m, seed) for scale in spec.study_arms(self.scale).values()
+                for m in spec.scales[scale].methods for seed in spec.scales[scale].seeds]  # fmt: skip
+
+    def study_reference_runs(self, experiment: str) -> list[RunId]:
+        """The scale's own runs a study compares against: its model size and the knobs' defaults."""
+        spec = self.specs[experiment]
+        study = spec.scales[self.scale].study
+        if study is None:
+            return []
+        methods = {BASELINE, *(study.sizes.methods if study.sizes else []), *(k.method for k in study.knobs.values())}
+        return [RunId(experiment, self.scale, m, seed) for m in spec.methods if m in methods for seed in study.seeds]
+
+    def studies(self) -> list[str]:
+        return [e for e, spec in self.specs.items() if spec.study_arms(self.scale)]
+
+    def study_dir(self, experiment: str) -> str:
+        return f"{self.config['results_dir']}/{self.scale}/study/{experiment}"
+
+    def study_inputs(self, experiment: str) -> list[str]:
+        runs = self.study_reference_runs(experiment) + self.study_runs(experiment)
+        return [f"{self.run_dir(run)}/summary.json" for run in runs]
+
+    def study_outputs(self, experiment: str) -> list[str]:
+        return [f"{self.study_dir(experiment)}/{name}" for name in STUDY_FILES]
+
     @cached_property
     def run_datasets(self) -> dict[str, str]:
         """Run path -> the data set its task reads (runs without one are absent)."""
         found = {}
         for experiment, spec in self.specs.items():
-            for run in self.runs(experiment):
+            for run in self.runs(experiment) + self.study_runs(experiment):
                 task = resolve_run_config(spec, run.scale, run.method, run.seed).task
                 dataset = getattr(task, "dataset", None)
                 if dataset is not None:

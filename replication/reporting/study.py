@@ -1,0 +1,358 @@
+"""A scale's study (``scales.<scale>.study`` of an experiment file): does GAPT's effect on validation
+CE change sign with model size, or with one of its knobs?
+
+    python -m replication.reporting.study experiments/E/config.yaml --scale S --runs RUNS --out DIR
+
+reads the summaries of the study's arms (``<scale>_study_<arm>``) and of the scale's own runs, and
+writes into DIR:
+
+- ``study.csv``: one row per run and metric (arm, knob, value, scale, method, seed, parameters,
+  metric, value), the runs' final validation CE and MBE, phase changes and wall time;
+- ``scaling.csv``: per model size (the scale's own model among them) and metric, the paired
+  relative change of each gated method against ``ce`` (``replication.reporting.stats``: the mean
+  per-seed log ratio with its t interval, as a percentage), and the log-linear fit of the per-seed
+  log ratios on log10(parameters): slope per tenfold, its interval, and where the fit and its 95 %
+  confidence band cross zero (an extrapolation beyond the sizes run);
+- ``sensitivity.csv``: the same change at the scale's own model for the default config and for each
+  knob arm, and whether the CE change's interval lies below zero (the knob flips the sign);
+- ``scaling.png``/``.pdf``, ``sensitivity.png``/``.pdf``, and ``README.md``, which states the
+  finding in a sentence from these numbers and the study's measured cost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from scipy import stats as scipy_stats  # noqa: E402
+
+from replication import cli  # noqa: E402
+from replication.errors import ConfigError, RunFolderError  # noqa: E402
+from replication.methods import BASELINE, METHOD_NAMES  # noqa: E402
+from replication.models import build_model  # noqa: E402
+from replication.reporting.spec import ReportSpec, load_report_spec  # noqa: E402
+from replication.reporting.stats import CONFIDENCE, Estimate, paired_change  # noqa: E402
+from replication.runconfig import validate_run_config  # noqa: E402
+
+METRICS = {"final/val/ce": "validation CE", "final/val/mbe": "validation MBE"}
+CE = "final/val/ce"
+LOG10_RANGE = (3.0, 13.0)  # where a zero crossing of the fit is looked for: 1 k to 10 T parameters
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str  # "reference" for the scale's own runs
+    scale: str
+    knob: str
+    value: str
+    methods: tuple[str, ...]
+
+
+def arms(spec: ReportSpec, scale: str) -> list[Arm]:
+    study = spec.scales[scale].study
+    if study is None:
+        raise ConfigError(f"experiment {spec.experiment} has no study at scale {scale!r}")
+    model = spec.scales[scale].config.get("model", {})
+    own = f"{scale}'s model" + (f" ({model.get('n_layer')} x {model.get('d_model')})" if model else "")
+    found = [Arm("reference", scale, "default", own, tuple(spec.methods))]
+    derived = spec.study_arms(scale)
+    if study.sizes is not None:
+        for name, overrides in study.sizes.models.items():
+            value = f"{overrides.get('n_layer', '?')} x {overrides.get('d_model', '?')}"
+            found.append(Arm(name, derived[name], "model size", value, tuple(study.sizes.methods)))
+    for name, knob in study.knobs.items():
+        found.append(Arm(name, derived[name], knob.knob, knob.value, (knob.method,)))
+    return found
+
+
+def parameter_count(config: dict[str, Any]) -> int:
+    """Trainable parameters of a run's model, built on the meta device (no memory, no data)."""
+    with torch.device("meta"):
+        model = build_model(validate_run_config(config).model)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def read_runs(spec: ReportSpec, scale: str, runs_dir: Path) -> pd.DataFrame:
+    """study.csv: every finished run of the study's arms and the scale's own runs it compares with."""
+    study = spec.scales[scale].study
+    rows, missing = [], []
+    for arm in arms(spec, scale):
+        for method in arm.methods:
+            for seed in study.seeds:
+                path = runs_dir / spec.experiment / arm.scale / method / f"seed{seed}" / "summary.json"
+                if not path.exists():
+                    if arm.name != "reference":
+                        missing.append(str(path))
+                    continue
+                try:
+                    summary = json.loads(path.read_text())
+                except (OSError, json.JSONDecodeError) as error:
+                    raise RunFolderError(f"{path}: cannot read it ({error}); rerun that run") from None
+                base = {"arm": arm.name, "knob": arm.knob, "value_label": arm.value, "scale": arm.scale,
+                        "method": method, "seed": seed, "parameters": parameter_count(summary["config"])}  # fmt: skip
+                values = {**{k: summary["metrics"].get(k) for k in METRICS},
+                          "phase_changes": summary.get("phase_changes"), "wall_time_s": summary.get("wall_time_s")}  # fmt: skip
+                rows += [{**base, "metric": k, "value": v} for k, v in values.items() if v is not None]
+    if missing:
+        raise RunFolderError(f"{len(missing)} run(s) of the study have no summary.json, e.g. {missing[0]}; "
+                             "run make study (or snakemake study) first")  # fmt: skip
+    return pd.DataFrame(rows, columns=["arm", "knob", "value_label", "scale", "method", "seed", "parameters",
+                                       "metric", "value"])  # fmt: skip
+
+
+def _per_seed(frame: pd.DataFrame, arm: str, method: str, metric: str) -> dict[int, float]:
+    rows = frame[(frame.arm == arm) & (frame.method == method) & (frame.metric == metric)]
+    return dict(zip(rows.seed.astype(int), rows.value.astype(float)))
+
+
+def _log_ratios(frame: pd.DataFrame, arm: str, method: str, metric: str, baseline_arm: str) -> dict[int, float]:
+    ours, base = _per_seed(frame, arm, method, metric), _per_seed(frame, baseline_arm, BASELINE, metric)
+    return {s: math.log(ours[s] / base[s]) for s in sorted(set(ours) & set(base)) if ours[s] > 0 and base[s] > 0}
+
+
+def _row(estimate: Estimate) -> dict[str, Any]:
+    pct = (lambda v: None if v is None else 100 * v)  # noqa: E731
+    return {"n": estimate.n, "change_percent": pct(estimate.mean), "low_percent": pct(estimate.low),
+            "high_percent": pct(estimate.high), "p": estimate.p}  # fmt: skip
+
+
+def loglinear_fit(x: np.ndarray, y: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """OLS of y (per-seed log ratios) on x (log10 parameters): slope and intercept with t intervals,
+    and where the fitted line and its pointwise confidence band for the mean cross zero."""
+    n = len(x)
+    if n < 3 or np.ptp(x) == 0:
+        return {"n": n}
+    fit = scipy_stats.linregress(x, y)
+    t = scipy_stats.t.ppf(0.5 + confidence / 2, n - 2)
+    residual = y - (fit.intercept + fit.slope * x)
+    s = math.sqrt(float(residual @ residual) / (n - 2))
+    sxx = float(((x - x.mean()) ** 2).sum())
+    grid = np.linspace(*LOG10_RANGE, 2001)
+    mean = fit.intercept + fit.slope * grid
+    half = t * s * np.sqrt(1 / n + (grid - x.mean()) ** 2 / sxx)
+    holds_zero = (mean - half <= 0) & (mean + half >= 0)  # where the band does not exclude no effect
+    crossing = -fit.intercept / fit.slope if fit.slope != 0 else math.nan
+    return {
+        "n": n, "slope": fit.slope, "slope_low": fit.slope - t * fit.stderr, "slope_high": fit.slope + t * fit.stderr,
+        "slope_p": fit.pvalue, "intercept": fit.intercept,
+        "zero_at_log10_parameters": crossing if LOG10_RANGE[0] <= crossing <= LOG10_RANGE[1] else None,
+        "band_holds_zero_from_log10": float(grid[holds_zero].min()) if holds_zero.any() else None,
+        "band_holds_zero_to_log10": float(grid[holds_zero].max()) if holds_zero.any() else None,
+        "x_mean": float(x.mean()), "s": s, "sxx": sxx, "t": t,
+    }  # fmt: skip
+
+
+def scaling_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """Per size and metric, each gated method's paired change against ce; the fit per (method, metric)."""
+    study = spec.scales[scale].study
+    if study.sizes is None:
+        return pd.DataFrame(), {}
+    sizes = ["reference", *study.sizes.models]
+    rows, fits = [], {}
+    for method in [m for m in study.sizes.methods if m != BASELINE]:
+        for metric in METRICS:
+            xs, ys = [], []
+            for arm in sizes:
+                params = frame[(frame.arm == arm) & (frame.method == method)].parameters
+                if params.empty:
+                    continue
+                ratios = _log_ratios(frame, arm, method, metric, arm)
+                estimate = paired_change(_per_seed(frame, arm, method, metric), _per_seed(frame, arm, BASELINE, metric))
+                rows.append({"arm": arm, "parameters": int(params.iloc[0]), "method": method, "metric": metric,
+                             **_row(estimate)})  # fmt: skip
+                xs += [math.log10(params.iloc[0])] * len(ratios)
+                ys += list(ratios.values())
+            fits[f"{method} {metric}"] = loglinear_fit(np.array(xs), np.array(ys))
+    table = pd.DataFrame(rows)
+    return (table.sort_values(["method", "metric", "parameters"]) if len(table) else table), fits
+
+
+def sensitivity_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> pd.DataFrame:
+    """At the scale's own model: each knob arm's method against ce, beside the same method's default."""
+    study = spec.scales[scale].study
+    rows = []
+    for method in sorted({k.method for k in study.knobs.values()}, key=METHOD_NAMES.index):
+        cases = [("reference", "default", "the scale's config")]
+        cases += [(name, k.knob, k.value) for name, k in study.knobs.items() if k.method == method]
+        for arm, knob, value in cases:
+            row = {"method": method, "arm": arm, "knob": knob, "value": value}
+            for metric, short in ((CE, "ce"), ("final/val/mbe", "mbe")):
+                estimate = paired_change(_per_seed(frame, arm, method, metric),
+                                         _per_seed(frame, "reference", BASELINE, metric))  # fmt: skip
+                row.update({f"{short}_{k}": v for k, v in _row(estimate).items()})
+            row["gapt_lowers_ce"] = row["ce_high_percent"] is not None and row["ce_high_percent"] < 0
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+
+def _scaling_figure(table: pd.DataFrame, fits: dict[str, dict], frame: pd.DataFrame, out: Path) -> None:
+    metrics = list(METRICS)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(7.0, 2.9), constrained_layout=True)
+    for ax, metric in zip(np.atleast_1d(axes), metrics):
+        for method in table.method.unique():
+            rows = table[(table.method == method) & (table.metric == metric)]
+            low = rows.change_percent - rows.low_percent.fillna(rows.change_percent)
+            high = rows.high_percent.fillna(rows.change_percent) - rows.change_percent
+            bars = ax.errorbar(rows.parameters, rows.change_percent, yerr=[low, high], fmt="o", capsize=3,
+                               label=f"{method} (mean, 95 % interval)")  # fmt: skip
+            color = bars.lines[0].get_color()
+            fit = fits.get(f"{method} {metric}", {})
+            if "slope" in fit:
+                lo, hi = math.log10(rows.parameters.min()) - 0.3, math.log10(rows.parameters.max()) + 0.3
+                grid = np.linspace(lo, hi, 100)
+                mean = fit["intercept"] + fit["slope"] * grid
+                half = fit["t"] * fit["s"] * np.sqrt(1 / fit["n"] + (grid - fit["x_mean"]) ** 2 / fit["sxx"])
+                ax.plot(10**grid, 100 * np.expm1(mean), lw=1, color=color, label="log-linear fit, 95 % band")
+                ax.fill_between(10**grid, 100 * np.expm1(mean - half), 100 * np.expm1(mean + half), alpha=0.2,
+                                color=color)  # fmt: skip
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("parameters")
+        ax.set_ylabel(f"{METRICS[metric]}: change vs ce (%)")
+        ax.legend(frameon=False, fontsize=8)
+    for suffix in ("png", "pdf"):
+        fig.savefig(out / f"scaling.{suffix}", dpi=200)
+    plt.close(fig)
+
+
+def _sensitivity_figure(table: pd.DataFrame, out: Path) -> None:
+    if table.empty:  # a study of model size alone
+        table = pd.DataFrame(columns=["method", "arm", "knob", "value"] + [f"{m}_{k}_percent" for m in ("ce", "mbe")
+                                                                          for k in ("change", "low", "high")])  # fmt: skip
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 0.45 * max(len(table), 2) + 1.0), sharey=True,
+                             constrained_layout=True)  # fmt: skip
+    labels = [f"{r.method}: {r.knob} {r.value}" if r.arm != "reference" else f"{r.method}: default"
+              for r in table.itertuples()]  # fmt: skip
+    y = np.arange(len(table))[::-1]
+    for ax, short, name in ((axes[0], "ce", "validation CE"), (axes[1], "mbe", "validation MBE")):
+        mean = table[f"{short}_change_percent"]
+        low = mean - table[f"{short}_low_percent"].fillna(mean)
+        high = table[f"{short}_high_percent"].fillna(mean) - mean
+        ax.errorbar(mean, y, xerr=[low, high], fmt="o", capsize=3)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlabel(f"{name}: change vs ce (%)")
+    axes[0].set_yticks(y, labels, fontsize=8)
+    for suffix in ("png", "pdf"):
+        fig.savefig(out / f"sensitivity.{suffix}", dpi=200)
+    plt.close(fig)
+
+
+# -- the README ------------------------------------------------------------------------------------
+
+
+def _fmt_change(row: pd.Series, prefix: str = "") -> str:
+    mean, low, high = row[f"{prefix}change_percent"], row[f"{prefix}low_percent"], row[f"{prefix}high_percent"]
+    interval = "" if pd.isna(low) else f" [{low:+.1f}, {high:+.1f}]"
+    return f"{mean:+.1f} %{interval}"
+
+
+def _crossing(fit: dict[str, Any]) -> str:
+    if "slope" not in fit:
+        return "no fit (fewer than three paired seeds over two sizes)"
+    per_decade = 100 * math.expm1(fit["slope"])
+    text = (f"{per_decade:+.1f} % per tenfold in parameters [{100 * math.expm1(fit['slope_low']):+.1f}, "
+            f"{100 * math.expm1(fit['slope_high']):+.1f}]")  # fmt: skip
+    at = fit["zero_at_log10_parameters"]
+    text += "; the fitted line " + (f"crosses zero at {10**at:.3g} parameters" if at is not None else
+                                    f"does not cross zero between 10^{LOG10_RANGE[0]:g} and 10^{LOG10_RANGE[1]:g}")  # fmt: skip
+    lo, hi = fit["band_holds_zero_from_log10"], fit["band_holds_zero_to_log10"]
+    if lo is None:
+        text += ", and its 95 % band excludes zero over that whole range"
+    else:
+        start = f"below {10**lo:.3g}" if lo <= LOG10_RANGE[0] else f"from {10**lo:.3g}"
+        end = f"beyond {10**hi:.3g}" if hi >= LOG10_RANGE[1] else f"to {10**hi:.3g}"
+        text += f", and its 95 % band holds zero {start} {end} parameters"
+    return text
+
+
+def readme(spec: ReportSpec, scale: str, frame: pd.DataFrame, scaling: pd.DataFrame, fits: dict[str, dict],
+           sensitivity: pd.DataFrame) -> str:  # fmt: skip
+    study = spec.scales[scale].study
+    arm_runs = frame[(frame.arm != "reference") & (frame.metric == "wall_time_s")]
+    cost = arm_runs.value.sum()
+    lines = [f"# Why GAPT's effect has its sign: the {scale} study of {spec.experiment}", ""]
+    finding = []
+    for key, fit in fits.items():
+        method, metric = key.split(" ", 1)
+        if metric != CE:
+            continue
+        rows = scaling[(scaling.method == method) & (scaling.metric == CE)]
+        sizes = f"{rows.parameters.min() / 1e6:.2g}-{rows.parameters.max() / 1e6:.2g} M parameters"
+        changes = ", ".join(f"{_fmt_change(r)} at {r.parameters / 1e6:.2g} M" for _, r in rows.iterrows())
+        finding.append(f"Over {sizes}, `{method}` changes the final validation CE against `ce` by {changes} "
+                       f"(paired over seeds {', '.join(map(str, study.seeds))}); the log-linear trend is "
+                       f"{_crossing(fit)}.")  # fmt: skip
+    flips = sensitivity[sensitivity.gapt_lowers_ce & (sensitivity.arm != "reference")] if len(sensitivity) else []
+    if len(sensitivity):
+        finding.append("No knob moved one at a time makes GAPT lower the CE (no interval below zero)." if len(flips) == 0
+                       else "These settings make GAPT lower the CE (interval below zero): "
+                       + "; ".join(f"`{r.method}` {r.knob} {r.value}" for r in flips.itertuples()) + ".")  # fmt: skip
+    lines += ["## Finding", "", " ".join(finding), "",
+              "A crossing outside the sizes that were run is an extrapolation of a straight line in "
+              "log(parameters), not a measurement.", ""]  # fmt: skip
+    lines += ["## Model size", "", "| method | metric | parameters | change vs ce [95 %] | n |", "| --- | --- | --- | --- | --- |"]
+    for _, r in scaling.iterrows():
+        lines.append(f"| {r.method} | {METRICS[r.metric]} | {r.parameters:,} | {_fmt_change(r)} | {r.n} |")
+    for key, fit in fits.items():
+        method, metric = key.split(" ", 1)
+        lines.append(f"\nFit, `{method}`, {METRICS[metric]}: {_crossing(fit)}.")
+    lines += ["", "![scaling](scaling.png)", ""]
+    if len(sensitivity):
+        lines += ["## GAPT's knobs, one at a time", "",
+                  "| method | knob | value | validation CE vs ce [95 %] | validation MBE vs ce [95 %] | n |",
+                  "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for _, r in sensitivity.iterrows():
+            lines.append(f"| {r.method} | {r.knob} | {r.value} | {_fmt_change(r, 'ce_')} | {_fmt_change(r, 'mbe_')} | "
+                         f"{r.ce_n} |")  # fmt: skip
+        lines += ["", "![sensitivity](sensitivity.png)", ""]
+    lines += ["## Cost", "",
+              f"The study's own runs ({len(arm_runs)}) trained for {cost / 60:.1f} minutes in all, "
+              f"{cost / 120:.1f} minutes on two cores; the scale's own runs it compares with come from the {scale} DAG. "
+              "Tidy data: `study.csv`, `scaling.csv`, `sensitivity.csv`.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def write_study(spec: ReportSpec, scale: str, runs_dir: Path, out: Path) -> None:
+    frame = read_runs(spec, scale, runs_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "study.csv", index=False)
+    scaling, fits = scaling_table(frame, spec, scale)
+    scaling.to_csv(out / "scaling.csv", index=False)
+    fit_rows = pd.DataFrame([{"fit": key, **{k: v for k, v in fit.items() if k not in ("s", "sxx", "t", "x_mean")}}
+                             for key, fit in fits.items()])  # fmt: skip
+    fit_rows.to_csv(out / "scaling_fit.csv", index=False)
+    sensitivity = sensitivity_table(frame, spec, scale)
+    sensitivity.to_csv(out / "sensitivity.csv", index=False)
+    _scaling_figure(scaling, fits, frame, out)
+    _sensitivity_figure(sensitivity, out)
+    (out / "README.md").write_text(readme(spec, scale, frame, scaling, fits, sensitivity))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser("replication.reporting.study", __doc__)
+    parser.add_argument("experiment", type=Path, help="experiments/NAME/config.yaml")
+    parser.add_argument("--scale", required=True)
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    return cli.run(lambda a: write_study(load_report_spec(a.experiment), a.scale, a.runs, a.out), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

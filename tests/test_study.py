@@ -1,0 +1,140 @@
+"""A scale's study (scales.<scale>.study): the scales it derives, the DAG's plan of it, its statistics
+(paired changes per arm, the log-linear fit and where it crosses zero) and its outputs."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from replication.errors import ConfigError
+from replication.reporting.spec import load_report_spec
+from replication.reporting.study import loglinear_fit, scaling_table, sensitivity_table
+from replication.reporting.workflow import Plan, defaults
+from replication.runconfig import load_experiment, resolve_run_config
+
+from .conftest import REPO
+
+FINEWEB = REPO / "experiments" / "fineweb_pretrain" / "config.yaml"
+
+
+def test_a_study_derives_one_scale_per_arm_whose_runs_differ_from_the_scales_only_there():
+    spec = load_experiment(FINEWEB)
+    assert spec.study_arms("cpu")["w64"] == "cpu_study_w64"
+    base, small = (resolve_run_config(spec, s, "gapt", 1).to_dict() for s in ("cpu", "cpu_study_w64"))
+    assert small["model"] == {**base["model"], "n_layer": 6, "d_model": 64, "n_head": 1, "head_dim": 64}
+    assert {k: v for k, v in small.items() if k not in ("model", "scale")} == {
+        k: v for k, v in base.items() if k not in ("model", "scale")
+    }
+    # a knob wins over every layer, the scale's method layer included, and touches one method only
+    knob = resolve_run_config(spec, "cpu_study_patience_x0_5", "gapt", 0).to_dict()
+    assert (knob["gapt"]["patience_memorize"], knob["gapt"]["patience_compress"]) == (18, 18)
+    assert {k: v for k, v in knob["gapt"].items() if not k.startswith("patience")} == {
+        k: v for k, v in base["gapt"].items() if not k.startswith("patience")
+    }
+    assert resolve_run_config(spec, "cpu_study_lambda_10", "gapt_joint", 0).objective.lambda_mbe == 10.0
+    assert list(spec.scales["cpu_study_lambda_10"].methods) == ["gapt_joint"]
+    assert spec.scales["cpu_study_w64"].seeds == [0, 1, 2]
+
+
+def test_a_study_naming_a_method_the_experiment_lacks_is_a_config_error(tmp_path):
+    text = FINEWEB.read_text().replace("knobs:\n        patience_x2: {method: gapt,", "knobs:\n        patience_x2: {method: gapt_x,")
+    bad = tmp_path / "config.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match="study names methods the experiment lacks: \\['gapt_x'\\]"):
+        load_experiment(bad)
+
+
+def test_the_plan_of_a_study_is_its_arms_runs_and_the_scales_own_runs_it_compares_with(tmp_path):
+    plan = Plan({**defaults(), "scale": "smoke", "runs_dir": str(tmp_path)}).check()
+    assert plan.studies() == ["fineweb_pretrain"]
+    runs = {r.path for r in plan.study_runs("fineweb_pretrain")}
+    assert runs == {f"fineweb_pretrain/smoke_study_w16/{m}/seed{s}" for m in ("ce", "gapt") for s in (0, 1)} | {
+        f"fineweb_pretrain/smoke_study_patience_x2/gapt/seed{s}" for s in (0, 1)
+    }
+    assert {r.path for r in plan.study_reference_runs("fineweb_pretrain")} == {
+        f"fineweb_pretrain/smoke/{m}/seed{s}" for m in ("ce", "gapt") for s in (0, 1)
+    }
+    assert len(plan.study_inputs("fineweb_pretrain")) == 10
+    assert plan.run_datasets["fineweb_pretrain/smoke_study_w16/ce/seed0"] == "fineweb_sample_bytes"
+
+
+def test_the_loglinear_fit_is_least_squares_with_its_t_band_and_finds_where_it_crosses_zero():
+    rng = np.random.default_rng(0)
+    x = np.repeat([5.0, 5.5, 6.0, 6.5], 3)
+    y = 0.02 * (x - 7.0) + rng.normal(0, 0.004, len(x))  # crosses zero near 10^7 parameters
+    fit = loglinear_fit(x, y)
+    reference = scipy_stats.linregress(x, y)
+    t = scipy_stats.t.ppf(0.975, len(x) - 2)
+    assert fit["slope"] == pytest.approx(reference.slope) and fit["intercept"] == pytest.approx(reference.intercept)
+    assert fit["slope_high"] - fit["slope"] == pytest.approx(t * reference.stderr)
+    assert fit["zero_at_log10_parameters"] == pytest.approx(-reference.intercept / reference.slope)
+    # the band at x: t s sqrt(1/n + (x - mean)^2 / Sxx); at the fit's crossing it holds zero
+    residual = y - (reference.intercept + reference.slope * x)
+    s = math.sqrt(residual @ residual / (len(x) - 2))
+    assert fit["s"] == pytest.approx(s) and fit["sxx"] == pytest.approx(((x - x.mean()) ** 2).sum())
+    lo, hi = fit["band_holds_zero_from_log10"], fit["band_holds_zero_to_log10"]
+    assert lo < fit["zero_at_log10_parameters"] < hi
+    for edge in (lo, hi):  # where the band's edge touches zero: |line| = t s sqrt(1/n + (x - mean)^2 / Sxx)
+        line = abs(reference.intercept + reference.slope * edge)
+        half = t * s * math.sqrt(1 / len(x) + (edge - x.mean()) ** 2 / fit["sxx"])
+        assert line == pytest.approx(half, abs=2e-4)
+    assert loglinear_fit(np.array([6.0, 6.0, 6.0]), np.array([0.1, 0.2, 0.3])) == {"n": 3}  # one size: no fit
+
+
+def _frame(values):
+    """study.csv rows from {(arm, method, seed): (ce, mbe)}; parameters by arm."""
+    params = {"reference": 1_650_000, "w64": 336_000}
+    rows = []
+    for (arm, method, seed), (ce, mbe) in values.items():
+        for metric, value in (("final/val/ce", ce), ("final/val/mbe", mbe)):
+            rows.append({"arm": arm, "method": method, "seed": seed, "parameters": params.get(arm, 1_650_000),
+                         "metric": metric, "value": value})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_each_arm_is_paired_with_ce_of_its_own_size_and_each_knob_with_the_scales_ce():
+    spec = load_report_spec(FINEWEB)
+    ce_ref, ce_small = {0: 2.0, 1: 2.1, 2: 1.9}, {0: 2.5, 1: 2.6, 2: 2.4}
+    values = {}
+    for seed in range(3):
+        values[("reference", "ce", seed)] = (ce_ref[seed], 1.0)
+        values[("reference", "gapt", seed)] = (ce_ref[seed] * 1.04, 0.5)
+        values[("reference", "gapt_joint", seed)] = (ce_ref[seed] * 1.08, 0.2)
+        values[("w64", "ce", seed)] = (ce_small[seed], 1.0)
+        values[("w64", "gapt", seed)] = (ce_small[seed] * (1.01 + 0.01 * seed), 0.6)
+        values[("patience_x2", "gapt", seed)] = (ce_ref[seed] * (0.96 + 0.01 * seed), 0.8)
+        values[("lambda_10", "gapt_joint", seed)] = (ce_ref[seed] * 1.02, 0.4)
+    scaling, fits = scaling_table(_frame(values), spec, "cpu")
+    ce_rows = scaling[scaling.metric == "final/val/ce"].set_index("arm")
+    assert ce_rows.loc["reference", "change_percent"] == pytest.approx(4.0)
+    logs = [math.log(1.01), math.log(1.02), math.log(1.03)]  # w64 against w64's own ce, seed by seed
+    assert ce_rows.loc["w64", "change_percent"] == pytest.approx(100 * math.expm1(sum(logs) / 3))
+    assert fits["gapt final/val/ce"]["n"] == 6
+    sensitivity = sensitivity_table(_frame(values), spec, "cpu").set_index(["method", "arm"])
+    patience = [math.log(0.96), math.log(0.97), math.log(0.98)]
+    assert sensitivity.loc[("gapt", "patience_x2"), "ce_change_percent"] == pytest.approx(100 * math.expm1(sum(patience) / 3))
+    assert sensitivity.loc[("gapt", "patience_x2"), "gapt_lowers_ce"]  # its interval lies below zero
+    assert sensitivity.loc[("gapt", "reference"), "mbe_change_percent"] == pytest.approx(-50.0)
+    assert sensitivity.loc[("gapt_joint", "lambda_10"), "ce_change_percent"] == pytest.approx(2.0)
+    assert not sensitivity.loc[("gapt_joint", "lambda_10"), "gapt_lowers_ce"]
+
+
+@pytest.mark.slow
+def test_make_study_at_smoke_scale_writes_every_output(tmp_path):
+    paths = [f"{k}={tmp_path}/{k.split('_')[0]}" for k in ("runs_dir", "results_dir", "logs_dir", "data_dir")]
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/smoke.yaml",
+               "--config", *paths, "--quiet", "rules", "--", "study"]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "results" / "smoke" / "study" / "fineweb_pretrain"
+    from replication.reporting.workflow import STUDY_FILES
+
+    assert all((out / name).stat().st_size > 0 for name in STUDY_FILES)
+    study = pd.read_csv(out / "study.csv")
+    assert set(study.arm) == {"reference", "w16", "patience_x2"} and study.parameters.min() < study.parameters.max()
+    readme = (out / "README.md").read_text()
+    assert "## Finding" in readme and "per tenfold in parameters" in readme and "## Cost" in readme
