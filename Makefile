@@ -69,7 +69,7 @@ replicate: check-scale install
 # the study an experiment declares under scales.<scale>.study (model sizes, GAPT's knobs); it reuses
 # the scale's own runs of the methods it compares, training them first when they are missing
 study: check-scale install
-	$(BIN)/snakemake --profile profiles/local-cpu --configfile config/$(SCALE).yaml study
+	$(BIN)/snakemake study --profile profiles/local-cpu --configfile config/$(SCALE).yaml
 
 # one self-contained page: CLAIMS.md, every experiment's table and every figure with its caption
 report: check-scale install
