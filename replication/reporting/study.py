@@ -101,7 +101,8 @@ def read_runs(spec: ReportSpec, scale: str, runs_dir: Path) -> pd.DataFrame:
                 except (OSError, json.JSONDecodeError) as error:
                     raise RunFolderError(f"{path}: cannot read it ({error}); rerun that run") from None
                 base = {"arm": arm.name, "knob": arm.knob, "value_label": arm.value, "scale": arm.scale,
-                        "method": method, "seed": seed, "parameters": parameter_count(summary["config"])}  # fmt: skip
+                        "method": method, "seed": seed, "parameters": parameter_count(summary["config"]),
+                        "commit": summary.get("provenance", {}).get("git_commit", "")[:12]}  # fmt: skip
                 values = {**{k: summary["metrics"].get(k) for k in METRICS},
                           "phase_changes": summary.get("phase_changes"), "wall_time_s": summary.get("wall_time_s")}  # fmt: skip
                 rows += [{**base, "metric": k, "value": v} for k, v in values.items() if v is not None]
@@ -109,7 +110,7 @@ def read_runs(spec: ReportSpec, scale: str, runs_dir: Path) -> pd.DataFrame:
         raise RunFolderError(f"{len(missing)} run(s) of the study have no summary.json, e.g. {missing[0]}; "
                              "run make study (or snakemake study) first")  # fmt: skip
     return pd.DataFrame(rows, columns=["arm", "knob", "value_label", "scale", "method", "seed", "parameters",
-                                       "metric", "value"])  # fmt: skip
+                                       "commit", "metric", "value"])  # fmt: skip
 
 
 def _per_seed(frame: pd.DataFrame, arm: str, method: str, metric: str) -> dict[int, float]:
@@ -275,17 +276,25 @@ def _crossing(fit: dict[str, Any]) -> str:
     if lo is None:
         text += ", and its 95 % band excludes zero over that whole range"
     else:
-        start = f"below {10**lo:.3g}" if lo <= LOG10_RANGE[0] else f"from {10**lo:.3g}"
-        end = f"beyond {10**hi:.3g}" if hi >= LOG10_RANGE[1] else f"to {10**hi:.3g}"
-        text += f", and its 95 % band holds zero {start} {end} parameters"
+        if lo <= LOG10_RANGE[0] and hi >= LOG10_RANGE[1]:
+            where = "everywhere between 10^3 and 10^13 parameters"
+        elif lo <= LOG10_RANGE[0]:
+            where = f"only up to {10**hi:.3g} parameters"
+        elif hi >= LOG10_RANGE[1]:
+            where = f"from {10**lo:.3g} parameters up"
+        else:
+            where = f"only from {10**lo:.3g} to {10**hi:.3g} parameters"
+        text += f", and its 95 % band holds zero {where}"
     return text
 
 
 def readme(spec: ReportSpec, scale: str, frame: pd.DataFrame, scaling: pd.DataFrame, fits: dict[str, dict],
            sensitivity: pd.DataFrame) -> str:  # fmt: skip
     study = spec.scales[scale].study
-    arm_runs = frame[(frame.arm != "reference") & (frame.metric == "wall_time_s")]
-    cost = arm_runs.value.sum()
+    times = frame[frame.metric == "wall_time_s"]
+    arm_runs, own_runs = times[times.arm != "reference"], times[times.arm == "reference"]
+    cost, own_cost = arm_runs.value.sum(), own_runs.value.sum()
+    commits = sorted(set(frame.commit.dropna().astype(str)))
     lines = [f"# Why GAPT's effect has its sign: the {scale} study of {spec.experiment}", ""]
     finding = []
     for key, fit in fits.items():
@@ -323,8 +332,10 @@ def readme(spec: ReportSpec, scale: str, frame: pd.DataFrame, scaling: pd.DataFr
         lines += ["", "![sensitivity](sensitivity.png)", ""]
     lines += ["## Cost", "",
               f"The study's own runs ({len(arm_runs)}) trained for {cost / 60:.1f} minutes in all, "
-              f"{cost / 120:.1f} minutes on two cores; the scale's own runs it compares with come from the {scale} DAG. "
-              "Tidy data: `study.csv`, `scaling.csv`, `sensitivity.csv`.", ""]  # fmt: skip
+              f"{cost / 120:.1f} minutes on two cores; the {len(own_runs)} runs of the {scale} scale it compares with "
+              f"(from the {scale} DAG, or trained by `make study` when missing) for {own_cost / 60:.1f} more. "
+              f"Runs made at commit {', '.join(commits) or 'unknown'}. "
+              "Tidy data: `study.csv`, `scaling.csv`, `scaling_fit.csv`, `sensitivity.csv`.", ""]  # fmt: skip
     return "\n".join(lines)
 
 
