@@ -256,6 +256,8 @@ def resolve_run_config(experiment: ExperimentSpec | str | Path, scale: str, meth
     if method not in spec.methods:
         raise ConfigError(f"experiment {spec.experiment} has no method {method!r}; it has {sorted(spec.methods)}")
     scale_spec = spec.scales[scale]
+    if scale_spec.study_of is not None and method not in scale_spec.methods:
+        raise ConfigError(f"{scale}, an arm of scales.{scale_spec.study_of}.study, runs only {list(scale_spec.methods)}")
     unknown = sorted(set(scale_spec.methods) - set(spec.methods))
     if unknown:
         raise ConfigError(f"scales.{scale}.methods names methods the experiment lacks: {unknown}")

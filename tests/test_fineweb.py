@@ -272,7 +272,7 @@ def test_every_run_of_the_experiment_resolves_and_names_a_declared_data_set():
     for data in spec.datasets.values():
         DatasetOptions.model_validate(data)
     for scale, scale_spec in spec.scales.items():
-        for method in spec.methods:
+        for method in scale_spec.methods if scale_spec.study_of else spec.methods:  # a study's arm: its methods
             config = resolve_run_config(spec, scale, method, scale_spec.seeds[0])
             assert config.task.dataset in spec.datasets
             assert (config.alignment.every > 0) == (method == "ce"), (scale, method)

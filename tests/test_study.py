@@ -37,6 +37,8 @@ def test_a_study_derives_one_scale_per_arm_whose_runs_differ_from_the_scales_onl
     }
     assert resolve_run_config(spec, "cpu_study_lambda_10", "gapt_joint", 0).objective.lambda_mbe == 10.0
     assert list(spec.scales["cpu_study_lambda_10"].methods) == ["gapt_joint"]
+    with pytest.raises(ConfigError, match="cpu_study_lambda_10, an arm of scales.cpu.study, runs only \\['gapt_joint'\\]"):
+        resolve_run_config(spec, "cpu_study_lambda_10", "gapt", 0)
     assert spec.scales["cpu_study_w64"].seeds == [0, 1, 2]
 
 
