@@ -118,8 +118,9 @@ def _per_seed(frame: pd.DataFrame, arm: str, method: str, metric: str) -> dict[i
     return dict(zip(rows.seed.astype(int), rows.value.astype(float)))
 
 
-def _log_ratios(frame: pd.DataFrame, arm: str, method: str, metric: str, baseline_arm: str) -> dict[int, float]:
-    ours, base = _per_seed(frame, arm, method, metric), _per_seed(frame, baseline_arm, BASELINE, metric)
+def _log_ratios(frame: pd.DataFrame, arm: str, method: str, metric: str) -> dict[int, float]:
+    """Per seed, log(method / ce), both of this arm (the fit's points)."""
+    ours, base = _per_seed(frame, arm, method, metric), _per_seed(frame, arm, BASELINE, metric)
     return {s: math.log(ours[s] / base[s]) for s in sorted(set(ours) & set(base)) if ours[s] > 0 and base[s] > 0}
 
 
@@ -169,7 +170,7 @@ def scaling_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> tuple[pd
                 params = frame[(frame.arm == arm) & (frame.method == method)].parameters
                 if params.empty:
                     continue
-                ratios = _log_ratios(frame, arm, method, metric, arm)
+                ratios = _log_ratios(frame, arm, method, metric)
                 estimate = paired_change(_per_seed(frame, arm, method, metric), _per_seed(frame, arm, BASELINE, metric))
                 rows.append({"arm": arm, "parameters": int(params.iloc[0]), "method": method, "metric": metric,
                              **_row(estimate)})  # fmt: skip
@@ -201,7 +202,7 @@ def sensitivity_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> pd.D
 # -- figures ---------------------------------------------------------------------------------------
 
 
-def _scaling_figure(table: pd.DataFrame, fits: dict[str, dict], frame: pd.DataFrame, out: Path) -> None:
+def _scaling_figure(table: pd.DataFrame, fits: dict[str, dict], out: Path) -> None:
     metrics = list(METRICS)
     fig, axes = plt.subplots(1, len(metrics), figsize=(7.0, 2.9), constrained_layout=True)
     for ax, metric in zip(np.atleast_1d(axes), metrics):
@@ -350,7 +351,7 @@ def write_study(spec: ReportSpec, scale: str, runs_dir: Path, out: Path) -> None
     fit_rows.to_csv(out / "scaling_fit.csv", index=False)
     sensitivity = sensitivity_table(frame, spec, scale)
     sensitivity.to_csv(out / "sensitivity.csv", index=False)
-    _scaling_figure(scaling, fits, frame, out)
+    _scaling_figure(scaling, fits, out)
     _sensitivity_figure(sensitivity, out)
     (out / "README.md").write_text(readme(spec, scale, frame, scaling, fits, sensitivity))
 
