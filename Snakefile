@@ -13,7 +13,7 @@ min_version("9.0")
 from replication.errors import ConfigError
 from replication.launch import SERVER_ENV, TrainServer
 from replication.methods import METHOD_NAMES
-from replication.reporting.workflow import STUDY_FILES, TABLE_FILES, Plan, resolve_global_config
+from replication.reporting.workflow import TABLE_FILES, Plan, resolve_global_config
 
 PAPER_CONFIG = f"{workflow.basedir}/config/paper.yaml"  # what runs when nothing names a config or a scale
 

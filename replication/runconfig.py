@@ -138,15 +138,53 @@ class KnobArm(StrictModel):
     config: dict[str, Any]  # run config overrides, over every layer of the scale
 
 
+class SettingArm(StrictModel):
+    """A study's change of the scale's config for every method it runs (a longer run, a larger model
+    and more steps), whose methods are compared with the arm's own ``ce``."""
+
+    methods: list[str]
+    about: str  # the setting, as a reader names it ("6 x 128, 2800 steps")
+    config: dict[str, Any]  # run config overrides, over the scale's config (its method layers still apply)
+
+
+class Threshold(StrictModel):
+    """A bar a study's baseline must clear for its comparisons to speak to the question."""
+
+    metric: str
+    below: float
+
+
 class StudySpec(StrictModel):
     """``scales.<scale>.study``: arms that vary the scale's runs, each a scale of its own named
     ``<scale>_study_<arm>`` (so that the DAG configures and trains them as it does any run).
-    The scale's own runs are the study's reference: its model is one more size, its config the
-    point the knobs move from."""
+    With sizes or knobs, the scale's own runs are the study's reference: its model is one more size,
+    its config the point the knobs move from. A setting arm stands alone: its methods are compared
+    with its own ``ce``."""
 
     seeds: list[Seed]
     sizes: SizeArms | None = None
     knobs: dict[Annotated[str, Field(pattern=ARM_NAME)], KnobArm] = {}
+    settings: dict[Annotated[str, Field(pattern=ARM_NAME)], SettingArm] = {}
+    # what the setting arms report (summary key -> a reader's name); sizes and knobs report the
+    # validation CE and MBE (final/val/ce, final/val/mbe)
+    settings_metrics: dict[str, str] = {}
+    # what ``ce`` must reach in a setting arm for the arm's comparison to speak to the question
+    baseline_learns: Threshold | None = None
+
+    @model_validator(mode="after")
+    def _distinct_arms(self) -> StudySpec:
+        names = [*(self.sizes.models if self.sizes else []), *self.knobs, *self.settings]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"arm names must differ across sizes, knobs and settings: {twice} appear twice")
+        if self.settings and not self.settings_metrics:
+            raise ValueError("a study with settings names the metrics they report (settings_metrics)")
+        return self
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether the study compares with the scale's own runs (sizes and knobs do; settings do not)."""
+        return self.sizes is not None or bool(self.knobs)
 
 
 class ScaleSpec(StrictModel):
@@ -170,6 +208,7 @@ def _study_scales(scale: str, spec: ScaleSpec, methods: dict[str, Any]) -> dict[
     study = spec.study
     derived: dict[str, ScaleSpec] = {}
     arms_methods = ([] if study.sizes is None else study.sizes.methods) + [k.method for k in study.knobs.values()]
+    arms_methods += [m for arm in study.settings.values() for m in arm.methods]
     unknown = sorted(set(arms_methods) - set(methods))
     if unknown:
         raise ValueError(f"scales.{scale}.study names methods the experiment lacks: {unknown}")
@@ -185,6 +224,13 @@ def _study_scales(scale: str, spec: ScaleSpec, methods: dict[str, Any]) -> dict[
         derived[study_scale(scale, arm)] = ScaleSpec(
             seeds=study.seeds, description=f"{scale} with {knob.knob} {knob.value} ({scale}'s study of GAPT's knobs)",
             config=spec.config, methods={knob.method: deep_merge(spec.methods.get(knob.method, {}), knob.config)},
+            reporting=spec.reporting, study_of=scale, arm=arm,
+        )  # fmt: skip
+    for arm, setting in study.settings.items():
+        derived[study_scale(scale, arm)] = ScaleSpec(
+            seeds=study.seeds, description=f"{scale} with {setting.about} ({scale}'s study of settings)",
+            config=deep_merge(spec.config, setting.config),
+            methods={m: spec.methods.get(m, {}) for m in setting.methods},
             reporting=spec.reporting, study_of=scale, arm=arm,
         )  # fmt: skip
     return derived

@@ -13,7 +13,7 @@ from scipy import stats as scipy_stats
 from replication.errors import ConfigError
 from replication.reporting.spec import load_report_spec
 from replication.reporting.study import loglinear_fit, scaling_table, sensitivity_table
-from replication.reporting.workflow import Plan, defaults
+from replication.reporting.workflow import STUDY_FILES, STUDY_PART_FILES, Plan, defaults
 from replication.runconfig import load_experiment, resolve_run_config
 
 from .conftest import REPO
@@ -52,7 +52,7 @@ def test_a_study_naming_a_method_the_experiment_lacks_is_a_config_error(tmp_path
 
 def test_the_plan_of_a_study_is_its_arms_runs_and_the_scales_own_runs_it_compares_with(tmp_path):
     plan = Plan({**defaults(), "scale": "smoke", "runs_dir": str(tmp_path)}).check()
-    assert plan.studies() == ["fineweb_pretrain"]
+    assert plan.studies() == ["fineweb_pretrain", "arithmetic_ood"]
     runs = {r.path for r in plan.study_runs("fineweb_pretrain")}
     assert runs == {f"fineweb_pretrain/smoke_study_w16/{m}/seed{s}" for m in ("ce", "gapt") for s in (0, 1)} | {
         f"fineweb_pretrain/smoke_study_patience_x2/gapt/seed{s}" for s in (0, 1)
@@ -62,6 +62,15 @@ def test_the_plan_of_a_study_is_its_arms_runs_and_the_scales_own_runs_it_compare
     }
     assert len(plan.study_inputs("fineweb_pretrain")) == 10
     assert plan.run_datasets["fineweb_pretrain/smoke_study_w16/ce/seed0"] == "fineweb_sample_bytes"
+    names = [o.rsplit("/", 1)[1] for o in plan.study_outputs("fineweb_pretrain")]
+    assert set(names) == set(STUDY_FILES) | set(STUDY_PART_FILES["sizes"]) | set(STUDY_PART_FILES["knobs"])
+    # a study of settings alone compares each arm with its own ce: no reference runs, settings' files only
+    assert plan.study_reference_runs("arithmetic_ood") == []
+    assert {r.path for r in plan.study_runs("arithmetic_ood")} == {
+        f"arithmetic_ood/smoke_study_longer/{m}/seed{s}" for m in ("ce", "gapt") for s in (0, 1)
+    }
+    names = [o.rsplit("/", 1)[1] for o in plan.study_outputs("arithmetic_ood")]
+    assert set(names) == set(STUDY_FILES) | set(STUDY_PART_FILES["settings"])
 
 
 def test_the_loglinear_fit_is_least_squares_with_its_t_band_and_finds_where_it_crosses_zero():

@@ -35,7 +35,7 @@ def _methods(frame: pd.DataFrame) -> list[str]:
     return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
 
 
-def _palette(methods: list[str]) -> dict[str, tuple]:
+def method_palette(methods: list[str]) -> dict[str, tuple]:
     colors = sns.color_palette("colorblind", n_colors=max(len(METHOD_ORDER), len(methods)))
     return {m: colors[METHOD_ORDER.index(m) if m in METHOD_ORDER else i] for i, m in enumerate(methods)}
 
@@ -85,7 +85,7 @@ def curves(spec: FigureSpec, curves_df: pd.DataFrame, phases: pd.DataFrame, resu
         raise ConfigError(f"figure {spec.file}: curves.csv has none of the metrics {spec.metrics}")
     methods = _methods(data)
     metrics = [m for m in spec.metrics if m in set(data.metric)]
-    palette = _palette(methods)
+    palette = method_palette(methods)
     fig, axes = plt.subplots(len(metrics), len(methods), figsize=(3.2 * len(methods), 2.4 * len(metrics)),
                              sharex=True, sharey="row", squeeze=False)  # fmt: skip
     after_start = data[data.step >= 0.05 * data.step.max()]  # the first steps' values would set the scale
@@ -118,7 +118,7 @@ def mbe_by_layer(spec: FigureSpec, curves_df: pd.DataFrame, results: Path) -> li
     last = data[data.step == data.groupby(["method", "seed"]).step.transform("max")]
     methods = _methods(last)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    sns.lineplot(last, x="layer", y="value", hue="method", hue_order=methods, palette=_palette(methods),
+    sns.lineplot(last, x="layer", y="value", hue="method", hue_order=methods, palette=method_palette(methods),
                  errorbar=t_errorbar, marker="o", ax=ax)  # fmt: skip
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_xlabel("block")
@@ -166,9 +166,9 @@ def by_digits(spec: FigureSpec, summary: pd.DataFrame, results: Path) -> list[Pa
         raise ConfigError(f"figure {spec.file}: summary.csv has no metric starting with {spec.prefixes}")
     methods = _methods(data)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    sns.pointplot(data, x="digits", y="value", hue="method", hue_order=methods, palette=_palette(methods),
+    sns.pointplot(data, x="digits", y="value", hue="method", hue_order=methods, palette=method_palette(methods),
                   errorbar=t_errorbar, dodge=0.4, ax=ax)  # fmt: skip
-    sns.stripplot(data, x="digits", y="value", hue="method", hue_order=methods, palette=_palette(methods),
+    sns.stripplot(data, x="digits", y="value", hue="method", hue_order=methods, palette=method_palette(methods),
                   dodge=True, alpha=0.35, size=3, legend=False, ax=ax)  # fmt: skip
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_xlabel("operand digits")
@@ -186,7 +186,7 @@ def by_method(spec: FigureSpec, summary: pd.DataFrame, results: Path) -> list[Pa
     for ax, metric in zip(axes[0], metrics):
         panel = data[data.metric == metric]
         sns.stripplot(panel, x="method", y="value", order=methods, hue="method", hue_order=methods,
-                      palette=_palette(methods), alpha=0.45, size=4, legend=False, ax=ax)  # fmt: skip
+                      palette=method_palette(methods), alpha=0.45, size=4, legend=False, ax=ax)  # fmt: skip
         sns.pointplot(panel, x="method", y="value", order=methods, color="k", errorbar=t_errorbar,
                       linestyle="none", markers="D", markersize=4, ax=ax)  # fmt: skip
         ax.set_title(metric, fontsize=9)

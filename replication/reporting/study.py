@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,12 @@ from replication import cli  # noqa: E402
 from replication.errors import ConfigError, RunFolderError  # noqa: E402
 from replication.methods import BASELINE, METHOD_NAMES  # noqa: E402
 from replication.models import build_model  # noqa: E402
+from replication.reporting.figures import method_palette  # noqa: E402
 from replication.reporting.spec import ReportSpec, load_report_spec  # noqa: E402
-from replication.reporting.stats import CONFIDENCE, Estimate, paired_change  # noqa: E402
-from replication.runconfig import validate_run_config  # noqa: E402
+from replication.reporting.stats import CONFIDENCE, Estimate, paired_change, t_interval  # noqa: E402
+from replication.reporting.workflow import study_files  # noqa: E402
+from replication.runconfig import StudySpec, validate_run_config  # noqa: E402
+from replication.runio import read_metrics  # noqa: E402
 
 METRICS = {"final/val/ce": "validation CE", "final/val/mbe": "validation MBE"}
 CE = "final/val/ce"
@@ -64,9 +68,11 @@ def arms(spec: ReportSpec, scale: str) -> list[Arm]:
     study = spec.scales[scale].study
     if study is None:
         raise ConfigError(f"experiment {spec.experiment} has no study at scale {scale!r}")
-    model = spec.scales[scale].config.get("model", {})
-    own = f"{scale}'s model" + (f" ({model.get('n_layer')} x {model.get('d_model')})" if model else "")
-    found = [Arm("reference", scale, "default", own, tuple(spec.methods))]
+    found = []
+    if study.has_reference:
+        model = spec.scales[scale].config.get("model", {})
+        own = f"{scale}'s model" + (f" ({model.get('n_layer')} x {model.get('d_model')})" if model else "")
+        found.append(Arm("reference", scale, "default", own, tuple(spec.methods)))
     derived = spec.study_arms(scale)
     if study.sizes is not None:
         for name, overrides in study.sizes.models.items():
@@ -74,7 +80,17 @@ def arms(spec: ReportSpec, scale: str) -> list[Arm]:
             found.append(Arm(name, derived[name], "model size", value, tuple(study.sizes.methods)))
     for name, knob in study.knobs.items():
         found.append(Arm(name, derived[name], knob.knob, knob.value, (knob.method,)))
+    for name, setting in study.settings.items():
+        found.append(Arm(name, derived[name], "setting", setting.about, tuple(setting.methods)))
     return found
+
+
+def study_metrics(study: StudySpec) -> dict[str, str]:
+    """The summary metrics study.csv keeps: the sizes' and knobs', the settings', and the baseline's bar."""
+    metrics = {**(METRICS if study.has_reference else {}), **study.settings_metrics}
+    if study.baseline_learns is not None:
+        metrics.setdefault(study.baseline_learns.metric, study.baseline_learns.metric)
+    return metrics
 
 
 def parameter_count(config: dict[str, Any]) -> int:
@@ -103,7 +119,7 @@ def read_runs(spec: ReportSpec, scale: str, runs_dir: Path) -> pd.DataFrame:
                 base = {"arm": arm.name, "knob": arm.knob, "value_label": arm.value, "scale": arm.scale,
                         "method": method, "seed": seed, "parameters": parameter_count(summary["config"]),
                         "commit": summary.get("provenance", {}).get("git_commit", "")[:12]}  # fmt: skip
-                values = {**{k: summary["metrics"].get(k) for k in METRICS},
+                values = {**{k: summary["metrics"].get(k) for k in study_metrics(study)},
                           "phase_changes": summary.get("phase_changes"), "wall_time_s": summary.get("wall_time_s")}  # fmt: skip
                 rows += [{**base, "metric": k, "value": v} for k, v in values.items() if v is not None]
     if missing:
@@ -199,6 +215,53 @@ def sensitivity_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> pd.D
     return pd.DataFrame(rows)
 
 
+def settings_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> pd.DataFrame:
+    """Per setting arm, method and metric: the mean over seeds with its t interval, and for a gated
+    method the paired relative change against the arm's own ce; for ce, how many seeds clear the bar."""
+    study = spec.scales[scale].study
+    bar = study.baseline_learns
+    rows = []
+    for arm, setting in study.settings.items():
+        for method in setting.methods:
+            for metric in study_metrics(study):
+                values = _per_seed(frame, arm, method, metric)
+                level = t_interval(list(values.values()))
+                row = {"arm": arm, "setting": setting.about, "method": method, "metric": metric, "n": level.n,
+                       "mean": level.mean, "low": level.low, "high": level.high}  # fmt: skip
+                if method != BASELINE and BASELINE in setting.methods:
+                    change = _row(paired_change(values, _per_seed(frame, arm, BASELINE, metric)))
+                    row.update({k: v for k, v in change.items() if k != "n"})
+                if bar is not None and method == BASELINE and metric == bar.metric:
+                    row["seeds_below_bar"] = sum(v < bar.below for v in values.values())
+                rows.append(row)
+    columns = ["arm", "setting", "method", "metric", "n", "mean", "low", "high", "change_percent", "low_percent",
+               "high_percent", "p", "seeds_below_bar"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+def curve_metric(key: str) -> str | None:
+    """The evaluation record a final summary metric takes its value from (None for other summaries)."""
+    return key.removeprefix("final/") if key.startswith("final/") else None
+
+
+def settings_curves(spec: ReportSpec, scale: str, runs_dir: Path) -> pd.DataFrame:
+    """Every evaluation of the setting arms' runs, for the metrics whose final value the study reports."""
+    study = spec.scales[scale].study
+    wanted = {curve_metric(k): k for k in study_metrics(study) if curve_metric(k)}
+    derived = spec.study_arms(scale)
+    rows = []
+    for arm, setting in study.settings.items():
+        for method in setting.methods:
+            for seed in study.seeds:
+                path = runs_dir / spec.experiment / derived[arm] / method / f"seed{seed}" / "metrics.jsonl"
+                for record in read_metrics(path):
+                    if record["kind"] != "eval":
+                        continue
+                    rows += [{"arm": arm, "method": method, "seed": seed, "step": record["step"], "metric": metric,
+                              "value": float(record[metric])} for metric in wanted if record.get(metric) is not None]  # fmt: skip
+    return pd.DataFrame(rows, columns=["arm", "method", "seed", "step", "metric", "value"])
+
+
 # -- figures ---------------------------------------------------------------------------------------
 
 
@@ -255,6 +318,48 @@ def _sensitivity_figure(table: pd.DataFrame, out: Path) -> None:
     plt.close(fig)
 
 
+def _settings_figure(curves: pd.DataFrame, study: StudySpec, out: Path) -> None:
+    """One row per setting arm, one column per reported metric: each method's evaluations against the
+    step (thin: seeds; thick: their mean), the baseline's bar dashed."""
+    labels = {curve_metric(k): name for k, name in study_metrics(study).items() if curve_metric(k)}
+    arm_names, metrics = list(study.settings), list(labels)
+    bar = study.baseline_learns
+    methods = [m for m in METHOD_NAMES if m in set(curves.method)]
+    palette = method_palette(methods)
+    fig, axes = plt.subplots(len(arm_names), len(metrics), figsize=(7.0, 2.2 * len(arm_names) + 0.6), squeeze=False,
+                             constrained_layout=True)  # fmt: skip
+    handles = {}
+    for i, arm in enumerate(arm_names):
+        for j, metric in enumerate(metrics):
+            ax = axes[i][j]
+            panel = curves[(curves.arm == arm) & (curves.metric == metric)]
+            for method in methods:
+                rows = panel[panel.method == method]
+                if rows.empty:
+                    continue
+                for _, seed_rows in rows.groupby("seed"):
+                    ax.plot(seed_rows.step, seed_rows.value, color=palette[method], alpha=0.3, lw=0.8)
+                mean = rows.groupby("step").value.mean()
+                (handles[method],) = ax.plot(mean.index, mean.values, color=palette[method], lw=1.8)
+            if bar is not None and curve_metric(bar.metric) == metric:
+                handles[f"{BASELINE} must reach ({bar.below:g})"] = ax.axhline(bar.below, color="black", lw=0.8, ls="--")
+            if not panel.empty and (panel.value > 0).all() and metric.rsplit("/", 1)[-1].endswith("ce"):
+                ax.set_yscale("log")
+                plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+                low, high = ax.get_ylim()  # minor ticks labelled too where the axis spans less than a decade
+                ax.yaxis.set_major_formatter(plain)
+                ax.yaxis.set_minor_formatter(plain if high / low < 10 else matplotlib.ticker.NullFormatter())
+            ax.set_title(textwrap.fill(labels[metric], 30), fontsize=8)
+            ax.set_xlabel("optimizer step", fontsize=8)
+            ax.tick_params(which="both", labelsize=7)
+        axes[i][0].set_ylabel(textwrap.fill(study.settings[arm].about, 24), fontsize=8)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles), frameon=False,
+               fontsize=8)  # fmt: skip
+    for suffix in ("png", "pdf"):
+        fig.savefig(out / f"settings.{suffix}", dpi=200)
+    plt.close(fig)
+
+
 # -- the README ------------------------------------------------------------------------------------
 
 
@@ -289,8 +394,38 @@ def _crossing(fit: dict[str, Any]) -> str:
     return text
 
 
+def _fmt_level(row: pd.Series) -> str:
+    interval = "" if pd.isna(row["low"]) else f" [{row['low']:.3g}, {row['high']:.3g}]"
+    return f"{row['mean']:.3g}{interval}"
+
+
+def _settings_finding(study: StudySpec, settings: pd.DataFrame) -> list[str]:
+    """Per setting arm: whether ce clears its bar, and each gated method's change on the primary metric."""
+    names = study_metrics(study)
+    primary = next(iter(study.settings_metrics))
+    bar = study.baseline_learns
+    sentences = []
+    for arm, setting in study.settings.items():
+        rows = settings[settings.arm == arm]
+        text = f"With {setting.about}"
+        if bar is not None:
+            base = rows[(rows.method == BASELINE) & (rows.metric == bar.metric)]
+            if len(base):
+                r = base.iloc[0]
+                below, n = int(r.seeds_below_bar), int(r.n)
+                verdict = ("clears the bar" if n and below == n else "does not clear the bar, so the comparison that "
+                           "follows is between models that have not learned the task")  # fmt: skip
+                text += (f", `{BASELINE}` reaches a {names[bar.metric]} of {_fmt_level(r)} ({below} of {n} seeds "
+                         f"below {bar.below:g}): it {verdict}")  # fmt: skip
+        changes = [f"`{r.method}` changes the {names[primary]} against `{BASELINE}` by {_fmt_change(r)} (n={r.n})"
+                   for _, r in rows[(rows.method != BASELINE) & (rows.metric == primary)].iterrows()
+                   if not pd.isna(r.change_percent)]  # fmt: skip
+        sentences.append(text + ("; " + "; ".join(changes) if changes else "") + ".")
+    return sentences
+
+
 def readme(spec: ReportSpec, scale: str, frame: pd.DataFrame, scaling: pd.DataFrame, fits: dict[str, dict],
-           sensitivity: pd.DataFrame) -> str:  # fmt: skip
+           sensitivity: pd.DataFrame, settings: pd.DataFrame) -> str:  # fmt: skip
     study = spec.scales[scale].study
     times = frame[frame.metric == "wall_time_s"]
     arm_runs, own_runs = times[times.arm != "reference"], times[times.arm == "reference"]
@@ -313,16 +448,19 @@ def readme(spec: ReportSpec, scale: str, frame: pd.DataFrame, scaling: pd.DataFr
         finding.append("No knob moved one at a time makes GAPT lower the CE (no interval below zero)." if len(flips) == 0
                        else "These settings make GAPT lower the CE (interval below zero): "
                        + "; ".join(f"`{r.method}` {r.knob} {r.value}" for r in flips.itertuples()) + ".")  # fmt: skip
-    lines += ["## Finding", "", " ".join(finding), "",
-              "A crossing outside the sizes that were run is an extrapolation of a straight line in "
-              "log(parameters), not a measurement.", ""]  # fmt: skip
-    lines += ["## Model size", "", "| method | metric | parameters | change vs ce [95 %] | n |", "| --- | --- | --- | --- | --- |"]
-    for _, r in scaling.iterrows():
-        lines.append(f"| {r.method} | {METRICS[r.metric]} | {r.parameters:,} | {_fmt_change(r)} | {r.n} |")
-    for key, fit in fits.items():
-        method, metric = key.split(" ", 1)
-        lines.append(f"\nFit, `{method}`, {METRICS[metric]}: {_crossing(fit)}.")
-    lines += ["", "![scaling](scaling.png)", ""]
+    finding += _settings_finding(study, settings)
+    lines += ["## Finding", "", " ".join(finding), ""]
+    if study.sizes is not None:
+        lines += ["A crossing outside the sizes that were run is an extrapolation of a straight line in "
+                  "log(parameters), not a measurement.", ""]  # fmt: skip
+        lines += ["## Model size", "", "| method | metric | parameters | change vs ce [95 %] | n |",
+                  "| --- | --- | --- | --- | --- |"]  # fmt: skip
+        for _, r in scaling.iterrows():
+            lines.append(f"| {r.method} | {METRICS[r.metric]} | {r.parameters:,} | {_fmt_change(r)} | {r.n} |")
+        for key, fit in fits.items():
+            method, metric = key.split(" ", 1)
+            lines.append(f"\nFit, `{method}`, {METRICS[metric]}: {_crossing(fit)}.")
+        lines += ["", "![scaling](scaling.png)", ""]
     if len(sensitivity):
         lines += ["## GAPT's knobs, one at a time", "",
                   "| method | knob | value | validation CE vs ce [95 %] | validation MBE vs ce [95 %] | n |",
@@ -331,29 +469,52 @@ def readme(spec: ReportSpec, scale: str, frame: pd.DataFrame, scaling: pd.DataFr
             lines.append(f"| {r.method} | {r.knob} | {r.value} | {_fmt_change(r, 'ce_')} | {_fmt_change(r, 'mbe_')} | "
                          f"{r.ce_n} |")  # fmt: skip
         lines += ["", "![sensitivity](sensitivity.png)", ""]
+    if study.settings:
+        names = study_metrics(study)
+        lines += ["## Settings", "",
+                  "Each setting's methods against the same setting's `ce`: the mean over seeds with its 95 % t "
+                  "interval, and the paired relative change (mean per-seed log ratio, t interval).", "",
+                  "| setting | method | metric | mean [95 %] | change vs ce [95 %] | n |",
+                  "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for _, r in settings.iterrows():
+            change = "—" if pd.isna(r.change_percent) else _fmt_change(r)
+            lines.append(f"| {r.setting} | {r.method} | {names[r.metric]} | {_fmt_level(r)} | {change} | {r.n} |")
+        lines += ["", "![settings](settings.png)", "",
+                  "Thin lines: seeds; thick: their mean; dashed: the bar `ce` must clear. Every evaluation: "
+                  "`settings_curves.csv`.", ""]  # fmt: skip
+    own = (f"; the {len(own_runs)} runs of the {scale} scale it compares with (from the {scale} DAG, or trained by "
+           f"`make study` when missing) for {own_cost / 60:.1f} more" if study.has_reference else "")  # fmt: skip
+    tidy = ", ".join(f"`{name}`" for name in study_files(study) if name.endswith(".csv"))
     lines += ["## Cost", "",
               f"The study's own runs ({len(arm_runs)}) trained for {cost / 60:.1f} minutes in all, "
-              f"{cost / 120:.1f} minutes on two cores; the {len(own_runs)} runs of the {scale} scale it compares with "
-              f"(from the {scale} DAG, or trained by `make study` when missing) for {own_cost / 60:.1f} more. "
-              f"Runs made at commit {', '.join(commits) or 'unknown'}. "
-              "Tidy data: `study.csv`, `scaling.csv`, `scaling_fit.csv`, `sensitivity.csv`.", ""]  # fmt: skip
+              f"{cost / 120:.1f} minutes on two cores{own}. "
+              f"Runs made at commit {', '.join(commits) or 'unknown'}. Tidy data: {tidy}.", ""]  # fmt: skip
     return "\n".join(lines)
 
 
 def write_study(spec: ReportSpec, scale: str, runs_dir: Path, out: Path) -> None:
+    study = spec.scales[scale].study
     frame = read_runs(spec, scale, runs_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "study.csv", index=False)
     scaling, fits = scaling_table(frame, spec, scale)
-    scaling.to_csv(out / "scaling.csv", index=False)
-    fit_rows = pd.DataFrame([{"fit": key, **{k: v for k, v in fit.items() if k not in ("s", "sxx", "t", "x_mean")}}
-                             for key, fit in fits.items()])  # fmt: skip
-    fit_rows.to_csv(out / "scaling_fit.csv", index=False)
+    if study is not None and study.sizes is not None:
+        scaling.to_csv(out / "scaling.csv", index=False)
+        fit_rows = pd.DataFrame([{"fit": key, **{k: v for k, v in fit.items() if k not in ("s", "sxx", "t", "x_mean")}}
+                                 for key, fit in fits.items()])  # fmt: skip
+        fit_rows.to_csv(out / "scaling_fit.csv", index=False)
+        _scaling_figure(scaling, fits, out)
     sensitivity = sensitivity_table(frame, spec, scale)
-    sensitivity.to_csv(out / "sensitivity.csv", index=False)
-    _scaling_figure(scaling, fits, out)
-    _sensitivity_figure(sensitivity, out)
-    (out / "README.md").write_text(readme(spec, scale, frame, scaling, fits, sensitivity))
+    if study.knobs:
+        sensitivity.to_csv(out / "sensitivity.csv", index=False)
+        _sensitivity_figure(sensitivity, out)
+    settings = settings_table(frame, spec, scale)
+    if study.settings:
+        settings.to_csv(out / "settings.csv", index=False)
+        curves = settings_curves(spec, scale, runs_dir)
+        curves.to_csv(out / "settings_curves.csv", index=False)
+        _settings_figure(curves, study, out)
+    (out / "README.md").write_text(readme(spec, scale, frame, scaling, fits, sensitivity, settings))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,11 +26,23 @@ from replication import cli, launch
 from replication.config import ConfigError, load_yaml
 from replication.methods import BASELINE, METHOD_NAMES
 from replication.reporting.spec import ReportSpec, load_report_spec
-from replication.runconfig import resolve_run_config
+from replication.runconfig import StudySpec, resolve_run_config
 
 TABLE_FILES = ("summary.csv", "runs.csv", "curves.csv", "phases.csv", "alignment.csv", "table.md")
-STUDY_FILES = ("study.csv", "scaling.csv", "scaling_fit.csv", "sensitivity.csv", "scaling.png", "scaling.pdf",
-               "sensitivity.png", "sensitivity.pdf", "README.md")  # fmt: skip
+
+# the files of a study's report: these always, and those of each part the study has
+STUDY_FILES = ("study.csv", "README.md")
+STUDY_PART_FILES = {
+    "sizes": ("scaling.csv", "scaling_fit.csv", "scaling.png", "scaling.pdf"),
+    "knobs": ("sensitivity.csv", "sensitivity.png", "sensitivity.pdf"),
+    "settings": ("settings.csv", "settings_curves.csv", "settings.png", "settings.pdf"),
+}
+
+
+def study_files(study: StudySpec) -> list[str]:
+    """The files replication.reporting.study writes for this study."""
+    parts = {"sizes": study.sizes is not None, "knobs": bool(study.knobs), "settings": bool(study.settings)}
+    return [*STUDY_FILES, *(name for part, has in parts.items() if has for name in STUDY_PART_FILES[part])]
 
 
 @dataclass(frozen=True)
@@ -67,9 +79,8 @@ class Plan:
                 raise ConfigError(f"{self.experiment_config(name)} names itself {spec.experiment!r}, not {name!r}")
         for name, spec in specs.items():
             if self.scale not in spec.scales:
-                raise ConfigError(
-                    f"experiment {name} has no scale {self.scale!r}; its scales: {', '.join(sorted(spec.scales))}"
-                )
+                own = sorted(s for s, scale in spec.scales.items() if scale.study_of is None)  # not a study's arms
+                raise ConfigError(f"experiment {name} has no scale {self.scale!r}; its scales: {', '.join(own)}")
         return specs
 
     def methods(self, experiment: str) -> list[str]:
@@ -94,10 +105,11 @@ class Plan:
                 for m in spec.scales[scale].methods for seed in spec.scales[scale].seeds]  # fmt: skip
 
     def study_reference_runs(self, experiment: str) -> list[RunId]:
-        """The scale's own runs a study compares against: its model size and the knobs' defaults."""
+        """The scale's own runs a study compares against: its model size and the knobs' defaults
+        (none for a study of settings alone, whose arms stand on their own)."""
         spec = self.specs[experiment]
         study = spec.scales[self.scale].study
-        if study is None:
+        if study is None or not study.has_reference:
             return []
         methods = {BASELINE, *(study.sizes.methods if study.sizes else []), *(k.method for k in study.knobs.values())}
         return [RunId(experiment, self.scale, m, seed) for m in spec.methods if m in methods for seed in study.seeds]
@@ -113,7 +125,8 @@ class Plan:
         return [f"{self.run_dir(run)}/summary.json" for run in runs]
 
     def study_outputs(self, experiment: str) -> list[str]:
-        return [f"{self.study_dir(experiment)}/{name}" for name in STUDY_FILES]
+        study = self.specs[experiment].scales[self.scale].study
+        return [f"{self.study_dir(experiment)}/{name}" for name in study_files(study)]
 
     @cached_property
     def run_datasets(self) -> dict[str, str]:

@@ -1,23 +1,27 @@
 # A scale's study (scales.<scale>.study of an experiment file): the runs of its arms, each a scale of
-# its own (<scale>_study_<arm>), and the scale's own runs, into tidy CSVs, two figures and a README
-# under results/<scale>/study/<experiment>/. Not part of `all`: `make study` asks for the `study` target.
+# its own (<scale>_study_<arm>), and the scale's own runs it compares with, into tidy CSVs, figures and
+# a README under results/<scale>/study/<experiment>/. One rule per experiment with a study, since the
+# files depend on the study's parts (replication.reporting.workflow.study_files). Not part of `all`:
+# `make study` asks for the `study` target.
 
 
-rule study_report:
-    input:
-        config=lambda w: PLAN.experiment_config(w.experiment),
-        summaries=lambda w: PLAN.study_inputs(w.experiment),
-    output:
-        [f"{config['results_dir']}/{{scale}}/study/{{experiment}}/{name}" for name in STUDY_FILES],
-    log:
-        f"{LOGS}/{{experiment}}/{{scale}}/study.log",
-    params:
-        out=lambda w: PLAN.study_dir(w.experiment),
-    shell:
-        logged(
-            "{PYTHON} -m replication.reporting.study {input.config} --scale {wildcards.scale} --runs {RUNS} "
-            "--out {params.out}"
-        )
+for _experiment in PLAN.studies():
+
+    rule:
+        name:
+            f"study_report_{_experiment}"
+        input:
+            config=PLAN.experiment_config(_experiment),
+            summaries=PLAN.study_inputs(_experiment),
+        output:
+            PLAN.study_outputs(_experiment),
+        log:
+            f"{LOGS}/{_experiment}/{PLAN.scale}/study.log",
+        params:
+            out=PLAN.study_dir(_experiment),
+        shell:
+            logged("{PYTHON} -m replication.reporting.study {input.config} --scale " + PLAN.scale
+                   + " --runs {RUNS} --out {params.out}")
 
 
 rule study:
