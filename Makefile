@@ -1,7 +1,7 @@
 # Two entry points, each installing what it needs into .venv first:
 #   make test        the test suite, then the smoke DAG end to end (what CI runs)
 #   make replicate   the replication at the scale this machine can carry (SCALE=cpu by default)
-#   make study       the scale's study of model size and GAPT's knobs (SCALE=cpu; results/<scale>/study/)
+#   make study       the scale's studies: model size, GAPT's knobs, settings (SCALE=cpu; results/<scale>/study/)
 #   make mutation    mutation testing of the core with mutmut (not part of CI; README, "Mutation testing")
 #   make gpu-check   the GPU path on one CUDA device in at most 8 minutes, no network (README, "Running a scale")
 #   make test-slurm  the smoke DAG through a real one-node SLURM started for it (root; README, "Running a scale")
@@ -66,8 +66,8 @@ check-scale:
 replicate: check-scale install
 	$(BIN)/snakemake --profile profiles/local-cpu --configfile config/$(SCALE).yaml
 
-# the study an experiment declares under scales.<scale>.study (model sizes, GAPT's knobs); it reuses
-# the scale's own runs of the methods it compares, training them first when they are missing
+# the studies the experiments declare under scales.<scale>.study (sizes, knobs, settings); it reuses
+# (sizes and knobs) the scale's own runs of the methods they compare, training them first when missing
 study: check-scale install
 	$(BIN)/snakemake study --profile profiles/local-cpu --configfile config/$(SCALE).yaml
 

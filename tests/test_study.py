@@ -12,13 +12,20 @@ from scipy import stats as scipy_stats
 
 from replication.errors import ConfigError
 from replication.reporting.spec import load_report_spec
-from replication.reporting.study import loglinear_fit, scaling_table, sensitivity_table
+from replication.reporting.study import (
+    _settings_finding,
+    loglinear_fit,
+    scaling_table,
+    sensitivity_table,
+    settings_table,
+)
 from replication.reporting.workflow import STUDY_FILES, STUDY_PART_FILES, Plan, defaults
 from replication.runconfig import load_experiment, resolve_run_config
 
 from .conftest import REPO
 
 FINEWEB = REPO / "experiments" / "fineweb_pretrain" / "config.yaml"
+ARITHMETIC = REPO / "experiments" / "arithmetic_ood" / "config.yaml"
 
 
 def test_a_study_derives_one_scale_per_arm_whose_runs_differ_from_the_scales_only_there():
@@ -40,6 +47,44 @@ def test_a_study_derives_one_scale_per_arm_whose_runs_differ_from_the_scales_onl
     with pytest.raises(ConfigError, match="cpu_study_lambda_10, an arm of scales.cpu.study, runs only \\['gapt_joint'\\]"):
         resolve_run_config(spec, "cpu_study_lambda_10", "gapt", 0)
     assert spec.scales["cpu_study_w64"].seeds == [0, 1, 2]
+
+
+def test_a_setting_arm_changes_the_scales_config_for_its_methods_only():
+    spec = load_experiment(ARITHMETIC)
+    assert spec.study_arms("cpu") == {"steps_x4": "cpu_study_steps_x4", "wide_steps_x2": "cpu_study_wide_steps_x2"}
+    base, wide = (resolve_run_config(spec, s, "ce", 2).to_dict() for s in ("cpu", "cpu_study_wide_steps_x2"))
+    assert wide["model"] == {**base["model"], "d_model": 192, "n_head": 6, "head_dim": 32}
+    assert wide["train"] == {**base["train"], "steps": 1400, "eval_every": 100, "checkpoint_every": 200}
+    assert wide["task"] == {**base["task"], "train_examples": 2_000_000}
+    assert wide["gapt"] == {**base["gapt"], "patience_memorize": 200, "patience_compress": 200}
+    assert {k: v for k, v in wide.items() if k not in ("model", "train", "task", "gapt", "scale")} == {
+        k: v for k, v in base.items() if k not in ("model", "train", "task", "gapt", "scale")
+    }
+    assert list(spec.scales["cpu_study_steps_x4"].methods) == ["ce"]
+    with pytest.raises(ConfigError, match="runs only \\['ce'\\]"):
+        resolve_run_config(spec, "cpu_study_steps_x4", "gapt", 0)
+    assert not spec.scales["cpu"].study.has_reference and spec.scales["smoke"].study.has_reference is False
+
+
+def test_a_study_of_settings_names_the_metrics_they_report(tmp_path):
+    text = ARITHMETIC.read_text()
+    line = "      settings_metrics: *arithmetic_study_metrics\n"
+    assert line in text
+    bad = tmp_path / "config.yaml"
+    bad.write_text(text.replace(line, "", 1))
+    with pytest.raises(ConfigError, match="a study with settings names the metrics they report"):
+        load_experiment(bad)
+
+
+def test_arm_names_are_unique_across_sizes_knobs_and_settings(tmp_path):
+    text = FINEWEB.read_text()
+    assert "      knobs:\n" in text
+    twice = "      settings:\n        w16: {methods: [ce], about: twice, config: {}}\n" \
+            "      settings_metrics: {final/val/ce: CE}\n      knobs:\n"  # fmt: skip
+    bad = tmp_path / "config.yaml"
+    bad.write_text(text.replace("      knobs:\n", twice, 1))
+    with pytest.raises(ConfigError, match="arm names must differ across sizes, knobs and settings: \\['w16'\\]"):
+        load_experiment(bad)
 
 
 def test_a_study_naming_a_method_the_experiment_lacks_is_a_config_error(tmp_path):
@@ -142,10 +187,50 @@ def test_make_study_at_smoke_scale_writes_every_output(tmp_path):
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "results" / "smoke" / "study" / "fineweb_pretrain"
-    from replication.reporting.workflow import STUDY_FILES
-
-    assert all((out / name).stat().st_size > 0 for name in STUDY_FILES)
+    for name in [*STUDY_FILES, *STUDY_PART_FILES["sizes"], *STUDY_PART_FILES["knobs"]]:
+        assert (out / name).stat().st_size > 0, name
     study = pd.read_csv(out / "study.csv")
     assert set(study.arm) == {"reference", "w16", "patience_x2"} and study.parameters.min() < study.parameters.max()
     readme = (out / "README.md").read_text()
     assert "## Finding" in readme and "per tenfold in parameters" in readme and "## Cost" in readme
+    arithmetic = tmp_path / "results" / "smoke" / "study" / "arithmetic_ood"
+    for name in [*STUDY_FILES, *STUDY_PART_FILES["settings"]]:
+        assert (arithmetic / name).stat().st_size > 0, name
+    assert not (arithmetic / "scaling.csv").exists() and not (arithmetic / "sensitivity.csv").exists()
+    settings = pd.read_csv(arithmetic / "settings.csv")
+    assert set(zip(settings.method, settings.metric)) >= {("gapt", "final/ood/answer_ce"), ("ce", "final/id/answer_ce")}
+    curves = pd.read_csv(arithmetic / "settings_curves.csv")
+    assert set(curves.metric) == {"ood/answer_ce", "id/answer_ce", "ood/mbe"} and curves.step.max() == 40
+    assert "`ce` reaches a held-out ID answer CE (nats) of" in (arithmetic / "README.md").read_text()
+
+
+def _settings_frame(values):
+    """study.csv rows from {(arm, method, seed): {metric: value}}."""
+    return pd.DataFrame([{"arm": arm, "method": method, "seed": seed, "parameters": 1, "metric": metric, "value": v}
+                         for (arm, method, seed), metrics in values.items() for metric, v in metrics.items()])  # fmt: skip
+
+
+def test_a_setting_pairs_each_method_with_its_own_ce_and_counts_the_seeds_under_the_bar():
+    spec = load_report_spec(ARITHMETIC)  # smoke: one setting, "longer", running ce and gapt on seeds 0 and 1
+    ood, bar = "final/ood/answer_ce", "final/id/answer_ce"
+    values = {
+        ("longer", "ce", 0): {ood: 4.0, bar: 0.05},
+        ("longer", "ce", 1): {ood: 5.0, bar: 0.1},  # on the bar is not below it
+        ("longer", "gapt", 0): {ood: 3.0, bar: 0.5},
+        ("longer", "gapt", 1): {ood: 4.5, bar: 0.01},
+        ("reference", "ce", 0): {ood: 1.0, bar: 0.01},  # another arm's ce: never the baseline here
+        ("reference", "ce", 1): {ood: 1.0, bar: 0.01},
+    }
+    table = settings_table(_settings_frame(values), spec, "smoke").set_index(["method", "metric"])
+    change = 100 * math.expm1((math.log(3.0 / 4.0) + math.log(4.5 / 5.0)) / 2)
+    assert table.loc[("gapt", ood), "change_percent"] == pytest.approx(change)
+    level = scipy_stats.t.interval(0.95, 1, loc=4.5, scale=scipy_stats.sem([4.0, 5.0]))
+    assert (table.loc[("ce", ood), "low"], table.loc[("ce", ood), "high"]) == pytest.approx(level)
+    assert table.loc[("ce", bar), "seeds_below_bar"] == 1 and pd.isna(table.loc[("gapt", bar), "seeds_below_bar"])
+    assert pd.isna(table.loc[("ce", ood), "change_percent"])
+    study = spec.scales["smoke"].study
+    [sentence] = _settings_finding(study, table.reset_index())
+    assert "(1 of 2 seeds below 0.1): it does not clear the bar" in sentence and f"by {change:+.1f} %" in sentence
+    values[("longer", "ce", 1)] = {ood: 5.0, bar: 0.09}
+    [sentence] = _settings_finding(study, settings_table(_settings_frame(values), spec, "smoke"))
+    assert "(2 of 2 seeds below 0.1): it clears the bar" in sentence
