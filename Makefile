@@ -2,6 +2,7 @@
 #   make test        the test suite, then the smoke DAG end to end (what CI runs)
 #   make replicate   the replication at the scale this machine can carry (SCALE=cpu by default)
 #   make study       the scale's studies: model size, GAPT's knobs, settings (SCALE=cpu; results/<scale>/study/)
+#   make crosscheck  do CLAIMS.md and the README's claims table say what the committed summaries say?
 #   make mutation    mutation testing of the core with mutmut (not part of CI; README, "Mutation testing")
 #   make gpu-check   the GPU path on one CUDA device in at most 8 minutes, no network (README, "Running a scale")
 #   make test-slurm  the smoke DAG through a real one-node SLURM started for it (root; README, "Running a scale")
@@ -19,10 +20,10 @@ SMOKE ?= .smoke
 SCALES := $(sort $(patsubst config/%.yaml,%,$(wildcard config/*.yaml)))
 TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: install test test-fast smoke replicate study report bench check-scale mutation gpu-check test-slurm
+.PHONY: install test test-fast smoke replicate study report crosscheck bench check-scale mutation gpu-check test-slurm
 
 # a wrong SCALE stops make before anything runs, with one line naming the valid scales
-ifneq ($(filter replicate study report check-scale,$(MAKECMDGOALS)),)
+ifneq ($(filter replicate study report crosscheck check-scale,$(MAKECMDGOALS)),)
 ifneq ($(words $(filter $(SCALE),$(SCALES))),1)
 $(error SCALE=$(SCALE) is not a scale; choose one of: $(SCALES))
 endif
@@ -74,6 +75,10 @@ study: check-scale install
 # one self-contained page: CLAIMS.md, every experiment's table and every figure with its caption
 report: check-scale install
 	$(BIN)/python -m replication.reporting.report --scale $(SCALE)
+
+# the committed CLAIMS.md made again from the committed summaries, and the README's quotes against it
+crosscheck: check-scale install
+	$(BIN)/python -m replication.reporting.crosscheck config/$(SCALE).yaml
 
 # benchmarks (python -m benchmarks --help): ratios measured side by side, written to results/benchmarks
 bench: install

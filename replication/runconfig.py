@@ -250,6 +250,7 @@ class ExperimentSpec(StrictModel):
     # the reporting sections, validated by replication.reporting.spec.ReportSpec
     paper: dict[str, Any] = {}
     figures: list[Any] = []
+    labels: dict[str, str] = {}
     reporting: dict[str, Any] = {}
 
     @field_validator("methods")

@@ -106,7 +106,8 @@ def collect(spec: ReportSpec, scale: str, runs: Path, methods: list[str], seeds:
     frames = {
         "summary": summary_frame,
         "runs": pd.DataFrame(run_rows),
-        "curves": pd.DataFrame(curve_rows, columns=["method", "seed", "kind", "step", "tokens", "metric", "layer", "value"]),
+        "curves": pd.DataFrame(curve_rows, columns=["method", "seed", "kind", "step", "tokens", "stage", "metric", "layer",
+                                                    "value"]),  # fmt: skip
         "phases": pd.DataFrame(phase_rows, columns=["method", "seed", "phase", "start_step", "end_step"]),
         "alignment": pd.DataFrame(
             align_rows, columns=["method", "seed", "step", "layer", "cos", "noise_cos", "norm_ce", "norm_mbe"]
@@ -151,7 +152,9 @@ def _curve_rows(key: dict, records: list[dict], steps: int, max_train_points: in
     stride = max(1, steps // max_train_points)
     for r in records:
         if r["kind"] == "eval" or (r["kind"] == "train" and (r["step"] % stride == 0 or r["step"] == steps - 1)):
-            base = {**key, "kind": r["kind"], "step": r["step"], "tokens": r.get("tokens")}
+            # a staged task's records name their stage (forgetting: mix, then finetune); the figures mark its end
+            stage = r.get("stage") if isinstance(r.get("stage"), str) else None
+            base = {**key, "kind": r["kind"], "step": r["step"], "tokens": r.get("tokens"), "stage": stage}
             for metric, value in r.items():
                 if metric in TRAIN_KEYS_SKIPPED:
                     continue

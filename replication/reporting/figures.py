@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import textwrap
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -26,8 +28,18 @@ from replication.methods import METHOD_NAMES  # noqa: E402
 from replication.reporting.spec import FigureSpec, ReportSpec, load_report_spec  # noqa: E402
 from replication.reporting.stats import t_errorbar  # noqa: E402
 
-METHOD_ORDER = list(METHOD_NAMES)  # the registry's order, and each method's colour by its place in it
-COMPRESS_MAX_GREY = 0.3  # background grey when every seed compresses (a share of black)
+METHOD_ORDER = list(METHOD_NAMES)  # the registry's order
+# (colour, line style, marker) per method: Okabe-Ito colours whose lightness differs where the line
+# style does not, so that the four methods stay apart in greyscale too
+METHOD_STYLE = {
+    "ce": ("#000000", "-", "o"),
+    "ce_mbe": ("#56B4E9", ":", "s"),
+    "gapt": ("#D55E00", "-", "D"),
+    "gapt_joint": ("#0072B2", "--", "^"),
+}
+DASHES = {"-": "", ":": (1, 1.5), "--": (4, 2)}  # seaborn's dash patterns of the line styles
+PAGE_WIDTH = 7.0  # inches: a two-column paper's text width; one column is about half
+MIN_PHASE_WIDTH = 0.004  # of the step axis: the narrowest compress phase drawn (a 1-step phase stays visible)
 
 
 def _methods(frame: pd.DataFrame) -> list[str]:
@@ -35,42 +47,77 @@ def _methods(frame: pd.DataFrame) -> list[str]:
     return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
 
 
-def method_palette(methods: list[str]) -> dict[str, tuple]:
-    colors = sns.color_palette("colorblind", n_colors=max(len(METHOD_ORDER), len(methods)))
-    return {m: colors[METHOD_ORDER.index(m) if m in METHOD_ORDER else i] for i, m in enumerate(methods)}
+def method_palette(methods: list[str]) -> dict[str, Any]:
+    extra = iter(sns.color_palette("colorblind", n_colors=len(methods) + 8)[4:])
+    return {m: METHOD_STYLE[m][0] if m in METHOD_STYLE else next(extra) for m in methods}
+
+
+def method_dashes(methods: list[str]) -> dict[str, Any]:
+    return {m: DASHES[METHOD_STYLE.get(m, ("", "-", "o"))[1]] for m in methods}
+
+
+def method_markers(methods: list[str]) -> dict[str, str]:
+    return {m: METHOD_STYLE.get(m, ("", "-", "o"))[2] for m in methods}
+
+
+def label(labels: dict[str, str], metric: str) -> str:
+    """A metric's name for a reader (the experiment file's ``labels``), its key where it has none."""
+    return labels.get(metric, metric)
 
 
 def _save(fig: plt.Figure, results: Path, stem: str, title: str) -> list[Path]:
     if title:
-        fig.suptitle(title)
+        fig.suptitle(textwrap.fill(title, int(11 * fig.get_figwidth())), fontsize=10)  # ~11 characters an inch
     if not fig.get_layout_engine():
         fig.tight_layout()
     paths = [results / f"{stem}.png", results / f"{stem}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=150)
+        fig.savefig(path, dpi=200)
     plt.close(fig)
     return paths
 
 
-def compress_fraction(phases: pd.DataFrame, method: str, n_steps: int) -> np.ndarray:
-    """For every step, the fraction of the method's seeds that were in the compress phase."""
-    rows = phases[phases.method == method]
-    count = np.zeros(n_steps)
-    for row in rows[rows.phase == "compress"].itertuples():
-        count[int(row.start_step) : int(row.end_step)] += 1
-    return count / max(rows.seed.nunique(), 1)
-
-
-def _shade_compress(ax: plt.Axes, phases: pd.DataFrame, method: str) -> None:
-    """Grey background, darker where more seeds were compressing at that step (white: none)."""
+def gated_methods(phases: pd.DataFrame) -> list[str]:
+    """The methods whose runs changed phase: those a phase strip is drawn for (``ce`` never compresses
+    and ``ce_mbe`` always does, which the captions say)."""
     if phases.empty:
-        return
-    n_steps = int(phases.end_step.max())
-    fraction = compress_fraction(phases, method, n_steps)
-    if not fraction.any():
-        return
-    ax.imshow(fraction[None, :], extent=(0, n_steps, 0, 1), transform=ax.get_xaxis_transform(), aspect="auto",
-              cmap="Greys", vmin=0.0, vmax=1.0 / COMPRESS_MAX_GREY, interpolation="nearest", zorder=0)  # fmt: skip
+        return []
+    both = phases.groupby("method").phase.nunique()
+    return [m for m in _methods(phases) if both.get(m, 0) > 1]
+
+
+def _phase_strip(ax: plt.Axes, phases: pd.DataFrame, methods: list[str], x_max: float) -> None:
+    """One row per seed of each method, its compress phases as bars in the method's colour, each at
+    least MIN_PHASE_WIDTH of the axis wide."""
+    palette, row, ticks = method_palette(methods), 0, []
+    min_width = MIN_PHASE_WIDTH * x_max
+    for method in methods:
+        rows = phases[phases.method == method]
+        seeds = sorted(rows.seed.unique())
+        for i, seed in enumerate(seeds):
+            spans = [(r.start_step, max(r.end_step - r.start_step, min_width))
+                     for r in rows[(rows.seed == seed) & (rows.phase == "compress")].itertuples()]  # fmt: skip
+            ax.broken_barh(spans, (row + i + 0.1, 0.8), color=palette[method], lw=0)
+        ticks.append((row + len(seeds) / 2, method))
+        row += len(seeds) + 1
+    ax.set_ylim(row - 1, 0)
+    ax.set_yticks([t for t, _ in ticks], [m for _, m in ticks], fontsize=7)
+    ax.grid(False)
+    ax.set_xlim(0, x_max)
+    ax.set_title("compress phases, one row per seed", fontsize=8, loc="left")
+
+
+def stage_ends(curves_df: pd.DataFrame) -> list[tuple[float, str, str]]:
+    """(step, stage, next stage) where a staged run's evaluations change stage (the ends of all but the
+    last stage; each is an evaluation step, which the task's config ensures)."""
+    if "stage" not in curves_df or curves_df.stage.isna().all():
+        return []
+    evals = curves_df[(curves_df.kind == "eval") & curves_df.stage.notna()]
+    ends = set()
+    for _, run in evals.drop_duplicates(["method", "seed", "step"]).sort_values("step").groupby(["method", "seed"]):
+        stages, steps = list(run.stage), list(run.step)
+        ends |= {(steps[i], stages[i], stages[i + 1]) for i in range(len(steps) - 1) if stages[i] != stages[i + 1]}
+    return sorted(ends)
 
 
 def _robust_limits(values: pd.Series) -> tuple[float, float]:
@@ -79,50 +126,75 @@ def _robust_limits(values: pd.Series) -> tuple[float, float]:
     return lo - margin, hi + margin
 
 
-def curves(spec: FigureSpec, curves_df: pd.DataFrame, phases: pd.DataFrame, results: Path) -> list[Path]:
+def curves(spec: FigureSpec, curves_df: pd.DataFrame, phases: pd.DataFrame, results: Path,
+           labels: dict[str, str] | None = None) -> list[Path]:  # fmt: skip
+    """One panel per metric, the methods overlaid (mean over seeds, 95 % t band), stage ends dashed,
+    and a strip of every gated run's compress phases below."""
+    labels = labels or {}
     data = curves_df[curves_df.metric.isin(spec.metrics) & curves_df.layer.isna()]
     if data.empty:
         raise ConfigError(f"figure {spec.file}: curves.csv has none of the metrics {spec.metrics}")
     methods = _methods(data)
     metrics = [m for m in spec.metrics if m in set(data.metric)]
-    palette = method_palette(methods)
-    fig, axes = plt.subplots(len(metrics), len(methods), figsize=(3.2 * len(methods), 2.4 * len(metrics)),
-                             sharex=True, sharey="row", squeeze=False)  # fmt: skip
-    after_start = data[data.step >= 0.05 * data.step.max()]  # the first steps' values would set the scale
+    gated = gated_methods(phases[phases.method.isin(methods)]) if not phases.empty else []
+    ends = stage_ends(curves_df)
+    cols = len(metrics) if len(metrics) <= 3 else 2
+    rows = -(-len(metrics) // cols)
+    strip_rows = sum(phases[phases.method == m].seed.nunique() + 1 for m in gated)
+    strip_height = 0.35 + min(0.07 * strip_rows, 1.2) if gated else 0
+    fig = plt.figure(figsize=(PAGE_WIDTH, 2.2 * rows + strip_height + 0.5), layout="constrained")
+    grid = fig.add_gridspec(rows + bool(gated), cols, height_ratios=[2.2] * rows + ([strip_height] if gated else []))
+    x_max = float(data.step.max())
+    after_start = data[data.step >= 0.05 * x_max]  # the first steps' values would set the scale
+    axes = []
     for i, metric in enumerate(metrics):
-        axes[i, 0].set_ylim(*_robust_limits(after_start[after_start.metric == metric].value))
-        for j, method in enumerate(methods):
-            ax = axes[i, j]
-            _shade_compress(ax, phases, method)
-            panel = data[(data.metric == metric) & (data.method == method)]
-            for _, seed_rows in panel.groupby("seed"):
-                ax.plot(seed_rows.step, seed_rows.value, color=palette[method], alpha=0.25, lw=0.8)
-            mean = panel.groupby("step").value.mean()
-            ax.plot(mean.index, mean.values, color=palette[method], lw=1.8)
+        ax = fig.add_subplot(grid[i // cols, i % cols], sharex=axes[0] if axes else None)
+        axes.append(ax)
+        panel = data[data.metric == metric]
+        sns.lineplot(panel, x="step", y="value", hue="method", hue_order=methods, palette=method_palette(methods),
+                     style="method", style_order=methods, dashes=method_dashes(methods), errorbar=t_errorbar,
+                     err_kws={"alpha": 0.12, "lw": 0}, lw=1.4, ax=ax, legend=i == 0)  # fmt: skip
+        ax.set_ylim(*_robust_limits(after_start[after_start.metric == metric].value))
+        ax.set_title(textwrap.fill(label(labels, metric), 34), fontsize=8)
+        ax.set_ylabel("")
+        ax.set_xlabel("optimizer step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        for step, before, after in ends:
+            ax.axvline(step, color="0.25", lw=0.9, ls=(0, (4, 2)), zorder=1)
             if i == 0:
-                ax.set_title(method)
-            if j == 0:
-                ax.set_ylabel(metric)
-            if i == len(metrics) - 1:
-                ax.set_xlabel("optimizer step")
-    fig.text(0.99, 0.005, "grey: share of seeds in the compress phase at each step; thin: seeds, thick: mean; "
-             "y axes span the 0.5-99.5 % quantiles after the first 5 % of steps",
-             ha="right", va="bottom", fontsize=7, color="0.35")  # fmt: skip
+                ax.annotate(f"{before} | {after}", (step, 1.0), xycoords=("data", "axes fraction"), xytext=(0, -2),
+                            textcoords="offset points", ha="center", va="top", fontsize=7, color="0.25",
+                            bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none"})  # fmt: skip
+    axes[0].set_xlim(0, x_max)
+    legend = axes[0].get_legend()
+    if legend is not None:
+        legend.remove()
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside lower center", ncols=len(methods), frameon=False, fontsize=8,
+                   title="mean over seeds, band: 95 % t interval", title_fontsize=7)  # fmt: skip
+    if gated:
+        strip = fig.add_subplot(grid[rows, :], sharex=axes[0])
+        _phase_strip(strip, phases, gated, x_max)
+        strip.set_xlabel("")
+        strip.tick_params(labelsize=7)
+        for step, _, _ in ends:
+            strip.axvline(step, color="0.25", lw=0.9, ls=(0, (4, 2)))
     return _save(fig, results, spec.file, spec.title)
 
 
-def mbe_by_layer(spec: FigureSpec, curves_df: pd.DataFrame, results: Path) -> list[Path]:
+def mbe_by_layer(spec: FigureSpec, curves_df: pd.DataFrame, results: Path, labels: dict[str, str] | None = None) -> list[Path]:
     data = curves_df[(curves_df.metric == spec.metric) & curves_df.layer.notna()]
     if data.empty:
         raise ConfigError(f"figure {spec.file}: curves.csv has no per-layer metric {spec.metric!r}")
     last = data[data.step == data.groupby(["method", "seed"]).step.transform("max")]
     methods = _methods(last)
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH / 2 + 0.4, 2.9), layout="constrained")
     sns.lineplot(last, x="layer", y="value", hue="method", hue_order=methods, palette=method_palette(methods),
-                 errorbar=t_errorbar, marker="o", ax=ax)  # fmt: skip
-    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+                 style="method", style_order=methods, dashes=method_dashes(methods), markers=method_markers(methods),
+                 errorbar=t_errorbar, ax=ax)  # fmt: skip
+    ax.legend(frameon=False, fontsize=7)
     ax.set_xlabel("block")
-    ax.set_ylabel(f"{spec.metric} (last evaluation)")
+    ax.set_ylabel(textwrap.fill(f"{label(labels or {}, spec.metric)}, last evaluation", 40), fontsize=8)
     ax.set_xticks(sorted(last.layer.unique().astype(int)))
     return _save(fig, results, spec.file, spec.title)
 
@@ -133,27 +205,30 @@ def rq1_alignment(spec: FigureSpec, alignment: pd.DataFrame, results: Path) -> l
     layers = sorted(alignment.layer.unique())
     cols = min(4, len(layers))
     rows = int(np.ceil(len(layers) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), sharex=True, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 1.9 * rows + 0.9), sharex=True, sharey=True,
+                             squeeze=False, layout="constrained")  # fmt: skip
     noise = alignment.drop_duplicates(["method", "seed", "step"])
     for ax, layer in zip(axes.flat, layers):
         panel = alignment[alignment.layer == layer]
-        sns.lineplot(noise, x="step", y="noise_cos", color="0.6", errorbar=t_errorbar, ax=ax, label="noise baseline")
-        sns.lineplot(panel, x="step", y="cos", color="tab:blue", errorbar=t_errorbar, ax=ax, label="cos(∇CE, ∇MBE)")
+        sns.lineplot(noise, x="step", y="noise_cos", color="0.55", errorbar=t_errorbar, ax=ax,
+                     label="CE-CE noise baseline", ls=(0, (4, 2)))  # fmt: skip
+        sns.lineplot(panel, x="step", y="cos", color=METHOD_STYLE["ce"][0], errorbar=t_errorbar, ax=ax,
+                     label="cos(∇CE, ∇MBE)")  # fmt: skip
         ax.axhline(0.0, color="k", lw=0.6)
-        ax.set_title(f"block {int(layer)}")
-        ax.set_ylabel("cosine")
+        ax.set_title(f"block {int(layer)}", fontsize=8)
+        ax.set_ylabel("cosine", fontsize=8)
+        ax.set_xlabel("optimizer step", fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.get_legend().remove()
     for ax in list(axes.flat)[len(layers):]:
         ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
-    if spec.title:
-        fig.suptitle(spec.title)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    return _save(fig, results, spec.file, "")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=2, fontsize=8, frameon=False,
+               title="mean over seeds, band: 95 % t interval", title_fontsize=7)  # fmt: skip
+    return _save(fig, results, spec.file, spec.title)
 
 
-def by_digits(spec: FigureSpec, summary: pd.DataFrame, results: Path) -> list[Path]:
+def by_digits(spec: FigureSpec, summary: pd.DataFrame, results: Path, labels: dict[str, str] | None = None) -> list[Path]:
     frames = []
     for prefix in spec.prefixes:
         pattern = re.compile(re.escape(prefix) + r"(\d+)$")
@@ -165,35 +240,40 @@ def by_digits(spec: FigureSpec, summary: pd.DataFrame, results: Path) -> list[Pa
     if data.empty:
         raise ConfigError(f"figure {spec.file}: summary.csv has no metric starting with {spec.prefixes}")
     methods = _methods(data)
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH * 0.75, 3.0), layout="constrained")
     sns.pointplot(data, x="digits", y="value", hue="method", hue_order=methods, palette=method_palette(methods),
-                  errorbar=t_errorbar, dodge=0.4, ax=ax)  # fmt: skip
+                  markers=[method_markers(methods)[m] for m in methods], linestyles="none", errorbar=t_errorbar,
+                  dodge=0.8 * (len(methods) - 1) / len(methods), ax=ax)  # the strip plot's offsets: 0.8 wide
     sns.stripplot(data, x="digits", y="value", hue="method", hue_order=methods, palette=method_palette(methods),
-                  dodge=True, alpha=0.35, size=3, legend=False, ax=ax)  # fmt: skip
-    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+                  dodge=True, jitter=0.03, alpha=0.35, size=3, legend=False, ax=ax)  # fmt: skip
+    ax.legend(frameon=False, fontsize=7, title="mean, 95 % t interval; dots: seeds", title_fontsize=7)
     ax.set_xlabel("operand digits")
-    ax.set_ylabel("exact match")
+    ax.set_ylabel(label(labels or {}, spec.prefixes[0]) if spec.prefixes else "", fontsize=8)
     return _save(fig, results, spec.file, spec.title)
 
 
-def by_method(spec: FigureSpec, summary: pd.DataFrame, results: Path) -> list[Path]:
+def by_method(spec: FigureSpec, summary: pd.DataFrame, results: Path, labels: dict[str, str] | None = None) -> list[Path]:
     data = summary[summary.metric.isin(spec.metrics)]
     if data.empty:
         raise ConfigError(f"figure {spec.file}: summary.csv has none of {spec.metrics}")
     methods = _methods(data)
     metrics = [m for m in spec.metrics if m in set(data.metric)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    cols = min(3, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 2.5 * rows + 0.5), squeeze=False, layout="constrained")
+    for ax, metric in zip(axes.flat, metrics):
         panel = data[data.metric == metric]
         sns.stripplot(panel, x="method", y="value", order=methods, hue="method", hue_order=methods,
-                      palette=method_palette(methods), alpha=0.45, size=4, legend=False, ax=ax)  # fmt: skip
+                      palette=method_palette(methods), alpha=0.45, size=3.5, legend=False, ax=ax)  # fmt: skip
         sns.pointplot(panel, x="method", y="value", order=methods, color="k", errorbar=t_errorbar,
                       linestyle="none", markers="D", markersize=4, ax=ax)  # fmt: skip
-        ax.set_title(metric, fontsize=9)
+        ax.set_title(textwrap.fill(label(labels or {}, metric), 34), fontsize=8)
         ax.set_xlabel("")
         ax.set_ylabel("")
-        ax.tick_params(axis="x", rotation=30)
-    fig.text(0.99, 0.005, "dots: seeds; black: mean with its 95 % t interval", ha="right", va="bottom", fontsize=7, color="0.35")
+        ax.tick_params(axis="x", rotation=30, labelsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
     return _save(fig, results, spec.file, spec.title)
 
 
@@ -206,15 +286,15 @@ def draw(spec: ReportSpec, results: Path) -> list[Path]:
     written = []
     for figure in spec.figures:
         if figure.kind == "curves":
-            written += curves(figure, read("curves"), read("phases"), results)
+            written += curves(figure, read("curves"), read("phases"), results, spec.labels)
         elif figure.kind == "mbe_by_layer":
-            written += mbe_by_layer(figure, read("curves"), results)
+            written += mbe_by_layer(figure, read("curves"), results, spec.labels)
         elif figure.kind == "rq1_alignment":
             written += rq1_alignment(figure, read("alignment"), results)
         elif figure.kind == "by_digits":
-            written += by_digits(figure, read("summary"), results)
+            written += by_digits(figure, read("summary"), results, spec.labels)
         else:
-            written += by_method(figure, read("summary"), results)
+            written += by_method(figure, read("summary"), results, spec.labels)
     return written
 
 

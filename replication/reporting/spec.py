@@ -132,6 +132,8 @@ class ReportSpec(ExperimentSpec):
 
     paper: PaperSpec = PaperSpec()  # the paper's numbers, for tables and claims
     figures: list[FigureSpec] = []
+    # a reader's name, with its unit, of each metric the figures draw (a raw key where none is given)
+    labels: dict[str, str] = {}
     reporting: ReportingSpec = ReportingSpec()
 
     def reporting_for(self, scale: str) -> ReportingSpec:

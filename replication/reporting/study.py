@@ -413,14 +413,22 @@ def _settings_finding(study: StudySpec, settings: pd.DataFrame) -> list[str]:
             if len(base):
                 r = base.iloc[0]
                 below, n = int(r.seeds_below_bar), int(r.n)
-                verdict = ("clears the bar" if n and below == n else "does not clear the bar, so the comparison that "
-                           "follows is between models that have not learned the task")  # fmt: skip
+                cleared = bool(n) and below == n
+                verdict = "clears the bar" if cleared else "does not clear the bar"
+                if not cleared and any(m != BASELINE for m in setting.methods):
+                    verdict += ", so the comparison that follows is between models that have not learned the task"
                 text += (f", `{BASELINE}` reaches a {names[bar.metric]} of {_fmt_level(r)} ({below} of {n} seeds "
                          f"below {bar.below:g}): it {verdict}")  # fmt: skip
         changes = [f"`{r.method}` changes the {names[primary]} against `{BASELINE}` by {_fmt_change(r)} (n={r.n})"
                    for _, r in rows[(rows.method != BASELINE) & (rows.metric == primary)].iterrows()
                    if not pd.isna(r.change_percent)]  # fmt: skip
         sentences.append(text + ("; " + "; ".join(changes) if changes else "") + ".")
+    if bar is not None and study.settings:
+        cleared = [s.about for arm, s in study.settings.items()
+                   if len(rows := settings[(settings.arm == arm) & (settings.method == BASELINE) & (settings.metric == bar.metric)])
+                   and rows.iloc[0].n and rows.iloc[0].seeds_below_bar == rows.iloc[0].n]  # fmt: skip
+        sentences.append(f"No setting of this study brings `{BASELINE}` below the bar in every seed." if not cleared
+                         else f"`{BASELINE}` clears the bar in every seed with: {'; '.join(cleared)}.")  # fmt: skip
     return sentences
 
 

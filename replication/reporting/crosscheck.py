@@ -1,0 +1,155 @@
+"""Do the documents say what the data say? For one scale's committed results:
+
+    python -m replication.reporting.crosscheck config/cpu.yaml [--readme README.md]
+
+1. ``CLAIMS.md`` is made again by ``replication.reporting.claims`` from the committed
+   ``results/<scale>/<experiment>/summary.csv`` files (the experiments of the global config, in its
+   order, as the DAG's ``claims`` rule does) and must equal the committed file line for line.
+2. Every estimate the README's claims table quotes as ``mean [low, high]`` (the table whose header
+   reads "ours at `<scale>` scale") must be the estimate of a claim of ``CLAIMS.md`` whose id starts
+   with the row's id (the row C4 covers C4, C4e, C4j, C4b, ...), to the precision the README prints:
+   a value quoted with one decimal may differ by at most 0.05 from the claim's.
+
+Exits 1 naming every difference, so that the README and CLAIMS.md cannot drift from the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from replication import cli
+from replication.config import load_yaml
+from replication.errors import DataError
+from replication.reporting import claims
+from replication.reporting.workflow import Plan, resolve_global_config
+
+NUMBER = r"[+\-−]?\d+(?:\.\d+)?"
+ESTIMATE = re.compile(rf"({NUMBER})(?: %)? \[({NUMBER}), ({NUMBER})\]")
+CLAIM_ID = re.compile(r"^(C\d+[a-z]*)")
+
+
+@dataclass(frozen=True)
+class Quote:
+    """One ``mean [low, high]`` as printed: the numbers and how many decimals each shows."""
+
+    text: str
+    values: tuple[float, float, float]
+    decimals: tuple[int, int, int]
+
+    @classmethod
+    def parse(cls, match: re.Match) -> Quote:
+        numbers = [g.replace("−", "-") for g in match.groups()]
+        decimals = tuple(len(n.split(".")[1]) if "." in n else 0 for n in numbers)
+        return cls(match.group(0), tuple(float(n) for n in numbers), decimals)  # type: ignore[arg-type]
+
+    def quotes(self, exact: Quote) -> bool:
+        """Whether this is ``exact`` rounded to the decimals printed here."""
+        return all(abs(q - e) <= 0.5 * 10**-d + 1e-9 for q, e, d in zip(self.values, exact.values, self.decimals))
+
+
+def _table(text: str, header_marker: str) -> tuple[list[str], list[list[str]]]:
+    """The first markdown table whose header line contains header_marker: (header cells, rows of cells)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|") and header_marker in line:
+            header = [c.strip() for c in line.strip("|").split("|")]
+            rows = []
+            for row in lines[i + 2 :]:
+                if not row.startswith("|"):
+                    break
+                rows.append([c.strip() for c in re.split(r"(?<!\\)\|", row.strip().strip("|"))])
+            return header, rows
+    raise DataError(f"no table with {header_marker!r} in its header")
+
+
+def claim_estimates(claims_md: str) -> dict[str, list[Quote]]:
+    """Claim id -> the estimates of its rows in CLAIMS.md (an id may recur across experiments)."""
+    header, rows = _table(claims_md, "| id ")
+    column = next(i for i, name in enumerate(header) if name.startswith("ours"))
+    found: dict[str, list[Quote]] = {}
+    for row in rows:
+        match = ESTIMATE.search(row[column])
+        if match:
+            found.setdefault(row[0], []).append(Quote.parse(match))
+    return found
+
+
+def readme_problems(readme: str, scale: str, estimates: dict[str, list[Quote]]) -> list[str]:
+    """Every quote of the README's claims table that no claim of its row's id has."""
+    _, rows = _table(readme, f"ours at `{scale}` scale")
+    problems = []
+    for row in rows:
+        row_id = CLAIM_ID.match(row[0])
+        if row_id is None:
+            continue
+        candidates = [q for claim, quotes in estimates.items() if claim.startswith(row_id.group(1)) for q in quotes]
+        for cell in row[1:]:
+            for match in ESTIMATE.finditer(cell):
+                quote = Quote.parse(match)
+                if not any(quote.quotes(exact) for exact in candidates):
+                    nearest = ", ".join(q.text for q in candidates) or "none"
+                    problems.append(f"README row {row_id.group(1)} quotes {quote.text}, which no {row_id.group(1)}* "
+                                    f"claim of CLAIMS.md has (theirs: {nearest})")  # fmt: skip
+    return problems
+
+
+def remade_claims(plan: Plan) -> str:
+    """CLAIMS.md as replication.reporting.claims makes it from the committed summaries."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "CLAIMS.md"
+        configs = [plan.experiment_config(e) for e in plan.specs]
+        results = f"{plan.config['results_dir']}/{plan.scale}"
+        if claims.main([*configs, "--scale", plan.scale, "--results", results, "--out", str(out)]) != 0:
+            raise DataError(f"CLAIMS.md could not be made from {results}; the message above says why")
+        return out.read_text()
+
+
+def claims_problems(committed: Path, remade: str, shown: int = 5) -> list[str]:
+    """The committed CLAIMS.md's lines that differ from those made from the data (the first few, and
+    how many in all)."""
+    if not committed.is_file():
+        return [f"{committed} is missing: make it with the DAG's claims rule"]
+    ours, theirs = committed.read_text().splitlines(), remade.splitlines()
+    differ = [i for i in range(max(len(ours), len(theirs)))
+              if i >= len(ours) or i >= len(theirs) or ours[i] != theirs[i]]  # fmt: skip
+    problems = []
+    for i in differ[:shown]:
+        a = ours[i] if i < len(ours) else ""
+        b = theirs[i] if i < len(theirs) else ""
+        at = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        start = max(0, at - 30)  # where the two lines part, with some context
+        problems.append(f"{committed}:{i + 1}: committed {a[start:at + 50]!r}, from the data {b[start:at + 50]!r}")
+    if len(differ) > shown:
+        problems.append(f"{committed}: {len(differ) - shown} more differing lines (of {len(theirs)} made from the data)")
+    return problems
+
+
+def check(config_path: Path, readme: Path) -> list[str]:
+    plan = Plan(resolve_global_config(load_yaml(config_path))).check()
+    remade = remade_claims(plan)
+    problems = claims_problems(Path(plan.claims_output()), remade)
+    return problems + readme_problems(readme.read_text(), plan.scale, claim_estimates(remade))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser("replication.reporting.crosscheck", __doc__)
+    parser.add_argument("config", type=Path, help="the global config of the scale, e.g. config/cpu.yaml")
+    parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    return cli.run(_main, parser.parse_args(argv))
+
+
+def _main(args: argparse.Namespace) -> int:
+    problems = check(args.config, args.readme)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"crosscheck: {len(problems)} difference(s) between the documents and the data")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The cross-check of the documents against the data: CLAIMS.md must be what the committed summaries
+give, and the README may quote only those estimates, to the precision it prints."""
+
+import re
+
+import yaml
+
+from replication.reporting import claims, crosscheck
+
+from .test_report import results  # noqa: F401 (the fixture: a demo experiment aggregated at cpu scale)
+
+
+def _quote(text):
+    return crosscheck.Quote.parse(crosscheck.ESTIMATE.search(text))
+
+
+def test_a_quote_matches_the_estimate_it_rounds_and_no_other():
+    exact = _quote("-104.63 % [-110.2, -99.04]")
+    assert _quote("−105 % [−110, −99]").quotes(exact)  # whole numbers, README's minus sign
+    assert _quote("-104.6 % [-110.2, -99.0]").quotes(exact)
+    assert not _quote("-104.7 % [-110.2, -99.0]").quotes(exact)  # one decimal: within 0.05 only
+    assert not _quote("-104.6 % [-110.2, -99.1]").quotes(exact)
+    assert _quote("0.387 [0.325, 0.45]").values == (0.387, 0.325, 0.45)
+
+
+def _setup(tmp_path, config):
+    results_dir = tmp_path / "results"
+    assert claims.main([str(config), "--scale", "cpu", "--results", str(results_dir / "cpu"),
+                        "--out", str(results_dir / "cpu" / "CLAIMS.md")]) == 0  # fmt: skip
+    global_config = tmp_path / "cpu.yaml"
+    global_config.write_text(yaml.safe_dump({"scale": "cpu", "experiments": ["demo"], "results_dir": str(results_dir),
+                                             "experiments_dir": str(tmp_path / "experiments")}))  # fmt: skip
+    claims_md = (results_dir / "cpu" / "CLAIMS.md").read_text()
+    c2 = re.search(r"\| C2 .*", claims_md).group(0)
+    estimate = crosscheck.ESTIMATE.search(c2).group(0)
+    return global_config, results_dir / "cpu" / "CLAIMS.md", estimate
+
+
+def _readme(quote):
+    return ("| claim | paper | ours at `cpu` scale (mean [95 % CI], n seeds) | verdict |\n|---|---|---|---|\n"
+            f"| C2 GAPT lowers CE | −4.8 % | `gapt` {quote} (n=4) | reproduced |\n\nAfter the table: 1.0 [2.0, 3.0]\n")  # fmt: skip
+
+
+def test_documents_that_quote_the_data_pass_and_each_drift_is_named(results, tmp_path):  # noqa: F811
+    config, _ = results
+    global_config, claims_md, estimate = _setup(tmp_path, config)
+    readme = tmp_path / "README.md"
+    readme.write_text(_readme(estimate.replace("-", "−")))
+    assert crosscheck.check(global_config, readme) == []
+    assert crosscheck.main([str(global_config), "--readme", str(readme)]) == 0
+    # a README number that is not the data's
+    mean = crosscheck.Quote.parse(crosscheck.ESTIMATE.search(estimate)).values[0]
+    wrong = estimate.replace(f"{mean:+.1f}", f"{mean + 0.3:+.1f}", 1)
+    readme.write_text(_readme(wrong))
+    [problem] = crosscheck.check(global_config, readme)
+    assert problem.startswith(f"README row C2 quotes {wrong}, which no C2* claim of CLAIMS.md has")
+    # the data's estimate, but of another claim than the row's
+    readme.write_text(_readme(estimate).replace("| C2 GAPT lowers CE", "| C3 GAPT lowers MBE"))
+    [problem] = crosscheck.check(global_config, readme)
+    assert problem.startswith(f"README row C3 quotes {estimate}, which no C3* claim")
+    # a CLAIMS.md edited by hand
+    readme.write_text(_readme(estimate))
+    claims_md.write_text(claims_md.read_text().replace(estimate, wrong))
+    [problem] = crosscheck.check(global_config, readme)
+    assert "CLAIMS.md:" in problem and wrong[:4] in problem.split("from the data")[0]
+    assert estimate[:4] in problem.split("from the data")[1]
+    assert crosscheck.main([str(global_config), "--readme", str(readme)]) == 1

@@ -1,0 +1,105 @@
+"""What the figures show a reader: named metrics, methods that stay apart in greyscale, stage ends
+where the runs changed stage, and compress phases wide enough to see."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.colors  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from replication.methods import METHOD_NAMES  # noqa: E402
+from replication.reporting import aggregate, figures  # noqa: E402
+from replication.reporting.spec import FigureSpec, load_report_spec  # noqa: E402
+
+from .conftest import REPO  # noqa: E402
+
+EXPERIMENTS = sorted(p.parent.name for p in (REPO / "experiments").glob("*/config.yaml"))
+
+
+def _lightness(color: str) -> float:
+    """CIE L* (0 black, 100 white) of an sRGB colour: what a greyscale print keeps of it."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in matplotlib.colors.to_rgb(color)]
+    y = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    return 116 * y ** (1 / 3) - 16 if y > 0.008856 else 903.3 * y
+
+
+def test_every_two_methods_differ_in_greyscale_by_lightness_or_line_style():
+    assert set(figures.METHOD_STYLE) == set(METHOD_NAMES)
+    for i, a in enumerate(METHOD_NAMES):
+        for b in METHOD_NAMES[i + 1 :]:
+            (color_a, style_a, marker_a), (color_b, style_b, marker_b) = figures.METHOD_STYLE[a], figures.METHOD_STYLE[b]
+            assert marker_a != marker_b, (a, b)
+            assert style_a != style_b or abs(_lightness(color_a) - _lightness(color_b)) > 20, (a, b)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_metric_a_figure_draws_has_a_readers_name(experiment):
+    spec = load_report_spec(REPO / "experiments" / experiment / "config.yaml")
+    drawn = [m for f in spec.figures for m in [*f.metrics, *([f.metric] if f.metric else []), *f.prefixes[:1]]]
+    assert drawn and not [m for m in drawn if m not in spec.labels]
+
+
+def _curves(stages):
+    """curves.csv rows of two runs evaluated every 10 steps, their stages by step."""
+    rows = []
+    for seed in (0, 1):
+        for step in range(0, 70, 10):
+            stage = stages(step)
+            rows += [{"method": "gapt", "seed": seed, "kind": "eval", "step": step, "tokens": step, "stage": stage,
+                      "metric": m, "layer": None, "value": step / 10 + seed} for m in ("val/ce", "val/mbe")]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_a_stage_ends_at_the_last_evaluation_of_its_stage():
+    # the forgetting task's evaluation at the end of a stage names that stage (it ran its steps)
+    frame = _curves(lambda step: "mix" if step <= 30 else "finetune")
+    assert figures.stage_ends(frame) == [(30, "mix", "finetune")]
+    assert figures.stage_ends(_curves(lambda step: None)) == []
+    assert figures.stage_ends(frame.drop(columns="stage")) == []
+
+
+def test_aggregate_keeps_the_stage_a_record_names():
+    records = [{"kind": "eval", "step": 0, "stage": "mix", "val/ce": 1.0}, {"kind": "eval", "step": 5, "val/ce": 0.5}]
+    rows = aggregate._curve_rows({"method": "ce", "seed": 0}, records, steps=5)
+    assert [(r["step"], r["stage"]) for r in rows] == [(0, "mix"), (5, None)]
+
+
+def _phases():
+    rows = [{"method": "ce", "seed": s, "phase": "memorize", "start_step": 0, "end_step": 60} for s in (0, 1)]
+    rows += [{"method": "ce_mbe", "seed": s, "phase": "compress", "start_step": 0, "end_step": 60} for s in (0, 1)]
+    rows += [{"method": "gapt", "seed": 0, "phase": p, "start_step": a, "end_step": b}
+             for p, a, b in (("memorize", 0, 20), ("compress", 20, 21), ("memorize", 21, 60))]  # fmt: skip
+    rows += [{"method": "gapt", "seed": 1, "phase": "memorize", "start_step": 0, "end_step": 60}]
+    return pd.DataFrame(rows)
+
+
+def test_only_runs_that_changed_phase_get_a_strip_and_a_one_step_phase_is_drawn_wide_enough_to_see():
+    phases = _phases()
+    assert figures.gated_methods(phases) == ["gapt"]
+    fig, ax = plt.subplots()
+    figures._phase_strip(ax, phases, ["gapt"], x_max=6000.0)
+    [bars] = [c for c in ax.collections if c.get_paths()]  # seed 1 never compressed
+    [(x0, _), (x1, _)] = [bars.get_paths()[0].vertices.min(axis=0), bars.get_paths()[0].vertices.max(axis=0)]
+    assert x0 == 20 and x1 - x0 == pytest.approx(figures.MIN_PHASE_WIDTH * 6000.0)  # 24 steps, not 1
+    plt.close(fig)
+
+
+def test_curves_overlay_the_methods_name_the_panels_and_mark_the_stage_end(tmp_path, monkeypatch):
+    frame = _curves(lambda step: "mix" if step <= 30 else "finetune")
+    frame = pd.concat([frame, frame.assign(method="ce")])
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, results, stem, title: drawn.setdefault(stem, fig) and [])
+    spec = FigureSpec(kind="curves", file="c", metrics=["val/ce", "val/mbe"])
+    figures.curves(spec, frame, _phases(), tmp_path, {"val/ce": "validation CE (nats/token)"})
+    panels = drawn["c"].axes
+    assert [ax.get_title() for ax in panels[:2]] == ["validation CE (nats/token)", "val/mbe"]
+    assert panels[2].get_title(loc="left") == "compress phases, one row per seed"  # the strip, gapt only
+    for ax in panels:
+        assert any(tuple(line.get_xdata()) == (30, 30) for line in ax.lines)  # the end of the mix stage
+    # both methods in one panel, each with its own colour and line style
+    means = [line for line in panels[0].lines if len(line.get_xdata()) == 7]
+    drawn_styles = {(matplotlib.colors.to_hex(line.get_color()), line.get_linestyle() == "-") for line in means}
+    assert drawn_styles == {(matplotlib.colors.to_hex(figures.METHOD_STYLE[m][0]), True) for m in ("ce", "gapt")}
+    plt.close(drawn["c"])
