@@ -31,12 +31,9 @@ from replication.reporting.stats import t_errorbar  # noqa: E402
 METHOD_ORDER = list(METHOD_NAMES)  # the registry's order
 # (colour, line style, marker) per method: Okabe-Ito colours whose lightness differs where the line
 # style does not, so that the four methods stay apart in greyscale too
-METHOD_STYLE = {
-    "ce": ("#000000", "-", "o"),
-    "ce_mbe": ("#56B4E9", ":", "s"),
-    "gapt": ("#D55E00", "-", "D"),
-    "gapt_joint": ("#0072B2", "--", "^"),
-}
+# (in the registry's order: ce black, ce_mbe sky blue dotted, gapt vermillion, gapt_joint blue dashed)
+STYLES = [("#000000", "-", "o"), ("#56B4E9", ":", "s"), ("#D55E00", "-", "D"), ("#0072B2", "--", "^")]
+METHOD_STYLE = dict(zip(METHOD_NAMES, STYLES, strict=True))
 DASHES = {"-": "", ":": (1, 1.5), "--": (4, 2)}  # seaborn's dash patterns of the line styles
 PAGE_WIDTH = 7.0  # inches: a two-column paper's text width; one column is about half
 MIN_PHASE_WIDTH = 0.004  # of the step axis: the narrowest compress phase drawn (a 1-step phase stays visible)

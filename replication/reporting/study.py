@@ -401,6 +401,8 @@ def _fmt_level(row: pd.Series) -> str:
 
 def _settings_finding(study: StudySpec, settings: pd.DataFrame) -> list[str]:
     """Per setting arm: whether ce clears its bar, and each gated method's change on the primary metric."""
+    if not study.settings:
+        return []
     names = study_metrics(study)
     primary = next(iter(study.settings_metrics))
     bar = study.baseline_learns
