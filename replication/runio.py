@@ -135,19 +135,20 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _git(*args: str) -> str | None:
+def _git(*args: str, root: Path = PACKAGE_ROOT) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", *args], cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=10, check=True
-        )
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()
 
 
-def git_state() -> dict[str, Any]:
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+def git_state(root: Path = PACKAGE_ROOT) -> dict[str, Any]:
+    """The commit and whether the code differs from it. Changes under ``results/`` do not count: the
+    DAG writes them there itself, and a run trained after another experiment's tables were rewritten
+    runs the same code."""
+    commit = _git("rev-parse", "HEAD", root=root)
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results", root=root)
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 

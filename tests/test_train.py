@@ -320,3 +320,23 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path):
 
     subprocess.run([*command, str(tmp_path / "stopped" / "config.yaml")], env=env, check=True, capture_output=True)
     assert strip_timing(read_metrics(metrics)) == strip_timing(read_metrics(tmp_path / "whole" / "metrics.jsonl"))
+
+
+def test_a_run_is_dirty_when_the_code_changed_but_not_when_only_results_did(tmp_path):
+    from replication.runio import git_state
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "table.md").write_text("old numbers\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    assert git_state(tmp_path)["git_dirty"] is False
+    (tmp_path / "results" / "table.md").write_text("new numbers\n")  # what the DAG writes while runs train
+    (tmp_path / "untracked.txt").write_text("a new file\n")
+    assert git_state(tmp_path)["git_dirty"] is False and len(git_state(tmp_path)["git_commit"]) == 40
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path)["git_dirty"] is True
