@@ -40,7 +40,7 @@ from replication.config import (
 )
 from replication.errors import ConfigError, RunFolderError
 from replication.gapt import GaptConfig
-from replication.methods import METHOD_NAMES, METHODS, default_layers
+from replication.methods import BASELINE, METHOD_NAMES, METHODS, default_layers
 from replication.tasks.arithmetic.config import Config as ArithmeticConfig
 from replication.tasks.fineweb.config import Config as FineWebConfig
 from replication.tasks.forgetting.config import Config as ForgettingConfig
@@ -162,6 +162,7 @@ class StudySpec(StrictModel):
     with its own ``ce``."""
 
     seeds: list[Seed]
+    title: str = ""  # the question the study asks, as its README's title
     sizes: SizeArms | None = None
     knobs: dict[Annotated[str, Field(pattern=ARM_NAME)], KnobArm] = {}
     settings: dict[Annotated[str, Field(pattern=ARM_NAME)], SettingArm] = {}
@@ -177,8 +178,13 @@ class StudySpec(StrictModel):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"arm names must differ across sizes, knobs and settings: {twice} appear twice")
-        if self.settings and not self.settings_metrics:
-            raise ValueError("a study with settings names the metrics they report (settings_metrics)")
+        if self.settings and not any(k.startswith("final/") for k in self.settings_metrics):
+            raise ValueError("a study with settings names the metrics they report (settings_metrics), at least one "
+                             "a final/ metric, whose evaluations its figure draws")  # fmt: skip
+        if self.baseline_learns is not None:
+            without = sorted(arm for arm, s in self.settings.items() if BASELINE not in s.methods)
+            if without:
+                raise ValueError(f"baseline_learns needs {BASELINE} in every setting arm; {without} do not run it")
         return self
 
     @property
@@ -204,7 +210,7 @@ def study_scale(scale: str, arm: str) -> str:
 
 
 def _study_scales(scale: str, spec: ScaleSpec, methods: dict[str, Any]) -> dict[str, ScaleSpec]:
-    """The scales a scale's study derives: one per model size and one per knob."""
+    """The scales a scale's study derives: one per model size, one per knob and one per setting."""
     study = spec.study
     derived: dict[str, ScaleSpec] = {}
     arms_methods = ([] if study.sizes is None else study.sizes.methods) + [k.method for k in study.knobs.values()]

@@ -23,6 +23,15 @@ def test_a_quote_matches_the_estimate_it_rounds_and_no_other():
     assert _quote("0.387 [0.325, 0.45]").values == (0.387, 0.325, 0.45)
 
 
+def test_a_row_covers_its_own_claims_only_and_only_its_ours_column_is_read():
+    readme = ("| claim | paper | ours at `cpu` scale | note |\n|---|---|---|---|\n"
+              "| C1 cycles | 1.0 [0.5, 1.5] | 2.0 [1.0, 3.0] | see 9.0 [8.0, 10.0] |\n")  # fmt: skip
+    estimates = {"C10": [_quote("2.0 [1.0, 3.0]")]}
+    [problem] = crosscheck.readme_problems(readme, "cpu", estimates)  # C10 is not one of C1's claims
+    assert problem.startswith("README row C1 quotes 2.0 [1.0, 3.0]")
+    assert crosscheck.readme_problems(readme, "cpu", {"C1b": [_quote("2.0 [1.0, 3.0]")]}) == []
+
+
 def _setup(tmp_path, config):
     results_dir = tmp_path / "results"
     assert claims.main([str(config), "--scale", "cpu", "--results", str(results_dir / "cpu"),

@@ -88,7 +88,7 @@ def test_only_runs_that_changed_phase_get_a_strip_and_a_one_step_phase_is_drawn_
 
 def test_curves_overlay_the_methods_name_the_panels_and_mark_the_stage_end(tmp_path, monkeypatch):
     frame = _curves(lambda step: "mix" if step <= 30 else "finetune")
-    frame = pd.concat([frame, frame.assign(method="ce")])
+    frame = pd.concat([frame, frame.assign(method="ce"), frame.assign(method="gapt_joint")])
     drawn = {}
     monkeypatch.setattr(figures, "_save", lambda fig, results, stem, title: drawn.setdefault(stem, fig) and [])
     spec = FigureSpec(kind="curves", file="c", metrics=["val/ce", "val/mbe"])
@@ -98,8 +98,9 @@ def test_curves_overlay_the_methods_name_the_panels_and_mark_the_stage_end(tmp_p
     assert panels[2].get_title(loc="left") == "compress phases, one row per seed"  # the strip, gapt only
     for ax in panels:
         assert any(tuple(line.get_xdata()) == (30, 30) for line in ax.lines)  # the end of the mix stage
-    # both methods in one panel, each with its own colour and line style
+    # the methods in one panel, each with its own colour and line style
     means = [line for line in panels[0].lines if len(line.get_xdata()) == 7]
     drawn_styles = {(matplotlib.colors.to_hex(line.get_color()), line.get_linestyle() == "-") for line in means}
-    assert drawn_styles == {(matplotlib.colors.to_hex(figures.METHOD_STYLE[m][0]), True) for m in ("ce", "gapt")}
+    assert drawn_styles == {(matplotlib.colors.to_hex(figures.METHOD_STYLE[m][0]), figures.METHOD_STYLE[m][1] == "-")
+                            for m in ("ce", "gapt", "gapt_joint")}  # gapt_joint dashed
     plt.close(drawn["c"])

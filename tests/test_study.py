@@ -66,7 +66,7 @@ def test_a_setting_arm_changes_the_scales_config_for_its_methods_only():
     assert not spec.scales["cpu"].study.has_reference and spec.scales["smoke"].study.has_reference is False
 
 
-def test_a_study_of_settings_names_the_metrics_they_report(tmp_path):
+def test_a_study_of_settings_names_the_metrics_they_report_and_runs_ce_where_it_sets_a_bar(tmp_path):
     text = ARITHMETIC.read_text()
     line = "      settings_metrics: *arithmetic_study_metrics\n"
     assert line in text
@@ -74,6 +74,25 @@ def test_a_study_of_settings_names_the_metrics_they_report(tmp_path):
     bad.write_text(text.replace(line, "", 1))
     with pytest.raises(ConfigError, match="a study with settings names the metrics they report"):
         load_experiment(bad)
+    bad.write_text(text.replace(line, "      settings_metrics: {early_stop/ood/answer_ce: early-stopped}\n", 1))
+    with pytest.raises(ConfigError, match="at least one a final/ metric"):
+        load_experiment(bad)
+    bad.write_text(text.replace("          methods: [ce, gapt]\n          about: \"40 steps\"", "          methods: [gapt]\n"
+                                "          about: \"40 steps\"", 1))  # fmt: skip
+    with pytest.raises(ConfigError, match="baseline_learns needs ce in every setting arm; \\['longer'\\] do not run it"):
+        load_experiment(bad)
+
+
+def test_a_settings_change_is_a_difference_where_a_value_is_not_positive():
+    spec = load_report_spec(ARITHMETIC)
+    metric = "final/ood/answer_ce"
+    values = {("longer", "ce", 0): {metric: 0.0, "final/id/answer_ce": 1.0},
+              ("longer", "ce", 1): {metric: 0.5, "final/id/answer_ce": 1.0},
+              ("longer", "gapt", 0): {metric: 0.25, "final/id/answer_ce": 1.0},
+              ("longer", "gapt", 1): {metric: 1.0, "final/id/answer_ce": 1.0}}  # fmt: skip
+    table = settings_table(_settings_frame(values), spec, "smoke").set_index(["method", "metric"])
+    row = table.loc[("gapt", metric)]
+    assert row.change_kind == "difference" and row.change == pytest.approx(0.375)  # (0.25 + 0.5) / 2
 
 
 def test_arm_names_are_unique_across_sizes_knobs_and_settings(tmp_path):
@@ -223,11 +242,12 @@ def test_a_setting_pairs_each_method_with_its_own_ce_and_counts_the_seeds_under_
     }
     table = settings_table(_settings_frame(values), spec, "smoke").set_index(["method", "metric"])
     change = 100 * math.expm1((math.log(3.0 / 4.0) + math.log(4.5 / 5.0)) / 2)
-    assert table.loc[("gapt", ood), "change_percent"] == pytest.approx(change)
+    assert table.loc[("gapt", ood), "change"] == pytest.approx(change)
+    assert table.loc[("gapt", ood), "change_kind"] == "relative"
     level = scipy_stats.t.interval(0.95, 1, loc=4.5, scale=scipy_stats.sem([4.0, 5.0]))
     assert (table.loc[("ce", ood), "low"], table.loc[("ce", ood), "high"]) == pytest.approx(level)
     assert table.loc[("ce", bar), "seeds_below_bar"] == 1 and pd.isna(table.loc[("gapt", bar), "seeds_below_bar"])
-    assert pd.isna(table.loc[("ce", ood), "change_percent"])
+    assert pd.isna(table.loc[("ce", ood), "change"])
     study = spec.scales["smoke"].study
     sentence, overall = _settings_finding(study, table.reset_index())
     assert "(1 of 2 seeds below 0.1): it does not clear the bar, so the comparison that follows" in sentence

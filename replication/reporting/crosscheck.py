@@ -5,9 +5,9 @@
 1. ``CLAIMS.md`` is made again by ``replication.reporting.claims`` from the committed
    ``results/<scale>/<experiment>/summary.csv`` files (the experiments of the global config, in its
    order, as the DAG's ``claims`` rule does) and must equal the committed file line for line.
-2. Every estimate the README's claims table quotes as ``mean [low, high]`` (the table whose header
-   reads "ours at `<scale>` scale") must be the estimate of a claim of ``CLAIMS.md`` whose id starts
-   with the row's id (the row C4 covers C4, C4e, C4j, C4b, ...), to the precision the README prints:
+2. Every estimate the README's claims table quotes as ``mean [low, high]`` in its "ours at
+   `<scale>` scale" column must be the estimate of a claim of ``CLAIMS.md`` whose id starts with the
+   row's id (the row C4 covers C4, C4e, C4j, C4b, ..., not C40), to the precision the README prints:
    a value quoted with one decimal may differ by at most 0.05 from the claim's.
 
 Exits 1 naming every difference, so that the README and CLAIMS.md cannot drift from the data.
@@ -81,14 +81,16 @@ def claim_estimates(claims_md: str) -> dict[str, list[Quote]]:
 
 def readme_problems(readme: str, scale: str, estimates: dict[str, list[Quote]]) -> list[str]:
     """Every quote of the README's claims table that no claim of its row's id has."""
-    _, rows = _table(readme, f"ours at `{scale}` scale")
+    header, rows = _table(readme, f"ours at `{scale}` scale")
+    ours = next(i for i, name in enumerate(header) if name.startswith("ours at"))
     problems = []
     for row in rows:
         row_id = CLAIM_ID.match(row[0])
-        if row_id is None:
+        if row_id is None or len(row) <= ours:
             continue
-        candidates = [q for claim, quotes in estimates.items() if claim.startswith(row_id.group(1)) for q in quotes]
-        for cell in row[1:]:
+        of_row = re.compile(rf"{re.escape(row_id.group(1))}(?!\d)")  # C1 covers C1a, C1b, not C10
+        candidates = [q for claim, quotes in estimates.items() if of_row.match(claim) for q in quotes]
+        for cell in row[ours : ours + 1]:
             for match in ESTIMATE.finditer(cell):
                 quote = Quote.parse(match)
                 if not any(quote.quotes(exact) for exact in candidates):

@@ -1,22 +1,30 @@
 """A scale's study (``scales.<scale>.study`` of an experiment file): does GAPT's effect on validation
-CE change sign with model size, or with one of its knobs?
+CE change sign with model size, or with one of its knobs? Does a changed setting (a longer run, a
+wider model) let ``ce`` learn the task, and how do the other methods compare there?
 
     python -m replication.reporting.study experiments/E/config.yaml --scale S --runs RUNS --out DIR
 
-reads the summaries of the study's arms (``<scale>_study_<arm>``) and of the scale's own runs, and
-writes into DIR:
+reads the summaries of the study's arms (``<scale>_study_<arm>``) and, for sizes and knobs, of the
+scale's own runs, and writes into DIR (``replication.reporting.workflow.study_files``):
 
 - ``study.csv``: one row per run and metric (arm, knob, value, scale, method, seed, parameters,
-  metric, value), the runs' final validation CE and MBE, phase changes and wall time;
-- ``scaling.csv``: per model size (the scale's own model among them) and metric, the paired
-  relative change of each gated method against ``ce`` (``replication.reporting.stats``: the mean
-  per-seed log ratio with its t interval, as a percentage), and the log-linear fit of the per-seed
-  log ratios on log10(parameters): slope per tenfold, its interval, and where the fit and its 95 %
-  confidence band cross zero (an extrapolation beyond the sizes run);
-- ``sensitivity.csv``: the same change at the scale's own model for the default config and for each
-  knob arm, and whether the CE change's interval lies below zero (the knob flips the sign);
-- ``scaling.png``/``.pdf``, ``sensitivity.png``/``.pdf``, and ``README.md``, which states the
-  finding in a sentence from these numbers and the study's measured cost.
+  commit, metric, value): the metrics the study reports, phase changes and wall time;
+- with sizes, ``scaling.csv``: per model size (the scale's own model among them) and metric, the
+  paired relative change of each gated method against ``ce`` (``replication.reporting.stats``: the
+  mean per-seed log ratio with its t interval, as a percentage), and ``scaling_fit.csv``, the
+  log-linear fit of the per-seed log ratios on log10(parameters): slope per tenfold, its interval,
+  and where the fit and its 95 % confidence band cross zero (an extrapolation beyond the sizes run);
+  ``scaling.png``/``.pdf``;
+- with knobs, ``sensitivity.csv``: the same change at the scale's own model for the default config
+  and for each knob arm, and whether the CE change's interval lies below zero (the knob flips the
+  sign); ``sensitivity.png``/``.pdf``;
+- with settings, ``settings.csv``: per arm, method and ``settings_metrics`` entry, the mean over
+  seeds with its t interval, each gated method's paired change against the arm's own ``ce``
+  (relative where every value is positive, else the difference), and how many ``ce`` seeds are below
+  ``baseline_learns``; ``settings_curves.csv``, every evaluation of the arms' runs for the final
+  metrics; ``settings.png``/``.pdf``;
+- ``README.md``, which states the finding in sentences from these numbers and the study's measured
+  cost.
 """
 
 from __future__ import annotations
@@ -43,9 +51,15 @@ from replication import cli  # noqa: E402
 from replication.errors import ConfigError, RunFolderError  # noqa: E402
 from replication.methods import BASELINE, METHOD_NAMES  # noqa: E402
 from replication.models import build_model  # noqa: E402
-from replication.reporting.figures import method_palette  # noqa: E402
+from replication.reporting.figures import METHOD_STYLE, method_palette  # noqa: E402
 from replication.reporting.spec import ReportSpec, load_report_spec  # noqa: E402
-from replication.reporting.stats import CONFIDENCE, Estimate, paired_change, t_interval  # noqa: E402
+from replication.reporting.stats import (  # noqa: E402
+    CONFIDENCE,
+    Estimate,
+    paired_change,
+    paired_values,
+    t_interval,
+)
 from replication.reporting.workflow import study_files  # noqa: E402
 from replication.runconfig import StudySpec, validate_run_config  # noqa: E402
 from replication.runio import read_metrics  # noqa: E402
@@ -217,26 +231,45 @@ def sensitivity_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> pd.D
 
 def settings_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> pd.DataFrame:
     """Per setting arm, method and metric: the mean over seeds with its t interval, and for a gated
-    method the paired relative change against the arm's own ce; for ce, how many seeds clear the bar."""
+    method the paired change against the arm's own ce (relative, in %, where every value is positive;
+    otherwise the difference in the metric's units); for ce, how many seeds are below the bar."""
     study = spec.scales[scale].study
     bar = study.baseline_learns
+    metrics = [*study.settings_metrics, *([bar.metric] if bar and bar.metric not in study.settings_metrics else [])]
     rows = []
     for arm, setting in study.settings.items():
         for method in setting.methods:
-            for metric in study_metrics(study):
+            for metric in metrics:
                 values = _per_seed(frame, arm, method, metric)
                 level = t_interval(list(values.values()))
                 row = {"arm": arm, "setting": setting.about, "method": method, "metric": metric, "n": level.n,
                        "mean": level.mean, "low": level.low, "high": level.high}  # fmt: skip
                 if method != BASELINE and BASELINE in setting.methods:
-                    change = _row(paired_change(values, _per_seed(frame, arm, BASELINE, metric)))
-                    row.update({k: v for k, v in change.items() if k != "n"})
+                    base = _per_seed(frame, arm, BASELINE, metric)
+                    positive = all(a > 0 and b > 0 for a, b in paired_values(values, base))
+                    how = "relative" if positive else "difference"
+                    change = paired_change(values, base, how)
+                    scale_by = 100 if how == "relative" else 1  # a relative change in %
+                    at = (lambda v: None if v is None else scale_by * v)  # noqa: E731
+                    row.update({"change_kind": how, "change": at(change.mean), "change_low": at(change.low),
+                                "change_high": at(change.high), "p": change.p})  # fmt: skip
                 if bar is not None and method == BASELINE and metric == bar.metric:
                     row["seeds_below_bar"] = sum(v < bar.below for v in values.values())
                 rows.append(row)
-    columns = ["arm", "setting", "method", "metric", "n", "mean", "low", "high", "change_percent", "low_percent",
-               "high_percent", "p", "seeds_below_bar"]  # fmt: skip
+    columns = ["arm", "setting", "method", "metric", "n", "mean", "low", "high", "change_kind", "change", "change_low",
+               "change_high", "p", "seeds_below_bar"]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
+
+
+def _fmt_setting_change(row: pd.Series) -> str:
+    """A settings row's change against ce: '+1.2 % [lo, hi]' (relative) or 'Δ +0.01 [lo, hi]'."""
+    if pd.isna(row["change"]):
+        return "—"
+    if row["change_kind"] == "relative":
+        interval = "" if pd.isna(row["change_low"]) else f" [{row['change_low']:+.1f}, {row['change_high']:+.1f}]"
+        return f"{row['change']:+.1f} %{interval}"
+    interval = "" if pd.isna(row["change_low"]) else f" [{row['change_low']:+.3g}, {row['change_high']:+.3g}]"
+    return f"Δ {row['change']:+.3g}{interval}"
 
 
 def curve_metric(key: str) -> str | None:
@@ -340,9 +373,11 @@ def _settings_figure(curves: pd.DataFrame, study: StudySpec, out: Path) -> None:
                 for _, seed_rows in rows.groupby("seed"):
                     ax.plot(seed_rows.step, seed_rows.value, color=palette[method], alpha=0.3, lw=0.8)
                 mean = rows.groupby("step").value.mean()
-                (handles[method],) = ax.plot(mean.index, mean.values, color=palette[method], lw=1.8)
+                (handles[method],) = ax.plot(mean.index, mean.values, color=palette[method], lw=1.8,
+                                             ls=METHOD_STYLE.get(method, ("", "-", ""))[1])  # fmt: skip
             if bar is not None and curve_metric(bar.metric) == metric:
-                handles[f"{BASELINE} must reach ({bar.below:g})"] = ax.axhline(bar.below, color="black", lw=0.8, ls="--")
+                handles[f"{BASELINE} must reach ({bar.below:g})"] = ax.axhline(bar.below, color="0.5", lw=1.0,
+                                                                               ls=(0, (1, 2)))  # fmt: skip
             if not panel.empty and (panel.value > 0).all() and metric.rsplit("/", 1)[-1].endswith("ce"):
                 ax.set_yscale("log")
                 plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
@@ -421,9 +456,9 @@ def _settings_finding(study: StudySpec, settings: pd.DataFrame) -> list[str]:
                     verdict += ", so the comparison that follows is between models that have not learned the task"
                 text += (f", `{BASELINE}` reaches a {names[bar.metric]} of {_fmt_level(r)} ({below} of {n} seeds "
                          f"below {bar.below:g}): it {verdict}")  # fmt: skip
-        changes = [f"`{r.method}` changes the {names[primary]} against `{BASELINE}` by {_fmt_change(r)} (n={r.n})"
-                   for _, r in rows[(rows.method != BASELINE) & (rows.metric == primary)].iterrows()
-                   if not pd.isna(r.change_percent)]  # fmt: skip
+        changes = [f"`{r.method}` changes the {names[primary]} against `{BASELINE}` by {_fmt_setting_change(r)} "
+                   f"(n={r.n})" for _, r in rows[(rows.method != BASELINE) & (rows.metric == primary)].iterrows()
+                   if not pd.isna(r.change)]  # fmt: skip
         sentences.append(text + ("; " + "; ".join(changes) if changes else "") + ".")
     if bar is not None and study.settings:
         cleared = [s.about for arm, s in study.settings.items()
@@ -441,7 +476,7 @@ def readme(spec: ReportSpec, scale: str, frame: pd.DataFrame, scaling: pd.DataFr
     arm_runs, own_runs = times[times.arm != "reference"], times[times.arm == "reference"]
     cost, own_cost = arm_runs.value.sum(), own_runs.value.sum()
     commits = sorted(set(frame.commit.dropna().astype(str)))
-    lines = [f"# Why GAPT's effect has its sign: the {scale} study of {spec.experiment}", ""]
+    lines = [f"# {study.title or 'The study'} ({scale} scale, {spec.experiment})", ""]
     finding = []
     for key, fit in fits.items():
         method, metric = key.split(" ", 1)
@@ -487,10 +522,10 @@ def readme(spec: ReportSpec, scale: str, frame: pd.DataFrame, scaling: pd.DataFr
                   "| setting | method | metric | mean [95 %] | change vs ce [95 %] | n |",
                   "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for _, r in settings.iterrows():
-            change = "—" if pd.isna(r.change_percent) else _fmt_change(r)
+            change = _fmt_setting_change(r)
             lines.append(f"| {r.setting} | {r.method} | {names[r.metric]} | {_fmt_level(r)} | {change} | {r.n} |")
         lines += ["", "![settings](settings.png)", "",
-                  "Thin lines: seeds; thick: their mean; dashed: the bar `ce` must clear. Every evaluation: "
+                  "Thin lines: seeds; thick: their mean; dotted: the bar `ce` must clear. Every evaluation: "
                   "`settings_curves.csv`.", ""]  # fmt: skip
     own = (f"; the {len(own_runs)} runs of the {scale} scale it compares with (from the {scale} DAG, or trained by "
            f"`make study` when missing) for {own_cost / 60:.1f} more" if study.has_reference else "")  # fmt: skip
