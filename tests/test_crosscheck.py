@@ -74,3 +74,20 @@ def test_documents_that_quote_the_data_pass_and_each_drift_is_named(results, tmp
     assert "CLAIMS.md:" in problem and wrong[:4] in problem.split("from the data")[0]
     assert estimate[:4] in problem.split("from the data")[1]
     assert crosscheck.main([str(global_config), "--readme", str(readme)]) == 1
+
+
+def test_the_changed_verdicts_are_read_from_the_two_claims_files(results, tmp_path):  # noqa: F811
+    config, _ = results
+    _, claims_md, _ = _setup(tmp_path, config)
+    new = crosscheck._claim_rows(claims_md.read_text())
+    c2, c3 = new[("C2", "demo")], new[("C3", "demo")]
+    old = ("| id | claim | experiment | measure | paper | ours (mean [95 % CI] (n seeds), scale) | verdict | figure |\n"
+           "|---|---|---|---|---|---|---|---|\n"
+           f"| C2 | x | demo | m | p | -9.9 % [-12.0, -8.0] (n=4), cpu | opposite | — |\n"
+           f"| C3 | x | demo | m | p | {c3['ours (scale)']} | {c3['verdict']} | — |\n")  # fmt: skip
+    table = crosscheck.verdict_changes(old, claims_md.read_text()).splitlines()
+    assert table[2] == (f"| C2 | demo | -9.9 % [-12.0, -8.0] (n=4), cpu: opposite | {c2['ours (scale)']}: {c2['verdict']} "
+                        f"(Holm: {c2['verdict (Holm)']}) |")  # fmt: skip
+    assert not any(row.startswith("| C3 |") for row in table)  # unchanged
+    assert {row.split(" | ")[0] for row in table[3:]} == {f"| {k[0]}" for k in new if k[0] not in ("C2", "C3")}
+    assert all("(new claim)" in row for row in table[3:])

@@ -11,6 +11,11 @@
    a value quoted with one decimal may differ by at most 0.05 from the claim's.
 
 Exits 1 naming every difference, so that the README and CLAIMS.md cannot drift from the data.
+
+    python -m replication.reporting.crosscheck config/cpu.yaml --changes-from OLD/CLAIMS.md
+
+prints instead the claims whose verdict differs between an earlier CLAIMS.md and the committed one
+(a markdown table with both estimates), for a "changes since" section read from the files.
 """
 
 from __future__ import annotations
@@ -138,14 +143,46 @@ def check(config_path: Path, readme: Path) -> list[str]:
     return problems + readme_problems(readme.read_text(), plan.scale, claim_estimates(remade))
 
 
+def _claim_rows(claims_md: str) -> dict[tuple[str, str], dict[str, str]]:
+    """(id, experiment) -> the row's cells by header name, of a CLAIMS.md of any version."""
+    header, rows = _table(claims_md, "| id ")
+    return {(row[0], row[header.index("experiment")]): dict(zip(header, row)) for row in rows if len(row) == len(header)}
+
+
+def verdict_changes(old_md: str, new_md: str) -> str:
+    """A markdown table of the claims whose verdict differs between two CLAIMS.md (raw verdicts, and
+    the Holm verdict where the new one has it), with both estimates: the rows of a "changes since"
+    section, read from the files rather than copied by hand."""
+    old, new = _claim_rows(old_md), _claim_rows(new_md)
+    lines = ["| claim | experiment | before | after |", "|---|---|---|---|"]
+    for key in [k for k in new if k in old] + [k for k in new if k not in old]:
+        after = new[key]
+        before = old.get(key)
+        ours = next(n for n in after if n.startswith("ours"))
+        verdicts = f"{after['verdict']}" + (f" (Holm: {after['verdict (Holm)']})" if "verdict (Holm)" in after else "")
+        if before is None:
+            lines.append(f"| {key[0]} | {key[1]} | (new claim) | {after[ours]}: {verdicts} |")
+            continue
+        old_ours = next(n for n in before if n.startswith("ours"))
+        if before["verdict"] != after["verdict"] or before["verdict"] != after.get("verdict (Holm)", after["verdict"]):
+            lines.append(f"| {key[0]} | {key[1]} | {before[old_ours]}: {before['verdict']} | {after[ours]}: {verdicts} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("replication.reporting.crosscheck", __doc__)
     parser.add_argument("config", type=Path, help="the global config of the scale, e.g. config/cpu.yaml")
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    parser.add_argument("--changes-from", type=Path, metavar="OLD_CLAIMS_MD",
+                        help="print the claims whose verdict differs from this earlier CLAIMS.md, and check nothing")  # fmt: skip
     return cli.run(_main, parser.parse_args(argv))
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.changes_from is not None:
+        plan = Plan(resolve_global_config(load_yaml(args.config))).check()
+        print(verdict_changes(args.changes_from.read_text(), Path(plan.claims_output()).read_text()), end="")
+        return 0
     problems = check(args.config, args.readme)
     for problem in problems:
         print(problem, file=sys.stderr)
