@@ -72,15 +72,19 @@ def _table(text: str, header_marker: str) -> tuple[list[str], list[list[str]]]:
     raise DataError(f"no table with {header_marker!r} in its header")
 
 
+def _claim_rows(claims_md: str) -> dict[tuple[str, str], dict[str, str]]:
+    """(id, experiment) -> the row's cells by header name, of a CLAIMS.md of any version."""
+    header, rows = _table(claims_md, "| id ")
+    return {(row[0], row[header.index("experiment")]): dict(zip(header, row)) for row in rows if len(row) == len(header)}
+
+
 def claim_estimates(claims_md: str) -> dict[str, list[Quote]]:
     """Claim id -> the estimates of its rows in CLAIMS.md (an id may recur across experiments)."""
-    header, rows = _table(claims_md, "| id ")
-    column = next(i for i, name in enumerate(header) if name.startswith("ours"))
     found: dict[str, list[Quote]] = {}
-    for row in rows:
-        match = ESTIMATE.search(row[column])
+    for (claim, _), cells in _claim_rows(claims_md).items():
+        match = ESTIMATE.search(next(text for name, text in cells.items() if name.startswith("ours")))
         if match:
-            found.setdefault(row[0], []).append(Quote.parse(match))
+            found.setdefault(claim, []).append(Quote.parse(match))
     return found
 
 
@@ -95,13 +99,12 @@ def readme_problems(readme: str, scale: str, estimates: dict[str, list[Quote]]) 
             continue
         of_row = re.compile(rf"{re.escape(row_id.group(1))}(?!\d)")  # C1 covers C1a, C1b, not C10
         candidates = [q for claim, quotes in estimates.items() if of_row.match(claim) for q in quotes]
-        for cell in row[ours : ours + 1]:
-            for match in ESTIMATE.finditer(cell):
-                quote = Quote.parse(match)
-                if not any(quote.quotes(exact) for exact in candidates):
-                    nearest = ", ".join(q.text for q in candidates) or "none"
-                    problems.append(f"README row {row_id.group(1)} quotes {quote.text}, which no {row_id.group(1)}* "
-                                    f"claim of CLAIMS.md has (theirs: {nearest})")  # fmt: skip
+        for match in ESTIMATE.finditer(row[ours]):
+            quote = Quote.parse(match)
+            if not any(quote.quotes(exact) for exact in candidates):
+                nearest = ", ".join(q.text for q in candidates) or "none"
+                problems.append(f"README row {row_id.group(1)} quotes {quote.text}, which no {row_id.group(1)}* "
+                                f"claim of CLAIMS.md has (theirs: {nearest})")  # fmt: skip
     return problems
 
 
@@ -141,12 +144,6 @@ def check(config_path: Path, readme: Path) -> list[str]:
     remade = remade_claims(plan)
     problems = claims_problems(Path(plan.claims_output()), remade)
     return problems + readme_problems(readme.read_text(), plan.scale, claim_estimates(remade))
-
-
-def _claim_rows(claims_md: str) -> dict[tuple[str, str], dict[str, str]]:
-    """(id, experiment) -> the row's cells by header name, of a CLAIMS.md of any version."""
-    header, rows = _table(claims_md, "| id ")
-    return {(row[0], row[header.index("experiment")]): dict(zip(header, row)) for row in rows if len(row) == len(header)}
 
 
 def verdict_changes(old_md: str, new_md: str) -> str:

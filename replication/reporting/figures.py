@@ -49,12 +49,16 @@ def method_palette(methods: list[str]) -> dict[str, Any]:
     return {m: METHOD_STYLE[m][0] if m in METHOD_STYLE else next(extra) for m in methods}
 
 
+def method_linestyle(method: str) -> str:
+    return METHOD_STYLE[method][1] if method in METHOD_STYLE else "-"
+
+
 def method_dashes(methods: list[str]) -> dict[str, Any]:
-    return {m: DASHES[METHOD_STYLE.get(m, ("", "-", "o"))[1]] for m in methods}
+    return {m: DASHES[method_linestyle(m)] for m in methods}
 
 
 def method_markers(methods: list[str]) -> dict[str, str]:
-    return {m: METHOD_STYLE.get(m, ("", "-", "o"))[2] for m in methods}
+    return {m: METHOD_STYLE[m][2] if m in METHOD_STYLE else "o" for m in methods}
 
 
 def label(labels: dict[str, str], metric: str) -> str:

@@ -51,7 +51,7 @@ from replication import cli  # noqa: E402
 from replication.errors import ConfigError, RunFolderError  # noqa: E402
 from replication.methods import BASELINE, METHOD_NAMES  # noqa: E402
 from replication.models import build_model  # noqa: E402
-from replication.reporting.figures import METHOD_STYLE, method_palette  # noqa: E402
+from replication.reporting.figures import method_linestyle, method_palette  # noqa: E402
 from replication.reporting.spec import ReportSpec, load_report_spec  # noqa: E402
 from replication.reporting.stats import (  # noqa: E402
     CONFIDENCE,
@@ -99,12 +99,16 @@ def arms(spec: ReportSpec, scale: str) -> list[Arm]:
     return found
 
 
+def _settings_metrics(study: StudySpec) -> dict[str, str]:
+    """What the settings report: their metrics, and the baseline's bar (named by its key if need be)."""
+    bar = study.baseline_learns
+    return {**study.settings_metrics, **({bar.metric: bar.metric} if bar and bar.metric not in study.settings_metrics
+                                          else {})}  # fmt: skip
+
+
 def study_metrics(study: StudySpec) -> dict[str, str]:
-    """The summary metrics study.csv keeps: the sizes' and knobs', the settings', and the baseline's bar."""
-    metrics = {**(METRICS if study.has_reference else {}), **study.settings_metrics}
-    if study.baseline_learns is not None:
-        metrics.setdefault(study.baseline_learns.metric, study.baseline_learns.metric)
-    return metrics
+    """The summary metrics study.csv keeps: the sizes' and knobs', and the settings'."""
+    return {**(METRICS if study.has_reference else {}), **_settings_metrics(study)}
 
 
 def parameter_count(config: dict[str, Any]) -> int:
@@ -235,11 +239,10 @@ def settings_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> pd.Data
     otherwise the difference in the metric's units); for ce, how many seeds are below the bar."""
     study = spec.scales[scale].study
     bar = study.baseline_learns
-    metrics = [*study.settings_metrics, *([bar.metric] if bar and bar.metric not in study.settings_metrics else [])]
     rows = []
     for arm, setting in study.settings.items():
         for method in setting.methods:
-            for metric in metrics:
+            for metric in _settings_metrics(study):
                 values = _per_seed(frame, arm, method, metric)
                 level = t_interval(list(values.values()))
                 row = {"arm": arm, "setting": setting.about, "method": method, "metric": metric, "n": level.n,
@@ -353,7 +356,7 @@ def _sensitivity_figure(table: pd.DataFrame, out: Path) -> None:
 
 def _settings_figure(curves: pd.DataFrame, study: StudySpec, out: Path) -> None:
     """One row per setting arm, one column per reported metric: each method's evaluations against the
-    step (thin: seeds; thick: their mean), the baseline's bar dashed."""
+    step (thin: seeds; thick: their mean), the baseline's bar dotted."""
     labels = {curve_metric(k): name for k, name in study_metrics(study).items() if curve_metric(k)}
     arm_names, metrics = list(study.settings), list(labels)
     bar = study.baseline_learns
@@ -374,7 +377,7 @@ def _settings_figure(curves: pd.DataFrame, study: StudySpec, out: Path) -> None:
                     ax.plot(seed_rows.step, seed_rows.value, color=palette[method], alpha=0.3, lw=0.8)
                 mean = rows.groupby("step").value.mean()
                 (handles[method],) = ax.plot(mean.index, mean.values, color=palette[method], lw=1.8,
-                                             ls=METHOD_STYLE.get(method, ("", "-", ""))[1])  # fmt: skip
+                                             ls=method_linestyle(method))  # fmt: skip
             if bar is not None and curve_metric(bar.metric) == metric:
                 handles[f"{BASELINE} must reach ({bar.below:g})"] = ax.axhline(bar.below, color="0.5", lw=1.0,
                                                                                ls=(0, (1, 2)))  # fmt: skip
@@ -441,7 +444,7 @@ def _settings_finding(study: StudySpec, settings: pd.DataFrame) -> list[str]:
     names = study_metrics(study)
     primary = next(iter(study.settings_metrics))
     bar = study.baseline_learns
-    sentences = []
+    sentences, cleared_in = [], []
     for arm, setting in study.settings.items():
         rows = settings[settings.arm == arm]
         text = f"With {setting.about}"
@@ -451,6 +454,8 @@ def _settings_finding(study: StudySpec, settings: pd.DataFrame) -> list[str]:
                 r = base.iloc[0]
                 below, n = int(r.seeds_below_bar), int(r.n)
                 cleared = bool(n) and below == n
+                if cleared:
+                    cleared_in.append(setting.about)
                 verdict = "clears the bar" if cleared else "does not clear the bar"
                 if not cleared and any(m != BASELINE for m in setting.methods):
                     verdict += ", so the comparison that follows is between models that have not learned the task"
@@ -460,12 +465,9 @@ def _settings_finding(study: StudySpec, settings: pd.DataFrame) -> list[str]:
                    f"(n={r.n})" for _, r in rows[(rows.method != BASELINE) & (rows.metric == primary)].iterrows()
                    if not pd.isna(r.change)]  # fmt: skip
         sentences.append(text + ("; " + "; ".join(changes) if changes else "") + ".")
-    if bar is not None and study.settings:
-        cleared = [s.about for arm, s in study.settings.items()
-                   if len(rows := settings[(settings.arm == arm) & (settings.method == BASELINE) & (settings.metric == bar.metric)])
-                   and rows.iloc[0].n and rows.iloc[0].seeds_below_bar == rows.iloc[0].n]  # fmt: skip
-        sentences.append(f"No setting of this study brings `{BASELINE}` below the bar in every seed." if not cleared
-                         else f"`{BASELINE}` clears the bar in every seed with: {'; '.join(cleared)}.")  # fmt: skip
+    if bar is not None:
+        sentences.append(f"No setting of this study brings `{BASELINE}` below the bar in every seed." if not cleared_in
+                         else f"`{BASELINE}` clears the bar in every seed with: {'; '.join(cleared_in)}.")  # fmt: skip
     return sentences
 
 
@@ -518,7 +520,8 @@ def readme(spec: ReportSpec, scale: str, frame: pd.DataFrame, scaling: pd.DataFr
         names = study_metrics(study)
         lines += ["## Settings", "",
                   "Each setting's methods against the same setting's `ce`: the mean over seeds with its 95 % t "
-                  "interval, and the paired relative change (mean per-seed log ratio, t interval).", "",
+                  "interval, and the paired change: relative (the mean per-seed log ratio with its t interval, "
+                  "as a percentage), or, where a value is not positive, the mean paired difference (Δ).", "",
                   "| setting | method | metric | mean [95 %] | change vs ce [95 %] | n |",
                   "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for _, r in settings.iterrows():
@@ -543,7 +546,7 @@ def write_study(spec: ReportSpec, scale: str, runs_dir: Path, out: Path) -> None
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "study.csv", index=False)
     scaling, fits = scaling_table(frame, spec, scale)
-    if study is not None and study.sizes is not None:
+    if study.sizes is not None:
         scaling.to_csv(out / "scaling.csv", index=False)
         fit_rows = pd.DataFrame([{"fit": key, **{k: v for k, v in fit.items() if k not in ("s", "sxx", "t", "x_mean")}}
                                  for key, fit in fits.items()])  # fmt: skip
