@@ -2,7 +2,9 @@
 give, and the README may quote only those estimates, to the precision it prints."""
 
 import re
+from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from replication.reporting import claims, crosscheck
@@ -91,3 +93,31 @@ def test_the_changed_verdicts_are_read_from_the_two_claims_files(results, tmp_pa
     assert not any(row.startswith("| C3 |") for row in table)  # unchanged
     assert {row.split(" | ")[0] for row in table[3:]} == {f"| {k[0]}" for k in new if k[0] not in ("C2", "C3")}
     assert all("(new claim)" in row for row in table[3:])
+
+
+def test_runs_of_a_scale_must_come_from_one_clean_commit(results, tmp_path):  # noqa: F811
+    config, out = results
+    global_config, _, _ = _setup(tmp_path, config)
+    plan = crosscheck.Plan(crosscheck.resolve_global_config(yaml.safe_load(global_config.read_text()))).check()
+    assert crosscheck.provenance_problems(plan) == []
+    runs_csv = tmp_path / "results" / "cpu" / "demo" / "runs.csv"
+    runs = pd.read_csv(runs_csv)
+    runs.loc[1, "git_dirty"] = True
+    runs.loc[2, "git_commit"] = "def456"
+    runs.to_csv(runs_csv, index=False)
+    dirty, commits = crosscheck.provenance_problems(plan)
+    assert dirty.startswith(f"{runs_csv}: {runs.run_dir[1]} was trained from a tree that differed from its commit")
+    assert commits.startswith("the runs of cpu were trained at 2 commits: abc123 (demo); def456 (demo)")
+    runs_csv.unlink()
+    assert crosscheck.provenance_problems(plan) == [f"{runs_csv} is missing: make it with the DAG's aggregate rule"]
+
+
+def test_the_committed_results_say_what_the_readme_quotes(monkeypatch):
+    """The real documents against the real data: every committed scale's CLAIMS.md is what its
+    summaries give, README.md quotes only those estimates, and its runs are of one clean commit."""
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the global configs name results/ relative to the repository
+    scales = sorted(p.name for p in (root / "results").iterdir() if (p / "CLAIMS.md").is_file())
+    assert scales, "no committed scale under results/"
+    for scale in scales:
+        assert crosscheck.check(root / "config" / f"{scale}.yaml", root / "README.md") == []

@@ -9,6 +9,8 @@
    `<scale>` scale" column must be the estimate of a claim of ``CLAIMS.md`` whose id starts with the
    row's id (the row C4 covers C4, C4e, C4j, C4b, ..., not C40), to the precision the README prints:
    a value quoted with one decimal may differ by at most 0.05 from the claim's.
+3. Every run in the experiments' ``runs.csv`` was trained at one and the same commit, from a clean
+   tree (``git_dirty`` false): the scale's numbers are those of one commit's code.
 
 Exits 1 naming every difference, so that the README and CLAIMS.md cannot drift from the data.
 
@@ -26,6 +28,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
 
 from replication import cli
 from replication.config import load_yaml
@@ -139,11 +143,34 @@ def claims_problems(committed: Path, remade: str, shown: int = 5) -> list[str]:
     return problems
 
 
+def provenance_problems(plan: Plan) -> list[str]:
+    """Runs of the scale trained from a tree that differed from its commit, and the commits, if more
+    than one, that the scale's runs were trained at."""
+    problems, commits = [], {}
+    for experiment in plan.specs:
+        path = Path(plan.results_dir(experiment)) / "runs.csv"
+        if not path.is_file():
+            problems.append(f"{path} is missing: make it with the DAG's aggregate rule")
+            continue
+        runs = pd.read_csv(path, dtype={"git_commit": str, "git_dirty": str})
+        for row in runs.itertuples():
+            if row.git_dirty != "False":
+                problems.append(f"{path}: {row.run_dir} was trained from a tree that differed from its commit "
+                                f"(git_dirty {row.git_dirty}); train it again from a clean clone")  # fmt: skip
+            commits.setdefault(str(row.git_commit), set()).add(experiment)
+    if len(commits) > 1:
+        where = "; ".join(f"{commit[:12]} ({', '.join(sorted(e))})" for commit, e in sorted(commits.items()))
+        problems.append(f"the runs of {plan.scale} were trained at {len(commits)} commits: {where}; "
+                        "rebuild the scale from one clean clone (README, \"Running a scale\")")  # fmt: skip
+    return problems
+
+
 def check(config_path: Path, readme: Path) -> list[str]:
     plan = Plan(resolve_global_config(load_yaml(config_path))).check()
     remade = remade_claims(plan)
     problems = claims_problems(Path(plan.claims_output()), remade)
-    return problems + readme_problems(readme.read_text(), plan.scale, claim_estimates(remade))
+    problems += readme_problems(readme.read_text(), plan.scale, claim_estimates(remade))
+    return problems + provenance_problems(plan)
 
 
 def verdict_changes(old_md: str, new_md: str) -> str:
