@@ -2,7 +2,7 @@
 #   make test        the test suite, then the smoke DAG end to end (what CI runs)
 #   make replicate   the replication at the scale this machine can carry (SCALE=cpu by default)
 #   make study       the scale's studies: model size, GAPT's knobs, settings (SCALE=cpu; results/<scale>/study/)
-#   make crosscheck  do CLAIMS.md and the README's claims table say what the committed summaries say?
+#   make crosscheck  do CLAIMS.md and the README's claims table say what the committed summaries say, from runs of one clean commit?
 #   make mutation    mutation testing of the core with mutmut (not part of CI; README, "Mutation testing")
 #   make gpu-check   the GPU path on one CUDA device in at most 8 minutes, no network (README, "Running a scale")
 #   make test-slurm  the smoke DAG through a real one-node SLURM started for it (root; README, "Running a scale")
