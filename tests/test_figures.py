@@ -104,3 +104,20 @@ def test_curves_overlay_the_methods_name_the_panels_and_mark_the_stage_end(tmp_p
     assert drawn_styles == {(matplotlib.colors.to_hex(figures.METHOD_STYLE[m][0]), figures.METHOD_STYLE[m][1] == "-")
                             for m in ("ce", "gapt", "gapt_joint")}  # gapt_joint dashed
     plt.close(drawn["c"])
+
+
+def test_a_share_is_drawn_with_its_interval_cut_at_0_and_1(tmp_path, monkeypatch):
+    rows = [{"method": method, "seed": seed, "metric": f"final/id/exact_match/digits_{d}", "value": value}
+            for method in ("ce", "gapt") for d in (1, 2) for seed, value in enumerate([0.0, 0.0, 1.0])]  # fmt: skip
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, results, stem, title: drawn.setdefault(stem, fig) and [])
+    spec = FigureSpec(kind="by_digits", file="d", prefixes=["final/id/exact_match/digits_"])
+    figures.by_digits(spec, pd.DataFrame(rows), tmp_path)
+    ax = drawn["d"].axes[0]
+    vertical = [line for line in ax.lines if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1]]
+    bars = [line.get_ydata() for line in vertical]
+    assert len(bars) == 4  # one per method and digit count
+    for low, high in bars:  # the t interval of 0, 0, 1 is -1.10 to 1.77
+        assert (low, high) == (0.0, 1.0)
+    assert figures.share_errorbar([0.2, 0.3, 0.4]) == pytest.approx(figures.t_errorbar([0.2, 0.3, 0.4]))
+    plt.close(drawn["d"])

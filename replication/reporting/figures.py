@@ -11,6 +11,7 @@ import argparse
 import re
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +230,16 @@ def rq1_alignment(spec: FigureSpec, alignment: pd.DataFrame, results: Path) -> l
     return _save(fig, results, spec.file, spec.title)
 
 
+def share_errorbar(values: Sequence[float]) -> tuple[float, float]:
+    """``t_errorbar`` cut at 0 and 1: the interval of a share drawn within the values a share can take
+    (three seeds of 0, 0 and 1 give a t interval of -1.1 to 1.8)."""
+    low, high = t_errorbar(values)
+    return (max(low, 0.0), min(high, 1.0))
+
+
 def by_digits(spec: FigureSpec, summary: pd.DataFrame, results: Path, labels: dict[str, str] | None = None) -> list[Path]:
+    """Shares (exact match) per operand digit count: the mean of the seeds with its t interval cut at
+    0 and 1, and each seed as a dot."""
     frames = []
     for prefix in spec.prefixes:
         pattern = re.compile(re.escape(prefix) + r"(\d+)$")
@@ -243,11 +253,11 @@ def by_digits(spec: FigureSpec, summary: pd.DataFrame, results: Path, labels: di
     methods = _methods(data)
     fig, ax = plt.subplots(figsize=(PAGE_WIDTH * 0.75, 3.0), layout="constrained")
     sns.pointplot(data, x="digits", y="value", hue="method", hue_order=methods, palette=method_palette(methods),
-                  markers=[method_markers(methods)[m] for m in methods], linestyles="none", errorbar=t_errorbar,
+                  markers=[method_markers(methods)[m] for m in methods], linestyles="none", errorbar=share_errorbar,
                   dodge=0.8 * (len(methods) - 1) / len(methods), ax=ax)  # the strip plot's offsets: 0.8 wide
     sns.stripplot(data, x="digits", y="value", hue="method", hue_order=methods, palette=method_palette(methods),
                   dodge=True, jitter=0.03, alpha=0.35, size=3, legend=False, ax=ax)  # fmt: skip
-    ax.legend(frameon=False, fontsize=7, title="mean, 95 % t interval; dots: seeds", title_fontsize=7)
+    ax.legend(frameon=False, fontsize=7, title="mean, 95 % t interval cut at 0 and 1; dots: seeds", title_fontsize=7)
     ax.set_xlabel("operand digits")
     ax.set_ylabel(label(labels or {}, spec.prefixes[0]) if spec.prefixes else "", fontsize=8)
     return _save(fig, results, spec.file, spec.title)
