@@ -255,3 +255,24 @@ def test_a_setting_pairs_each_method_with_its_own_ce_and_counts_the_seeds_under_
     values[("longer", "ce", 1)] = {ood: 5.0, bar: 0.09}
     sentence, overall = _settings_finding(study, settings_table(_settings_frame(values), spec, "smoke"))
     assert "(2 of 2 seeds below 0.1): it clears the bar;" in sentence and overall.endswith("every seed with: 40 steps.")
+
+
+def test_the_study_figures_draw_each_method_in_its_own_style(tmp_path, monkeypatch):
+    import matplotlib.colors
+
+    from replication.reporting import study as study_module
+    from replication.reporting.figures import METHOD_STYLE
+
+    figs = []
+    monkeypatch.setattr(study_module.plt, "close", figs.append)
+    row = {f"{m}_{k}_percent": v for m in ("ce", "mbe") for k, v in (("change", 3.0), ("low", 1.0), ("high", 5.0))}
+    table = pd.DataFrame([{"method": "gapt", "arm": "reference", "knob": "default", "value": "", **row},
+                          {"method": "gapt", "arm": "tol", "knob": "spike tolerance", "value": "0.2", **row},
+                          {"method": "gapt_joint", "arm": "reference", "knob": "default", "value": "", **row}])  # fmt: skip
+    study_module._sensitivity_figure(table, tmp_path)
+    [fig] = figs
+    for ax in fig.axes:
+        drawn = {matplotlib.colors.to_hex(c.lines[0].get_color()): len(c.lines[0].get_ydata()) for c in ax.containers}
+        assert drawn == {matplotlib.colors.to_hex(METHOD_STYLE["gapt"][0]): 2,
+                         matplotlib.colors.to_hex(METHOD_STYLE["gapt_joint"][0]): 1}  # fmt: skip
+    assert (tmp_path / "sensitivity.png").is_file()

@@ -51,7 +51,7 @@ from replication import cli  # noqa: E402
 from replication.errors import ConfigError, RunFolderError  # noqa: E402
 from replication.methods import BASELINE, METHOD_NAMES  # noqa: E402
 from replication.models import build_model  # noqa: E402
-from replication.reporting.figures import method_linestyle, method_palette  # noqa: E402
+from replication.reporting.figures import method_linestyle, method_markers, method_palette  # noqa: E402
 from replication.reporting.spec import ReportSpec, load_report_spec  # noqa: E402
 from replication.reporting.stats import (  # noqa: E402
     CONFIDENCE,
@@ -309,9 +309,9 @@ def _scaling_figure(table: pd.DataFrame, fits: dict[str, dict], out: Path) -> No
             rows = table[(table.method == method) & (table.metric == metric)]
             low = rows.change_percent - rows.low_percent.fillna(rows.change_percent)
             high = rows.high_percent.fillna(rows.change_percent) - rows.change_percent
-            bars = ax.errorbar(rows.parameters, rows.change_percent, yerr=[low, high], fmt="o", capsize=3,
-                               label=f"{method} (mean, 95 % interval)")  # fmt: skip
-            color = bars.lines[0].get_color()
+            color = method_palette([method])[method]
+            ax.errorbar(rows.parameters, rows.change_percent, yerr=[low, high], fmt=method_markers([method])[method],
+                        capsize=3, color=color, label=f"{method} (mean, 95 % interval)")  # fmt: skip
             fit = fits.get(f"{method} {metric}", {})
             if "slope" in fit:
                 lo, hi = math.log10(rows.parameters.min()) - 0.3, math.log10(rows.parameters.max()) + 0.3
@@ -325,8 +325,8 @@ def _scaling_figure(table: pd.DataFrame, fits: dict[str, dict], out: Path) -> No
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("parameters")
-        ax.set_ylabel(f"{METRICS[metric]}: change vs ce (%)")
-        ax.legend(frameon=False, fontsize=8)
+        ax.set_ylabel(f"{METRICS[metric]}: change vs ce (%)", fontsize=8)
+        ax.legend(frameon=False, fontsize=7, loc="best")
     for suffix in ("png", "pdf"):
         fig.savefig(out / f"scaling.{suffix}", dpi=200)
     plt.close(fig)
@@ -345,9 +345,12 @@ def _sensitivity_figure(table: pd.DataFrame, out: Path) -> None:
         mean = table[f"{short}_change_percent"]
         low = mean - table[f"{short}_low_percent"].fillna(mean)
         high = table[f"{short}_high_percent"].fillna(mean) - mean
-        ax.errorbar(mean, y, xerr=[low, high], fmt="o", capsize=3)
+        for method in table.method.unique():  # each method in its own colour and marker
+            rows = (table.method == method).to_numpy()
+            ax.errorbar(mean[rows], y[rows], xerr=[low[rows], high[rows]], fmt=method_markers([method])[method],
+                        capsize=3, color=method_palette([method])[method])  # fmt: skip
         ax.axvline(0, color="black", lw=0.8)
-        ax.set_xlabel(f"{name}: change vs ce (%)")
+        ax.set_xlabel(f"{name}:\nchange vs ce (%)", fontsize=8)
     axes[0].set_yticks(y, labels, fontsize=8)
     for suffix in ("png", "pdf"):
         fig.savefig(out / f"sensitivity.{suffix}", dpi=200)
