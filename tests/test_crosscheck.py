@@ -1,5 +1,6 @@
 """The cross-check of the documents against the data: CLAIMS.md must be what the committed summaries
-give, and the README may quote only those estimates, to the precision it prints."""
+give, the README may quote only those estimates, to the precision it prints, and a scale's runs must
+come from one clean commit."""
 
 import re
 from pathlib import Path
@@ -101,13 +102,23 @@ def test_runs_of_a_scale_must_come_from_one_clean_commit(results, tmp_path):  # 
     plan = crosscheck.Plan(crosscheck.resolve_global_config(yaml.safe_load(global_config.read_text()))).check()
     assert crosscheck.provenance_problems(plan) == []
     runs_csv = tmp_path / "results" / "cpu" / "demo" / "runs.csv"
-    runs = pd.read_csv(runs_csv)
+    runs = pd.read_csv(runs_csv, dtype={"git_commit": object, "git_dirty": object})
     runs.loc[1, "git_dirty"] = True
+    runs.loc[3, "git_dirty"] = None  # git could not compare the tree with the commit
     runs.loc[2, "git_commit"] = "def456"
+    runs.loc[4, "git_commit"] = None  # trained outside a git clone
     runs.to_csv(runs_csv, index=False)
-    dirty, commits = crosscheck.provenance_problems(plan)
-    assert dirty.startswith(f"{runs_csv}: {runs.run_dir[1]} was trained from a tree that differed from its commit")
+    unknown, dirty, commits = crosscheck.provenance_problems(plan)
+    assert unknown.startswith(f"{runs_csv}: 1 of {len(runs)} runs were trained with no known commit")
+    assert unknown.endswith(f"first {runs.run_dir[4]}; train them again from a clean clone")
+    assert dirty.startswith(f"{runs_csv}: 2 of {len(runs)} runs were trained from a tree that differed")
+    assert f"first {runs.run_dir[1]};" in dirty
     assert commits.startswith("the runs of cpu were trained at 2 commits: abc123 (demo); def456 (demo)")
+    runs.drop(columns="git_dirty").to_csv(runs_csv, index=False)
+    assert crosscheck.provenance_problems(plan) == [
+        f"{runs_csv} has no column git_dirty: make it again with the DAG's aggregate rule"]
+    runs_csv.write_text("")
+    assert crosscheck.provenance_problems(plan) == [f"{runs_csv} is empty: make it again with the DAG's aggregate rule"]
     runs_csv.unlink()
     assert crosscheck.provenance_problems(plan) == [f"{runs_csv} is missing: make it with the DAG's aggregate rule"]
 
@@ -117,7 +128,9 @@ def test_the_committed_results_say_what_the_readme_quotes(monkeypatch):
     summaries give, README.md quotes only those estimates, and its runs are of one clean commit."""
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)  # the global configs name results/ relative to the repository
-    scales = sorted(p.name for p in (root / "results").iterdir() if (p / "CLAIMS.md").is_file())
-    assert scales, "no committed scale under results/"
+    readme = (root / "README.md").read_text()
+    scales = re.findall(r"ours at `(\w+)` scale", readme)  # the scales whose claims the README quotes
+    assert scales, "README.md has no claims table"
     for scale in scales:
+        assert (root / "results" / scale / "CLAIMS.md").is_file(), f"README quotes {scale}, which has no results"
         assert crosscheck.check(root / "config" / f"{scale}.yaml", root / "README.md") == []

@@ -272,7 +272,10 @@ def test_the_study_figures_draw_each_method_in_its_own_style(tmp_path, monkeypat
     study_module._sensitivity_figure(table, tmp_path)
     [fig] = figs
     for ax in fig.axes:
-        drawn = {matplotlib.colors.to_hex(c.lines[0].get_color()): len(c.lines[0].get_ydata()) for c in ax.containers}
-        assert drawn == {matplotlib.colors.to_hex(METHOD_STYLE["gapt"][0]): 2,
-                         matplotlib.colors.to_hex(METHOD_STYLE["gapt_joint"][0]): 1}  # fmt: skip
+        drawn = {(matplotlib.colors.to_hex(c.lines[0].get_color()), c.lines[0].get_marker()): len(c.lines[0].get_ydata())
+                 for c in ax.containers}  # fmt: skip
+        assert drawn == {(matplotlib.colors.to_hex(METHOD_STYLE[m][0]), METHOD_STYLE[m][2]): n
+                         for m, n in (("gapt", 2), ("gapt_joint", 1))}  # fmt: skip
     assert (tmp_path / "sensitivity.png").is_file()
+    monkeypatch.undo()
+    study_module.plt.close(fig)

@@ -144,20 +144,33 @@ def claims_problems(committed: Path, remade: str, shown: int = 5) -> list[str]:
 
 
 def provenance_problems(plan: Plan) -> list[str]:
-    """Runs of the scale trained from a tree that differed from its commit, and the commits, if more
-    than one, that the scale's runs were trained at."""
+    """Runs of the scale with no known commit or trained from a tree that differed from it (one line
+    per runs.csv, naming the first such run and how many), and the commits, if more than one, that
+    the scale's runs were trained at."""
     problems, commits = [], {}
     for experiment in plan.specs:
         path = Path(plan.results_dir(experiment)) / "runs.csv"
-        if not path.is_file():
+        try:
+            runs = pd.read_csv(path, dtype={"git_commit": str, "git_dirty": str}, keep_default_na=False)
+        except FileNotFoundError:
             problems.append(f"{path} is missing: make it with the DAG's aggregate rule")
             continue
-        runs = pd.read_csv(path, dtype={"git_commit": str, "git_dirty": str})
-        for row in runs.itertuples():
-            if row.git_dirty != "False":
-                problems.append(f"{path}: {row.run_dir} was trained from a tree that differed from its commit "
-                                f"(git_dirty {row.git_dirty}); train it again from a clean clone")  # fmt: skip
-            commits.setdefault(str(row.git_commit), set()).add(experiment)
+        except pd.errors.EmptyDataError:
+            problems.append(f"{path} is empty: make it again with the DAG's aggregate rule")
+            continue
+        missing = [c for c in ("run_dir", "git_commit", "git_dirty") if c not in runs]
+        if missing:
+            problems.append(f"{path} has no column {', '.join(missing)}: make it again with the DAG's aggregate rule")
+            continue
+        unknown = runs[runs.git_commit == ""]
+        dirty = runs[(runs.git_commit != "") & (runs.git_dirty != "False")]
+        for rows, what in ((unknown, "with no known commit (trained outside a git clone)"),
+                           (dirty, "from a tree that differed from its commit, or could not be compared with it")):
+            if len(rows):
+                problems.append(f"{path}: {len(rows)} of {len(runs)} runs were trained {what}, first "
+                                f"{rows.run_dir.iloc[0]}; train them again from a clean clone")  # fmt: skip
+        for commit in runs.git_commit[runs.git_commit != ""].unique():
+            commits.setdefault(commit, set()).add(experiment)
     if len(commits) > 1:
         where = "; ".join(f"{commit[:12]} ({', '.join(sorted(e))})" for commit, e in sorted(commits.items()))
         problems.append(f"the runs of {plan.scale} were trained at {len(commits)} commits: {where}; "

@@ -84,8 +84,8 @@ class FigureSpec(StrictModel):
     overlaid, stage ends marked, and a strip of the gated runs' compress phases), ``mbe_by_layer``
     (the per-layer eval ``metric`` at the last evaluation),
     ``rq1_alignment`` (alignment.csv: cosine against step per layer with the noise baseline),
-    ``by_digits`` (summary metrics ``<prefix><digits>`` for every ``prefixes`` entry, shares: their
-    intervals cut at 0 and 1),
+    ``by_digits`` (summary metrics ``<prefix><digits>`` for every ``prefixes`` entry, taken to be
+    shares in [0, 1]: their intervals are cut at 0 and 1),
     ``by_method`` (summary ``metrics`` per method with the seed spread).
     """
 

@@ -304,14 +304,16 @@ def settings_curves(spec: ReportSpec, scale: str, runs_dir: Path) -> pd.DataFram
 def _scaling_figure(table: pd.DataFrame, fits: dict[str, dict], out: Path) -> None:
     metrics = list(METRICS)
     fig, axes = plt.subplots(1, len(metrics), figsize=(7.0, 2.9), constrained_layout=True)
+    methods = list(table.method.unique())
+    palette, markers = method_palette(methods), method_markers(methods)
     for ax, metric in zip(np.atleast_1d(axes), metrics):
-        for method in table.method.unique():
+        for method in methods:
             rows = table[(table.method == method) & (table.metric == metric)]
             low = rows.change_percent - rows.low_percent.fillna(rows.change_percent)
             high = rows.high_percent.fillna(rows.change_percent) - rows.change_percent
-            color = method_palette([method])[method]
-            ax.errorbar(rows.parameters, rows.change_percent, yerr=[low, high], fmt=method_markers([method])[method],
-                        capsize=3, color=color, label=f"{method} (mean, 95 % interval)")  # fmt: skip
+            color = palette[method]
+            ax.errorbar(rows.parameters, rows.change_percent, yerr=[low, high], fmt=markers[method], capsize=3,
+                        color=color, label=f"{method} (mean, 95 % interval)")  # fmt: skip
             fit = fits.get(f"{method} {metric}", {})
             if "slope" in fit:
                 lo, hi = math.log10(rows.parameters.min()) - 0.3, math.log10(rows.parameters.max()) + 0.3
@@ -326,7 +328,7 @@ def _scaling_figure(table: pd.DataFrame, fits: dict[str, dict], out: Path) -> No
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("parameters")
         ax.set_ylabel(f"{METRICS[metric]}: change vs ce (%)", fontsize=8)
-        ax.legend(frameon=False, fontsize=7, loc="best")
+        ax.legend(frameon=False, fontsize=7)
     for suffix in ("png", "pdf"):
         fig.savefig(out / f"scaling.{suffix}", dpi=200)
     plt.close(fig)
@@ -341,14 +343,16 @@ def _sensitivity_figure(table: pd.DataFrame, out: Path) -> None:
     labels = [f"{r.method}: {r.knob} {r.value}" if r.arm != "reference" else f"{r.method}: default"
               for r in table.itertuples()]  # fmt: skip
     y = np.arange(len(table))[::-1]
+    methods = list(table.method.unique())
+    palette, markers = method_palette(methods), method_markers(methods)
     for ax, short, name in ((axes[0], "ce", "validation CE"), (axes[1], "mbe", "validation MBE")):
         mean = table[f"{short}_change_percent"]
         low = mean - table[f"{short}_low_percent"].fillna(mean)
         high = table[f"{short}_high_percent"].fillna(mean) - mean
-        for method in table.method.unique():  # each method in its own colour and marker
+        for method in methods:  # each method in its own colour and marker
             rows = (table.method == method).to_numpy()
-            ax.errorbar(mean[rows], y[rows], xerr=[low[rows], high[rows]], fmt=method_markers([method])[method],
-                        capsize=3, color=method_palette([method])[method])  # fmt: skip
+            ax.errorbar(mean[rows], y[rows], xerr=[low[rows], high[rows]], fmt=markers[method], capsize=3,
+                        color=palette[method])  # fmt: skip
         ax.axvline(0, color="black", lw=0.8)
         ax.set_xlabel(f"{name}:\nchange vs ce (%)", fontsize=8)
     axes[0].set_yticks(y, labels, fontsize=8)
