@@ -137,9 +137,12 @@ def run_through_server(path: str, argv: list[str]) -> int | None:
         conn.close()
     if child is None:
         return None  # it never started the run: this process trains it
-    # the server died under a running run (which its death signals to stop): wait until the run has
-    # let go of its folder, so that a retry finds it free
-    _signal(child, signal.SIGTERM)
+    # the server died under a running run: wait until the run has let go of its folder, so that a
+    # retry finds it free. On Linux the kernel has already sent the run SIGTERM (PR_SET_PDEATHSIG, set
+    # in every child by the server), which checkpoints and stops it; a second SIGTERM would stop it at
+    # once, before its checkpoint. Elsewhere nothing has told the run, so this process does.
+    if not sys.platform.startswith("linux"):
+        _signal(child, signal.SIGTERM)
     while not _gone(child):
         time.sleep(0.2)
     print(f"error: the training server at {path} ended during the run (pid {child}); its log says why. "
