@@ -99,7 +99,7 @@ def test_the_changed_verdicts_are_read_from_the_two_claims_files(results, tmp_pa
 def test_runs_of_a_scale_must_come_from_one_clean_commit(results, tmp_path):  # noqa: F811
     config, out = results
     global_config, _, _ = _setup(tmp_path, config)
-    plan = crosscheck.Plan(crosscheck.resolve_global_config(yaml.safe_load(global_config.read_text()))).check()
+    plan = crosscheck.load_plan(global_config)
     assert crosscheck.provenance_problems(plan) == []
     runs_csv = tmp_path / "results" / "cpu" / "demo" / "runs.csv"
     runs = pd.read_csv(runs_csv, dtype={"git_commit": object, "git_dirty": object})

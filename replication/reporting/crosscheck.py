@@ -178,8 +178,12 @@ def provenance_problems(plan: Plan) -> list[str]:
     return problems
 
 
+def load_plan(config_path: Path) -> Plan:
+    return Plan(resolve_global_config(load_yaml(config_path))).check()
+
+
 def check(config_path: Path, readme: Path) -> list[str]:
-    plan = Plan(resolve_global_config(load_yaml(config_path))).check()
+    plan = load_plan(config_path)
     remade = remade_claims(plan)
     problems = claims_problems(Path(plan.claims_output()), remade)
     problems += readme_problems(readme.read_text(), plan.scale, claim_estimates(remade))
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     if args.changes_from is not None:
-        plan = Plan(resolve_global_config(load_yaml(args.config))).check()
+        plan = load_plan(args.config)
         print(verdict_changes(args.changes_from.read_text(), Path(plan.claims_output()).read_text()), end="")
         return 0
     problems = check(args.config, args.readme)
