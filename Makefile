@@ -56,7 +56,7 @@ smoke: install
 	paths="runs_dir=$$dir/runs results_dir=$$dir/results logs_dir=$$dir/logs data_dir=$$dir/data" && \
 	echo "smoke DAG in $$dir" && \
 	if $(BIN)/snakemake --cores 2 --keep-going --configfile $(SMOKE_CONFIG) --config $$paths --quiet rules \
-		&& $(BIN)/python -m replication.reporting.workflow $(SMOKE_CONFIG) $$paths; then \
+		&& $(BIN)/python -m replication.dag.plan $(SMOKE_CONFIG) $$paths; then \
 		if [ "$(KEEP)" = 1 ]; then echo "smoke DAG passed; its outputs are in $$dir"; \
 		else rm -rf "$$dir"; echo "smoke DAG passed"; fi; \
 	else echo "smoke DAG failed: the runs, results and logs are kept in $$dir" >&2; exit 1; fi
@@ -108,8 +108,8 @@ gpu-check: install
 # mutant's diff, `.venv/bin/mutmut browse` walks them; delete mutants/ for a run from scratch. One
 # worker by default, so that the machine stays usable; MUTATION_WORKERS=2 on an idle one.
 MUTATION_WORKERS ?= 1
-MUTATION_SCOPE ?= replication.mbe.* replication.gapt.* replication.methods.* replication.objectives.* replication.reporting.stats.* \
-	replication.train.x?Trainer?_train_step__* replication.train.x?Trainer?_reduce__*
+MUTATION_SCOPE ?= replication.science.mbe.* replication.science.gapt.* replication.science.methods.* replication.training.objectives.* replication.reporting.stats.* \
+	replication.training.train.x?Trainer?_train_step__* replication.training.train.x?Trainer?_reduce__*
 MUTATION_ARGS = $(foreach p,$(MUTATION_SCOPE),'$(p)')
 
 $(BIN)/.installed-mutation: $(BIN)/.installed pyproject.toml

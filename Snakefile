@@ -1,19 +1,18 @@
 # The replication DAG. `snakemake --cores all` with no config file runs the paper scale
 # (config/paper.yaml); `--configfile config/<scale>.yaml` selects another (smoke, cpu, gpu1). A global
 # config gets nothing from any other file: a key it omits takes the default that
-# replication/reporting/config.schema.yaml states. Every job is a `python -m replication.<command>` call that
-# can also be run by hand; the Python package decides what to run (replication/reporting/workflow.py).
-import os
+# replication/dag/config.schema.yaml states. Every job is a `python -m replication.<command>` call that
+# can also be run by hand; the Python package decides what to run (replication/dag/plan.py).
 import sys
 
 from snakemake.utils import min_version
 
 min_version("9.0")
 
-from replication.errors import ConfigError
-from replication.launch import SERVER_ENV, TrainServer
-from replication.methods import METHOD_NAMES
-from replication.reporting.workflow import TABLE_FILES, Plan, resolve_global_config
+from replication.science.errors import ConfigError
+from replication.science.methods import METHOD_NAMES
+from replication.dag.plan import TABLE_FILES, Plan
+from replication.dag.schema import resolve_global_config
 
 PAPER_CONFIG = f"{workflow.basedir}/config/paper.yaml"  # what runs when nothing names a config or a scale
 
@@ -34,17 +33,6 @@ RUNS, DATA, LOGS = config["runs_dir"], config["data_dir"], config["logs_dir"]
 # earlier run of the same shapes compiled (the first one pays; the rest load them in seconds)
 COMPILE_CACHE = f"{RUNS}/.compile-cache"
 PYTHON = sys.executable  # the environment Snakemake runs in is the one every job runs in
-# one warm process for the DAG's CPU training jobs (replication/launch.py): each run forks from it
-# instead of importing torch afresh, which is most of a short run's cost. Started before the first
-# job, it names its socket in the jobs' environment; without it (cluster execution, `train_server:
-# false`) python -m replication.launch is python -m replication.train.
-TRAIN_SERVER = (
-    TrainServer(PYTHON, f"{LOGS}/train-server.log")
-    if config["train_server"] and workflow.local_exec and PLAN.forks_training()
-    else None
-)
-if TRAIN_SERVER is None:
-    os.environ.pop(SERVER_ENV, None)  # an outer DAG's server is not this one's
 
 
 def logged(command):
@@ -60,21 +48,6 @@ wildcard_constraints:
     seed=r"\d+",
     experiment=r"[a-z0-9_]+",
     scale=r"[a-z0-9_]+",
-
-
-onstart:
-    if TRAIN_SERVER:
-        TRAIN_SERVER.start()
-
-
-onsuccess:
-    if TRAIN_SERVER:
-        TRAIN_SERVER.stop()
-
-
-onerror:
-    if TRAIN_SERVER:
-        TRAIN_SERVER.stop()
 
 
 include: "workflow/rules/data.smk"

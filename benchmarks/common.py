@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from replication.runio import now, provenance
+from replication.runtime.record import now, provenance
 
 
 def interleaved(variants: dict[str, Callable[[], None]], rounds: int, repeats: int = 1) -> dict[str, float]:

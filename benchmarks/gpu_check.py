@@ -5,7 +5,7 @@ The GPU path in one command (`make gpu-check`), within a budget of 8 minutes and
 1. Every method (ce, ce_mbe, gapt, gapt_joint) trains the paper's modded model at its paper shape
    (12 blocks, width 768, 6 heads of 128, vocabulary 50304; 32,768 tokens per micro-batch, or with
    ``--seq-len`` another length; on an out-of-memory error ce halves it until it fits, down to 4096)
-   for a few dozen steps through the real ``replication.train.Trainer`` with ``train.dtype:
+   for a few dozen steps through the real ``replication.training.train.Trainer`` with ``train.dtype:
    bfloat16`` and ``train.compile: true``, on the synthetic task (no data files). Each method gets
    the same tokens per step; the gated methods are held in their compress phase from step 3 on (the
    costly phase, as benchmarks.steps measures it), so the step-time ratios state what compression
@@ -60,9 +60,9 @@ import yaml
 from tabulate import tabulate
 
 from benchmarks.common import write_result
-from replication.config import deep_merge
-from replication.methods import METHOD_NAMES, METHODS
-from replication.runconfig import RunConfig, resolve_run_config, validate_run_config
+from replication.config.base import deep_merge
+from replication.science.methods import METHOD_NAMES, METHODS
+from replication.config.run import RunConfig, resolve_run_config, validate_run_config
 
 GATED = tuple(m for m in METHOD_NAMES if METHODS[m].gated)  # the methods the controller drives
 
@@ -166,8 +166,8 @@ def peak_tflops(device: torch.device, override: float | None) -> tuple[float | N
 
 @contextmanager
 def compile_backend(backend: str | None) -> Iterator[str]:
-    """The backend replication.train compiles with, for the duration (``eager`` under --tiny)."""
-    import replication.train as loop
+    """The backend replication.training.train compiles with, for the duration (``eager`` under --tiny)."""
+    import replication.training.train as loop
 
     previous = getattr(loop, "COMPILE_BACKEND", None)
     if backend is None or previous is None:
@@ -235,9 +235,9 @@ def replay_batches(trainer, pool: int = 4) -> None:
 
 
 def measure_method(config: RunConfig, warmup: int, scratch: Path) -> dict[str, Any]:
-    """Train one run of ``config`` with replication.train.Trainer and time its steps."""
-    from replication.runio import read_metrics
-    from replication.train import Trainer
+    """Train one run of ``config`` with replication.training.train.Trainer and time its steps."""
+    from replication.runtime.record import read_metrics
+    from replication.training.train import Trainer
 
     device = torch.device(config.train.device)
     if device.type == "cuda":
@@ -344,7 +344,8 @@ def mini_dag_overrides(scratch: Path) -> list[str]:
 
 def check_mini_dag_plan(scratch: Path) -> dict[str, Any]:
     """Resolve the mini-DAG's global config and every run config, as the Snakefile does first."""
-    from replication.reporting.workflow import Plan, resolve_global_config
+    from replication.dag.plan import Plan
+    from replication.dag.schema import resolve_global_config
 
     write_mini_dag_experiments(scratch / "experiments")
     raw = yaml.safe_load((REPO / "config" / "gpu1.yaml").read_text())
@@ -372,7 +373,7 @@ def mini_dag_commands(scratch: Path, slots: int = 1) -> tuple[list[str], list[st
     snakemake = [sys.executable, "-m", "snakemake", "--cores", str(os.cpu_count() or 1), "--resources",
                  f"gpu={slots}", "--keep-going", "--configfile", "config/gpu1.yaml", "--config",
                  *overrides, "--quiet", "rules"]  # fmt: skip
-    check = [sys.executable, "-m", "replication.reporting.workflow", "config/gpu1.yaml", *overrides]
+    check = [sys.executable, "-m", "replication.dag.plan", "config/gpu1.yaml", *overrides]
     return snakemake, check
 
 
@@ -525,7 +526,7 @@ def gpu_check(args: argparse.Namespace) -> dict[str, Any]:
     else:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    from replication.runio import device_description, provenance
+    from replication.runtime.record import device_description, provenance
 
     return {
         "provenance": provenance(device),  # replaces write_result's, which describes the CPU

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import interleaved
-from replication.mbe import renyi_entropy
+from replication.science.mbe import renyi_entropy
 
 PATCHES = (8, 32, 128, 512, 1024)
 WIDTHS = (64, 256, 1024)

@@ -1,7 +1,7 @@
 """bf16 parity at the cpu scale: does bf16 autocast change what a FineWeb run learns?
 
 Trains the cpu scale's ``ce`` and ``gapt_joint`` runs of ``fineweb_pretrain`` on seeds 0, 1, 2, once in
-float32 and once in bf16 autocast (MBE is float32 in both: ``replication.mbe``), two runs at a time on
+float32 and once in bf16 autocast (MBE is float32 in both: ``replication.science.mbe``), two runs at a time on
 one thread each, a float32 run beside its bf16 twin. Reported per method: the final validation CE and
 MBE (mean over all blocks) of each dtype, the paired difference bf16 - float32 with its 95 % t
 interval, and float32's seed-to-seed standard deviation. bf16 agrees when the mean paired difference
@@ -24,8 +24,8 @@ from typing import Any
 from scipy import stats
 
 from replication.reporting.stats import paired_change
-from replication.runconfig import load_experiment, resolve_run_config, write_run_config
-from replication.runio import read_json
+from replication.config.run import load_experiment, resolve_run_config, write_run_config
+from replication.runtime.record import read_json
 from replication.tasks.fineweb.data import DatasetOptions, prepare
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ METRICS = ("final/val/ce", "final/val/mbe")
 
 
 def _train(run_dir: Path, data_root: Path) -> dict[str, Any]:
-    command = [sys.executable, "-m", "replication.train", str(run_dir / "config.yaml"), "--data-root", str(data_root),
+    command = [sys.executable, "-m", "replication.training.train", str(run_dir / "config.yaml"), "--data-root", str(data_root),
                "--threads", "1", "--progress", "lines"]  # fmt: skip
     with (run_dir / "train.log").open("w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)

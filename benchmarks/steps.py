@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import interleaved
-from replication.config import deep_merge
-from replication.evaluation import evaluate_lm
-from replication.methods import METHODS
-from replication.objectives import accumulate_gradients
-from replication.runconfig import RunConfig, resolve_run_config, validate_run_config
-from replication.train import Trainer
+from replication.config.base import deep_merge
+from replication.tasks.evaluation import evaluate_lm
+from replication.science.methods import METHODS
+from replication.training.objectives import accumulate_gradients
+from replication.config.run import RunConfig, resolve_run_config, validate_run_config
+from replication.training.train import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 FINEWEB = REPO / "experiments" / "fineweb_pretrain" / "config.yaml"
@@ -132,7 +132,7 @@ def _minimal_loop(config: RunConfig, steps: int) -> float:
 
 
 def _replication_loop(config: RunConfig, steps: int) -> float:
-    """Steps per second of replication.train, from the times it logged (start-up and evals excluded)."""
+    """Steps per second of replication.training.train, from the times it logged (start-up and evals excluded)."""
     config = validate_run_config(deep_merge(config.to_dict(), {"train": {"steps": steps + 1, "eval_at_start": False}}))
     with tempfile.TemporaryDirectory() as tmp:
         Trainer(config, tmp, show_progress=False).run()
@@ -141,7 +141,7 @@ def _replication_loop(config: RunConfig, steps: int) -> float:
 
 
 def loop_efficiency(shape: str = "cpu", steps: int = 30, rounds: int = 7) -> dict[str, Any]:
-    """replication.train's ce steps per second over the minimal loop's, rounds interleaved; and the
+    """replication.training.train's ce steps per second over the minimal loop's, rounds interleaved; and the
     same with RQ1's record every 5 steps (the cpu scale's cadence for ce), all as the cpu scale ships
     (its dtype, its block_mbe_every, and compiled where it compiles: both loops then run the same
     compiled blocks). Besides, what a step between ``train.block_mbe_every`` saves (``block_mbe``)."""
@@ -264,7 +264,7 @@ def _first_step_in_a_new_process(method: str, dtype: str, compiled: bool) -> flo
         "import json, tempfile, time, torch\n"
         f"torch.set_num_threads({torch.get_num_threads()})\n"
         "from benchmarks.steps import optimizer_step, shape_config\n"
-        "from replication.train import Trainer\n"
+        "from replication.training.train import Trainer\n"
         f"t = Trainer(shape_config('cpu', {method!r}, {dtype!r}, {compiled!r}), tempfile.mkdtemp(), show_progress=False)\n"
         "step = optimizer_step(t, {'first': 0}, 'first')\n"
         "start = time.perf_counter()\n"

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback, TrainingArguments
 
-from replication.gapt import GaptConfig
-from replication.hf import GAPTTrainer
+from replication.science.gapt import GaptConfig
+from replication.integrations.hf import GAPTTrainer
 
 SAMPLE = Path(__file__).resolve().parent.parent / "experiments" / "fineweb_pretrain" / "sample" / "fineweb_sample.jsonl.gz"
 SEQ = 128

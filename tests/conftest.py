@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from replication.config import deep_merge
-from replication.runconfig import RunConfig, validate_run_config
+from replication.config.base import deep_merge
+from replication.config.run import RunConfig, validate_run_config
 
 REPO = Path(__file__).resolve().parent.parent
 

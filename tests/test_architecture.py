@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from replication.methods import METHOD_NAMES
-from replication.reporting import figures, workflow
-from replication.runconfig import TASK_CONFIGS, RunConfig
+from replication.science.methods import METHOD_NAMES
+from replication.dag import schema
+from replication.reporting import figures
+from replication.config.run import TASK_CONFIGS, RunConfig
 from replication.tasks.registry import TASKS
 
 from .conftest import REPO
@@ -114,56 +115,57 @@ def _entry_points() -> set[str]:
     return {_module_name(p) for p in PACKAGE.rglob("*.py") if 'if __name__ == "__main__":' in p.read_text()}
 
 
-# ARCHITECTURE.md's layers, top to bottom: a module imports from its own layer or the ones above
-LAYERS = [
-    ("core", ("replication.errors", "replication.gapt", "replication.methods", "replication.mbe")),
-    ("config", ("replication.config",)),
-    ("machinery", ("replication.precision", "replication.distributed", "replication.progress", "replication.runio",
-                   "replication.cli", "replication.launch")),
-    ("models", ("replication.models",)),
-    ("task interface", ("replication.tasks.base", "replication.tasks.lm", "replication.evaluation")),
-    ("tasks", ("replication.tasks.arithmetic", "replication.tasks.fineweb", "replication.tasks.forgetting",
-               "replication.tasks.synthetic")),
-    ("run", ("replication.runconfig", "replication.tasks.registry", "replication.objectives", "replication.alignment",
-             "replication.optim", "replication.train", "replication.configure", "replication.trainserver")),
-    ("integrations", ("replication.dropin", "replication.hf")),
-    ("reporting", ("replication.reporting",)),
-]  # fmt: skip
+# ARCHITECTURE.md's layers, top to bottom: the folders of the package. A module imports from its own
+# folder or the ones above it.
+LAYERS = ["science", "config", "runtime", "models", "tasks", "training", "integrations", "dag", "reporting"]
+
+
+def test_the_layers_are_the_folders():
+    folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file())
+    assert folders == sorted(LAYERS)
+    assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py"]  # no module outside a layer
 
 
 def _layer(module: str) -> int:
-    if module in ("replication", "replication.tasks"):  # package docstrings
+    parts = module.split(".")
+    if len(parts) == 1:  # the package's docstring
         return -1
-    for index, (_, prefixes) in enumerate(LAYERS):
-        if any(module == p or module.startswith(p + ".") for p in prefixes):
-            return index
-    raise AssertionError(f"{module} belongs to no layer of ARCHITECTURE.md")
+    if parts[1] not in LAYERS:
+        raise AssertionError(f"{module} belongs to no layer of ARCHITECTURE.md")
+    return LAYERS.index(parts[1])
 
 
-def _layer_violations(graph: dict[str, set[str]], entry_points: set[str]) -> list[str]:
-    run = next(i for i, (name, _) in enumerate(LAYERS) if name == "run")
+def _task_package(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 3 and parts[1] == "tasks" else None
+
+
+def _layer_violations(graph: dict[str, set[str]]) -> list[str]:
     bad = []
     for module, imported in graph.items():
         for target in imported:
-            below = _layer(target) > _layer(module)
-            allowed = module in entry_points and _layer(target) <= run  # a command may resolve a run config
-            if below and not allowed:
-                bad.append(f"{module} ({LAYERS[_layer(module)][0]}) imports {target} ({LAYERS[_layer(target)][0]})")
+            if _layer(target) > _layer(module):
+                bad.append(f"{module} ({LAYERS[_layer(module)]}) imports {target} ({LAYERS[_layer(target)]})")
+            own, other = _task_package(module), _task_package(target)
+            if other is not None and own is not None and own != other:
+                bad.append(f"{module} (task {own}) imports {target} (task {other})")
     return sorted(bad)
 
 
 def test_every_import_points_up_the_layers():
-    entry_points = _entry_points()
-    assert {"replication.train", "replication.tasks.fineweb.prepare", "replication.reporting.aggregate"} <= entry_points
-    assert _layer_violations(_graph(), entry_points) == []
+    assert _layer_violations(_graph()) == []
 
 
-def test_the_layer_check_finds_an_import_down_the_layers():
-    graph = {"replication.tasks.fineweb.task": {"replication.runconfig"}, "replication.train": {"replication.reporting.stats"},
-             "replication.tasks.fineweb.prepare": {"replication.runconfig"}}  # fmt: skip
-    assert _layer_violations(graph, {"replication.tasks.fineweb.prepare", "replication.train"}) == [
-        "replication.tasks.fineweb.task (tasks) imports replication.runconfig (run)",
-        "replication.train (run) imports replication.reporting.stats (reporting)",
+def test_the_layer_check_finds_an_import_down_the_layers_and_across_tasks():
+    graph = {
+        "replication.config.run": {"replication.tasks.registry"},
+        "replication.training.train": {"replication.reporting.stats"},
+        "replication.tasks.fineweb.task": {"replication.tasks.arithmetic.data", "replication.tasks.base"},
+    }
+    assert _layer_violations(graph) == [
+        "replication.config.run (config) imports replication.tasks.registry (tasks)",
+        "replication.tasks.fineweb.task (task fineweb) imports replication.tasks.arithmetic.data (task arithmetic)",
+        "replication.training.train (training) imports replication.reporting.stats (reporting)",
     ]
 
 
@@ -172,7 +174,7 @@ def test_the_layer_check_finds_an_import_down_the_layers():
 
 def test_every_reader_of_method_names_reads_the_registry():
     assert typing.get_args(RunConfig.model_fields["method"].annotation) == METHOD_NAMES
-    assert workflow.schema()["properties"]["methods"]["items"]["enum"] == list(METHOD_NAMES)
+    assert schema.schema()["properties"]["methods"]["items"]["enum"] == list(METHOD_NAMES)
     assert figures.METHOD_ORDER == list(METHOD_NAMES)
     assert 'method="|".join(METHOD_NAMES)' in (REPO / "Snakefile").read_text()
 
@@ -197,14 +199,14 @@ def _string_constants(path: Path) -> set[str]:
 def test_method_names_are_written_in_code_only_by_the_registry():
     # a method's name is data in experiment files; in code only methods.py (and a default argument
     # naming the method the drop-in API and its example use) spells one out
-    allowed = {"replication/methods.py", "replication/dropin.py", "replication/hf.py", "replication/reporting/spec.py"}
+    allowed = {"replication/science/methods.py", "replication/integrations/dropin.py", "replication/integrations/hf.py", "replication/config/report.py"}
     spelled = {
         str(path.relative_to(REPO))
         for path in sorted(PACKAGE.rglob("*.py"))
         if _string_constants(path) & {"ce_mbe", "gapt_joint"}
     }
     assert spelled - allowed == set()
-    assert "replication/methods.py" in spelled
+    assert "replication/science/methods.py" in spelled
 
 
 def test_every_task_config_has_a_task():
@@ -256,12 +258,12 @@ def test_a_wheel_installed_on_its_own_imports_every_module_and_runs(tmp_path):
         "import importlib, pkgutil, sys, replication\n"
         f"assert replication.__file__.startswith({str(site)!r}), replication.__file__\n"
         "names = [m.name for m in pkgutil.walk_packages(replication.__path__, 'replication.')]\n"
-        "skip = {'replication.hf'}  # the optional transformers integration\n"
+        "skip = {'replication.integrations.hf'}  # the optional transformers integration\n"
         "for name in names:\n"
         "    if name not in skip:\n"
         "        importlib.import_module(name)\n"
-        "from replication.reporting import workflow\n"
-        "assert workflow.defaults()['experiments'], 'the schema ships with the package'\n"
+        "from replication.dag import schema\n"
+        "assert schema.defaults()['experiments'], 'the schema ships with the package'\n"
         "print(len(names))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
@@ -269,19 +271,17 @@ def test_a_wheel_installed_on_its_own_imports_every_module_and_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert int(done.stdout.split()[-1]) >= 57  # every module was found in the wheel
     for command in (
-        ["replication.configure", str(experiment), "--scale", "tiny", "--method", "ce", "--seed", "0", "--out", "run/"],
-        ["replication.train", "run/config.yaml", "--progress", "lines"],
+        ["replication.training.configure", str(experiment), "--scale", "tiny", "--method", "ce", "--seed", "0", "--out", "run/"],
+        ["replication.training.train", "run/config.yaml", "--progress", "lines"],
     ):
         done = subprocess.run([sys.executable, "-m", *command], cwd=away, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
     assert (away / "run" / "summary.json").is_file()
 
 
-def test_resolving_configs_planning_the_dag_and_launching_a_run_never_import_torch():
-    """configure runs once per run, the Snakefile imports the planner and the server's launcher on
-    every start, and replication.launch starts every CPU training job: all stay free of torch's two
-    seconds of import (what a job costs before it does anything)."""
-    script = ("import sys, replication.configure, replication.reporting.workflow, replication.launch; "
-              "print('torch' in sys.modules)")
+def test_resolving_configs_and_planning_the_dag_never_import_torch():
+    """configure runs once per run and the Snakefile imports the planner on every start: both stay free
+    of torch's seconds of import."""
+    script = "import sys, replication.training.configure, replication.dag.plan; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

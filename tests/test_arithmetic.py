@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from replication.config import deep_merge
+from replication.config.base import deep_merge
 from replication.models import ModelOutput, build_model
-from replication.reporting.spec import load_report_spec
-from replication.runconfig import resolve_run_config, validate_run_config
+from replication.config.report import load_report_spec
+from replication.config.run import resolve_run_config, validate_run_config
 from replication.tasks.arithmetic.data import (
     BOS,
     EOS,
@@ -32,7 +32,7 @@ from replication.tasks.arithmetic.data import (
     sample_square,
 )
 from replication.tasks.arithmetic.task import Task, answer_mask, early_stop
-from replication.train import train
+from replication.training.train import train
 
 from .conftest import REPO, TINY
 

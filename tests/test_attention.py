@@ -23,7 +23,7 @@ measures it at these shapes), so the checks allow 1e-4 of the reference's larges
 import pytest
 import torch
 
-from replication.config import ModdedModelConfig
+from replication.config.base import ModdedModelConfig
 from replication.models.modded import CausalSelfAttention, ModdedGPT, attention_mask, flex_block_mask
 
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")

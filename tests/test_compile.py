@@ -12,11 +12,11 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-import replication.mbe as mbe
-import replication.train as loop
-from replication.gapt import Phase
-from replication.methods import METHODS
-from replication.runio import read_metrics
+import replication.science.mbe as mbe
+import replication.training.train as loop
+from replication.science.gapt import Phase
+from replication.science.methods import METHODS
+from replication.runtime.record import read_metrics
 
 from .conftest import tiny_config
 
@@ -78,7 +78,7 @@ def test_compiling_blocks_keeps_parameter_names_and_outputs(dynamo):
 def test_flex_attention_blocks_trace_once_for_every_window_of_the_schedule(dynamo):
     """The sliding window grows during a run; under FlexAttention it must not trace the compiled
     blocks again (forward only: FlexAttention has no backward on CPU in torch 2.13)."""
-    from replication.config import ModdedModelConfig
+    from replication.config.base import ModdedModelConfig
     from replication.models.modded import ModdedGPT
 
     config = ModdedModelConfig(vocab_size=32, n_layer=3, d_model=32, n_head=2, head_dim=16, window_start=16,

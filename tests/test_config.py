@@ -2,10 +2,10 @@ import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from replication.config import ConfigError, format_validation_error
-from replication.configure import main as configure_main
-from replication.reporting.spec import TableMetric, load_report_spec
-from replication.runconfig import (
+from replication.config.base import ConfigError, format_validation_error
+from replication.training.configure import main as configure_main
+from replication.config.report import TableMetric, load_report_spec
+from replication.config.run import (
     config_mismatch,
     load_experiment,
     load_run_config,
@@ -220,9 +220,9 @@ def test_nan_and_negative_learning_rates_in_yaml_are_config_errors(tmp_path):
 
 
 def test_task_configs_reject_nonsense():
-    from replication.tasks.arithmetic.config import Config as Arithmetic
-    from replication.tasks.fineweb.config import Config as Fineweb
-    from replication.tasks.forgetting.config import Config as Forgetting
+    from replication.config.arithmetic import Config as Arithmetic
+    from replication.config.fineweb import Config as Fineweb
+    from replication.config.forgetting import Config as Forgetting
 
     with pytest.raises(ValueError, match="early_stop_tolerance"):
         Arithmetic(early_stop_tolerance=float("nan"))
@@ -324,7 +324,7 @@ def test_an_experiment_config_given_as_a_run_config_is_one_clear_error():
     message = str(info.value)
     assert "\n" not in message and "unknown key" not in message
     assert message.startswith(f"{path} is an experiment config, not a run config")
-    assert "python -m replication.configure" in message
+    assert "python -m replication.training.configure" in message
 
 
 def test_a_task_validators_message_keeps_the_task_location():

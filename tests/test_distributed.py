@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from replication.runconfig import write_run_config
-from replication.runio import CHECKPOINT_NAME, load_checkpoint, read_metrics
+from replication.config.run import write_run_config
+from replication.runtime.record import CHECKPOINT_NAME, load_checkpoint, read_metrics
 
 from .conftest import REPO, tiny_config
 
@@ -35,7 +35,7 @@ def _worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> Non
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
     torch.set_num_threads(1)
-    from replication.train import Trainer
+    from replication.training.train import Trainer
 
     trainer = Trainer(tiny_config("gapt", **CONFIG), run_dir, show_progress=False)
     trainer.run()
@@ -56,7 +56,7 @@ def test_two_gloo_ranks_end_with_identical_weights_and_phases(tmp_path):
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert records[-1]["kind"] == "eval" and records[-1]["step"] == 40
     # the two ranks split each step's micro-batches: the same run as one process doing both
-    from replication.train import train
+    from replication.training.train import train
 
     train(tiny_config("gapt", **CONFIG), tmp_path / "alone", show_progress=False)
     alone = read_metrics(tmp_path / "alone" / "metrics.jsonl")
@@ -73,7 +73,7 @@ def test_torchrun_launches_the_same_command(tmp_path):
     write_run_config(tiny_config("ce", train={"steps": 6, "eval_every": 0, "checkpoint_every": 0}), config_path)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "replication.train", str(config_path), "--progress", "lines"]  # fmt: skip
+               "-m", "replication.training.train", str(config_path), "--progress", "lines"]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -95,7 +95,7 @@ def _comparable(records):
 def test_a_distributed_stop_request_lets_the_final_evaluation_finish():
     """at_once raises only in a single process: one process raising alone would leave the others
     blocked in the evaluation's all-reduces; a distributed run finishes the evaluation instead."""
-    from replication.train import TrainingInterrupted, _StopRequest
+    from replication.training.train import TrainingInterrupted, _StopRequest
 
     with _StopRequest(distributed=True) as stop, stop.at_once("during the final evaluation"):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -130,7 +130,7 @@ def _stop_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str, s
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
     torch.set_num_threads(1)
-    from replication.train import Trainer, TrainingInterrupted
+    from replication.training.train import Trainer, TrainingInterrupted
 
     trainer = Trainer(tiny_config("gapt", **STOP_CONFIG), run_dir, show_progress=False)
     if rank == 1 and signal_at is not None:

@@ -1,20 +1,20 @@
-"""The drop-in API (replication.dropin) is the suite's algorithm: a plain loop around it trains a
-model exactly as replication.train does."""
+"""The drop-in API (replication.integrations.dropin) is the suite's algorithm: a plain loop around it trains a
+model exactly as replication.training.train does."""
 
 import math
 
 import pytest
 import torch
 
-from replication.config import ConfigError
-from replication.dropin import GAPT
-from replication.gapt import GaptConfig, Phase
-from replication.methods import METHODS
+from replication.config.base import ConfigError
+from replication.integrations.dropin import GAPT
+from replication.science.gapt import GaptConfig, Phase
+from replication.science.methods import METHODS
 from replication.models import build_model
-from replication.optim import Optimizers
-from replication.runio import read_metrics
+from replication.training.optim import Optimizers
+from replication.runtime.record import read_metrics
 from replication.tasks.registry import build_task
-from replication.train import _seed_everything, train
+from replication.training.train import _seed_everything, train
 
 from .conftest import tiny_config
 
@@ -24,7 +24,7 @@ PHASES = dict(train={"steps": 40, "eval_every": 0, "eval_at_start": False},
 
 
 def plain_loop(config):
-    """replication.train's run, written as a user would write it around the drop-in API: the same
+    """replication.training.train's run, written as a user would write it around the drop-in API: the same
     seed, model, data, optimizers and steps, no Trainer."""
     _seed_everything(config.seed)
     device = torch.device("cpu")

@@ -15,10 +15,10 @@ import time
 import pytest
 import yaml
 
-from replication import configure
-from replication import train as loop
-from replication.runconfig import write_run_config
-from replication.runio import CHECKPOINT_NAME, LOCK_NAME, PREVIOUS_CHECKPOINT_NAME, RunLock, read_metrics
+from replication.training import configure
+from replication.training import train as loop
+from replication.config.run import write_run_config
+from replication.runtime.record import CHECKPOINT_NAME, LOCK_NAME, PREVIOUS_CHECKPOINT_NAME, RunLock, read_metrics
 
 from .conftest import REPO, tiny_config
 
@@ -135,7 +135,7 @@ def _python(*args, **kwargs):
 def test_two_trainers_of_one_folder_one_trains_the_other_refuses(tmp_path):
     """The second trainer starts while the first trains (its final evaluation is made long)."""
     config = write(tiny_config("ce", train={"steps": 6, "eval_every": 0}, task={"val_batches": 600}), tmp_path)
-    command = ["-m", "replication.train", str(config), "--threads", "1", "--progress", "lines"]
+    command = ["-m", "replication.training.train", str(config), "--threads", "1", "--progress", "lines"]
     first = _python(*command)
     deadline = time.time() + 60
     while time.time() < deadline and not (tmp_path / CHECKPOINT_NAME).exists():  # it is in its final evaluation
@@ -161,7 +161,7 @@ def test_two_trainers_of_one_folder_one_trains_the_other_refuses(tmp_path):
 
 def test_a_lock_left_by_a_killed_trainer_is_taken_over(tmp_path, capsys, whole):
     config = write(tiny_config("gapt", train={"checkpoint_every": 4}), tmp_path)
-    holder = _python("-c", f"from replication.runio import RunLock; lock = RunLock({str(tmp_path)!r}); lock.acquire(); print('held', flush=True); "
+    holder = _python("-c", f"from replication.runtime.record import RunLock; lock = RunLock({str(tmp_path)!r}); lock.acquire(); print('held', flush=True); "
                      "import time; time.sleep(600)")  # fmt: skip
     assert holder.stdout.readline().strip() == b"held"
     code, err = run_main([config], capsys)
@@ -318,7 +318,7 @@ def test_a_checkpoint_without_its_metrics_is_a_short_error(two_checkpoints, caps
 
 
 def test_a_damaged_metrics_line_names_the_file_and_line(tmp_path, capsys):
-    from replication.errors import RunFolderError
+    from replication.science.errors import RunFolderError
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"kind": "train", "step": 0}\n{"kind": "tra{"kind": "train", "step": 1}\n')
@@ -426,7 +426,7 @@ def test_an_experiment_config_given_to_train_names_configure(capsys):
     code, err = run_main([experiment], capsys)
     assert code == 2
     (line,) = error_lines(err)
-    assert "is an experiment config" in line and "python -m replication.configure" in line
+    assert "is an experiment config" in line and "python -m replication.training.configure" in line
 
 
 def test_a_mistyped_key_gets_a_hint_from_its_own_section_only(tmp_path, capsys):
@@ -534,7 +534,7 @@ def test_the_command_line_of_every_module_reports_a_missing_file_in_one_line(tmp
 
 
 def test_the_workflow_check_reports_a_bad_config_in_short(tmp_path, capsys):
-    from replication.reporting import workflow
+    from replication.dag import plan as workflow
 
     path = tmp_path / "smoke.yaml"
     path.write_text("scale: smoke\nexperimentz: [arithmetic_ood]\n")
@@ -546,7 +546,7 @@ def test_the_workflow_check_reports_a_bad_config_in_short(tmp_path, capsys):
 def test_stop_requests_in_a_subprocess_during_the_final_evaluation(tmp_path):
     """The real thing once: SIGTERM to a trainer process while it evaluates after its last step."""
     config = write(tiny_config("ce", train={"steps": 6, "eval_every": 0}, task={"val_batches": 400}), tmp_path)
-    proc = _python("-m", "replication.train", str(config), "--threads", "1", "--progress", "lines")
+    proc = _python("-m", "replication.training.train", str(config), "--threads", "1", "--progress", "lines")
     checkpoint = tmp_path / CHECKPOINT_NAME
     deadline = time.time() + 60
     while time.time() < deadline and not checkpoint.exists():

@@ -9,9 +9,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from replication.methods import METHOD_NAMES  # noqa: E402
+from replication.science.methods import METHOD_NAMES  # noqa: E402
 from replication.reporting import aggregate, figures  # noqa: E402
-from replication.reporting.spec import FigureSpec, load_report_spec  # noqa: E402
+from replication.config.report import FigureSpec, load_report_spec  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from replication.config import ConfigError
-from replication.errors import DataError
+from replication.config.base import ConfigError
+from replication.science.errors import DataError
 from replication.reporting.aggregate import run_statistics
-from replication.reporting.spec import load_report_spec
-from replication.runconfig import load_experiment, resolve_run_config
-from replication.runio import read_metrics
+from replication.config.report import load_report_spec
+from replication.config.run import load_experiment, resolve_run_config
+from replication.runtime.record import read_metrics
 from replication.tasks.fineweb.data import (
     DatasetOptions,
     NoSourceError,
@@ -34,7 +34,7 @@ from replication.tasks.fineweb.shards import (
 )
 from replication.tasks.fineweb.task import TokenStream
 from replication.tasks.fineweb.tokenization import file_sha256, get_tokenizer
-from replication.train import train
+from replication.training.train import train
 
 from .conftest import REPO
 
@@ -326,8 +326,8 @@ def test_training_batches_are_next_token_pairs_and_validation_windows_split_amon
 
 
 def test_evaluation_runs_in_the_precision_it_is_handed(sample_bytes):
-    """The loop decides the run's precision once (replication.precision) and hands it to the task."""
-    from replication.precision import autocast_for
+    """The loop decides the run's precision once (replication.runtime.precision) and hands it to the task."""
+    from replication.runtime.precision import autocast_for
 
     val_ce = {}
     for dtype in ("float32", "bfloat16"):

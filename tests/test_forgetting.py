@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from replication.config import ConfigError, MLPModelConfig, deep_merge
+from replication.config.base import ConfigError, MLPModelConfig, deep_merge
 from replication.models import build_model
-from replication.reporting.spec import load_report_spec
-from replication.runconfig import resolve_run_config, validate_run_config
-from replication.runio import read_metrics
+from replication.config.report import load_report_spec
+from replication.config.run import resolve_run_config, validate_run_config
+from replication.runtime.record import read_metrics
 from replication.tasks.forgetting.separation import (
     alleviation_percent,
     interference,
@@ -19,7 +19,7 @@ from replication.tasks.forgetting.separation import (
     unit_selectivity,
 )
 from replication.tasks.forgetting.task import Task, base_parameters, sample_inputs, teacher_shift
-from replication.train import Trainer, train
+from replication.training.train import Trainer, train
 
 from .conftest import REPO
 
@@ -286,7 +286,7 @@ def test_alleviation_is_paired_with_the_ce_run_of_the_same_seed():
     import pandas as pd
 
     from replication.reporting.aggregate import _paired_rows
-    from replication.reporting.spec import load_report_spec
+    from replication.config.report import load_report_spec
 
     (paired,) = load_report_spec(REPO / "experiments/forgetting_separation/config.yaml").reporting.paired
 

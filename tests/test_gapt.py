@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from replication.gapt import RULE_SETS, GaptConfig, Phase, PhaseController
+from replication.science.gapt import RULE_SETS, GaptConfig, Phase, PhaseController
 
 M, C = Phase.MEMORIZE, Phase.COMPRESS
 ALL_RULES = ["paper", "v1_code", "v1_code_newer", "relative"]

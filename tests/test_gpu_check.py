@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_check
-from replication.methods import METHOD_NAMES
+from replication.science.methods import METHOD_NAMES
 
 from .conftest import REPO
 

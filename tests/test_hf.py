@@ -1,4 +1,4 @@
-"""GAPT in the Hugging Face Trainer (replication.hf; the `hf` extra): a randomly initialized tiny GPT-2
+"""GAPT in the Hugging Face Trainer (replication.integrations.hf; the `hf` extra): a randomly initialized tiny GPT-2
 trained on the shipped FineWeb sample, as bytes."""
 
 import gzip
@@ -11,8 +11,8 @@ transformers = pytest.importorskip("transformers", reason="the `hf` extra: pip i
 
 from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments  # noqa: E402
 
-from replication.gapt import GaptConfig, Phase  # noqa: E402
-from replication.hf import STATE_NAME, GAPTTrainer, decoder_blocks  # noqa: E402
+from replication.science.gapt import GaptConfig, Phase  # noqa: E402
+from replication.integrations.hf import STATE_NAME, GAPTTrainer, decoder_blocks  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
 
@@ -86,7 +86,7 @@ def test_a_trainer_step_has_the_drop_in_loops_gradient(tmp_path):
     first step's gradients equal those of a plain drop-in loop over the same two micro-batches."""
     from transformers import TrainerCallback
 
-    from replication.dropin import GAPT
+    from replication.integrations.dropin import GAPT
 
     trainer = make_trainer(tmp_path / "run", max_steps=1)
     trainer.args.max_grad_norm = 0.0  # no clipping: the raw gradients

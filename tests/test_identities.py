@@ -14,12 +14,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from replication.alignment import InStepAlignment, gradient_alignment
-from replication.mbe import layer_mbe
-from replication.objectives import accumulate_gradients
-from replication.runio import read_metrics
+from replication.training.alignment import InStepAlignment, gradient_alignment
+from replication.science.mbe import layer_mbe
+from replication.training.objectives import accumulate_gradients
+from replication.runtime.record import read_metrics
 from replication.tasks.base import Task as BaseTask
-from replication.train import Trainer
+from replication.training.train import Trainer
 
 from .conftest import tiny_config
 from .test_distributed import free_port
@@ -109,7 +109,7 @@ def test_joint_step_gradient_is_main_plus_lambda_times_mean_joint_mbe(tmp_path, 
 def test_alternate_step_alternates_main_and_one_rotating_mbe_layer_with_weight_one(tmp_path):
     # identity: g = (1/N) [sum_{i even} grad main_i + sum_{i odd} grad MBE_{l(step),i}],
     # l(step) = alternate[step mod |alternate|]; an MBE micro-batch carries no main loss
-    from replication.gapt import Phase
+    from replication.science.gapt import Phase
 
     trainer = trainer_for("gapt", tmp_path, warm=True, objective=OPTIONS)
     alternate = trainer.plan.alternate
@@ -136,7 +136,7 @@ def test_alternate_step_alternates_main_and_one_rotating_mbe_layer_with_weight_o
 @pytest.mark.parametrize("method", ["ce", "gapt_joint"])
 def test_a_step_of_n_micro_batches_is_the_mean_of_their_gradients(tmp_path, method):
     # identity: accumulation over N micro-batches = (1/N) sum_i g_i, each g_i from its own call
-    from replication.gapt import Phase
+    from replication.science.gapt import Phase
 
     trainer = trainer_for(method, tmp_path, warm=True)
     phase = Phase.MEMORIZE if method == "ce" else Phase.COMPRESS
@@ -160,7 +160,7 @@ def test_the_controller_is_fed_the_steps_main_loss_and_the_monitored_blocks_mbe_
     real_update = trainer.controller.update
     trainer.controller.update = lambda loss, mbe: fed.append((loss, list(mbe))) or real_update(loss, mbe)
     trainer.run()
-    from replication.runio import read_metrics
+    from replication.runtime.record import read_metrics
 
     records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
     assert len(fed) == len(records) == 4
@@ -183,7 +183,7 @@ def test_every_blocks_mbe_only_every_block_mbe_every_steps_and_the_same_run_othe
     # objective anyway)
     import itertools
 
-    import replication.objectives as objectives
+    import replication.training.objectives as objectives
 
     gapt = {"delta_ce": 100.0, "patience_memorize": 1, "patience_compress": 1}
     every = tiny_config(method, train={"steps": 8, "eval_every": 0, "checkpoint_every": 0}, gapt=gapt)
@@ -215,7 +215,7 @@ def test_every_blocks_mbe_only_every_block_mbe_every_steps_and_the_same_run_othe
 
 
 def test_the_detached_mbe_of_some_blocks_is_theirs_and_nan_elsewhere():
-    from replication.objectives import _every_layer
+    from replication.training.objectives import _every_layer
 
     torch.manual_seed(0)
     hidden = [torch.randn(2, 16, 8) for _ in range(5)]
@@ -312,7 +312,7 @@ def test_rq1_from_the_steps_own_passes_equals_the_separate_pass_and_leaves_the_s
 
 
 def test_the_loop_takes_rq1_from_the_step_where_it_can_and_from_a_separate_pass_where_not(tmp_path, monkeypatch):
-    import replication.train as loop
+    import replication.training.train as loop
 
     separate = []
     real = loop.gradient_alignment
@@ -376,7 +376,7 @@ def test_two_processes_reduce_to_the_single_process_gradient_of_the_same_global_
 def test_the_logged_step_values_are_means_over_the_micro_batches_that_ran_the_whole_model(tmp_path, method, phase):
     # identity: main loss = mean over the main-loss micro-batches; MBE of block l = mean over the
     # micro-batches that ran every block (gapt's MBE micro-batches stop early and do not count)
-    from replication.gapt import Phase
+    from replication.science.gapt import Phase
 
     trainer = trainer_for(method, tmp_path, warm=True, objective=OPTIONS)
     task, window, kwargs = trainer.task, trainer.model.attention_window(0.0), trainer.config.objective.mbe_options()
@@ -401,8 +401,8 @@ def test_the_logged_step_values_are_means_over_the_micro_batches_that_ran_the_wh
 def test_one_non_finite_micro_batch_makes_the_whole_step_non_finite(tmp_path, monkeypatch):
     # identity: finite = every micro-batch's loss is finite; a NaN in gapt's first MBE micro-batch is
     # not forgotten because the later ones are finite (it never reaches the logged main loss)
-    import replication.objectives as objectives
-    from replication.gapt import Phase
+    import replication.training.objectives as objectives
+    from replication.science.gapt import Phase
 
     trainer = trainer_for("gapt", tmp_path)
     real, calls = objectives.layer_mbe, {"n": 0}
@@ -427,7 +427,7 @@ def test_one_non_finite_micro_batch_makes_the_whole_step_non_finite(tmp_path, mo
 
 def test_a_process_whose_share_holds_only_mbe_micro_batches_reports_no_main_loss(tmp_path):
     # identity: with no main-loss micro-batch the sums are 0 over 0, so that summing over processes is exact
-    from replication.gapt import Phase
+    from replication.science.gapt import Phase
 
     trainer = trainer_for("gapt", tmp_path)
     result = accumulate_gradients(
@@ -442,7 +442,7 @@ def test_a_process_whose_share_holds_only_mbe_micro_batches_reports_no_main_loss
 def test_each_step_passes_its_window_and_step_to_the_gradient_and_rq1_and_logs_its_learning_rates(tmp_path, monkeypatch):
     # identity: at step s the loop uses window = attention_window(s / steps) for the step's gradient
     # and for the RQ1 record of step s, and logs the learning rates that set_step(s) returns
-    import replication.train as train_module
+    import replication.training.train as train_module
 
     seen = {"grad": [], "align": []}
     real_grad, real_align = train_module.accumulate_gradients, train_module.gradient_alignment
@@ -464,7 +464,7 @@ def test_each_step_passes_its_window_and_step_to_the_gradient_and_rq1_and_logs_i
     expected = [(s, trainer.model.attention_window(s / 4)) for s in range(4)]
     assert seen["grad"] == expected and seen["align"] == expected[::2]
     assert len({w for _, w in expected}) > 1  # the schedule moves within these 4 steps
-    from replication.runio import read_metrics
+    from replication.runtime.record import read_metrics
 
     records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["lr"] for r in records] == [trainer.optimizers.set_step(s) for s in range(4)]

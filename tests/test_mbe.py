@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from replication.mbe import layer_mbe, patch_mbe, patches, renyi_entropy
+from replication.science.mbe import layer_mbe, patch_mbe, patches, renyi_entropy
 
 ALPHAS = [0.5, 1.0, 2.0, 3.0]
 
 
 def reference_entropy(z: np.ndarray, alpha: float) -> float:
-    """Float64 eigenvalue reference straight from the definition in PAPER.md section 2."""
+    """Float64 eigenvalue reference straight from the definition in docs/SPEC.md section 2."""
     k = z @ z.T
     lam = np.clip(np.linalg.eigvalsh(k), 0.0, None) / np.trace(k)
     lam = lam[lam > 0]

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from replication.config import GPT2ModelConfig, MLPModelConfig, ModdedModelConfig
+from replication.config.base import GPT2ModelConfig, MLPModelConfig, ModdedModelConfig
 from replication.models import build_model
 from replication.tasks.lm import document_ids
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from replication.config import (
+from replication.config.base import (
     AdamConfig,
     AdamWConfig,
     GPT2ModelConfig,
@@ -11,7 +11,7 @@ from replication.config import (
     ScheduleConfig,
 )
 from replication.models import build_model
-from replication.optim import Optimizers, lr_multiplier
+from replication.training.optim import Optimizers, lr_multiplier
 
 
 def test_schedule_is_flat_for_sixty_percent_then_linear_to_a_tenth():

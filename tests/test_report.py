@@ -9,9 +9,9 @@ import pytest
 import yaml
 from scipy import stats as scipy_stats
 
-from replication.errors import ConfigError
+from replication.science.errors import ConfigError
 from replication.reporting import aggregate, claims, figures, report
-from replication.reporting.spec import load_report_spec
+from replication.config.report import load_report_spec
 from replication.reporting.stats import (
     at_least,
     fisher_combined,
@@ -23,7 +23,7 @@ from replication.reporting.stats import (
     t_interval,
     verdict,
 )
-from replication.runconfig import ExperimentSpec, resolve_run_config, write_run_config
+from replication.config.run import ExperimentSpec, resolve_run_config, write_run_config
 
 from .conftest import REPO, TINY
 

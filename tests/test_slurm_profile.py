@@ -10,7 +10,8 @@ plugin = pytest.importorskip("snakemake_executor_plugin_slurm", reason="the `slu
 from snakemake_executor_plugin_slurm.submit_string import get_submit_command  # noqa: E402
 from snakemake_executor_plugin_slurm.utils import set_gres_string  # noqa: E402
 
-from replication.reporting.workflow import Plan, resolve_global_config  # noqa: E402
+from replication.dag.plan import Plan  # noqa: E402
+from replication.dag.schema import resolve_global_config  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from replication.errors import ConfigError
-from replication.reporting.spec import load_report_spec
+from replication.science.errors import ConfigError
+from replication.config.report import load_report_spec
 from replication.reporting.study import (
     _settings_finding,
     loglinear_fit,
@@ -19,8 +19,9 @@ from replication.reporting.study import (
     sensitivity_table,
     settings_table,
 )
-from replication.reporting.workflow import STUDY_FILES, STUDY_PART_FILES, Plan, defaults
-from replication.runconfig import load_experiment, resolve_run_config
+from replication.dag.plan import STUDY_FILES, STUDY_PART_FILES, Plan
+from replication.dag.schema import defaults
+from replication.config.run import load_experiment, resolve_run_config
 
 from .conftest import REPO
 

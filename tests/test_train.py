@@ -9,14 +9,14 @@ import time
 import pytest
 import torch
 
-from replication.config import ConfigError
-from replication.errors import RunFolderError
-from replication.gapt import Phase
-from replication.methods import METHODS, default_layers
-from replication.objectives import micro_batch_kind, plan_layers
-from replication.runconfig import write_run_config
-from replication.runio import read_metrics
-from replication.train import NonFiniteLossError, Trainer, main, train
+from replication.config.base import ConfigError
+from replication.science.errors import RunFolderError
+from replication.science.gapt import Phase
+from replication.science.methods import METHODS, default_layers
+from replication.training.objectives import micro_batch_kind, plan_layers
+from replication.config.run import write_run_config
+from replication.runtime.record import read_metrics
+from replication.training.train import NonFiniteLossError, Trainer, main, train
 
 from .conftest import REPO, tiny_config
 
@@ -95,7 +95,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, monkeypatch)
     config = tiny_config("gapt", train={"steps": 30, "checkpoint_every": 4}, **QUICK_PLATEAU)
     train(config, tmp_path / "whole", show_progress=False)
 
-    import replication.train as loop
+    import replication.training.train as loop
 
     real = loop.accumulate_gradients
 
@@ -131,7 +131,7 @@ def test_a_finished_run_is_not_retrained(method_runs):
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path, monkeypatch):
-    import replication.train as loop
+    import replication.training.train as loop
 
     real = loop.accumulate_gradients
 
@@ -213,7 +213,7 @@ def test_a_nonfinite_step_is_skipped_logged_and_not_fed_to_the_controller(tmp_pa
 def test_a_step_skipped_for_a_nan_mbe_micro_batch_never_advances_the_controller(tmp_path, monkeypatch):
     # gapt's MBE micro-batches return NaN from the first compress step on: every compress step is
     # skipped, so s_c never moves and the run never leaves compress (before the fix: after p_c steps)
-    import replication.objectives as objectives
+    import replication.training.objectives as objectives
 
     real = objectives.layer_mbe
 
@@ -304,7 +304,7 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path):
     for name in ("whole", "stopped"):
         write_run_config(config, tmp_path / name / "config.yaml")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "replication.train", "--threads", "1", "--progress", "lines"]
+    command = [sys.executable, "-m", "replication.training.train", "--threads", "1", "--progress", "lines"]
     subprocess.run([*command, str(tmp_path / "whole" / "config.yaml")], env=env, check=True, capture_output=True)
 
     proc = subprocess.Popen([*command, str(tmp_path / "stopped" / "config.yaml")], env=env, stderr=subprocess.PIPE)
@@ -323,7 +323,7 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path):
 
 
 def test_a_run_is_dirty_when_the_code_changed_but_not_when_only_results_did(tmp_path):
-    from replication.runio import git_state
+    from replication.runtime.record import git_state
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

@@ -8,8 +8,9 @@ import sys
 import pytest
 import yaml
 
-from replication.config import ConfigError
-from replication.reporting.workflow import Plan, check_outputs, defaults, resolve_global_config
+from replication.config.base import ConfigError
+from replication.dag.plan import Plan, check_outputs
+from replication.dag.schema import defaults, resolve_global_config
 
 from .conftest import REPO
 
@@ -92,7 +93,7 @@ def test_a_global_config_that_omits_keys_gets_the_schema_defaults_and_nothing_el
     done = subprocess.run(snakemake, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     output = done.stdout + done.stderr
-    assert "-m replication.launch " in output and "torch.distributed" not in output  # one CPU process: forked
+    assert "-m replication.training.train " in output and "torch.distributed" not in output  # one process per run
     assert f"TORCHINDUCTOR_CACHE_DIR={tmp_path}/runs/.compile-cache " in output  # one cache for the whole DAG
     assert "--threads 1 " in output and "config/paper.yaml" not in output and "extended by" not in output
     resolved = resolve_global_config({"scale": "smoke"})
@@ -176,16 +177,16 @@ def test_plan_rejects_a_scale_an_experiment_lacks(tmp_path):
         plan.runs("demo")
 
 
-def test_launcher_uses_torchrun_for_several_processes_and_the_warm_server_on_cpus():
+def test_launcher_uses_torchrun_for_several_processes_and_the_training_command_otherwise():
     config = {**defaults(), "scale": "paper", "experiments": [], "nproc_per_run": 8, "gpus_per_run": 8,
               "per_experiment": {"forgetting_separation": {"nproc_per_run": 1, "gpus_per_run": 0},
                                  "arithmetic_ood": {"nproc_per_run": 1, "gpus_per_run": 1}}}  # fmt: skip
     plan = Plan(config)
-    torchrun = "py -m torch.distributed.run --standalone --nproc-per-node 8 -m replication.train"
+    torchrun = "py -m torch.distributed.run --standalone --nproc-per-node 8 -m replication.training.train"
     assert plan.launcher("py", "fineweb_pretrain") == torchrun
-    assert plan.launcher("py", "forgetting_separation") == "py -m replication.launch"
-    assert plan.launcher("py", "arithmetic_ood") == "py -m replication.train"  # one GPU: nothing to fork from
-    assert Plan({**defaults(), "scale": "cpu", "experiments": []}).launcher("py", "x") == "py -m replication.launch"
+    assert plan.launcher("py", "forgetting_separation") == "py -m replication.training.train"
+    assert plan.launcher("py", "arithmetic_ood") == "py -m replication.training.train"
+    assert Plan({**defaults(), "scale": "cpu", "experiments": []}).launcher("py", "x") == "py -m replication.training.train"
 
 
 def test_output_check_names_what_is_missing(tmp_path, capsys):

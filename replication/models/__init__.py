@@ -1,4 +1,4 @@
-"""Models: every one returns its output and the hidden state of every block (PAPER.md section 2).
+"""Models: every one returns its output and the hidden state of every block (docs/SPEC.md section 2).
 
 ``base`` holds the interface the training loop relies on (``ReplicationModel``, ``ModelOutput``);
 ``modded`` (the author's modded-nanogpt GPT-2), ``gpt2`` and ``mlp`` the models; ``build_model``
@@ -7,7 +7,7 @@ picks one by its config's ``name``.
 
 from __future__ import annotations
 
-from replication.config import ModelConfig
+from replication.config.base import ModelConfig
 from replication.models.base import ModelOutput, ReplicationModel
 from replication.models.gpt2 import GPT2
 from replication.models.mlp import MLP

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from replication.config import GPT2ModelConfig
+from replication.config.base import GPT2ModelConfig
 from replication.models.base import ModelOutput, ReplicationModel
 
 

@@ -1,11 +1,11 @@
-"""The 10 -> 50 -> 1 ReLU network of experiment 3 (PAPER.md section 7)."""
+"""The 10 -> 50 -> 1 ReLU network of experiment 3 (docs/SPEC.md section 7)."""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from replication.config import MLPModelConfig
+from replication.config.base import MLPModelConfig
 from replication.models.base import ModelOutput, ReplicationModel
 
 

@@ -1,4 +1,4 @@
-"""The author's GPT: a modded-nanogpt GPT-2 small (PAPER.md section 5).
+"""The author's GPT: a modded-nanogpt GPT-2 small (docs/SPEC.md section 5).
 
 Token embedding -> RMSNorm -> x0. Each block: x <- a*x + b*x0; x += Attn(norm(x)); x += MLP(norm(x)).
 Attention has QK RMS-norm, RoPE, a value residual to the first block's values and a causal,
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from replication.config import ModdedModelConfig
+from replication.config.base import ModdedModelConfig
 from replication.models.base import ModelOutput, ReplicationModel
 
 

@@ -8,7 +8,7 @@ config is an error naming the keys that differ), and writes into ``--out``:
 - ``summary.csv``: one row per (experiment, scale, method, seed, metric): every headline metric of
   summary.json, the statistics the experiment's ``reporting`` section declares (RQ1's cycle
   statistics of a run's alignment records; metrics that pair a run with the baseline run of its seed;
-  ``replication.reporting.spec``), and the run's top-level counts (phase_changes, compress_steps,
+  ``replication.config.report``), and the run's top-level counts (phase_changes, compress_steps,
   nonfinite_steps, ...);
 - ``runs.csv``: one row per run with its provenance (git commit, versions, device, wall time);
 - ``curves.csv``: evaluation records (every scalar, per-layer values with a ``layer`` column) and
@@ -33,14 +33,14 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
-from replication import cli
-from replication.errors import ConfigError, RunFolderError
-from replication.methods import BASELINE
+from replication.runtime import cli
+from replication.science.errors import ConfigError, RunFolderError
+from replication.science.methods import BASELINE
 from replication.reporting.rq1 import cycle_statistics
-from replication.reporting.spec import PairedMetricSpec, ReportingSpec, ReportSpec, load_report_spec
+from replication.config.report import PairedMetricSpec, ReportingSpec, ReportSpec, load_report_spec
 from replication.reporting.stats import CHANGES, paired_change
-from replication.runconfig import check_summary_config, load_run_config
-from replication.runio import read_json, read_metrics
+from replication.config.run import check_summary_config, load_run_config
+from replication.runtime.record import read_json, read_metrics
 from replication.tasks.forgetting.separation import alleviation_percent
 
 TOP_LEVEL = ("phase_changes", "compress_steps", "nonfinite_steps", "wall_time_s", "tokens", "steps", "peak_memory_bytes")

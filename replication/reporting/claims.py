@@ -1,4 +1,4 @@
-"""CLAIMS.md: one row per claim of every experiment, judged from paired seeds (PAPER.md section 8).
+"""CLAIMS.md: one row per claim of every experiment, judged from paired seeds (docs/SPEC.md section 8).
 
     python -m replication.reporting.claims experiments/A/config.yaml experiments/B/config.yaml ... \\
         --scale S --results results/S --out results/S/CLAIMS.md
@@ -23,9 +23,9 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from replication import cli
-from replication.errors import DataError
-from replication.reporting.spec import ClaimSpec, ReportSpec, load_report_spec
+from replication.runtime import cli
+from replication.science.errors import DataError
+from replication.config.report import ClaimSpec, ReportSpec, load_report_spec
 from replication.reporting.stats import Estimate, at_least, fisher_combined, holm, paired_change, verdict
 
 

@@ -31,11 +31,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from replication import cli
-from replication.config import load_yaml
-from replication.errors import DataError
+from replication.runtime import cli
+from replication.config.base import load_yaml
+from replication.science.errors import DataError
 from replication.reporting import claims
-from replication.reporting.workflow import Plan, resolve_global_config
+from replication.dag.plan import Plan
+from replication.dag.schema import resolve_global_config
 
 NUMBER = r"[+\-−]?\d+(?:\.\d+)?"
 ESTIMATE = re.compile(rf"({NUMBER})(?: %)? \[({NUMBER}), ({NUMBER})\]")

@@ -23,10 +23,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from replication import cli  # noqa: E402
-from replication.config import ConfigError  # noqa: E402
-from replication.methods import METHOD_NAMES  # noqa: E402
-from replication.reporting.spec import FigureSpec, ReportSpec, load_report_spec  # noqa: E402
+from replication.runtime import cli  # noqa: E402
+from replication.config.base import ConfigError  # noqa: E402
+from replication.science.methods import METHOD_NAMES  # noqa: E402
+from replication.config.report import FigureSpec, ReportSpec, load_report_spec  # noqa: E402
 from replication.reporting.stats import t_errorbar  # noqa: E402
 
 METHOD_ORDER = list(METHOD_NAMES)  # the registry's order

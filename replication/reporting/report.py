@@ -23,9 +23,9 @@ from pathlib import Path
 
 import markdown
 
-from replication import cli
-from replication.reporting.spec import ReportSpec, load_report_spec
-from replication.reporting.workflow import defaults
+from replication.runtime import cli
+from replication.config.report import ReportSpec, load_report_spec
+from replication.dag.schema import defaults
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1200px; margin: 2em auto;

@@ -1,15 +1,15 @@
 """RQ1 statistics: does plain CE training alternate between memorization and compression?
 
-The alignment logger (``replication.alignment``) records, every k optimizer steps of a ``ce`` run,
+The alignment logger (``replication.training.alignment``) records, every k optimizer steps of a ``ce`` run,
 the cosine between the CE gradient and the gradient of each middle layer's MBE, and a noise
 baseline: the cosine between the CE gradients of two different micro-batches. A positive cosine
 means that a CE descent step also lowers that layer's MBE (compression); a negative one, that it
-raises it (memorization). PAPER.md section 4 asks for:
+raises it (memorization). docs/SPEC.md section 4 asks for:
 
 - the fractions of logged points with cosine > 0 and < 0 (pooled over layers and points);
 - the number of sign changes of an exponentially smoothed series, s_t = beta s_(t-1) + (1 - beta) x_t
   with s_0 = x_0, counted per layer and averaged over layers. beta = exp(-k / tau) for points k
-  optimizer steps apart and a time constant of tau optimizer steps (PAPER.md leaves the smoothing
+  optimizer steps apart and a time constant of tau optimizer steps (docs/SPEC.md leaves the smoothing
   open; tau = 100 at the paper's 1750 steps, 0.8 of the GAPT patience, scaled with the run
   length like the patiences), so beta is 0.905 at the paper's k = 10;
 - the same count on the noise baseline series: were the CE gradient of one micro-batch dominated by
@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 from scipy import signal
 
-DEFAULT_TIME_CONSTANT = 100.0  # optimizer steps (paper scale)
+from replication.config.report import DEFAULT_TIME_CONSTANT
+
 PERMUTATIONS = 200  # for the expected sign-change count
 TEST_PERMUTATIONS = 999  # for the permutation test
 

@@ -1,5 +1,5 @@
 """Statistics of seeds: paired changes with intervals fit to the quantity, verdicts, multiplicity
-(PAPER.md section 8).
+(docs/SPEC.md section 8).
 
 Every comparison is paired: seed s of a method against seed s of its baseline (same data, same
 initialization). What is estimated depends on the quantity:

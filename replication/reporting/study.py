@@ -5,7 +5,7 @@ wider model) let ``ce`` learn the task, and how do the other methods compare the
     python -m replication.reporting.study experiments/E/config.yaml --scale S --runs RUNS --out DIR
 
 reads the summaries of the study's arms (``<scale>_study_<arm>``) and, for sizes and knobs, of the
-scale's own runs, and writes into DIR (``replication.reporting.workflow.study_files``):
+scale's own runs, and writes into DIR (``replication.dag.plan.study_files``):
 
 - ``study.csv``: one row per run and metric (arm, knob, value, scale, method, seed, parameters,
   commit, metric, value): the metrics the study reports, phase changes and wall time;
@@ -47,12 +47,12 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from scipy import stats as scipy_stats  # noqa: E402
 
-from replication import cli  # noqa: E402
-from replication.errors import ConfigError, RunFolderError  # noqa: E402
-from replication.methods import BASELINE, METHOD_NAMES  # noqa: E402
+from replication.runtime import cli  # noqa: E402
+from replication.science.errors import ConfigError, RunFolderError  # noqa: E402
+from replication.science.methods import BASELINE, METHOD_NAMES  # noqa: E402
 from replication.models import build_model  # noqa: E402
 from replication.reporting.figures import method_linestyle, method_markers, method_palette  # noqa: E402
-from replication.reporting.spec import ReportSpec, load_report_spec  # noqa: E402
+from replication.config.report import ReportSpec, load_report_spec  # noqa: E402
 from replication.reporting.stats import (  # noqa: E402
     CONFIDENCE,
     Estimate,
@@ -60,9 +60,9 @@ from replication.reporting.stats import (  # noqa: E402
     paired_values,
     t_interval,
 )
-from replication.reporting.workflow import study_files  # noqa: E402
-from replication.runconfig import StudySpec, validate_run_config  # noqa: E402
-from replication.runio import read_metrics  # noqa: E402
+from replication.dag.plan import study_files  # noqa: E402
+from replication.config.run import StudySpec, validate_run_config  # noqa: E402
+from replication.runtime.record import read_metrics  # noqa: E402
 
 METRICS = {"final/val/ce": "validation CE", "final/val/mbe": "validation MBE"}
 CE = "final/val/ce"

@@ -12,22 +12,22 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import torch
 from torch import Tensor
 
-from replication.config import ObjectiveConfig, TaskConfig, TrainConfig
+from replication.config.base import ObjectiveConfig, TaskConfig, TrainConfig
 from replication.models import ModelOutput
-from replication.precision import Autocast
+from replication.runtime.precision import Autocast
 
 if TYPE_CHECKING:
     from replication.models import ReplicationModel
 
 
 class RunView(Protocol):
-    """What a task reads of its run's config (a ``replication.runconfig.RunConfig`` is one). Whether
+    """What a task reads of its run's config (a ``replication.config.run.RunConfig`` is one). Whether
     the sections fit together was checked when the config was validated (``TaskConfig.check_fit``)."""
 
     experiment: str
     seed: int
     task: TaskConfig
-    model: Any  # one of replication.config.ModelConfig's classes
+    model: Any  # one of replication.config.base.ModelConfig's classes
     train: TrainConfig
     objective: ObjectiveConfig
 
@@ -90,7 +90,7 @@ class Task(ABC):
         self, model: ReplicationModel, *, step: int, window: int | None, autocast: Autocast = nullcontext
     ) -> dict[str, Any]:
         """Validation metrics at this point of training, keys like 'val/ce', 'val/mbe_by_layer'; every
-        forward pass runs inside ``autocast()``, the run's precision (``replication.precision``)."""
+        forward pass runs inside ``autocast()``, the run's precision (``replication.runtime.precision``)."""
 
     def forward(
         self, model: ReplicationModel, batch: Batch, *, window: int | None = None, upto: int | None = None

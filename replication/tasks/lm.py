@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from replication.evaluation import evaluate_lm
+from replication.tasks.evaluation import evaluate_lm
 from replication.models import ModelOutput, ReplicationModel
-from replication.precision import Autocast
+from replication.runtime.precision import Autocast
 from replication.tasks.base import Batch, Task
 
 

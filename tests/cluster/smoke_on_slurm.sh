@@ -47,7 +47,7 @@ slurm_snakemake --config $(paths "$work/slurm")
 ran=$(( $(finished) - before ))
 echo "smoke_on_slurm: SLURM DAG in $((SECONDS - start)) s, $ran SLURM jobs completed, $planned planned" >&2
 [ "$ran" = "$planned" ] || { echo "error: $ran SLURM jobs completed, the DAG planned $planned" >&2; exit 1; }
-"$BIN/python" -m replication.reporting.workflow config/smoke.yaml $(paths "$work/slurm")
+"$BIN/python" -m replication.dag.plan config/smoke.yaml $(paths "$work/slurm")
 claims=$(cd "$work/local/results" && find . -name CLAIMS.md)
 cmp "$work/local/results/$claims" "$work/slurm/results/$claims" \
     || { echo "error: CLAIMS.md differs between the local and the SLURM run" >&2; exit 1; }

@@ -1,7 +1,7 @@
 # A scale's study (scales.<scale>.study of an experiment file): the runs of its arms, each a scale of
 # its own (<scale>_study_<arm>), and the scale's own runs it compares with, into tidy CSVs, figures and
 # a README under results/<scale>/study/<experiment>/. One rule per experiment with a study, since the
-# files depend on the study's parts (replication.reporting.workflow.study_files). Not part of `all`:
+# files depend on the study's parts (replication.dag.plan.study_files). Not part of `all`:
 # `make study` asks for the `study` target.
 
 

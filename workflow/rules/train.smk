@@ -13,7 +13,7 @@ rule configure_run:
         f"{LOGS}/{{experiment}}/{{scale}}/{{method}}/seed{{seed}}/configure.log",
     shell:
         logged(
-            "{PYTHON} -m replication.configure {input} --scale {wildcards.scale} --method {wildcards.method} "
+            "{PYTHON} -m replication.training.configure {input} --scale {wildcards.scale} --method {wildcards.method} "
             "--seed {wildcards.seed} --out {output}"
         )
 

@@ -1,4 +1,4 @@
-"""Multiplication as character tokens (PAPER.md section 6).
+"""Multiplication as character tokens (docs/SPEC.md section 6).
 
 Vocabulary, 15 symbols: ``<bos>``=0, ``<eos>``=1, ``x``=2, ``=``=3, space=4, digits 0-9 = 5-14.
 One example is ``<bos>{a} x {b} = {c}<eos>`` with c = a * b, and a split is one stream of examples
@@ -27,10 +27,10 @@ from typing import Literal
 
 import numpy as np
 
-SYMBOLS = ("<bos>", "<eos>", "x", "=", " ", *"0123456789")
+from replication.config.arithmetic import SYMBOLS, VOCAB_SIZE, longest_example  # noqa: F401
+
 BOS, EOS, TIMES, EQUALS, SPACE = range(5)
 FIRST_DIGIT = 5
-VOCAB_SIZE = len(SYMBOLS)
 
 _ID_OF = {symbol: i for i, symbol in enumerate(SYMBOLS)}
 # one byte per token for the fast path of encode_examples: '^' stands for <bos>, '$' for <eos>
@@ -64,11 +64,6 @@ def decode(ids: Iterable[int]) -> str:
 
 def example_text(a: int, b: int) -> str:
     return f"<bos>{a} x {b} = {a * b}<eos>"
-
-
-def longest_example(max_digits: int) -> int:
-    """Tokens in the longest example whose operands have at most max_digits digits."""
-    return 1 + max_digits + 3 + max_digits + 3 + 2 * max_digits + 1
 
 
 Pairs = Literal["all", "train", "held_out"]  # the whole pair space, or one side of held_out

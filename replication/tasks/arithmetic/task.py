@@ -1,4 +1,4 @@
-"""Multiplication with out-of-distribution operands (PAPER.md section 6, experiment ``arithmetic_ood``).
+"""Multiplication with out-of-distribution operands (docs/SPEC.md section 6, experiment ``arithmetic_ood``).
 
 Data (``replication.tasks.arithmetic.data``), all drawn from the data seed, never the run seed:
 - train: ``train_examples`` examples with operands of ``train_digits`` (1-3) digits, one stream,
@@ -38,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from replication.distributed import all_reduce_sum
-from replication.errors import ConfigError
-from replication.evaluation import mbe_kwargs
-from replication.mbe import layer_mbe
-from replication.precision import Autocast
-from replication.tasks.arithmetic.config import Config
+from replication.runtime.distributed import all_reduce_sum
+from replication.science.errors import ConfigError
+from replication.tasks.evaluation import mbe_kwargs
+from replication.science.mbe import layer_mbe
+from replication.runtime.precision import Autocast
+from replication.config.arithmetic import Config
 from replication.tasks.arithmetic.data import (
     BOS,
     EOS,

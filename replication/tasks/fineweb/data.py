@@ -41,8 +41,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
-from replication.errors import ConfigError, DataError
-from replication.runio import now, read_json, write_json_atomic
+from replication.science.errors import ConfigError, DataError
+from replication.runtime.record import now, read_json, write_json_atomic
 from replication.tasks.fineweb.shards import (
     HEADER_INTS,
     MAGIC,

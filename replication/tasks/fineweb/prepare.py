@@ -15,10 +15,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from replication import cli
-from replication.config import format_validation_error
-from replication.errors import ConfigError
-from replication.runconfig import load_experiment
+from replication.runtime import cli
+from replication.config.base import format_validation_error
+from replication.science.errors import ConfigError
+from replication.config.run import load_experiment
 from replication.tasks.fineweb.data import DatasetOptions, prepare
 
 

@@ -1,4 +1,4 @@
-"""Token shards in the modded-nanogpt format (PAPER.md section 5).
+"""Token shards in the modded-nanogpt format (docs/SPEC.md section 5).
 
 A shard is a 256 x int32 header (magic 20240520, version 1, token count, then zeros) followed by the
 tokens as little-endian uint16. Readers map the file instead of loading it.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from replication.errors import DataError
+from replication.science.errors import DataError
 
 MAGIC = 20240520
 VERSION = 1

@@ -1,4 +1,4 @@
-"""FineWeb pretraining (PAPER.md section 5): token shards made by ``replication.tasks.fineweb.prepare``.
+"""FineWeb pretraining (docs/SPEC.md section 5): token shards made by ``replication.tasks.fineweb.prepare``.
 
 The loader is modded-nanogpt's: the training split is read in order, shard after shard, as
 contiguous chunks of ``micro_batch_size * seq_len + 1`` tokens (inputs and next-token targets of
@@ -12,7 +12,7 @@ tokens in the same order.
 Validation: the first ``val_tokens`` targets of the validation split, in windows of ``seq_len``
 predicted tokens (``seq_len + 1`` tokens at stride ``seq_len``), shared round-robin among processes
 and run in the training dtype; reported are the mean token CE and every block's patch MBE
-(``replication.evaluation``; MBE itself is always computed in float32).
+(``replication.tasks.evaluation``; MBE itself is always computed in float32).
 
 Summary metrics (beyond the task defaults ``final/val/...`` and ``best/val/ce``):
 ``best/val/ce_step``; ``final/val/mbe_alternate_layers`` and ``final/val/mbe_joint_layers``, the
@@ -31,12 +31,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from replication.errors import ConfigError
-from replication.evaluation import evaluate_lm
-from replication.methods import default_layers
-from replication.precision import Autocast
+from replication.science.errors import ConfigError
+from replication.tasks.evaluation import evaluate_lm
+from replication.science.methods import default_layers
+from replication.runtime.precision import Autocast
 from replication.tasks.base import Batch
-from replication.tasks.fineweb.config import Config
+from replication.config.fineweb import Config
 from replication.tasks.fineweb.data import load_manifest
 from replication.tasks.fineweb.shards import read_shard
 from replication.tasks.lm import LanguageTask, shard, windows_to_batch

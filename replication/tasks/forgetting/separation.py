@@ -1,4 +1,4 @@
-"""How apart two groups' representations are, and how much one group is forgotten (PAPER.md section 7).
+"""How apart two groups' representations are, and how much one group is forgotten (docs/SPEC.md section 7).
 
 The hidden representations of the two conflicting groups A and B are (n, d) tensors, one row per
 sample. Every function here is pure: tensors or numbers in, a number out.
@@ -73,7 +73,7 @@ def interference(l1_before: float, l1_after: float) -> float:
 def alleviation_percent(
     baseline_after: ArrayLike, method_after: ArrayLike, baseline_before: ArrayLike
 ) -> float | np.ndarray:
-    """Share of the baseline's forgetting that a method avoids, in percent (PAPER.md section 7):
+    """Share of the baseline's forgetting that a method avoids, in percent (docs/SPEC.md section 7):
 
         100 * (baseline_after - method_after) / (baseline_after - baseline_before)
 

@@ -1,4 +1,4 @@
-"""Experiment 3: conflicting memories and catastrophic forgetting (PAPER.md section 7).
+"""Experiment 3: conflicting memories and catastrophic forgetting (docs/SPEC.md section 7).
 
 A seed draws everything: the base MLP's weights theta_0, a teacher shift Delta-theta and the data.
 
@@ -29,14 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from replication.config import MLPModelConfig
-from replication.evaluation import mbe_kwargs
-from replication.mbe import patch_mbe
+from replication.config.base import MLPModelConfig
+from replication.tasks.evaluation import mbe_kwargs
+from replication.science.mbe import patch_mbe
 from replication.models import ReplicationModel, build_model
-from replication.precision import Autocast
+from replication.runtime.precision import Autocast
 from replication.tasks import base
 from replication.tasks.base import Batch, derive_seed
-from replication.tasks.forgetting.config import GROUPS, Config
+from replication.config.forgetting import GROUPS, Config
 from replication.tasks.forgetting.separation import (
     interference,
     separation_ratio,

@@ -11,7 +11,7 @@ import torch
 
 from replication.tasks.base import derive_seed
 from replication.tasks.lm import LanguageTask, shard, windows_to_batch
-from replication.tasks.synthetic.config import Config
+from replication.config.synthetic import Config
 
 
 class Task(LanguageTask):

@@ -6,8 +6,16 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import PositiveInt, field_validator, model_validator
 
-from replication.config import NonNegativeFloat, ObjectiveConfig, TaskConfig, TrainConfig
-from replication.tasks.arithmetic.data import VOCAB_SIZE, longest_example
+from replication.config.base import NonNegativeFloat, ObjectiveConfig, TaskConfig, TrainConfig
+
+# the task's 15 symbols (replication.tasks.arithmetic.data encodes with them)
+SYMBOLS = ("<bos>", "<eos>", "x", "=", " ", *"0123456789")
+VOCAB_SIZE = len(SYMBOLS)
+
+
+def longest_example(max_digits: int) -> int:
+    """Tokens in the longest example whose operands have at most max_digits digits."""
+    return 1 + max_digits + 3 + max_digits + 3 + 2 * max_digits + 1
 
 
 class Config(TaskConfig):

@@ -2,9 +2,9 @@
 
 A method is a name for two facts: whether the GAPT controller gates compression (``gated``), and
 which compression objective the compress phase uses (``compression``; the objectives themselves are
-in ``replication.objectives``). Everything that names methods reads them from here: the run config
+in ``replication.training.objectives``). Everything that names methods reads them from here: the run config
 (``RunConfig.method``), the experiment files (their ``methods:``), the DAG's method wildcard and its
-config schema (``replication.reporting.workflow``), and the figures' order and colours. Adding a
+config schema (``replication.dag.plan``), and the figures' order and colours. Adding a
 method is one entry below, plus what its compression objective needs.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from replication.errors import ConfigError
-from replication.gapt import Phase
+from replication.science.errors import ConfigError
+from replication.science.gapt import Phase
 
 Compression = Literal["none", "alternate", "joint"]
 

@@ -1,6 +1,6 @@
 """One run's whole configuration, and the experiment files it is resolved from.
 
-A run is described by one ``RunConfig``: the sections of ``replication.config``, the task's own
+A run is described by one ``RunConfig``: the sections of ``replication.config.base``, the task's own
 section (one of the task packages' ``Config`` classes, told apart by ``task.name``), and the run's
 identity. Experiments are YAML files (``experiments/<name>/config.yaml``) of partial configs merged
 in this order, later layers winning:
@@ -9,8 +9,8 @@ in this order, later layers winning:
     < ``scales.<scale>.methods.<method>`` < run identity (experiment, scale, method, seed)
 
 ``resolve_run_config`` does this merge once; the result is written whole into the run folder and is
-the only thing ``python -m replication.train`` reads. The reporting sections of an experiment file
-(``paper``, ``figures``, ``reporting``) are carried here unread; ``replication.reporting.spec``
+the only thing ``python -m replication.training.train`` reads. The reporting sections of an experiment file
+(``paper``, ``figures``, ``reporting``) are carried here unread; ``replication.config.report``
 validates them.
 """
 
@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from replication.config import (
+from replication.config.base import (
     AlignmentConfig,
     ModelConfig,
     ObjectiveConfig,
@@ -38,13 +38,13 @@ from replication.config import (
     format_validation_error,
     load_yaml,
 )
-from replication.errors import ConfigError, RunFolderError
-from replication.gapt import GaptConfig
-from replication.methods import BASELINE, METHOD_NAMES, METHODS, default_layers
-from replication.tasks.arithmetic.config import Config as ArithmeticConfig
-from replication.tasks.fineweb.config import Config as FineWebConfig
-from replication.tasks.forgetting.config import Config as ForgettingConfig
-from replication.tasks.synthetic.config import Config as SyntheticConfig
+from replication.science.errors import ConfigError, RunFolderError
+from replication.science.gapt import GaptConfig
+from replication.science.methods import BASELINE, METHOD_NAMES, METHODS, default_layers
+from replication.config.arithmetic import Config as ArithmeticConfig
+from replication.config.fineweb import Config as FineWebConfig
+from replication.config.forgetting import Config as ForgettingConfig
+from replication.config.synthetic import Config as SyntheticConfig
 
 # every task's section, by its name; replication.tasks.registry maps each name to its Task
 TASK_CONFIGS: dict[str, type[TaskConfig]] = {
@@ -198,7 +198,7 @@ class ScaleSpec(StrictModel):
     description: str = ""
     config: dict[str, Any] = {}
     methods: dict[str, dict[str, Any]] = {}
-    reporting: dict[str, Any] = {}  # over the experiment's reporting: (replication.reporting.spec)
+    reporting: dict[str, Any] = {}  # over the experiment's reporting: (replication.config.report)
     study: StudySpec | None = None
     # set on the scales a study derives (never in a file): the scale they vary and their arm
     study_of: str | None = None
@@ -253,7 +253,7 @@ class ExperimentSpec(StrictModel):
     defaults: dict[str, Any] = {}
     methods: dict[str, dict[str, Any]]
     scales: dict[str, ScaleSpec]
-    # the reporting sections, validated by replication.reporting.spec.ReportSpec
+    # the reporting sections, validated by replication.config.report.ReportSpec
     paper: dict[str, Any] = {}
     figures: list[Any] = []
     labels: dict[str, str] = {}
@@ -347,7 +347,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     if "scales" in data or "methods" in data:  # the shape of an ExperimentSpec
         raise ConfigError(
             f"{path} is an experiment config, not a run config: resolve a run first with "
-            f"python -m replication.configure {path} --scale S --method M --seed N --out RUN_DIR/, "
+            f"python -m replication.training.configure {path} --scale S --method M --seed N --out RUN_DIR/, "
             "then train RUN_DIR/config.yaml"
         )
     return validate_run_config(data, source=str(path))

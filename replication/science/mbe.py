@@ -1,4 +1,4 @@
-"""Matrix-Based Entropy (MBE) of representations (PAPER.md section 2).
+"""Matrix-Based Entropy (MBE) of representations (docs/SPEC.md section 2).
 
 For a matrix Z with n rows of width d, K = Z Z^T is the linear Gram (no centring, no row
 normalisation) and rho = K / tr K has eigenvalues lambda_i >= 0 summing to 1. The order-alpha
@@ -65,7 +65,7 @@ def renyi_entropy(
     - any other alpha > 0 goes through the eigenvalues of the smaller Gram; alpha = 1 is the von
       Neumann limit -sum lambda log lambda with lambda = mu / (tr K + eps).
 
-    Numerics (choices PAPER.md leaves open): z is first scaled to unit Frobenius norm, which changes
+    Numerics (choices docs/SPEC.md leaves open): z is first scaled to unit Frobenius norm, which changes
     nothing mathematically (tr K becomes 1) but makes eps a tolerance relative to the patch's own
     scale, so the value is exactly scale-invariant and float32 cannot overflow on large
     activations. eps is then added to both sides of the ratio, so S lies in [0, log n] for every
@@ -82,7 +82,7 @@ def renyi_entropy(
         raise ValueError(f"alpha must be > 0, got {alpha}")
     if z.dim() < 2:
         raise ValueError(f"renyi_entropy expects (..., n, d), got shape {tuple(z.shape)}")
-    # autocast would run the Gram matmul in bf16 (PAPER.md section 2: it must not), so it is off here
+    # autocast would run the Gram matmul in bf16 (docs/SPEC.md section 2: it must not), so it is off here
     with torch.autocast(device_type=z.device.type, enabled=False):
         return _renyi_entropy_float32(z.float(), alpha, eps, clamp, gram, eigen)
 
@@ -113,7 +113,7 @@ def _renyi_entropy_float32(z: Tensor, alpha: float, eps: float, clamp: bool, gra
 def patches(h: Tensor, patch_size: int = DEFAULT_PATCH_SIZE) -> Tensor:
     """Cut (B, S, D) into non-overlapping contiguous patches: (B * S / P, P, D).
 
-    Patches ignore document boundaries (PAPER.md section 2).
+    Patches ignore document boundaries (docs/SPEC.md section 2).
     """
     if h.dim() != 3:
         raise ValueError(f"expected hidden states of shape (B, S, D), got {tuple(h.shape)}")

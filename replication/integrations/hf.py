@@ -1,6 +1,6 @@
 """GAPT in the Hugging Face ``Trainer`` (``pip install -e '.[hf]'``): any causal LM, any data.
 
-    from replication.hf import GAPTTrainer
+    from replication.integrations.hf import GAPTTrainer
 
     trainer = GAPTTrainer(
         model=model,                      # e.g. GPT2LMHeadModel; its decoder blocks are found
@@ -11,7 +11,7 @@
     )
     trainer.train()                       # or train(resume_from_checkpoint=True)
 
-``GAPTTrainer`` is a ``Trainer`` whose training loss is ``replication.dropin.GAPT``'s: a micro-batch
+``GAPTTrainer`` is a ``Trainer`` whose training loss is ``replication.integrations.dropin.GAPT``'s: a micro-batch
 of the Trainer's gradient accumulation is one of GAPT's micro-batches (gapt's odd ones regularize
 one block and end the forward pass after it), and each optimizer step ends with the controller's
 update. The main loss is the Trainer's own (``compute_loss``: label smoothing and a
@@ -40,10 +40,10 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from replication.config import ConfigError, ObjectiveConfig
-from replication.dropin import GAPT, StepReport
-from replication.gapt import GaptConfig, Phase
-from replication.train import NonFiniteLossError
+from replication.config.base import ConfigError, ObjectiveConfig
+from replication.integrations.dropin import GAPT, StepReport
+from replication.science.gapt import GaptConfig, Phase
+from replication.training.train import NonFiniteLossError
 
 STATE_NAME = "gapt_state.json"
 

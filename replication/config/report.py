@@ -1,6 +1,6 @@
 """The reporting sections of an experiment file: its table, claims, figures and derived statistics.
 
-``ReportSpec`` is ``replication.runconfig.ExperimentSpec`` with its ``paper``, ``figures`` and
+``ReportSpec`` is ``replication.config.run.ExperimentSpec`` with its ``paper``, ``figures`` and
 ``reporting`` sections validated; every reporting command loads experiments through
 ``load_report_spec``. The ``reporting`` section declares the statistics aggregation derives from
 the runs (``replication.reporting.aggregate``), so that what an experiment reports is read from its
@@ -23,11 +23,13 @@ from typing import Literal
 
 from pydantic import ValidationError, model_validator
 
-from replication.config import PositiveFloat, StrictModel, deep_merge, format_validation_error, load_yaml
-from replication.errors import ConfigError
-from replication.methods import BASELINE
-from replication.reporting.rq1 import DEFAULT_TIME_CONSTANT
-from replication.runconfig import ExperimentSpec
+from replication.config.base import PositiveFloat, StrictModel, deep_merge, format_validation_error, load_yaml
+from replication.science.errors import ConfigError
+from replication.science.methods import BASELINE
+from replication.config.run import ExperimentSpec
+
+
+DEFAULT_TIME_CONSTANT = 100.0  # optimizer steps (paper scale), of RQ1's sign-count smoothing
 
 
 class TableMetric(StrictModel):
@@ -44,7 +46,7 @@ class TableMetric(StrictModel):
 
 
 class ClaimSpec(StrictModel):
-    """One row of CLAIMS.md (PAPER.md section 8), judged from paired seeds (``replication.reporting.stats``).
+    """One row of CLAIMS.md (docs/SPEC.md section 8), judged from paired seeds (``replication.reporting.stats``).
 
     kind, by the quantity ``metric`` is:
     - "relative" (positive): the paired log ratio of ``method`` against ``baseline``;

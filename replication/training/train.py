@@ -1,6 +1,6 @@
 """The one training loop of every experiment.
 
-    python -m replication.train RUN_DIR/config.yaml
+    python -m replication.training.train RUN_DIR/config.yaml
 
 trains the run whose resolved config sits in RUN_DIR and writes into RUN_DIR:
 - ``metrics.jsonl``: one JSON object per event. ``kind`` is "train" (every optimizer step: the
@@ -24,7 +24,7 @@ step on every process, which agree on it in the step's all-reduce); during the f
 whose checkpoint is already written, a single process stops at once, and a distributed run finishes
 the evaluation. A second request stops at once.
 
-``train.dtype`` is decided once (``replication.precision``) for training, evaluation and RQ1;
+``train.dtype`` is decided once (``replication.runtime.precision``) for training, evaluation and RQ1;
 ``train.compile`` compiles each block (``ReplicationModel.compile_blocks``), never the whole model.
 """
 
@@ -46,26 +46,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from replication import cli
-from replication.alignment import InStepAlignment, gradient_alignment
-from replication.config import ConfigError
-from replication.distributed import all_reduce_gradients, all_reduce_sum, init_distributed
-from replication.errors import ReplicationError, RunFolderError
-from replication.gapt import Phase, PhaseController
-from replication.methods import METHODS
+from replication.runtime import cli
+from replication.training.alignment import InStepAlignment, gradient_alignment
+from replication.config.base import ConfigError
+from replication.runtime.distributed import all_reduce_gradients, all_reduce_sum, init_distributed
+from replication.science.errors import ReplicationError, RunFolderError
+from replication.science.gapt import Phase, PhaseController
+from replication.science.methods import METHODS
 from replication.models import build_model
-from replication.objectives import (
+from replication.training.objectives import (
     StepResult,
     accumulate_gradients,
     micro_batch_kind,
     plan_layers,
     update_controller,
 )
-from replication.optim import Optimizers
-from replication.precision import autocast_for
-from replication.progress import Progress
-from replication.runconfig import RunConfig, check_summary_config, config_mismatch, load_run_config
-from replication.runio import (
+from replication.training.optim import Optimizers
+from replication.runtime.precision import autocast_for
+from replication.runtime.progress import Progress
+from replication.config.run import RunConfig, check_summary_config, config_mismatch, load_run_config
+from replication.runtime.record import (
     CHECKPOINT_NAME,
     PREVIOUS_CHECKPOINT_NAME,
     MetricsWriter,
@@ -593,7 +593,7 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.parser("replication.train", __doc__)
+    parser = cli.parser("replication.training.train", __doc__)
     parser.add_argument("config", type=Path, help="RUN_DIR/config.yaml, a resolved run config")
     parser.add_argument(
         "--data-root", type=Path, default=Path(os.environ.get("REPLICATION_DATA_ROOT", "data")),

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PositiveInt
 
-from replication.config import ObjectiveConfig, TaskConfig, TrainConfig
+from replication.config.base import ObjectiveConfig, TaskConfig, TrainConfig
 
 
 class Config(TaskConfig):

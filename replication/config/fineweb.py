@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from replication.config import TaskConfig
+from replication.config.base import TaskConfig
 
 
 class Config(TaskConfig):

@@ -1,7 +1,7 @@
 """GAPT in any PyTorch training loop: the MBE of the blocks you name, the phase controller, and the
 loss to back-propagate for the current phase.
 
-    from replication.dropin import GAPT
+    from replication.integrations.dropin import GAPT
 
     gapt = GAPT(model.transformer.h, method="gapt", micro_batches=2)   # hooks on the blocks' outputs
     for step, micro_batches in enumerate(loader):                        # the micro-batches of one step
@@ -18,7 +18,7 @@ loss to back-propagate for the current phase.
 It is the suite's algorithm, not a copy of it: a micro-batch's objective
 (``objectives.micro_batch_objective``), the step's sums (``objectives.StepAccumulator``), the
 controller and its update (``gapt.PhaseController``, ``objectives.update_controller``) and MBE
-(``mbe.layer_mbe``) are the functions ``replication.train`` runs, and ``tests/test_dropin.py``
+(``mbe.layer_mbe``) are the functions ``replication.training.train`` runs, and ``tests/test_dropin.py``
 trains one model both ways and compares them bit for bit.
 
 Methods (``method``): ``gapt`` (compress: odd micro-batches are MBE-only and regularize one block,
@@ -32,7 +32,7 @@ controller: skip its optimizer step, as the suite does. One process: in a data-p
 the step's sums over processes (``step_sums``) and pass them to ``end_step``, and construct with
 ``stop_early=False``: an MBE micro-batch that ends its forward pass by raising skips what a
 ``DistributedDataParallel`` wrapper does after the forward, and with it the gradient all-reduce
-(``replication.train`` reduces by hand instead).
+(``replication.training.train`` reduces by hand instead).
 
 Every block must run once per forward pass (no block object listed twice, no block applied twice),
 and the output its hook sees must carry gradients. Reentrant activation checkpointing
@@ -52,10 +52,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from replication.config import ConfigError, ObjectiveConfig
-from replication.gapt import GaptConfig, Phase, PhaseController
-from replication.methods import METHODS
-from replication.objectives import (
+from replication.config.base import ConfigError, ObjectiveConfig
+from replication.science.gapt import GaptConfig, Phase, PhaseController
+from replication.science.methods import METHODS
+from replication.training.objectives import (
     StepAccumulator,
     StepResult,
     micro_batch_kind,

@@ -2,9 +2,9 @@
 
 Updated once per optimizer step with that step's training main loss L (CE, or L1 for the MLP task)
 and the training MBE of the regularized layers; it returns the phase of the *next* step.
-PAPER.md section 3.1 names the rule sets, chosen by ``GaptConfig.rules``. Each one reproduces, on
+docs/SPEC.md section 3.1 names the rule sets, chosen by ``GaptConfig.rules``. Each one reproduces, on
 every finite input, the phase controller of one version of the author's code (GitHub user
-fangyuan-ksgk); where that code and PAPER.md disagree, the code is followed and the difference is
+fangyuan-ksgk); where that code and docs/SPEC.md disagree, the code is followed and the difference is
 stated below.
 
 ``paper`` (default): class ``GatedPhaseTransition`` of ``src/sorl.py`` in ``fangyuan-ksgk/minimind``
@@ -31,7 +31,7 @@ stated below.
       s_m <- 0 on CE progress else s_m + 1; s_c <- 0 on MBE progress else s_c + 1.
     Compress, s_c >= p_c or a spike: switch to memorize, s_m <- 0, every M_min,l <- +inf.
     Memorize, s_m >= p_m: switch to compress, s_c <- 0, E_min <- +inf.
-    Only the counter of the phase being entered is reset: the code resets no other, as PAPER.md
+    Only the counter of the phase being entered is reset: the code resets no other, as docs/SPEC.md
     also says. The counter of the phase being left keeps counting and is never read before it is
     reset on its next entry, so resetting both would give the same phases and only other logged
     counter values. ``M_min`` (logged) is the mean of the per-layer minima. The code's spike factor
@@ -94,7 +94,7 @@ class Phase(str, Enum):
 
 @dataclass(frozen=True)
 class GaptConfig:
-    """Hyper-parameters of the controller (PAPER.md section 3.1; paper-scale defaults)."""
+    """Hyper-parameters of the controller (docs/SPEC.md section 3.1; paper-scale defaults)."""
 
     rules: str = "paper"
     delta_ce: float = 0.01  # absolute CE progress threshold (paper, v1_code, v1_code_newer)

@@ -1,4 +1,4 @@
-"""Optimizers and the learning-rate schedule (PAPER.md section 5 for the modded model)."""
+"""Optimizers and the learning-rate schedule (docs/SPEC.md section 5 for the modded model)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from replication.config import AdamConfig, AdamWConfig, MuonAdamConfig, OptimConfig, ScheduleConfig
+from replication.config.base import AdamConfig, AdamWConfig, MuonAdamConfig, OptimConfig, ScheduleConfig
 from replication.models import ReplicationModel
 
 

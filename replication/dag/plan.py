@@ -1,7 +1,7 @@
 """What the Snakemake DAG runs, computed from the global config (the Snakefile only wires it up).
 
 The global config (``config/<scale>.yaml``, validated against ``config.schema.yaml`` beside this
-module, whose method list is the registry's, ``replication.methods``) names the scale, the
+module, whose method list is the registry's, ``replication.science.methods``) names the scale, the
 experiments and optionally a subset of methods and seeds; everything else comes from each
 experiment's own ``experiments/<name>/config.yaml``. Nothing here reads a file at import: the
 schema is read on first use, and every repository path comes from the global config.
@@ -10,24 +10,22 @@ schema is read on first use, and every repository path comes from the global con
 from __future__ import annotations
 
 import argparse
-import copy
-import difflib
-import importlib.resources
 import sys
 from dataclasses import dataclass
-from functools import cache, cached_property
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
-from replication import cli, launch
-from replication.config import ConfigError, load_yaml
-from replication.methods import BASELINE, METHOD_NAMES
-from replication.reporting.spec import ReportSpec, load_report_spec
-from replication.runconfig import StudySpec, resolve_run_config
+from replication.runtime import cli
+from replication.config.base import ConfigError, load_yaml
+from replication.dag.schema import check_experiment_name, defaults, resolve_global_config
+from replication.science.methods import BASELINE
+from replication.config.report import ReportSpec, load_report_spec
+from replication.config.run import StudySpec, resolve_run_config
 
+TRAIN_MODULE = "replication.training.train"  # what every training job runs
 TABLE_FILES = ("summary.csv", "runs.csv", "curves.csv", "phases.csv", "alignment.csv", "table.md")
 
 # the files of a study's report: these always, and those of each part the study has
@@ -72,7 +70,7 @@ class Plan:
     def specs(self) -> dict[str, ReportSpec]:
         folder = Path(self.config["experiments_dir"])
         for name in self.config["experiments"]:
-            _check_experiment_name(name, folder, "no experiment")
+            check_experiment_name(name, folder, "no experiment")
         specs = {name: load_report_spec(self.experiment_config(name)) for name in self.config["experiments"]}
         for name, spec in specs.items():
             if spec.experiment != name:
@@ -191,138 +189,23 @@ class Plan:
     def job(self, experiment: str, key: str) -> int:
         """threads_per_run, gpus_per_run or nproc_per_run of one experiment's training jobs."""
         override = (self.config.get("per_experiment") or {}).get(experiment, {})
-        return int(override.get(key, self.config.get(key, _defaults()[key])))
+        return int(override.get(key, self.config.get(key, defaults()[key])))
 
     def launcher(self, python: str, experiment: str) -> str:
-        """The command line that trains one run of experiment, up to the run's arguments.
-
-        Several processes per run: torchrun. One process on CPUs: ``replication.launch``, which forks
-        the run from the DAG's warm training server when there is one (``launch.TrainServer``) and is
-        ``replication.train`` itself otherwise. One process on a GPU: ``replication.train``. The line
-        is the same whether a server runs or not, so Snakemake never sees changed params.
-        """
+        """The command line that trains one run of experiment, up to the run's arguments: the training
+        command itself, or torchrun around it for several processes per run."""
         n = self.job(experiment, "nproc_per_run")
         if n > 1:
-            return f"{python} -m torch.distributed.run --standalone --nproc-per-node {n} -m {launch.TRAIN_MODULE}"
-        if self._forks(experiment):
-            return f"{python} -m {launch.__name__}"
-        return f"{python} -m {launch.TRAIN_MODULE}"
-
-    def _forks(self, experiment: str) -> bool:
-        return self.job(experiment, "nproc_per_run") == 1 and self.job(experiment, "gpus_per_run") == 0
-
-    def forks_training(self) -> bool:
-        """Whether some training job of this DAG goes through replication.launch (one CPU process)."""
-        return any(self._forks(experiment) for experiment in self.specs)
-
-
-def _check_experiment_name(name: str, folder: Path, problem: str) -> None:
-    """ConfigError unless ``folder/name/config.yaml`` exists, naming the closest experiment there."""
-    available = sorted(p.parent.name for p in folder.glob("*/config.yaml"))
-    if name not in available:
-        hint = difflib.get_close_matches(name, available, n=1)
-        raise ConfigError(
-            f"{problem} {name!r} in {folder}/"
-            + (f" (did you mean {hint[0]!r}?)" if hint else f"; it has {', '.join(available) or 'none'}")
-        )
-
-
-@cache
-def schema() -> dict[str, Any]:
-    """The global config's JSON schema, with the method registry as the methods' enum."""
-    loaded = yaml.safe_load(importlib.resources.files(__package__).joinpath("config.schema.yaml").read_text())
-    loaded["properties"]["methods"]["items"]["enum"] = list(METHOD_NAMES)
-    return loaded
-
-
-@cache
-def _defaults() -> dict[str, Any]:
-    return {
-        "methods": None,
-        "seeds": None,
-        **{key: spec["default"] for key, spec in schema()["properties"].items() if "default" in spec},
-    }
-
-
-def defaults() -> dict[str, Any]:
-    """The defaults the DAG's config schema states (the one place they are written), as a new dict."""
-    return copy.deepcopy(_defaults())
-
-
-def _describe(error: Any) -> str:
-    """One line for one schema violation, naming the key and, for a typo, the closest valid one."""
-    where = ".".join(str(p) for p in error.absolute_path)
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
-        parts = []
-        for key in extra:
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
-            parts.append(f"unknown key {(where + '.' if where else '') + str(key)!r}"
-                         + (f" (did you mean {hint[0]!r}?)" if hint else f"; valid keys: {', '.join(allowed)}"))  # fmt: skip
-        return "; ".join(parts)
-    if error.validator == "required":
-        missing = error.message.split("'")[1] if "'" in error.message else error.message
-        if missing == "scale":
-            return "the config names no scale: add `scale: smoke|cpu|gpu1|paper`, or pass --configfile config/<scale>.yaml"
-        return f"the config lacks the required key {missing!r}"
-    if error.validator == "enum":
-        return f"{where}: {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
-    return f"{where or 'config'}: {error.message}"
-
-
-INTEGER_KEYS = ("threads_per_run", "gpus_per_run", "nproc_per_run")
-
-
-def _integers(raw: dict[str, Any]) -> dict[str, Any]:
-    """Digit strings as integers where the schema wants integers: Snakemake's --config parses
-    ``seeds=[0,1]`` into ``['0', '1']``."""
-
-    def number(value: Any) -> Any:
-        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
-
-    out = dict(raw)
-    for key in INTEGER_KEYS:
-        if key in out:
-            out[key] = number(out[key])
-    if isinstance(out.get("seeds"), list):
-        out["seeds"] = [number(v) for v in out["seeds"]]
-    if isinstance(out.get("per_experiment"), dict):
-        out["per_experiment"] = {
-            name: {k: number(v) for k, v in values.items()} if isinstance(values, dict) else values
-            for name, values in out["per_experiment"].items()
-        }
-    return out
-
-
-def resolve_global_config(raw: dict[str, Any]) -> dict[str, Any]:
-    """The global config with every omitted key set to the schema's default, after validation.
-
-    Nothing else is merged in: a config file that names ``scale: smoke`` and its experiments gets
-    1 thread, 0 GPUs and 1 process per run, as the schema documents. Raises ``ConfigError`` with one
-    line per problem.
-    """
-    if not isinstance(raw, dict):
-        raise ConfigError(f"the config must be a mapping of keys to values, not {type(raw).__name__}")
-    raw = _integers(raw)
-    validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise ConfigError("\n".join(_describe(e) for e in errors))
-    config = copy.deepcopy({**_defaults(), **raw})
-    # a per_experiment entry for an experiment that is not chosen is kept (and unused), so that one
-    # scale's file serves any subset; one that names no experiment at all is a typo
-    for name in sorted(config["per_experiment"]):
-        _check_experiment_name(name, Path(config["experiments_dir"]), "per_experiment names no experiment")
-    return config
+            return f"{python} -m torch.distributed.run --standalone --nproc-per-node {n} -m {TRAIN_MODULE}"
+        return f"{python} -m {TRAIN_MODULE}"
 
 
 def check_outputs(argv: list[str] | None = None) -> int:
-    """python -m replication.reporting.workflow CONFIG.yaml [KEY=VALUE ...]: is every final output there?
+    """python -m replication.dag.plan CONFIG.yaml [KEY=VALUE ...]: is every final output there?
 
     The same KEY=VALUE overrides as snakemake's --config; exits 1 naming whatever is missing or empty.
     """
-    parser = cli.parser("replication.reporting.workflow", check_outputs.__doc__)
+    parser = cli.parser("replication.dag.plan", check_outputs.__doc__)
     parser.add_argument("configfile", type=str)
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE, as given to snakemake --config")
     return cli.run(_check_outputs, parser.parse_args(argv))

@@ -1,4 +1,4 @@
-"""RQ1: alignment of the CE gradient with each layer's MBE gradient (PAPER.md section 4).
+"""RQ1: alignment of the CE gradient with each layer's MBE gradient (docs/SPEC.md section 4).
 
 On one micro-batch, g_CE = grad CE and g_l = grad MBE_l for each chosen layer, on the same batch and
 without applying either. Recorded: the global cosine (all parameters flattened), the cosine within
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from replication.evaluation import mbe_kwargs
-from replication.mbe import layer_mbe
+from replication.tasks.evaluation import mbe_kwargs
+from replication.science.mbe import layer_mbe
 from replication.models import ReplicationModel
 from replication.tasks.base import Task
 

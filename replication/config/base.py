@@ -2,9 +2,9 @@
 
 Each section (model, optimizer, objective, training, alignment logging, and the base of every task's
 config) is a frozen pydantic model in which an unknown key is an error naming the key. A whole run,
-and the experiment files it is resolved from, are in ``replication.runconfig``; each task's own
+and the experiment files it is resolved from, are in ``replication.config.run``; each task's own
 section is in its package (``replication.tasks.<name>.config``); the reporting sections of an
-experiment file are in ``replication.reporting.spec``. This module also holds what they share: the
+experiment file are in ``replication.config.report``. This module also holds what they share: the
 one-line-per-key error messages with did-you-mean hints, YAML loading, and the deep merge of layers.
 """
 
@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from replication.errors import ConfigError
+from replication.science.errors import ConfigError
 
 
 class StrictModel(BaseModel):
@@ -49,7 +49,7 @@ LayerIndex = NonNegativeInt
 
 
 class ModdedModelConfig(StrictModel):
-    """The author's modded-nanogpt GPT-2 small (PAPER.md section 5); defaults are paper size."""
+    """The author's modded-nanogpt GPT-2 small (docs/SPEC.md section 5); defaults are paper size."""
 
     name: Literal["modded"] = "modded"
     vocab_size: PositiveInt = 50304
@@ -128,7 +128,7 @@ class ScheduleConfig(StrictModel):
 
 
 class MuonAdamConfig(StrictModel):
-    """Muon for the 2-D block weights, Adam for head, embedding and scalars (PAPER.md section 5)."""
+    """Muon for the 2-D block weights, Adam for head, embedding and scalars (docs/SPEC.md section 5)."""
 
     name: Literal["muon_adam"] = "muon_adam"
     muon_lr: NonNegativeFloat = 0.05
@@ -167,10 +167,10 @@ OptimConfig = Annotated[Union[MuonAdamConfig, AdamWConfig, AdamConfig], Field(di
 
 
 class ObjectiveConfig(StrictModel):
-    """The MBE objective (PAPER.md sections 2 and 3.2)."""
+    """The MBE objective (docs/SPEC.md sections 2 and 3.2)."""
 
     patch_size: PositiveInt = 8
-    alpha: PositiveFloat = 2.0  # Renyi order; 1 is the von Neumann limit (replication.mbe)
+    alpha: PositiveFloat = 2.0  # Renyi order; 1 is the von Neumann limit (replication.science.mbe)
     eps: PositiveFloat = 1e-7
     clamp: bool = False
     lambda_mbe: NonNegativeFloat = 20.0  # lambda of the joint objective (gapt_joint and ce_mbe)
@@ -203,7 +203,7 @@ class TrainConfig(StrictModel):
 
 
 class AlignmentConfig(StrictModel):
-    """The RQ1 gradient-alignment logger (PAPER.md section 4); every = 0 turns it off."""
+    """The RQ1 gradient-alignment logger (docs/SPEC.md section 4); every = 0 turns it off."""
 
     every: NonNegativeInt = 0
     layers: list[LayerIndex] | None = None  # None (or empty): the alternate (middle) layers

@@ -16,7 +16,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from replication.errors import ReplicationError
+from replication.science.errors import ReplicationError
 
 DEBUG_ENV = "REPLICATION_DEBUG"
 OUT_OF_MEMORY = (

@@ -1,5 +1,5 @@
-"""The gradient computation of one optimizer step (PAPER.md 3.2-3.3), for each compression
-objective a method (``replication.methods``) can name:
+"""The gradient computation of one optimizer step (docs/SPEC.md 3.2-3.3), for each compression
+objective a method (``replication.science.methods``) can name:
 
 - ``alternate`` (method ``gapt``): the step's micro-batches alternate between main-loss-only
   (even index) and MBE-only (odd index, weight 1) micro-batches; the MBE micro-batch regularizes one
@@ -25,10 +25,10 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
-from replication.config import ConfigError, ObjectiveConfig
-from replication.gapt import Phase, PhaseController, Transition
-from replication.mbe import layer_mbe
-from replication.methods import Method, default_layers
+from replication.config.base import ConfigError, ObjectiveConfig
+from replication.science.gapt import Phase, PhaseController, Transition
+from replication.science.mbe import layer_mbe
+from replication.science.methods import Method, default_layers
 from replication.models import ReplicationModel
 from replication.tasks.base import Task
 
@@ -130,7 +130,7 @@ def micro_batch_objective(
     loss, the detached main loss and the detached MBE of every block (both None for an MBE
     micro-batch, which may have run only up to its layer). With ``blocks``, the detached MBE is
     computed for those blocks and the regularized ones only, NaN elsewhere (the loop's steps between
-    ``train.block_mbe_every``). The suite's loop and the drop-in API (``replication.dropin``) both
+    ``train.block_mbe_every``). The suite's loop and the drop-in API (``replication.integrations.dropin``) both
     compute a micro-batch here."""
     mbe_kwargs = objective.mbe_options()
     if kind == "mbe":

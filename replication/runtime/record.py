@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from replication.errors import RunFolderError
+from replication.science.errors import RunFolderError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_NAME = "checkpoint.pt"

@@ -1,7 +1,7 @@
 """The errors a user can act on: each carries a message that names the problem and the way out.
 
 A command-line module turns any of them into one ``error: ...`` line and its exit code, with no
-traceback (``replication.cli``). Anything else that escapes a command is a bug, reported as such.
+traceback (``replication.runtime.cli``). Anything else that escapes a command is a bug, reported as such.
 """
 
 from __future__ import annotations

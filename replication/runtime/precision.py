@@ -2,7 +2,7 @@
 
 ``train.dtype`` names it. The loop builds it once (``autocast_for``) and hands the same context to
 training, evaluation and the RQ1 logger, so no part of a run decides on its own. MBE computes in
-float32 whatever the context (``replication.mbe`` turns autocast off inside), and losses are taken
+float32 whatever the context (``replication.science.mbe`` turns autocast off inside), and losses are taken
 in float32 from logits cast up.
 """
 

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from replication.distributed import all_reduce_sum
-from replication.mbe import layer_mbe
+from replication.runtime.distributed import all_reduce_sum
+from replication.science.mbe import layer_mbe
 from replication.models import ReplicationModel
 from replication.tasks.base import Batch, Task
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from replication.config import (
+from replication.config.base import (
     NonNegativeFloat,
     ObjectiveConfig,
     PositiveFloat,

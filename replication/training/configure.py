@@ -1,10 +1,10 @@
 """Resolve one run of an experiment and write its config into the run folder.
 
-    python -m replication.configure experiments/NAME/config.yaml --scale S --method M --seed N \\
+    python -m replication.training.configure experiments/NAME/config.yaml --scale S --method M --seed N \\
         --out runs/NAME/S/M/seedN/config.yaml
 
 The written file is the whole resolved config (every default filled in); ``python -m
-replication.train`` reads nothing else. An existing file with the same content is left untouched,
+replication.training.train`` reads nothing else. An existing file with the same content is left untouched,
 so its timestamp only moves when the run's config really changed. An ``--out`` that ends in ``/`` or
 names an existing folder is the run folder: the config goes into ``config.yaml`` there.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from replication import cli
-from replication.runconfig import resolve_run_config, write_run_config
+from replication.runtime import cli
+from replication.config.run import resolve_run_config, write_run_config
 
 RUN_CONFIG_NAME = "config.yaml"
 
@@ -40,7 +40,7 @@ def _existing(path: Path) -> object:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.parser("replication.configure", __doc__)
+    parser = cli.parser("replication.training.configure", __doc__)
     parser.add_argument("experiment", type=Path, help="experiments/NAME/config.yaml")
     parser.add_argument("--scale", required=True)
     parser.add_argument("--method", required=True)
