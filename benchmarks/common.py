@@ -31,6 +31,11 @@ def interleaved(variants: dict[str, Callable[[], None]], rounds: int, repeats: i
 def write_result(out_dir: Path, section: str, payload: dict[str, Any]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{section}.json"
-    record = {"section": section, "measured_at": now(), "provenance": provenance(torch.device("cpu")), **payload}
+    record = {
+        "section": section,
+        "measured_at": now(),
+        "provenance": provenance(torch.device("cpu")),
+        **payload,
+    }
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path

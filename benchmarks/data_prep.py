@@ -32,7 +32,9 @@ def _measure(path: Path, threads: int, rounds: int) -> dict[str, float]:
     ceiling, reading, ours = [], [], []
     for _ in range(rounds):
         start = time.perf_counter()
-        n_ceiling = sum(len(ids) for ids in tokenizer.encoding.encode_ordinary_batch(texts, num_threads=threads))
+        n_ceiling = sum(
+            len(ids) for ids in tokenizer.encoding.encode_ordinary_batch(texts, num_threads=threads)
+        )
         ceiling.append(n_ceiling / (time.perf_counter() - start))
         start = time.perf_counter()
         for _text in iter_texts({"kind": "local", "path": str(path)}, options):
@@ -46,9 +48,15 @@ def _measure(path: Path, threads: int, rounds: int) -> dict[str, float]:
     # reading and encoding take turns (replication.tasks.fineweb.data.iter_documents), so the fastest
     # preparation there can be encodes at tiktoken's speed and reads at datasets' speed, one after the other
     take_turns = n_ceiling / (n_ceiling / max(ceiling) + min(reading))
-    return {"tokens": n_ceiling, "replication.tasks.fineweb.prepare": max(ours), "tiktoken encode_ordinary_batch": max(ceiling),
-            "reading_seconds": min(reading), "read_then_encode": take_turns,
-            "ratio": max(ours) / max(ceiling), "ratio_to_read_then_encode": max(ours) / take_turns}  # fmt: skip
+    return {
+        "tokens": n_ceiling,
+        "replication.tasks.fineweb.prepare": max(ours),
+        "tiktoken encode_ordinary_batch": max(ceiling),
+        "reading_seconds": min(reading),
+        "read_then_encode": take_turns,
+        "ratio": max(ours) / max(ceiling),
+        "ratio_to_read_then_encode": max(ours) / take_turns,
+    }
 
 
 def data_prep(threads: int = 2, rounds: int = 3) -> dict[str, Any]:
@@ -59,10 +67,16 @@ def data_prep(threads: int = 2, rounds: int = 3) -> dict[str, Any]:
         sample, repeated = Path(tmp) / "sample.jsonl", Path(tmp) / "sample_x20.jsonl"
         sample.write_text(text)
         repeated.write_text(text * 20)
-        results = {"sample": _measure(sample, threads, rounds), "sample_x20": _measure(repeated, threads, rounds)}
+        results = {
+            "sample": _measure(sample, threads, rounds),
+            "sample_x20": _measure(repeated, threads, rounds),
+        }
     # the target is the steady state's: on the 216 k-token sample the whole preparation takes about 0.05 s, of
     # which the fixed start-up of a datasets stream is a third, a cost paid once per data set. Reading
     # alone caps a preparation that takes turns at read_then_encode (0.85 of tiktoken here); the rest
     # of the gap is building each document's array and writing and hashing the shards
-    return {"threads": threads, "inputs": results,
-            "target": ">= 0.8 of tiktoken on sample_x20 (the steady state)"}
+    return {
+        "threads": threads,
+        "inputs": results,
+        "target": ">= 0.8 of tiktoken on sample_x20 (the steady state)",
+    }

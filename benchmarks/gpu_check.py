@@ -61,8 +61,8 @@ from tabulate import tabulate
 
 from benchmarks.common import write_result
 from replication.config.base import deep_merge
-from replication.science.methods import METHOD_NAMES, METHODS
 from replication.config.run import RunConfig, resolve_run_config, validate_run_config
+from replication.science.methods import METHOD_NAMES, METHODS
 
 GATED = tuple(m for m in METHOD_NAMES if METHODS[m].gated)  # the methods the controller drives
 
@@ -71,8 +71,14 @@ FINEWEB = REPO / "experiments" / "fineweb_pretrain" / "config.yaml"
 SECTION = "gpu"
 
 # dense bf16 peak (TFLOP/s, no sparsity) by device name; the first entry whose key is in the name wins
-PEAK_BF16_TFLOPS = (("H200 NVL", 835.0), ("H200", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.0),
-                    ("A100", 312.0))  # fmt: skip
+PEAK_BF16_TFLOPS = (
+    ("H200 NVL", 835.0),
+    ("H200", 989.0),
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("A100", 312.0),
+)
 TARGET_RATIO = 1.05  # gapt and gapt_joint step time over ce's
 TARGET_MFU = 0.40  # ce
 # dynamo graphs per run: the 6 of tests/test_compile.py (the first block, the other blocks and the head,
@@ -87,33 +93,80 @@ def dag_estimate_s(slots: int) -> float:
     """Budget the mini-DAG needs: 8 short runs of about 35 s each (start-up, 6 steps, 3 evaluations),
     ``slots`` at a time, and about 40 s of configuring, aggregating and drawing."""
     return 40.0 + 35.0 * math.ceil(8 / max(1, slots))
+
+
 # the gated methods enter compress after 2 steps and stay: no CE progress counts, no spike ends it
 FORCE_COMPRESS = {"delta_ce": 100.0, "spike_tol": 100.0, "patience_memorize": 2, "patience_compress": 10**6}
 
-GPU_SHAPE = {"seq_len": 32768, "micro_batch_size": 1, "grad_accum": 2, "steps": 30, "warmup": 10,
-             "mean_doc_length": 1024}  # fmt: skip
-TINY_SHAPE = {"seq_len": 128, "micro_batch_size": 2, "grad_accum": 2, "steps": 6, "warmup": 4, "mean_doc_length": 24}
-TINY_MODEL = {"vocab_size": 64, "n_layer": 6, "d_model": 32, "n_head": 2, "head_dim": 16,
-              "window_start": 32, "window_end": 128, "window_multiple": 32}  # fmt: skip
+GPU_SHAPE = {
+    "seq_len": 32768,
+    "micro_batch_size": 1,
+    "grad_accum": 2,
+    "steps": 30,
+    "warmup": 10,
+    "mean_doc_length": 1024,
+}
+TINY_SHAPE = {
+    "seq_len": 128,
+    "micro_batch_size": 2,
+    "grad_accum": 2,
+    "steps": 6,
+    "warmup": 4,
+    "mean_doc_length": 24,
+}
+TINY_MODEL = {
+    "vocab_size": 64,
+    "n_layer": 6,
+    "d_model": 32,
+    "n_head": 2,
+    "head_dim": 16,
+    "window_start": 32,
+    "window_end": 128,
+    "window_multiple": 32,
+}
 
 
 # -- configs -----------------------------------------------------------------------------------
 
 
-def run_config(method: str, *, tiny: bool, seq_len: int, micro_batch_size: int, grad_accum: int, steps: int,
-               mean_doc_length: int, device: str | None = None) -> RunConfig:  # fmt: skip
+def run_config(
+    method: str,
+    *,
+    tiny: bool,
+    seq_len: int,
+    micro_batch_size: int,
+    grad_accum: int,
+    steps: int,
+    mean_doc_length: int,
+    device: str | None = None,
+) -> RunConfig:
     """The FineWeb experiment's gpu1 run of ``method`` (the paper's model, bf16, compiled) on the
     synthetic task, with checkpoints and evaluations only where the loop insists (the last step's
     checkpoint, the final evaluation on one batch). ``tiny``: the TINY_MODEL, on the CPU unless
     ``device`` says otherwise."""
     base = resolve_run_config(FINEWEB, "gpu1", method, 0).to_dict()
     model = deep_merge(base["model"], TINY_MODEL if tiny else {})
-    task = {"name": "synthetic", "vocab_size": model["vocab_size"], "seq_len": seq_len,
-            "micro_batch_size": micro_batch_size, "mean_doc_length": mean_doc_length, "val_batches": 1}  # fmt: skip
-    train = deep_merge(base["train"], {
-        "steps": steps, "grad_accum": grad_accum, "eval_every": 0, "eval_at_start": False, "checkpoint_every": 0,
-        "device": device or ("cpu" if tiny else "cuda"), "dtype": "bfloat16", "compile": True,
-    })  # fmt: skip
+    task = {
+        "name": "synthetic",
+        "vocab_size": model["vocab_size"],
+        "seq_len": seq_len,
+        "micro_batch_size": micro_batch_size,
+        "mean_doc_length": mean_doc_length,
+        "val_batches": 1,
+    }
+    train = deep_merge(
+        base["train"],
+        {
+            "steps": steps,
+            "grad_accum": grad_accum,
+            "eval_every": 0,
+            "eval_at_start": False,
+            "checkpoint_every": 0,
+            "device": device or ("cpu" if tiny else "cuda"),
+            "dtype": "bfloat16",
+            "compile": True,
+        },
+    )
     gapt = deep_merge(base["gapt"], FORCE_COMPRESS)
     data = {**base, "model": model, "task": task, "train": train, "gapt": gapt, "alignment": {"every": 0}}
     return validate_run_config(data, source=f"gpu_check/{method}")
@@ -154,7 +207,10 @@ def peak_tflops(device: torch.device, override: float | None) -> tuple[float | N
         return None, "no table entry for a CPU; pass --peak-tflops for an MFU"
     name = torch.cuda.get_device_name(device)
     if "MIG" in name:
-        return None, f"{name!r} is a MIG slice, whose share of the peak the table does not know; pass --peak-tflops"
+        return (
+            None,
+            f"{name!r} is a MIG slice, whose share of the peak the table does not know; pass --peak-tflops",
+        )
     for key, value in PEAK_BF16_TFLOPS:
         if key in name:
             return value, f"dense bf16 peak of {key} (table in benchmarks/gpu_check.py)"
@@ -202,15 +258,17 @@ def fresh_dynamo() -> Iterator[dict[str, Any]]:
         # compilations per frame (code object) since the reset: every one after a frame's first is a recompile
         per_frame = dict(getattr(convert_frame, "FRAME_COMPILE_COUNTER", {}))
         reasons = [reason for failures in guard_failures.values() for reason in failures]
-        stats.update({
-            "unique_graphs": int(counters["stats"]["unique_graphs"]),
-            "frames": len(per_frame),
-            "recompiles": sum(max(0, n - 1) for n in per_frame.values()),
-            "graph_breaks": int(sum(counters["graph_break"].values())),
-            "guard_failures": [r.splitlines()[0][:300] for r in reasons[:8]],
-            "recompile_limit": int(config.recompile_limit),
-            "fail_on_recompile_limit_hit": strict,
-        })  # fmt: skip
+        stats.update(
+            {
+                "unique_graphs": int(counters["stats"]["unique_graphs"]),
+                "frames": len(per_frame),
+                "recompiles": sum(max(0, n - 1) for n in per_frame.values()),
+                "graph_breaks": int(sum(counters["graph_break"].values())),
+                "guard_failures": [r.splitlines()[0][:300] for r in reasons[:8]],
+                "recompile_limit": int(config.recompile_limit),
+                "fail_on_recompile_limit_hit": strict,
+            }
+        )
         torch._dynamo.reset()
 
 
@@ -262,9 +320,13 @@ def measure_method(config: RunConfig, warmup: int, scratch: Path) -> dict[str, A
             gc.collect()
     result["wall_s"] = time.perf_counter() - start
     result["graphs"] = graphs
-    result["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    result["peak_memory_bytes"] = (
+        int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    )
     # what the caching allocator held at its peak: a job beside it needs room for this, not the above
-    result["peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved(device)) if device.type == "cuda" else None
+    result["peak_reserved_bytes"] = (
+        int(torch.cuda.max_memory_reserved(device)) if device.type == "cuda" else None
+    )
     if device.type == "cuda":
         torch.cuda.empty_cache()
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
@@ -293,7 +355,9 @@ def measure_method(config: RunConfig, warmup: int, scratch: Path) -> dict[str, A
     if result["status"] == "ok" and not finite:
         result.update(status="failed", error="a non-finite training or validation loss")
     if result["status"] == "ok" and graphs["unique_graphs"] > GRAPH_BOUND:
-        result.update(status="failed", error=f"{graphs['unique_graphs']} dynamo graphs, more than {GRAPH_BOUND}")
+        result.update(
+            status="failed", error=f"{graphs['unique_graphs']} dynamo graphs, more than {GRAPH_BOUND}"
+        )
     if result["status"] == "ok" and not steady:
         result.update(status="failed", error=f"no steps after the {warmup} warm-up steps to time")
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -336,10 +400,12 @@ def write_mini_dag_experiments(folder: Path) -> Path:
 def mini_dag_overrides(scratch: Path) -> list[str]:
     paths = {key: scratch / key.split("_")[0] for key in ("runs_dir", "results_dir", "logs_dir", "data_dir")}
     return [
-        "experiments=[arithmetic_ood]", f"seeds=[{','.join(map(str, MINI_DAG_SEEDS))}]",
-        f"experiments_dir={scratch / 'experiments'}", "threads_per_run=2",
+        "experiments=[arithmetic_ood]",
+        f"seeds=[{','.join(map(str, MINI_DAG_SEEDS))}]",
+        f"experiments_dir={scratch / 'experiments'}",
+        "threads_per_run=2",
         *[f"{key}={value}" for key, value in paths.items()],
-    ]  # fmt: skip
+    ]
 
 
 def check_mini_dag_plan(scratch: Path) -> dict[str, Any]:
@@ -370,9 +436,22 @@ def mini_dag_slots(run_peak_bytes: int | None) -> int:
 def mini_dag_commands(scratch: Path, slots: int = 1) -> tuple[list[str], list[str]]:
     """The Snakemake command of the mini-DAG (run from the repository root) and the check of its outputs."""
     overrides = mini_dag_overrides(scratch)
-    snakemake = [sys.executable, "-m", "snakemake", "--cores", str(os.cpu_count() or 1), "--resources",
-                 f"gpu={slots}", "--keep-going", "--configfile", "config/gpu1.yaml", "--config",
-                 *overrides, "--quiet", "rules"]  # fmt: skip
+    snakemake = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        str(os.cpu_count() or 1),
+        "--resources",
+        f"gpu={slots}",
+        "--keep-going",
+        "--configfile",
+        "config/gpu1.yaml",
+        "--config",
+        *overrides,
+        "--quiet",
+        "rules",
+    ]
     check = [sys.executable, "-m", "replication.dag.plan", "config/gpu1.yaml", *overrides]
     return snakemake, check
 
@@ -384,11 +463,22 @@ def arithmetic_mini_dag(scratch: Path, budget_s: float, slots: int = 1) -> dict[
     scratch.mkdir(parents=True, exist_ok=True)
     planned = check_mini_dag_plan(scratch)
     snakemake, check = mini_dag_commands(scratch, slots)
-    result: dict[str, Any] = {**planned, "slots": slots, "command": " ".join(snakemake), "scratch": str(scratch)}
+    result: dict[str, Any] = {
+        **planned,
+        "slots": slots,
+        "command": " ".join(snakemake),
+        "scratch": str(scratch),
+    }
     start = time.perf_counter()
     # a session of its own, so that a timeout stops the training jobs Snakemake started too
-    dag = subprocess.Popen(snakemake, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           start_new_session=True)  # fmt: skip
+    dag = subprocess.Popen(
+        snakemake,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = dag.communicate(timeout=max(1.0, budget_s))
     except subprocess.TimeoutExpired:
@@ -402,8 +492,11 @@ def arithmetic_mini_dag(scratch: Path, budget_s: float, slots: int = 1) -> dict[
                 break
             except subprocess.TimeoutExpired:
                 continue
-        result.update(status="timed_out", wall_s=time.perf_counter() - start,
-                      reason=f"the DAG did not finish within the {budget_s:.0f} s left; its logs are in {scratch}/logs")  # fmt: skip
+        result.update(
+            status="timed_out",
+            wall_s=time.perf_counter() - start,
+            reason=f"the DAG did not finish within the {budget_s:.0f} s left; its logs are in {scratch}/logs",
+        )
         return result
     result["wall_s"] = time.perf_counter() - start
     outputs = subprocess.run(check, cwd=REPO, capture_output=True, text=True)
@@ -411,8 +504,12 @@ def arithmetic_mini_dag(scratch: Path, budget_s: float, slots: int = 1) -> dict[
     if dag.returncode == 0 and outputs.returncode == 0:
         result["status"] = "ok"
     else:
-        result.update(status="failed", reason=f"snakemake exit {dag.returncode}, output check exit "
-                      f"{outputs.returncode}; logs in {scratch}/logs", output_tail=output[-3000:])  # fmt: skip
+        result.update(
+            status="failed",
+            reason=f"snakemake exit {dag.returncode}, output check exit "
+            f"{outputs.returncode}; logs in {scratch}/logs",
+            output_tail=output[-3000:],
+        )
     return result
 
 
@@ -445,30 +542,50 @@ def gpu_check(args: argparse.Namespace) -> dict[str, Any]:
             # the last method's time: the first carries the cold compile, which later ones find cached
             last = next((m["wall_s"] for m in reversed(methods.values()) if "wall_s" in m), 0.0)
             if last and left() < last:
-                methods[method] = {"status": "skipped", "error": f"{left():.0f} s of the budget left, the "
-                                   f"last method took {last:.0f} s"}  # fmt: skip
+                methods[method] = {
+                    "status": "skipped",
+                    "error": f"{left():.0f} s of the budget left, the last method took {last:.0f} s",
+                }
                 print(f"gpu_check: skipping {method}: {methods[method]['error']}", flush=True)
                 continue
             while True:
-                config = run_config(method, tiny=tiny, seq_len=shape["seq_len"], micro_batch_size=shape["micro_batch_size"],
-                                    grad_accum=shape["grad_accum"], steps=shape["steps"],
-                                    mean_doc_length=shape["mean_doc_length"])  # fmt: skip
-                print(f"gpu_check: {method}, {shape['seq_len']} tokens x {shape['micro_batch_size']} rows x "
-                      f"{shape['grad_accum']} micro-batches, {shape['steps']} steps", flush=True)  # fmt: skip
+                config = run_config(
+                    method,
+                    tiny=tiny,
+                    seq_len=shape["seq_len"],
+                    micro_batch_size=shape["micro_batch_size"],
+                    grad_accum=shape["grad_accum"],
+                    steps=shape["steps"],
+                    mean_doc_length=shape["mean_doc_length"],
+                )
+                print(
+                    f"gpu_check: {method}, {shape['seq_len']} tokens x {shape['micro_batch_size']} rows x "
+                    f"{shape['grad_accum']} micro-batches, {shape['steps']} steps",
+                    flush=True,
+                )
                 result = measure_method(config, shape["warmup"], scratch)
-                if method == args.methods[0] and _is_out_of_memory(result) and shape["seq_len"] // 2 >= MIN_SEQ_LEN:
+                if (
+                    method == args.methods[0]
+                    and _is_out_of_memory(result)
+                    and shape["seq_len"] // 2 >= MIN_SEQ_LEN
+                ):
                     seq_fallback_from = seq_fallback_from or shape["seq_len"]
                     shape["seq_len"] //= 2
                     print(f"gpu_check: out of memory; retrying at {shape['seq_len']} tokens", flush=True)
                     continue
                 break
             methods[method] = result
-            print(f"gpu_check: {method} {result['status']} in {result['wall_s']:.0f} s"
-                  + (f": {result['error'].splitlines()[0]}" if result["error"] else ""), flush=True)  # fmt: skip
+            print(
+                f"gpu_check: {method} {result['status']} in {result['wall_s']:.0f} s"
+                + (f": {result['error'].splitlines()[0]}" if result["error"] else ""),
+                flush=True,
+            )
 
     from replication.models import build_model
 
-    model_cfg = config.model if config is not None else run_config("ce", tiny=tiny, **_shape_args(shape)).model
+    model_cfg = (
+        config.model if config is not None else run_config("ce", tiny=tiny, **_shape_args(shape)).model
+    )
     with torch.device("meta"):  # shapes only
         model = build_model(model_cfg)
     n_params = sum(p.numel() for p in model.parameters())
@@ -490,14 +607,23 @@ def gpu_check(args: argparse.Namespace) -> dict[str, Any]:
         # a method the budget left out is not a failure; "complete" says whether every one ran
         "runs_ok": all(m["status"] in ("ok", "skipped") for m in methods.values()),
         "complete": all(m["status"] == "ok" for m in methods.values()),
-        **{f"{m}_ratio_within_target": None if methods[m].get("ratio_to_ce") is None
-           else methods[m]["ratio_to_ce"] <= TARGET_RATIO for m in GATED if m in methods},
-    }  # fmt: skip
+        **{
+            f"{m}_ratio_within_target": None
+            if methods[m].get("ratio_to_ce") is None
+            else methods[m]["ratio_to_ce"] <= TARGET_RATIO
+            for m in GATED
+            if m in methods
+        },
+    }
     ce_mfu = methods.get("ce", {}).get("mfu")
     verdict["ce_mfu_within_target"] = None if ce_mfu is None else ce_mfu >= TARGET_MFU
 
     if tiny:
-        mini_dag = {"status": "skipped", "reason": "--tiny: the plan is only validated", **check_mini_dag_plan(scratch)}
+        mini_dag = {
+            "status": "skipped",
+            "reason": "--tiny: the plan is only validated",
+            **check_mini_dag_plan(scratch),
+        }
     elif args.skip_dag:
         mini_dag = {"status": "skipped", "reason": "--skip-dag"}
     else:
@@ -508,12 +634,17 @@ def gpu_check(args: argparse.Namespace) -> dict[str, Any]:
         slots = mini_dag_slots(ce_peak and int(ce_peak * scale))
         needed = dag_estimate_s(slots)
         if left() < needed:
-            mini_dag = {"status": "skipped", "reason": f"{left():.0f} s of the budget left, the mini-DAG needs about "
-                        f"{needed:.0f} s at {slots} job(s) at once; run it by hand: see arithmetic_mini_dag in "
-                        "benchmarks/gpu_check.py"}  # fmt: skip
+            mini_dag = {
+                "status": "skipped",
+                "reason": f"{left():.0f} s of the budget left, the mini-DAG needs about "
+                f"{needed:.0f} s at {slots} job(s) at once; run it by hand: see arithmetic_mini_dag in "
+                "benchmarks/gpu_check.py",
+            }
         else:
-            print(f"gpu_check: the arithmetic mini-DAG, {slots} job(s) at once, {left():.0f} s of the budget left",
-                  flush=True)  # fmt: skip
+            print(
+                f"gpu_check: the arithmetic mini-DAG, {slots} job(s) at once, {left():.0f} s of the budget left",
+                flush=True,
+            )
             mini_dag = arithmetic_mini_dag(scratch / "dag", left() - 10.0, slots)
     if mini_dag["status"] == "skipped":
         print(f"gpu_check: mini-DAG skipped: {mini_dag['reason']}", flush=True)
@@ -532,18 +663,27 @@ def gpu_check(args: argparse.Namespace) -> dict[str, Any]:
         "provenance": provenance(device),  # replaces write_result's, which describes the CPU
         "mode": "tiny (CPU)" if tiny else "gpu",
         "device": device_description(device),
-        "shape": {**{k: getattr(model_cfg, k) for k in ("n_layer", "d_model", "n_head", "head_dim", "vocab_size")},
-                  "attention": model_cfg.attention, **shape, "tokens_per_step": tokens_per_step,
-                  "seq_len_fallback_from": seq_fallback_from, "dtype": "bfloat16", "compile": True,
-                  "compile_backend": backend},  # fmt: skip
+        "shape": {
+            **{k: getattr(model_cfg, k) for k in ("n_layer", "d_model", "n_head", "head_dim", "vocab_size")},
+            "attention": model_cfg.attention,
+            **shape,
+            "tokens_per_step": tokens_per_step,
+            "seq_len_fallback_from": seq_fallback_from,
+            "dtype": "bfloat16",
+            "compile": True,
+            "compile_backend": backend,
+        },
         "n_params": n_params,
         "n_matmul_params": n_matmul,
         "flops_per_token_formula": "6 N + 12 L (H Dh) C; N: matmul parameters (embedding excluded), "
-                                   "C: mean keys per query under the causal sliding window (flops_per_token)",
+        "C: mean keys per query under the causal sliding window (flops_per_token)",
         "peak_tflops": peak,
         "peak_source": peak_source,
-        "targets": {"gapt_and_gapt_joint_step_time_over_ce": f"<= {TARGET_RATIO}", "ce_mfu": f">= {TARGET_MFU}",
-                    "graphs_per_run": f"<= {GRAPH_BOUND}"},  # fmt: skip
+        "targets": {
+            "gapt_and_gapt_joint_step_time_over_ce": f"<= {TARGET_RATIO}",
+            "ce_mfu": f">= {TARGET_MFU}",
+            "graphs_per_run": f"<= {GRAPH_BOUND}",
+        },
         "methods": methods,
         "verdict": verdict,
         "mini_dag": mini_dag,
@@ -558,10 +698,12 @@ def _shape_args(shape: dict[str, Any]) -> dict[str, Any]:
 
 def print_report(result: dict[str, Any]) -> None:
     shape = result["shape"]
-    print(f"\nGPU check ({result['mode']}, {result['device']['device_name']}): {result['n_params'] / 1e6:.1f} M "
-          f"parameters, {shape['tokens_per_step']} tokens per step ({shape['seq_len']} x {shape['micro_batch_size']} "
-          f"x {shape['grad_accum']}), bf16, compiled ({shape['compile_backend']}); peak "
-          f"{result['peak_tflops'] or '?'} TFLOP/s ({result['peak_source']})")  # fmt: skip
+    print(
+        f"\nGPU check ({result['mode']}, {result['device']['device_name']}): {result['n_params'] / 1e6:.1f} M "
+        f"parameters, {shape['tokens_per_step']} tokens per step ({shape['seq_len']} x {shape['micro_batch_size']} "
+        f"x {shape['grad_accum']}), bf16, compiled ({shape['compile_backend']}); peak "
+        f"{result['peak_tflops'] or '?'} TFLOP/s ({result['peak_source']})"
+    )
 
     def num(value: Any, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
@@ -569,32 +711,64 @@ def print_report(result: dict[str, Any]) -> None:
     rows = []
     for name, m in result["methods"].items():
         graphs = m.get("graphs", {})
-        rows.append([
-            name, m["status"], num(m.get("step_time_s") and m["step_time_s"] * 1e3, ".1f"),
-            num(m.get("tokens_per_s"), ",.0f"), num(m.get("mfu") and 100 * m["mfu"], ".1f"),
-            num(m.get("ratio_to_ce"), ".3f"), num(m.get("peak_memory_bytes") and m["peak_memory_bytes"] / 2**30, ".1f"),
-            num(m.get("compile_time_s"), ".1f"), f"{graphs.get('unique_graphs', '-')}/{graphs.get('recompiles', '-')}",
-            "yes" if m.get("losses_finite") else "no",
-        ])  # fmt: skip
-    print(tabulate(rows, headers=["method", "status", "ms / step", "tokens / s", "ce-eq. MFU %", "over ce", "peak GiB",
-                                  "compile s", "graphs/recompiles", "finite"], tablefmt="github"))  # fmt: skip
+        rows.append(
+            [
+                name,
+                m["status"],
+                num(m.get("step_time_s") and m["step_time_s"] * 1e3, ".1f"),
+                num(m.get("tokens_per_s"), ",.0f"),
+                num(m.get("mfu") and 100 * m["mfu"], ".1f"),
+                num(m.get("ratio_to_ce"), ".3f"),
+                num(m.get("peak_memory_bytes") and m["peak_memory_bytes"] / 2**30, ".1f"),
+                num(m.get("compile_time_s"), ".1f"),
+                f"{graphs.get('unique_graphs', '-')}/{graphs.get('recompiles', '-')}",
+                "yes" if m.get("losses_finite") else "no",
+            ]
+        )
+    print(
+        tabulate(
+            rows,
+            headers=[
+                "method",
+                "status",
+                "ms / step",
+                "tokens / s",
+                "ce-eq. MFU %",
+                "over ce",
+                "peak GiB",
+                "compile s",
+                "graphs/recompiles",
+                "finite",
+            ],
+            tablefmt="github",
+        )
+    )
     for name, m in result["methods"].items():
         if m.get("error"):
             print(f"  {name}: {m['error'].splitlines()[0]}")
     targets = result["targets"]
     verdict = result["verdict"]
-    print(f"targets: gapt, gapt_joint step time {targets['gapt_and_gapt_joint_step_time_over_ce']} x ce "
-          f"({', '.join(f'{k}: {v}' for k, v in verdict.items() if 'ratio' in k) or 'not measured'}); "
-          f"ce MFU {targets['ce_mfu']} ({ {True: 'met', False: 'not met', None: 'not measured'}[verdict['ce_mfu_within_target']]})")  # fmt: skip
+    print(
+        f"targets: gapt, gapt_joint step time {targets['gapt_and_gapt_joint_step_time_over_ce']} x ce "
+        f"({', '.join(f'{k}: {v}' for k, v in verdict.items() if 'ratio' in k) or 'not measured'}); "
+        f"ce MFU {targets['ce_mfu']} ({ {True: 'met', False: 'not met', None: 'not measured'}[verdict['ce_mfu_within_target']] })"
+    )
     dag = result["mini_dag"]
-    print(f"mini-DAG: {dag['status']}" + (f" ({dag['reason']})" if dag.get("reason") else "")
-          + (f" in {dag['wall_s']:.0f} s" if "wall_s" in dag else ""))  # fmt: skip
+    print(
+        f"mini-DAG: {dag['status']}"
+        + (f" ({dag['reason']})" if dag.get("reason") else "")
+        + (f" in {dag['wall_s']:.0f} s" if "wall_s" in dag else "")
+    )
     print(f"elapsed {result['elapsed_s']:.0f} s of a {result['budget_s']:.0f} s budget")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--tiny", action="store_true", help="CPU, tiny shape, eager compile backend; no mini-DAG")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[1]
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="CPU, tiny shape, eager compile backend; no mini-DAG"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"), help="writes OUT/gpu.json")
     parser.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget of the whole check")
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per micro-batch row (GPU: 32768)")
@@ -604,7 +778,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
     parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES)
     parser.add_argument("--skip-dag", action="store_true", help="leave out the arithmetic mini-DAG")
-    parser.add_argument("--keep-scratch", action="store_true", help="keep the scratch folder (run folders, DAG)")
+    parser.add_argument(
+        "--keep-scratch", action="store_true", help="keep the scratch folder (run folders, DAG)"
+    )
     args = parser.parse_args(argv)
     if args.methods[0] != "ce" and "ce" in args.methods:
         args.methods = ["ce", *[m for m in args.methods if m != "ce"]]  # ratios are to ce: measure it first

@@ -34,10 +34,15 @@ def mbe_kernel(rounds: int = 5) -> dict[str, Any]:
                 },
                 rounds=rounds,
             )
-            rows.append({
-                "patch": n, "width": d, "patches": batch, "seconds": seconds,
-                "chosen_over_rows_gram": seconds["chosen"] / seconds["rows_gram"],
-                "chosen_over_eigenvalues": seconds["chosen"] / seconds["eigenvalues"],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "patch": n,
+                    "width": d,
+                    "patches": batch,
+                    "seconds": seconds,
+                    "chosen_over_rows_gram": seconds["chosen"] / seconds["rows_gram"],
+                    "chosen_over_eigenvalues": seconds["chosen"] / seconds["eigenvalues"],
+                }
+            )
     worst = max(max(r["chosen_over_rows_gram"], r["chosen_over_eigenvalues"]) for r in rows)
     return {"rows": rows, "worst_ratio": worst, "target": "chosen never slower (ratio <= 1 within noise)"}

@@ -23,8 +23,8 @@ from typing import Any
 
 from scipy import stats
 
-from replication.reporting.stats import paired_change
 from replication.config.run import load_experiment, resolve_run_config, write_run_config
+from replication.reporting.stats import paired_change
 from replication.runtime.record import read_json
 from replication.tasks.fineweb.data import DatasetOptions, prepare
 
@@ -37,8 +37,18 @@ METRICS = ("final/val/ce", "final/val/mbe")
 
 
 def _train(run_dir: Path, data_root: Path) -> dict[str, Any]:
-    command = [sys.executable, "-m", "replication.training.train", str(run_dir / "config.yaml"), "--data-root", str(data_root),
-               "--threads", "1", "--progress", "lines"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "replication.training.train",
+        str(run_dir / "config.yaml"),
+        "--data-root",
+        str(data_root),
+        "--threads",
+        "1",
+        "--progress",
+        "lines",
+    ]
     with (run_dir / "train.log").open("w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
     return read_json(run_dir / "summary.json")
@@ -50,14 +60,21 @@ def bf16_parity(work: Path | None = None) -> dict[str, Any]:
         root = Path(work) if work is not None else Path(scratch)
         data_root = root / "data"
         dataset = resolve_run_config(spec, "cpu", "ce", 0).task.dataset
-        prepare(dataset, DatasetOptions.model_validate(spec.datasets[dataset]), data_root / dataset, root=REPO,
-                progress=False)  # fmt: skip
+        prepare(
+            dataset,
+            DatasetOptions.model_validate(spec.datasets[dataset]),
+            data_root / dataset,
+            root=REPO,
+            progress=False,
+        )
         jobs = []
         for method in METHODS:
             for seed in SEEDS:
                 for dtype in DTYPES:
                     config = resolve_run_config(spec, "cpu", method, seed)
-                    config = config.model_copy(update={"train": config.train.model_copy(update={"dtype": dtype})})
+                    config = config.model_copy(
+                        update={"train": config.train.model_copy(update={"dtype": dtype})}
+                    )
                     run_dir = root / "runs" / method / dtype / f"seed{seed}"
                     if not (run_dir / "summary.json").is_file():
                         write_run_config(config, run_dir / "config.yaml")
@@ -68,7 +85,9 @@ def bf16_parity(work: Path | None = None) -> dict[str, Any]:
     speeds: dict[str, dict[str, list[float]]] = {}
     for (method, _seed, dtype, _), summary in zip(jobs, summaries):
         for metric in METRICS:
-            values.setdefault(method, {}).setdefault(metric, {}).setdefault(dtype, []).append(summary["metrics"][metric])
+            values.setdefault(method, {}).setdefault(metric, {}).setdefault(dtype, []).append(
+                summary["metrics"][metric]
+            )
         speeds.setdefault(method, {}).setdefault(dtype, []).append(summary["metrics"]["speed/tokens_per_s"])
     rows = []
     for method in METHODS:
@@ -78,32 +97,48 @@ def bf16_parity(work: Path | None = None) -> dict[str, Any]:
             mean = statistics.mean(diffs)
             half = float(stats.t.ppf(0.975, len(diffs) - 1)) * statistics.stdev(diffs) / len(diffs) ** 0.5
             spread = statistics.stdev(fp32)
-            rows.append({
-                "method": method, "metric": metric, "float32": fp32, "bfloat16": bf16,
-                "paired_difference": mean, "interval": [mean - half, mean + half],
-                "float32_seed_sd": spread, "agrees": abs(mean) < spread,
-                "interval_contains_zero": bool(mean - half <= 0 <= mean + half),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "method": method,
+                    "metric": metric,
+                    "float32": fp32,
+                    "bfloat16": bf16,
+                    "paired_difference": mean,
+                    "interval": [mean - half, mean + half],
+                    "float32_seed_sd": spread,
+                    "agrees": abs(mean) < spread,
+                    "interval_contains_zero": bool(mean - half <= 0 <= mean + half),
+                }
+            )
     effects = {}  # what the runs are for: gapt_joint's paired change against ce, in each dtype
     for metric in METRICS:
         for dtype in DTYPES:
             method = dict(zip(SEEDS, values["gapt_joint"][metric][dtype]))
             baseline = dict(zip(SEEDS, values["ce"][metric][dtype]))
             change = paired_change(method, baseline, "relative")
-            effects.setdefault(metric, {})[dtype] = {"change": change.mean, "interval": [change.low, change.high],
-                                                     "text": change.format()}  # fmt: skip
+            effects.setdefault(metric, {})[dtype] = {
+                "change": change.mean,
+                "interval": [change.low, change.high],
+                "text": change.format(),
+            }
         fp32, bf16 = effects[metric]["float32"], effects[metric]["bfloat16"]
         effects[metric]["each_inside_the_others_interval"] = (
             fp32["interval"][0] <= bf16["change"] <= fp32["interval"][1]
             and bf16["interval"][0] <= fp32["change"] <= bf16["interval"][1]
         )
-    speed = {m: statistics.mean(b / f for b, f in zip(speeds[m]["bfloat16"], speeds[m]["float32"])) for m in METHODS}
+    speed = {
+        m: statistics.mean(b / f for b, f in zip(speeds[m]["bfloat16"], speeds[m]["float32"]))
+        for m in METHODS
+    }
     return {
-        "experiment": "fineweb_pretrain", "scale": "cpu", "seeds": list(SEEDS), "rows": rows,
+        "experiment": "fineweb_pretrain",
+        "scale": "cpu",
+        "seeds": list(SEEDS),
+        "rows": rows,
         "runs_commit": sorted({str(s.get("provenance", {}).get("git_commit")) for s in summaries}),
         "agrees": all(r["agrees"] for r in rows),
         "gapt_joint_vs_ce": effects,
         "tokens_per_s_ratio_bf16_over_float32": speed,
         "note": "tokens/s ratios come from runs that ran side by side, a float32 run beside its bf16 twin; "
         "the step benchmark (gapt_overhead) measures the dtypes in one process",
-    }  # fmt: skip
+    }

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 
 from benchmarks.common import interleaved
 from replication.config.base import deep_merge
-from replication.tasks.evaluation import evaluate_lm
-from replication.science.methods import METHODS
-from replication.training.objectives import accumulate_gradients
 from replication.config.run import RunConfig, resolve_run_config, validate_run_config
+from replication.science.methods import METHODS
+from replication.tasks.evaluation import evaluate_lm
+from replication.training.objectives import accumulate_gradients
 from replication.training.train import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,22 +48,47 @@ def shape_config(shape: str, method: str = "ce", dtype: str = "float32", compile
     else:
         raise ValueError(f"unknown shape {shape!r}")
     model = base["model"]
-    synthetic = {"name": "synthetic", "vocab_size": model["vocab_size"], "seq_len": seq_len,
-                 "micro_batch_size": batch, "val_batches": 2}  # fmt: skip
-    train = deep_merge(base["train"], {"grad_accum": grad_accum, "device": "cpu", "dtype": dtype,
-                                       "compile": compile, "checkpoint_every": 0})  # fmt: skip
+    synthetic = {
+        "name": "synthetic",
+        "vocab_size": model["vocab_size"],
+        "seq_len": seq_len,
+        "micro_batch_size": batch,
+        "val_batches": 2,
+    }
+    train = deep_merge(
+        base["train"],
+        {
+            "grad_accum": grad_accum,
+            "device": "cpu",
+            "dtype": dtype,
+            "compile": compile,
+            "checkpoint_every": 0,
+        },
+    )
     return validate_run_config({**base, "task": synthetic, "train": train, "alignment": {"every": 0}})
 
 
-def optimizer_step(t: Trainer, counters: dict[str, int], key: str, blocks: list[int] | None = None) -> Callable[[], None]:
+def optimizer_step(
+    t: Trainer, counters: dict[str, int], key: str, blocks: list[int] | None = None
+) -> Callable[[], None]:
     """One optimizer step of the trainer's method in its fixed phase (ce memorizes; the rest take
     their compress step) at the next step index ``counters[key]``, mid-schedule window; every block's
     detached MBE, or with ``blocks`` only theirs (and the regularized ones')."""
 
     def run() -> None:
-        accumulate_gradients(t.model, t.task, t.method, t.config.objective, t.plan, step=counters[key],
-                             phase=t.method.fixed_phase, micro_batches=t.micro_batches,
-                             window=t.model.attention_window(0.5), autocast=t.autocast, blocks=blocks)  # fmt: skip
+        accumulate_gradients(
+            t.model,
+            t.task,
+            t.method,
+            t.config.objective,
+            t.plan,
+            step=counters[key],
+            phase=t.method.fixed_phase,
+            micro_batches=t.micro_batches,
+            window=t.model.attention_window(0.5),
+            autocast=t.autocast,
+            blocks=blocks,
+        )
         t.optimizers.step()
         t.optimizers.zero_grad()
         counters[key] += 1
@@ -100,13 +125,18 @@ def _block_mbe_cost(config: RunConfig, rounds: int = 40) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         t = Trainer(config, tmp, show_progress=False)
     counters = {"every block": 0, "monitored blocks": 0}
-    variants = {"every block": optimizer_step(t, counters, "every block"),
-                "monitored blocks": optimizer_step(t, counters, "monitored blocks", t.plan.monitored)}  # fmt: skip
+    variants = {
+        "every block": optimizer_step(t, counters, "every block"),
+        "monitored blocks": optimizer_step(t, counters, "monitored blocks", t.plan.monitored),
+    }
     for run in variants.values():  # the first step allocates optimizer state and loads compiled blocks
         run()
     seconds = interleaved(variants, rounds=rounds)
-    return {"seconds_per_step": seconds, "monitored_over_every": seconds["monitored blocks"] / seconds["every block"],
-            "monitored": t.plan.monitored}  # fmt: skip
+    return {
+        "seconds_per_step": seconds,
+        "monitored_over_every": seconds["monitored blocks"] / seconds["every block"],
+        "monitored": t.plan.monitored,
+    }
 
 
 def _minimal_loop(config: RunConfig, steps: int) -> float:
@@ -133,10 +163,16 @@ def _minimal_loop(config: RunConfig, steps: int) -> float:
 
 def _replication_loop(config: RunConfig, steps: int) -> float:
     """Steps per second of replication.training.train, from the times it logged (start-up and evals excluded)."""
-    config = validate_run_config(deep_merge(config.to_dict(), {"train": {"steps": steps + 1, "eval_at_start": False}}))
+    config = validate_run_config(
+        deep_merge(config.to_dict(), {"train": {"steps": steps + 1, "eval_at_start": False}})
+    )
     with tempfile.TemporaryDirectory() as tmp:
         Trainer(config, tmp, show_progress=False).run()
-        times = [json.loads(line)["time"] for line in open(Path(tmp) / "metrics.jsonl") if '"kind": "train"' in line]
+        times = [
+            json.loads(line)["time"]
+            for line in open(Path(tmp) / "metrics.jsonl")
+            if '"kind": "train"' in line
+        ]
     return steps / (times[-1] - times[0])
 
 
@@ -220,7 +256,9 @@ def evaluation(shape: str = "cpu", batches: int = 16, rounds: int = 3) -> dict[s
     for _ in range(rounds):
         for mode in results:
             code = f"import json; from benchmarks.steps import _evaluation_probe as p; print(json.dumps(p({shape!r}, {mode!r}, {batches})))"
-            out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+            )
             results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
     fwd_time = min(r["seconds"] for r in results["forward"])
     full_time = min(r["seconds"] for r in results["full"])
@@ -282,13 +320,20 @@ def cpu_step(method: str = "ce", rounds: int = 7) -> dict[str, Any]:
     cold (an empty inductor cache: the first step's extra time over eager's first step) and warm (a
     second run of the same shapes in a new process, as every run after the first in a DAG that shares
     one cache), with the steps each takes to pay back against the same dtype's eager step."""
-    variants = {"float32 eager": ("float32", False), "bf16 eager": ("bfloat16", False),
-                "float32 compile": ("float32", True), "bf16 compile": ("bfloat16", True)}  # fmt: skip
+    variants = {
+        "float32 eager": ("float32", False),
+        "bf16 eager": ("bfloat16", False),
+        "float32 compile": ("float32", True),
+        "bf16 compile": ("bfloat16", True),
+    }
     trainers, steps, first_step = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (dtype, compiled) in variants.items():
-            trainers[name] = Trainer(shape_config("cpu", method, dtype, compiled), Path(tmp) / name.replace(" ", "_"),
-                                     show_progress=False)  # fmt: skip
+            trainers[name] = Trainer(
+                shape_config("cpu", method, dtype, compiled),
+                Path(tmp) / name.replace(" ", "_"),
+                show_progress=False,
+            )
             steps[name] = 0
 
     def one_step(name: str):
@@ -307,9 +352,9 @@ def cpu_step(method: str = "ce", rounds: int = 7) -> dict[str, Any]:
             # process, as every run after the first of a DAG that shares one cache (compiled first step
             # minus the same dtype's eager first step, both in fresh processes)
             if compiled:
-                warm_first_step[name] = _first_step_in_a_new_process(method, dtype, True) - _first_step_in_a_new_process(
-                    method, dtype, False
-                )
+                warm_first_step[name] = _first_step_in_a_new_process(
+                    method, dtype, True
+                ) - _first_step_in_a_new_process(method, dtype, False)
         seconds = interleaved({name: one_step(name) for name in variants}, rounds=rounds)
     finally:
         if saved_cache is None:
@@ -338,8 +383,12 @@ def cpu_step(method: str = "ce", rounds: int = 7) -> dict[str, Any]:
             "payback_steps_warm": (warm / saved if saved > 0 else None) if compiled else None,
         }
     return {
-        "shape": "cpu", "method": method, "threads": torch.get_num_threads(),
+        "shape": "cpu",
+        "method": method,
+        "threads": torch.get_num_threads(),
         "tokens_per_step": trainers["float32 eager"].units_per_step,
-        "flops_per_step": flops, "matmul_peak_flops": peak, "variants": rows,
+        "flops_per_step": flops,
+        "matmul_peak_flops": peak,
+        "variants": rows,
         "target": "the shipped step >= 1.5 x float32 eager, at parity",
-    }  # fmt: skip
+    }

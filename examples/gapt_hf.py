@@ -20,10 +20,16 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback, TrainingArguments
 
-from replication.science.gapt import GaptConfig
 from replication.integrations.hf import GAPTTrainer
+from replication.science.gapt import GaptConfig
 
-SAMPLE = Path(__file__).resolve().parent.parent / "experiments" / "fineweb_pretrain" / "sample" / "fineweb_sample.jsonl.gz"
+SAMPLE = (
+    Path(__file__).resolve().parent.parent
+    / "experiments"
+    / "fineweb_pretrain"
+    / "sample"
+    / "fineweb_sample.jsonl.gz"
+)
 SEQ = 128
 SEPARATOR = 256  # between documents; bytes are 0..255
 
@@ -46,8 +52,11 @@ class PrintPhaseChanges(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         report = self.trainer.gapt_reports[-1]
         for change in report.phase_changes:
-            print(f"step {change['step']:4d}: {change['from']} -> {change['to']} ({change['reason']}); "
-                  f"CE {report.main_loss:.3f}, MBE {report.mbe:.3f}", flush=True)
+            print(
+                f"step {change['step']:4d}: {change['from']} -> {change['to']} ({change['reason']}); "
+                f"CE {report.main_loss:.3f}, MBE {report.mbe:.3f}",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -56,23 +65,44 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/gapt-hf")
     args = parser.parse_args()
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=SEPARATOR + 1, n_positions=SEQ, n_embd=64, n_layer=6, n_head=4,
-                        bos_token_id=SEPARATOR, eos_token_id=SEPARATOR)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=SEPARATOR + 1,
+        n_positions=SEQ,
+        n_embd=64,
+        n_layer=6,
+        n_head=4,
+        bos_token_id=SEPARATOR,
+        eos_token_id=SEPARATOR,
+    )
     training = TrainingArguments(
-        output_dir=args.out, per_device_train_batch_size=8, gradient_accumulation_steps=2, max_steps=args.steps,
-        learning_rate=3e-3, lr_scheduler_type="constant", logging_steps=50, save_strategy="no", report_to=[],
-        use_cpu=True, seed=0, disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=args.out,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=2,
+        max_steps=args.steps,
+        learning_rate=3e-3,
+        lr_scheduler_type="constant",
+        logging_steps=50,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
     trainer = GAPTTrainer(
-        model=GPT2LMHeadModel(config), args=training, train_dataset=byte_rows(4000), gapt_method="gapt",
+        model=GPT2LMHeadModel(config),
+        args=training,
+        train_dataset=byte_rows(4000),
+        gapt_method="gapt",
         gapt_controller=GaptConfig(delta_ce=0.02, patience_memorize=10, patience_compress=10, smoothing=0.9),
-    )  # fmt: skip
+    )
     trainer.add_callback(PrintPhaseChanges(trainer))
     trainer.train()
     reports = trainer.gapt_reports
     compress = sum(r.phase.value == "compress" for r in reports)
-    print(f"{len(reports)} steps, {compress} in compress, {len(trainer.gapt.controller.transitions)} phase changes; "
-          f"final CE {reports[-1].main_loss:.3f}, MBE {reports[-1].mbe:.3f}")
+    print(
+        f"{len(reports)} steps, {compress} in compress, {len(trainer.gapt.controller.transitions)} phase changes; "
+        f"final CE {reports[-1].main_loss:.3f}, MBE {reports[-1].mbe:.3f}"
+    )
 
 
 if __name__ == "__main__":

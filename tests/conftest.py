@@ -16,13 +16,20 @@ TINY = {
     "seed": 0,
     "task": {"name": "synthetic", "vocab_size": 32, "seq_len": 32, "micro_batch_size": 4, "val_batches": 2},
     "model": {
-        "name": "modded", "vocab_size": 32, "n_layer": 6, "d_model": 32, "n_head": 2, "head_dim": 16,
-        "window_start": 16, "window_end": 32, "window_multiple": 16,
+        "name": "modded",
+        "vocab_size": 32,
+        "n_layer": 6,
+        "d_model": 32,
+        "n_head": 2,
+        "head_dim": 16,
+        "window_start": 16,
+        "window_end": 32,
+        "window_multiple": 16,
     },
     "optim": {"name": "muon_adam"},
     "train": {"steps": 30, "grad_accum": 2, "eval_every": 10, "checkpoint_every": 0},
     "gapt": {"patience_memorize": 4, "patience_compress": 4},
-}  # fmt: skip
+}
 
 
 def tiny_config(method: str = "ce", **overrides) -> RunConfig:

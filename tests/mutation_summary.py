@@ -13,7 +13,9 @@ import sys
 
 def main(scope: list[str]) -> None:
     rows = [line.strip().rsplit(": ", 1) for line in sys.stdin if ": " in line]
-    rows = [(name, status) for name, status in rows if not scope or any(fnmatch.fnmatch(name, p) for p in scope)]
+    rows = [
+        (name, status) for name, status in rows if not scope or any(fnmatch.fnmatch(name, p) for p in scope)
+    ]
     for name, status in sorted(rows):
         if status != "killed":
             print(f"  {status:12} {name}")
@@ -27,7 +29,9 @@ def main(scope: list[str]) -> None:
         n = sum(c.values())
         tested = n - c["no tests"] - c["not checked"]
         rate = f"{100 * c['survived'] / tested:.1f} %" if tested else "-"
-        print(f"{module:12} {n:8} {c['killed']:8} {c['survived']:9} {n - c['killed'] - c['survived']:6} {rate:>9}")
+        print(
+            f"{module:12} {n:8} {c['killed']:8} {c['survived']:9} {n - c['killed'] - c['survived']:6} {rate:>9}"
+        )
 
 
 if __name__ == "__main__":

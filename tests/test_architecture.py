@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from replication.science.methods import METHOD_NAMES
+from replication.config.run import TASK_CONFIGS, RunConfig
 from replication.dag import schema
 from replication.reporting import figures
-from replication.config.run import TASK_CONFIGS, RunConfig
+from replication.science.methods import METHOD_NAMES
 from replication.tasks.registry import TASKS
 
 from .conftest import REPO
@@ -43,7 +43,9 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
             inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
             if isinstance(child, ast.Import):
                 found.extend((a.name, inner) for a in child.names if a.name.startswith("replication"))
-            elif isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("replication"):
+            elif (
+                isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("replication")
+            ):
                 for alias in child.names:  # `from replication.reporting import aggregate` names a module
                     full = f"{child.module}.{alias.name}"
                     found.append((full if _module_file(full) else child.module, inner))
@@ -104,7 +106,9 @@ def test_the_detector_finds_a_cycle_and_a_hidden_import(tmp_path, monkeypatch):
     (fake / "b.py").write_text("def f():\n    from replication.a import y\n")
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
-    with pytest.raises(pytest.fail.Exception, match="import cycle: replication.a -> replication.b -> replication.a"):
+    with pytest.raises(
+        pytest.fail.Exception, match="import cycle: replication.a -> replication.b -> replication.a"
+    ):
         test_the_import_graph_has_no_cycle()
     with pytest.raises(AssertionError, match="replication.b imports replication.a"):
         test_no_module_imports_the_package_inside_a_function()
@@ -199,7 +203,12 @@ def _string_constants(path: Path) -> set[str]:
 def test_method_names_are_written_in_code_only_by_the_registry():
     # a method's name is data in experiment files; in code only methods.py (and a default argument
     # naming the method the drop-in API and its example use) spells one out
-    allowed = {"replication/science/methods.py", "replication/integrations/dropin.py", "replication/integrations/hf.py", "replication/config/report.py"}
+    allowed = {
+        "replication/science/methods.py",
+        "replication/integrations/dropin.py",
+        "replication/integrations/hf.py",
+        "replication/config/report.py",
+    }
     spelled = {
         str(path.relative_to(REPO))
         for path in sorted(PACKAGE.rglob("*.py"))
@@ -223,24 +232,42 @@ def test_a_wheel_installed_on_its_own_imports_every_module_and_runs(tmp_path):
     schema, and configure and train a run of an experiment file copied out of the repository."""
     source = tmp_path / "source"  # the files git would commit, so that no earlier build/ folder helps
     listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, check=True,
-        capture_output=True, text=True,
-    ).stdout.split("\n")  # fmt: skip
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split("\n")
     for name in filter(None, listed):
         if (REPO / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, source / name)
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheels),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     (wheel,) = wheels.glob("replication-*.whl")
     site = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     away = tmp_path / "away"
     away.mkdir()
     experiment = away / "experiment.yaml"
@@ -271,10 +298,23 @@ def test_a_wheel_installed_on_its_own_imports_every_module_and_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert int(done.stdout.split()[-1]) >= 57  # every module was found in the wheel
     for command in (
-        ["replication.training.configure", str(experiment), "--scale", "tiny", "--method", "ce", "--seed", "0", "--out", "run/"],
+        [
+            "replication.training.configure",
+            str(experiment),
+            "--scale",
+            "tiny",
+            "--method",
+            "ce",
+            "--seed",
+            "0",
+            "--out",
+            "run/",
+        ],
         ["replication.training.train", "run/config.yaml", "--progress", "lines"],
     ):
-        done = subprocess.run([sys.executable, "-m", *command], cwd=away, env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", *command], cwd=away, env=env, capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr[-3000:]
     assert (away / "run" / "summary.json").is_file()
 

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from replication.config.base import deep_merge
-from replication.models import ModelOutput, build_model
 from replication.config.report import load_report_spec
 from replication.config.run import resolve_run_config, validate_run_config
+from replication.models import ModelOutput, build_model
 from replication.tasks.arithmetic.data import (
     BOS,
     EOS,
@@ -39,9 +39,15 @@ from .conftest import REPO, TINY
 EXPERIMENT = REPO / "experiments" / "arithmetic_ood" / "config.yaml"
 EXAMPLE = re.compile(r"<bos>(\d+) x (\d+) = (\d+)<eos>")
 SMALL_TASK = {
-    "name": "arithmetic", "train_examples": 3000, "val_examples": 60, "seq_len": 64, "micro_batch_size": 4,
-    "eval_batch_rows": 8, "exact_match_per_digits": 5, "decode_batch": 7,
-}  # fmt: skip
+    "name": "arithmetic",
+    "train_examples": 3000,
+    "val_examples": 60,
+    "seq_len": 64,
+    "micro_batch_size": 4,
+    "eval_batch_rows": 8,
+    "exact_match_per_digits": 5,
+    "decode_batch": 7,
+}
 SMALL_MODEL = {"vocab_size": 16, "n_layer": 5}
 
 
@@ -69,7 +75,9 @@ def test_vocabulary_is_the_papers_15_symbols():
     assert SYMBOLS[BOS] == "<bos>" and SYMBOLS[EOS] == "<eos>"
 
 
-@pytest.mark.parametrize("text", ["<bos>12 x 34 = 408<eos>", "<bos>7 x 8 = 56<eos><bos>999 x 1 = 999<eos>", "x = 0"])
+@pytest.mark.parametrize(
+    "text", ["<bos>12 x 34 = 408<eos>", "<bos>7 x 8 = 56<eos><bos>999 x 1 = 999<eos>", "x = 0"]
+)
 def test_tokenizer_round_trip(text):
     assert decode(encode(text)) == text
 
@@ -111,7 +119,13 @@ def split_operand_digits(task: Task) -> dict[str, set[int]]:
 
 def test_every_split_draws_operands_from_its_pinned_digit_range():
     seen = split_operand_digits(small_task())
-    assert seen == {"train": {1, 2, 3}, "id": {1, 2, 3}, "id_seen": {1, 2, 3}, "ood": {4, 5, 6}, "control": {4, 5, 6}}
+    assert seen == {
+        "train": {1, 2, 3},
+        "id": {1, 2, 3},
+        "id_seen": {1, 2, 3},
+        "ood": {4, 5, 6},
+        "control": {4, 5, 6},
+    }
 
 
 def test_ood_digits_must_lie_above_the_training_digits():
@@ -121,7 +135,9 @@ def test_ood_digits_must_lie_above_the_training_digits():
 
 def test_every_example_is_a_correct_product():
     task = small_task()
-    examples = whole_examples(task.stream.tolist()) + [e for r in task.windows["ood"] for e in whole_examples(r.tolist())]
+    examples = whole_examples(task.stream.tolist()) + [
+        e for r in task.windows["ood"] for e in whole_examples(r.tolist())
+    ]
     assert len(examples) > 3000 and all(a * b == c for a, b, c in examples)
 
 
@@ -204,7 +220,9 @@ def test_samplers_stay_on_their_side_of_the_split_with_uniform_digit_counts(seed
     assert not held_out(train_a, train_b).any()
     a, b = ALL_ID_PAIRS
     small = ~held_out(a, b) & ((a < 10) | (b < 10) | (np.maximum(a, b) < 100))  # buckets of <= 8100 pairs
-    assert np.isin(unordered_keys(a[small], b[small]), unordered_keys(train_a, train_b)).all()  # all reachable
+    assert np.isin(
+        unordered_keys(a[small], b[small]), unordered_keys(train_a, train_b)
+    ).all()  # all reachable
     val_a, val_b = sample_operands(rng, 100_000, (1, 3), "held_out")
     assert held_out(val_a, val_b).all()
     for x, y in ((train_a, train_b), (val_a, val_b)):  # the 9 (digits of a, digits of b) cells stay uniform
@@ -244,20 +262,30 @@ def experiment_task(scale: str, seed: int, max_train_examples: int = 200_000) ->
     return Task(config.model_copy(update={"task": task}), torch.device("cpu"))
 
 
-SCALE_SEEDS = [(name, seed) for name, scale in load_report_spec(EXPERIMENT).scales.items() for seed in scale.seeds]
+SCALE_SEEDS = [
+    (name, seed) for name, scale in load_report_spec(EXPERIMENT).scales.items() for seed in scale.seeds
+]
 
 
 @pytest.mark.parametrize("scale, seed", SCALE_SEEDS)
 def test_no_held_out_id_pair_or_its_twin_is_in_the_training_stream(scale, seed):
     task = experiment_task(scale, seed)
     if scale in ("smoke", "cpu"):  # built whole
-        assert len(task.train_operands[0]) == resolve_run_config(EXPERIMENT, scale, "ce", seed).task.train_examples
+        assert (
+            len(task.train_operands[0])
+            == resolve_run_config(EXPERIMENT, scale, "ce", seed).task.train_examples
+        )
     trained = training_pairs(task)
     for name, pairs in id_evaluation_pairs(task).items():
         expected = task.cfg.val_examples if name == "validation" else 3 * task.cfg.exact_match_per_digits
         assert len(pairs) == expected
         assert not np.isin(unordered_keys(*zip(*pairs)), trained).any(), name
-    ood = [(a, b) for s in ("ood", "control") for row in task.windows[s].tolist() for a, b, _ in whole_examples(row)]
+    ood = [
+        (a, b)
+        for s in ("ood", "control")
+        for row in task.windows[s].tolist()
+        for a, b, _ in whole_examples(row)
+    ]
     assert digit_counts(np.array(ood)).min() >= 4
     assert not np.isin(unordered_keys(*zip(*ood)), trained).any()
 
@@ -319,7 +347,10 @@ def test_training_rows_start_at_an_example_and_targets_are_the_next_tokens():
 def test_micro_batches_read_consecutive_rows_of_the_stream_on_every_process():
     task, other_rank = small_task(), small_task(rank=1, world_size=2)
     wide = small_task(micro_batch_size=8)  # one micro-batch of 8 rows = two consecutive ones of 4
-    assert torch.equal(wide.train_batch(1, 0).inputs, torch.cat([task.train_batch(2, 0).inputs, task.train_batch(2, 1).inputs]))
+    assert torch.equal(
+        wide.train_batch(1, 0).inputs,
+        torch.cat([task.train_batch(2, 0).inputs, task.train_batch(2, 1).inputs]),
+    )
     assert torch.equal(task.train_batch(3, 1).inputs, other_rank.train_batch(3, 1).inputs)
     assert not torch.equal(task.train_batch(3, 0).inputs, task.train_batch(3, 1).inputs)
 
@@ -330,17 +361,24 @@ def test_micro_batches_read_consecutive_rows_of_the_stream_on_every_process():
 def marked(text: str) -> str:
     """The text with every answer token in brackets."""
     tokens = torch.tensor(encode(text))
-    return "".join(f"[{SYMBOLS[t]}]" if m else SYMBOLS[t] for t, m in zip(tokens.tolist(), answer_mask(tokens).tolist()))
+    return "".join(
+        f"[{SYMBOLS[t]}]" if m else SYMBOLS[t] for t, m in zip(tokens.tolist(), answer_mask(tokens).tolist())
+    )
 
 
 def test_answer_is_the_space_after_equals_and_the_digits_of_c_never_eos():
     assert marked("<bos>12 x 34 = 408<eos>") == "<bos>12 x 34 =[ ][4][0][8]<eos>"
-    assert marked("<bos>7 x 8 = 56<eos><bos>3 x 3 = 9<eos>") == "<bos>7 x 8 =[ ][5][6]<eos><bos>3 x 3 =[ ][9]<eos>"
+    assert (
+        marked("<bos>7 x 8 = 56<eos><bos>3 x 3 = 9<eos>")
+        == "<bos>7 x 8 =[ ][5][6]<eos><bos>3 x 3 =[ ][9]<eos>"
+    )
 
 
 def test_examples_cut_by_the_window_are_not_scored():
     assert marked("2 = 24<eos><bos>2 x 2 = 4<eos>") == "2 = 24<eos><bos>2 x 2 =[ ][4]<eos>"  # prompt cut
-    assert marked("<bos>2 x 2 = 4<eos><bos>6 x 7 = 4") == "<bos>2 x 2 =[ ][4]<eos><bos>6 x 7 = 4"  # answer cut
+    assert (
+        marked("<bos>2 x 2 = 4<eos><bos>6 x 7 = 4") == "<bos>2 x 2 =[ ][4]<eos><bos>6 x 7 = 4"
+    )  # answer cut
     assert marked("<bos>2 x 2 = 4<eos><eos><eos>") == "<bos>2 x 2 =[ ][4]<eos><eos><eos>"  # padding
 
 
@@ -382,7 +420,9 @@ class Oracle(nn.Module):
         match = re.fullmatch(r"<bos>(\d+) x (\d+) =(.*)", text)
         if match is None:
             return None
-        answer = encode(f" {int(match[1]) * int(match[2]) + self.error}" + ("<eos>" if self.stops else "0" * 30))
+        answer = encode(
+            f" {int(match[1]) * int(match[2]) + self.error}" + ("<eos>" if self.stops else "0" * 30)
+        )
         done = len(encode(match[3]))
         return answer[done] if done < len(answer) else None
 
@@ -417,14 +457,18 @@ def test_a_right_answer_without_eos_is_not_an_exact_match():
 
 def test_an_untrained_model_scores_uniform_answer_ce_and_every_metric_key():
     task = small_task()
-    metrics = task.evaluate(build_model(task.config.model), step=0, window=64)  # zero-init head: uniform logits
+    metrics = task.evaluate(
+        build_model(task.config.model), step=0, window=64
+    )  # zero-init head: uniform logits
     for prefix in ("id", "id_seen", "ood", "control"):
         assert metrics[f"{prefix}/answer_ce"] == pytest.approx(math.log(16), rel=1e-5)
     assert {k for k in metrics if "mbe" in k} == {"id/mbe", "id/mbe_by_layer", "ood/mbe", "ood/mbe_by_layer"}
-    assert len(metrics["ood/mbe_by_layer"]) == 5 and metrics["ood/mbe"] == pytest.approx(np.mean(metrics["ood/mbe_by_layer"]))
-    assert {k for k in metrics if "/exact_match/" in k} == {f"id/exact_match/digits_{d}" for d in (1, 2, 3)} | {
-        f"ood/exact_match/digits_{d}" for d in (4, 5, 6)
-    }
+    assert len(metrics["ood/mbe_by_layer"]) == 5 and metrics["ood/mbe"] == pytest.approx(
+        np.mean(metrics["ood/mbe_by_layer"])
+    )
+    assert {k for k in metrics if "/exact_match/" in k} == {
+        f"id/exact_match/digits_{d}" for d in (1, 2, 3)
+    } | {f"ood/exact_match/digits_{d}" for d in (4, 5, 6)}
 
 
 # -- early stopping -------------------------------------------------------------------------------
@@ -440,14 +484,26 @@ def test_summary_reports_ood_ce_where_the_control_split_stops_and_ignores_step_0
     task = small_task()
     control = [2.77, 4.0, 3.0, 3.1, 2.5]  # step 0 (uniform) would stop the run at step 10
     records = [
-        {"kind": "eval", "step": 10 * i, "control/answer_ce": c, "ood/answer_ce": 100.0 + i, "id/answer_ce": 0.0,
-         "id_seen/answer_ce": 0.1 * i, "ood/mbe": 1.0, "id/mbe": 1.0, "ood/exact_match": 0.0, "id/exact_match": 0.5}
+        {
+            "kind": "eval",
+            "step": 10 * i,
+            "control/answer_ce": c,
+            "ood/answer_ce": 100.0 + i,
+            "id/answer_ce": 0.0,
+            "id_seen/answer_ce": 0.1 * i,
+            "ood/mbe": 1.0,
+            "id/mbe": 1.0,
+            "ood/exact_match": 0.0,
+            "id/exact_match": 0.5,
+        }
         for i, c in enumerate(control)
-    ]  # fmt: skip
+    ]
     summary = task.summarize(records)
     assert summary["early_stop/step"] == 30 and summary["early_stop/ood/answer_ce"] == 103.0
     assert summary["early_stop/triggered"] == 1.0 and summary["final/ood/answer_ce"] == 104.0
-    assert summary["final/id_seen/answer_ce"] == pytest.approx(0.4) and "final/control/answer_ce" not in summary
+    assert (
+        summary["final/id_seen/answer_ce"] == pytest.approx(0.4) and "final/control/answer_ce" not in summary
+    )
 
 
 # -- the experiment's own config ------------------------------------------------------------------
@@ -457,11 +513,17 @@ def test_every_scale_and_method_of_the_experiment_resolves():
     spec = load_report_spec(EXPERIMENT)
     assert set(spec.methods) == {"ce", "ce_mbe", "gapt", "gapt_joint"}
     for scale, scale_spec in spec.scales.items():
-        for method in scale_spec.methods if scale_spec.study_of else spec.methods:  # a study's arm: its methods
+        for method in (
+            scale_spec.methods if scale_spec.study_of else spec.methods
+        ):  # a study's arm: its methods
             config = resolve_run_config(spec, scale, method, 0)
             assert config.task.train_digits == (1, 3) and config.task.ood_digits == (4, 6)
     paper = resolve_run_config(spec, "paper", "gapt", 0)
-    assert (paper.task.train_examples, paper.task.val_examples, paper.train.steps) == (10_000_000, 10_000, 875)
+    assert (paper.task.train_examples, paper.task.val_examples, paper.train.steps) == (
+        10_000_000,
+        10_000,
+        875,
+    )
     assert paper.model.n_layer == 12 and paper.model.vocab_size == 50304
 
 
@@ -469,7 +531,11 @@ def test_every_scale_and_method_of_the_experiment_resolves():
 def smoke_runs(tmp_path_factory):
     torch.set_num_threads(1)
     return {
-        method: train(resolve_run_config(EXPERIMENT, "smoke", method, 0), tmp_path_factory.mktemp(method), show_progress=False)
+        method: train(
+            resolve_run_config(EXPERIMENT, "smoke", method, 0),
+            tmp_path_factory.mktemp(method),
+            show_progress=False,
+        )
         for method in ("ce", "ce_mbe", "gapt", "gapt_joint")
     }
 

@@ -56,7 +56,9 @@ def check_close(actual: torch.Tensor, expected: torch.Tensor, device: str, what:
     scale = expected.abs().max().item()
     assert scale > 0, f"{what}: the reference is all zeros; the comparison would prove nothing"
     error = (actual - expected).abs().max().item()
-    assert error <= TOLERANCE[device] * scale, f"{what}: max |flex - sdpa| = {error:.3g}, reference max {scale:.3g}"
+    assert error <= TOLERANCE[device] * scale, (
+        f"{what}: max |flex - sdpa| = {error:.3g}, reference max {scale:.3g}"
+    )
 
 
 def randomized(module: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
@@ -78,8 +80,10 @@ def flex_grad_or_skip(device: str) -> None:
     try:
         flex_attention(q, q, q).sum().backward()
     except NotImplementedError as error:
-        pytest.skip(f"torch {torch.__version__}: flex_attention with requires_grad inputs on CPU raises "
-                    f"NotImplementedError: {error}")  # fmt: skip
+        pytest.skip(
+            f"torch {torch.__version__}: flex_attention with requires_grad inputs on CPU raises "
+            f"NotImplementedError: {error}"
+        )
 
 
 def attention_pair(device: str) -> tuple[CausalSelfAttention, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -110,7 +114,11 @@ def test_attention_backward_flex_matches_sdpa(device):
         out, _ = attn(xi, v1i, mask)
         # a fixed random cotangent, so that every output element's gradient counts
         out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(device))
-        grads[name] = {"x": xi.grad, "v1": v1i.grad, **{n: p.grad.clone() for n, p in attn.named_parameters()}}
+        grads[name] = {
+            "x": xi.grad,
+            "v1": v1i.grad,
+            **{n: p.grad.clone() for n, p in attn.named_parameters()},
+        }
     for key, expected in grads["sdpa"].items():
         check_close(grads["flex"][key], expected, device, f"gradient of {key}")
 

@@ -14,9 +14,9 @@ from torch._dynamo.utils import counters
 
 import replication.science.mbe as mbe
 import replication.training.train as loop
+from replication.runtime.record import read_metrics
 from replication.science.gapt import Phase
 from replication.science.methods import METHODS
-from replication.runtime.record import read_metrics
 
 from .conftest import tiny_config
 
@@ -81,8 +81,17 @@ def test_flex_attention_blocks_trace_once_for_every_window_of_the_schedule(dynam
     from replication.config.base import ModdedModelConfig
     from replication.models.modded import ModdedGPT
 
-    config = ModdedModelConfig(vocab_size=32, n_layer=3, d_model=32, n_head=2, head_dim=16, window_start=16,
-                               window_end=256, window_multiple=16, attention="flex")  # fmt: skip
+    config = ModdedModelConfig(
+        vocab_size=32,
+        n_layer=3,
+        d_model=32,
+        n_head=2,
+        head_dim=16,
+        window_start=16,
+        window_end=256,
+        window_multiple=16,
+        attention="flex",
+    )
     model = ModdedGPT(config)
     model.compile_blocks(backend="eager")
     tokens = torch.randint(0, 32, (1, 256), generator=torch.Generator().manual_seed(0))
@@ -102,8 +111,10 @@ def test_flex_attention_on_cpu_is_refused_before_training(tmp_path):
 CE_TOLERANCE = 5e-3  # relative
 MBE_TOLERANCE = 1e-2  # nats, absolute: MBE under compression nears 0, where a relative error means nothing
 # gapt in compress from step 2 on (no CE progress counts, no spike, a patience longer than the run)
-BF16_RUN = dict(train={"steps": 8, "eval_every": 4},
-                gapt={"delta_ce": 100.0, "spike_tol": 100.0, "patience_memorize": 1, "patience_compress": 100})  # fmt: skip
+BF16_RUN = dict(
+    train={"steps": 8, "eval_every": 4},
+    gapt={"delta_ce": 100.0, "spike_tol": 100.0, "patience_memorize": 1, "patience_compress": 100},
+)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -126,7 +137,9 @@ def test_a_bf16_run_is_finite_computes_mbe_in_float32_and_agrees_with_float32(tm
         seen.clear()
         config = tiny_config(method, **{**BF16_RUN, "train": {**BF16_RUN["train"], "dtype": dtype}})
         loop.train(config, tmp_path / dtype, show_progress=False)
-        runs[dtype] = [r for r in read_metrics(tmp_path / dtype / "metrics.jsonl") if r["kind"] in ("train", "eval")]
+        runs[dtype] = [
+            r for r in read_metrics(tmp_path / dtype / "metrics.jsonl") if r["kind"] in ("train", "eval")
+        ]
         assert seen and all(d == torch.float32 and not autocast for d, autocast in seen), set(seen)
     assert [r["kind"] for r in runs["float32"]] == [r["kind"] for r in runs["bfloat16"]]
     if METHODS[method].gated:
@@ -137,7 +150,11 @@ def test_a_bf16_run_is_finite_computes_mbe_in_float32_and_agrees_with_float32(tm
                 assert math.isfinite(b[key]) and b[key] == pytest.approx(a[key], rel=tolerance), (key, a, b)
         for key in ("train/mbe", "val/mbe"):
             if key in a:
-                assert math.isfinite(b[key]) and b[key] == pytest.approx(a[key], abs=MBE_TOLERANCE), (key, a, b)
+                assert math.isfinite(b[key]) and b[key] == pytest.approx(a[key], abs=MBE_TOLERANCE), (
+                    key,
+                    a,
+                    b,
+                )
     # bf16 did run: the later records differ (step 0's loss is log V exactly in both: a zero-init head)
     assert any(a.get("train/ce") != b.get("train/ce") for a, b in zip(runs["float32"], runs["bfloat16"]))
 
@@ -151,7 +168,9 @@ def test_the_run_precision_reaches_evaluation(tmp_path, monkeypatch):
 
     def evaluate(self, model, *, step, window, autocast):
         with autocast():
-            inside.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+            inside.append(
+                torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            )
         return real_evaluate(self, model, step=step, window=window, autocast=autocast)
 
     monkeypatch.setattr(LanguageTask, "evaluate", evaluate)
@@ -213,7 +232,9 @@ def test_compiling_without_a_cxx_compiler_is_refused_naming_the_ways_out(monkeyp
     compiled = tiny_config("ce", train={"compile": True})
     monkeypatch.setenv("CXX", "")
     monkeypatch.setattr(loop.shutil, "which", lambda name: None)  # a machine with no C++ compiler
-    with pytest.raises(loop.ConfigError, match=r"needs a C\+\+ compiler.*apt install g\+\+\), or set train.compile: false"):
+    with pytest.raises(
+        loop.ConfigError, match=r"needs a C\+\+ compiler.*apt install g\+\+\), or set train.compile: false"
+    ):
         loop._check_config(compiled, "ce", 1, torch.device("cpu"))
     loop._check_config(tiny_config("ce"), "ce", 1, torch.device("cpu"))  # eager needs none
     monkeypatch.setattr(loop, "COMPILE_BACKEND", "eager")  # nor does a backend that generates no code
@@ -223,7 +244,9 @@ def test_compiling_without_a_cxx_compiler_is_refused_naming_the_ways_out(monkeyp
 
 
 @pytest.mark.parametrize("compiled,every,donated", [(True, 2, False), (True, 0, True), (False, 2, True)])
-def test_a_compiled_run_that_logs_rq1_compiles_without_donated_buffers(tmp_path, monkeypatch, compiled, every, donated):
+def test_a_compiled_run_that_logs_rq1_compiles_without_donated_buffers(
+    tmp_path, monkeypatch, compiled, every, donated
+):
     # RQ1's record keeps a backward's graph (retain_graph), which a compiled backward that donates its
     # saved buffers refuses; seen with inductor at the cpu scale when the DAG's cache held a gapt_joint
     # run's kernels. The setting is the run's own: it is restored after.

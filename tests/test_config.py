@@ -3,7 +3,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from replication.config.base import ConfigError, format_validation_error
-from replication.training.configure import main as configure_main
 from replication.config.report import TableMetric, load_report_spec
 from replication.config.run import (
     config_mismatch,
@@ -13,6 +12,7 @@ from replication.config.run import (
     validate_run_config,
     write_run_config,
 )
+from replication.training.configure import main as configure_main
 
 from .conftest import REPO, TINY, tiny_config
 
@@ -28,7 +28,11 @@ def test_mistyped_key_fails_naming_the_key():
     [
         ("model", "n_layr", "unknown key 'model.n_layr'"),
         ("task", "seq_lne", "unknown key 'task.seq_lne'"),
-        ("gapt", "patience_memorise", "unknown key 'gapt.patience_memorise' (did you mean 'patience_memorize'?)"),
+        (
+            "gapt",
+            "patience_memorise",
+            "unknown key 'gapt.patience_memorise' (did you mean 'patience_memorize'?)",
+        ),
         ("optim", "muon_lrr", "unknown key 'optim.muon_lrr'"),
     ],
 )
@@ -57,7 +61,9 @@ def test_resolved_config_round_trips_through_the_run_folder(tmp_path):
     assert again == config
     assert again.digest() == config.digest()
     written = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    assert written["gapt"]["patience_compress"] == 4 and written["objective"]["patch_size"] == 8  # defaults filled
+    assert (
+        written["gapt"]["patience_compress"] == 4 and written["objective"]["patch_size"] == 8
+    )  # defaults filled
 
 
 EXPERIMENT = """
@@ -88,7 +94,9 @@ def test_precedence_defaults_scale_method_scale_method(tmp_path):
     assert (ce.train.steps, ce.objective.lambda_mbe, ce.seed, ce.scale) == (10, 2.0, 1, "small")
     assert ce.task.seq_len == 32  # from defaults, untouched by the scale
     assert resolve_run_config(path, "small", "gapt", 0).gapt.patience_memorize == 7  # method beats scale
-    assert resolve_run_config(path, "small", "gapt_joint", 0).objective.lambda_mbe == 9.0  # scale x method wins
+    assert (
+        resolve_run_config(path, "small", "gapt_joint", 0).objective.lambda_mbe == 9.0
+    )  # scale x method wins
 
 
 def test_experiment_errors_name_what_is_missing(tmp_path):
@@ -118,7 +126,10 @@ def test_configure_command_writes_the_resolved_config(tmp_path, capsys):
     argv = [str(path), "--scale", "small", "--method", "gapt", "--seed", "0", "--out", str(out)]
     assert configure_main(argv) == 0
     assert load_run_config(out) == resolve_run_config(path, "small", "gapt", 0)
-    assert configure_main([str(path), "--scale", "huge", "--method", "gapt", "--seed", "0", "--out", str(out)]) == 2
+    assert (
+        configure_main([str(path), "--scale", "huge", "--method", "gapt", "--seed", "0", "--out", str(out)])
+        == 2
+    )
     assert "no scale 'huge'" in capsys.readouterr().err
 
 
@@ -176,10 +187,16 @@ def test_the_patch_size_must_divide_the_sequence_it_cuts():
     assert "objective.patch_size (5) must divide task.seq_len (32)" in message
     assert tiny_config(objective={"patch_size": 16}).objective.patch_size == 16
     forgetting = {
-        **TINY, "model": {"name": "mlp"},
-        "task": {"name": "forgetting", "micro_batch_size": 16, "stages": [{"name": "mix", "steps": 30, "groups": ["a", "b"]}]},
-        "optim": {"name": "adam"}, "objective": {"alternate_layers": [0], "joint_layers": [0]},
-    }  # fmt: skip
+        **TINY,
+        "model": {"name": "mlp"},
+        "task": {
+            "name": "forgetting",
+            "micro_batch_size": 16,
+            "stages": [{"name": "mix", "steps": 30, "groups": ["a", "b"]}],
+        },
+        "optim": {"name": "adam"},
+        "objective": {"alternate_layers": [0], "joint_layers": [0]},
+    }
     assert validate_run_config(forgetting).task.mbe_sequence_length() == 16
     expected = r"objective.patch_size \(6\) must divide task.micro_batch_size \(16\)"
     with pytest.raises(ConfigError, match=expected):
@@ -270,10 +287,12 @@ def test_a_top_level_key_is_never_its_own_hint():
     "task,expected",
     [
         ({**TINY["task"], "seq_lne": 3}, "unknown key 'task.seq_lne' (did you mean 'seq_len'?)"),
-        ({"name": "forgetting", "stages": [{"name": "mix", "stepz": 3, "groups": ["a"]}]},
-         "unknown key 'task.stages.0.stepz' (did you mean 'steps'?)"),
+        (
+            {"name": "forgetting", "stages": [{"name": "mix", "stepz": 3, "groups": ["a"]}]},
+            "unknown key 'task.stages.0.stepz' (did you mean 'steps'?)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_nested_task_keys_get_hints_from_their_task(task, expected):
     with pytest.raises(ConfigError) as info:
         validate_run_config({**TINY, "task": task})
@@ -336,23 +355,39 @@ def test_a_task_validators_message_keeps_the_task_location():
 # -- sections that do not fit together fail at validation (TaskConfig.check_fit) --------------------
 
 FORGETTING_RUN = {
-    **TINY, "model": {"name": "mlp"}, "optim": {"name": "adam"},
+    **TINY,
+    "model": {"name": "mlp"},
+    "optim": {"name": "adam"},
     "objective": {"alternate_layers": [0], "joint_layers": [0]},
-    "task": {"name": "forgetting", "micro_batch_size": 16,
-             "stages": [{"name": "mix", "steps": 20, "groups": ["a", "b"]}, {"name": "finetune", "steps": 10, "groups": ["a"]}]},
-}  # fmt: skip
+    "task": {
+        "name": "forgetting",
+        "micro_batch_size": 16,
+        "stages": [
+            {"name": "mix", "steps": 20, "groups": ["a", "b"]},
+            {"name": "finetune", "steps": 10, "groups": ["a"]},
+        ],
+    },
+}
 
 
 @pytest.mark.parametrize(
     "change,expected",
     [
-        ({"model": {"name": "gpt2", "vocab_size": 32, "n_layer": 2, "d_model": 16, "n_head": 2}},
-         "the forgetting task trains model.name: mlp, got gpt2"),
+        (
+            {"model": {"name": "gpt2", "vocab_size": 32, "n_layer": 2, "d_model": 16, "n_head": 2}},
+            "the forgetting task trains model.name: mlp, got gpt2",
+        ),
         ({"train": {**TINY["train"], "steps": 40}}, r"task.stages add up to 30 steps but train.steps is 40"),
-        ({"train": {**TINY["train"], "eval_every": 15}}, r"stage 'mix' ends at step 20, which is not an evaluation step"),
-        ({"task": {**FORGETTING_RUN["task"], "val_per_group": 4}}, r"task.val_per_group \(4\) is below the patch size \(8\)"),
+        (
+            {"train": {**TINY["train"], "eval_every": 15}},
+            r"stage 'mix' ends at step 20, which is not an evaluation step",
+        ),
+        (
+            {"task": {**FORGETTING_RUN["task"], "val_per_group": 4}},
+            r"task.val_per_group \(4\) is below the patch size \(8\)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_forgetting_run_whose_sections_do_not_fit_fails_naming_why(change, expected):
     assert validate_run_config(FORGETTING_RUN).task.name == "forgetting"
     with pytest.raises(ConfigError, match=expected):
@@ -374,7 +409,10 @@ def test_a_run_folder_from_before_rq1_moved_to_reporting_still_loads_and_matches
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(old))
     assert load_run_config(path) == config
-    assert "task.rq1_time_constant is no longer read: it moved to the experiment file's reporting" in capsys.readouterr().err
+    assert (
+        "task.rq1_time_constant is no longer read: it moved to the experiment file's reporting"
+        in capsys.readouterr().err
+    )
     assert config_mismatch({"config": old, "config_digest": "written-before"}, config) is None
     with pytest.raises(ConfigError, match="unknown key 'task.rq1_time_constant'"):  # never in a new config
         validate_run_config(old)

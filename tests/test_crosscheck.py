@@ -27,8 +27,10 @@ def test_a_quote_matches_the_estimate_it_rounds_and_no_other():
 
 
 def test_a_row_covers_its_own_claims_only_and_only_its_ours_column_is_read():
-    readme = ("| claim | paper | ours at `cpu` scale | note |\n|---|---|---|---|\n"
-              "| C1 cycles | 1.0 [0.5, 1.5] | 2.0 [1.0, 3.0] | see 9.0 [8.0, 10.0] |\n")  # fmt: skip
+    readme = (
+        "| claim | paper | ours at `cpu` scale | note |\n|---|---|---|---|\n"
+        "| C1 cycles | 1.0 [0.5, 1.5] | 2.0 [1.0, 3.0] | see 9.0 [8.0, 10.0] |\n"
+    )
     estimates = {"C10": [_quote("2.0 [1.0, 3.0]")]}
     [problem] = crosscheck.readme_problems(readme, "cpu", estimates)  # C10 is not one of C1's claims
     assert problem.startswith("README row C1 quotes 2.0 [1.0, 3.0]")
@@ -37,11 +39,31 @@ def test_a_row_covers_its_own_claims_only_and_only_its_ours_column_is_read():
 
 def _setup(tmp_path, config):
     results_dir = tmp_path / "results"
-    assert claims.main([str(config), "--scale", "cpu", "--results", str(results_dir / "cpu"),
-                        "--out", str(results_dir / "cpu" / "CLAIMS.md")]) == 0  # fmt: skip
+    assert (
+        claims.main(
+            [
+                str(config),
+                "--scale",
+                "cpu",
+                "--results",
+                str(results_dir / "cpu"),
+                "--out",
+                str(results_dir / "cpu" / "CLAIMS.md"),
+            ]
+        )
+        == 0
+    )
     global_config = tmp_path / "cpu.yaml"
-    global_config.write_text(yaml.safe_dump({"scale": "cpu", "experiments": ["demo"], "results_dir": str(results_dir),
-                                             "experiments_dir": str(tmp_path / "experiments")}))  # fmt: skip
+    global_config.write_text(
+        yaml.safe_dump(
+            {
+                "scale": "cpu",
+                "experiments": ["demo"],
+                "results_dir": str(results_dir),
+                "experiments_dir": str(tmp_path / "experiments"),
+            }
+        )
+    )
     claims_md = (results_dir / "cpu" / "CLAIMS.md").read_text()
     c2 = re.search(r"\| C2 .*", claims_md).group(0)
     estimate = crosscheck.ESTIMATE.search(c2).group(0)
@@ -49,8 +71,10 @@ def _setup(tmp_path, config):
 
 
 def _readme(quote):
-    return ("| claim | paper | ours at `cpu` scale (mean [95 % CI], n seeds) | verdict |\n|---|---|---|---|\n"
-            f"| C2 GAPT lowers CE | −4.8 % | `gapt` {quote} (n=4) | reproduced |\n\nAfter the table: 1.0 [2.0, 3.0]\n")  # fmt: skip
+    return (
+        "| claim | paper | ours at `cpu` scale (mean [95 % CI], n seeds) | verdict |\n|---|---|---|---|\n"
+        f"| C2 GAPT lowers CE | −4.8 % | `gapt` {quote} (n=4) | reproduced |\n\nAfter the table: 1.0 [2.0, 3.0]\n"
+    )
 
 
 def test_documents_that_quote_the_data_pass_and_each_drift_is_named(results, tmp_path):  # noqa: F811
@@ -84,15 +108,21 @@ def test_the_changed_verdicts_are_read_from_the_two_claims_files(results, tmp_pa
     _, claims_md, _ = _setup(tmp_path, config)
     new = crosscheck._claim_rows(claims_md.read_text())
     c2, c3 = new[("C2", "demo")], new[("C3", "demo")]
-    old = ("| id | claim | experiment | measure | paper | ours (mean [95 % CI] (n seeds), scale) | verdict | figure |\n"
-           "|---|---|---|---|---|---|---|---|\n"
-           f"| C2 | x | demo | m | p | -9.9 % [-12.0, -8.0] (n=4), cpu | opposite | — |\n"
-           f"| C3 | x | demo | m | p | {c3['ours (scale)']} | {c3['verdict']} | — |\n")  # fmt: skip
+    old = (
+        "| id | claim | experiment | measure | paper | ours (mean [95 % CI] (n seeds), scale) | verdict | figure |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        f"| C2 | x | demo | m | p | -9.9 % [-12.0, -8.0] (n=4), cpu | opposite | — |\n"
+        f"| C3 | x | demo | m | p | {c3['ours (scale)']} | {c3['verdict']} | — |\n"
+    )
     table = crosscheck.verdict_changes(old, claims_md.read_text()).splitlines()
-    assert table[2] == (f"| C2 | demo | -9.9 % [-12.0, -8.0] (n=4), cpu: opposite | {c2['ours (scale)']}: {c2['verdict']} "
-                        f"(Holm: {c2['verdict (Holm)']}) |")  # fmt: skip
+    assert table[2] == (
+        f"| C2 | demo | -9.9 % [-12.0, -8.0] (n=4), cpu: opposite | {c2['ours (scale)']}: {c2['verdict']} "
+        f"(Holm: {c2['verdict (Holm)']}) |"
+    )
     assert not any(row.startswith("| C3 |") for row in table)  # unchanged
-    assert {row.split(" | ")[0] for row in table[3:]} == {f"| {k[0]}" for k in new if k[0] not in ("C2", "C3")}
+    assert {row.split(" | ")[0] for row in table[3:]} == {
+        f"| {k[0]}" for k in new if k[0] not in ("C2", "C3")
+    }
     assert all("(new claim)" in row for row in table[3:])
 
 
@@ -116,11 +146,16 @@ def test_runs_of_a_scale_must_come_from_one_clean_commit(results, tmp_path):  # 
     assert commits.startswith("the runs of cpu were trained at 2 commits: abc123 (demo); def456 (demo)")
     runs.drop(columns="git_dirty").to_csv(runs_csv, index=False)
     assert crosscheck.provenance_problems(plan) == [
-        f"{runs_csv} has no column git_dirty: make it again with the DAG's aggregate rule"]
+        f"{runs_csv} has no column git_dirty: make it again with the DAG's aggregate rule"
+    ]
     runs_csv.write_text("")
-    assert crosscheck.provenance_problems(plan) == [f"{runs_csv} is empty: make it again with the DAG's aggregate rule"]
+    assert crosscheck.provenance_problems(plan) == [
+        f"{runs_csv} is empty: make it again with the DAG's aggregate rule"
+    ]
     runs_csv.unlink()
-    assert crosscheck.provenance_problems(plan) == [f"{runs_csv} is missing: make it with the DAG's aggregate rule"]
+    assert crosscheck.provenance_problems(plan) == [
+        f"{runs_csv} is missing: make it with the DAG's aggregate rule"
+    ]
 
 
 def test_the_committed_results_say_what_the_readme_quotes(monkeypatch):
@@ -132,5 +167,7 @@ def test_the_committed_results_say_what_the_readme_quotes(monkeypatch):
     scales = re.findall(r"ours at `(\w+)` scale", readme)  # the scales whose claims the README quotes
     assert scales, "README.md has no claims table"
     for scale in scales:
-        assert (root / "results" / scale / "CLAIMS.md").is_file(), f"README quotes {scale}, which has no results"
+        assert (root / "results" / scale / "CLAIMS.md").is_file(), (
+            f"README quotes {scale}, which has no results"
+        )
         assert crosscheck.check(root / "config" / f"{scale}.yaml", root / "README.md") == []

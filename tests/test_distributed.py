@@ -32,15 +32,23 @@ def free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     from replication.training.train import Trainer
 
     trainer = Trainer(tiny_config("gapt", **CONFIG), run_dir, show_progress=False)
     trainer.run()
     torch.save(
-        {"weights": trainer.model.state_dict(), "transitions": trainer.controller.state_dict()["transitions"]},
+        {
+            "weights": trainer.model.state_dict(),
+            "transitions": trainer.controller.state_dict()["transitions"],
+        },
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
     torch.distributed.destroy_process_group()
@@ -70,10 +78,23 @@ def test_two_gloo_ranks_end_with_identical_weights_and_phases(tmp_path):
 @pytest.mark.slow
 def test_torchrun_launches_the_same_command(tmp_path):
     config_path = tmp_path / "config.yaml"
-    write_run_config(tiny_config("ce", train={"steps": 6, "eval_every": 0, "checkpoint_every": 0}), config_path)
+    write_run_config(
+        tiny_config("ce", train={"steps": 6, "eval_every": 0, "checkpoint_every": 0}), config_path
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "replication.training.train", str(config_path), "--progress", "lines"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "replication.training.train",
+        str(config_path),
+        "--progress",
+        "lines",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -127,8 +148,13 @@ def _signal_after_reduce(trainer, at_step: int) -> None:
 
 
 def _stop_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str, signal_at: int | None) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     from replication.training.train import Trainer, TrainingInterrupted
 
@@ -149,9 +175,12 @@ def _two_processes(run_dir, out_dir, signal_at=None, timeout=120.0) -> list[dict
     (after timeout seconds) instead of hanging it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     context = mp.start_processes(
-        _stop_worker, args=(2, free_port(), str(run_dir), str(out_dir), signal_at), nprocs=2, join=False,
+        _stop_worker,
+        args=(2, free_port(), str(run_dir), str(out_dir), signal_at),
+        nprocs=2,
+        join=False,
         start_method="spawn",
-    )  # fmt: skip
+    )
     deadline = time.monotonic() + timeout
     try:
         while not context.join(timeout=1):

@@ -8,19 +8,21 @@ import torch
 
 from replication.config.base import ConfigError
 from replication.integrations.dropin import GAPT
+from replication.models import build_model
+from replication.runtime.record import read_metrics
 from replication.science.gapt import GaptConfig, Phase
 from replication.science.methods import METHODS
-from replication.models import build_model
-from replication.training.optim import Optimizers
-from replication.runtime.record import read_metrics
 from replication.tasks.registry import build_task
+from replication.training.optim import Optimizers
 from replication.training.train import _seed_everything, train
 
 from .conftest import tiny_config
 
 # a run whose gated methods change phase several times in 40 steps
-PHASES = dict(train={"steps": 40, "eval_every": 0, "eval_at_start": False},
-              gapt={"delta_ce": 0.05, "patience_memorize": 3, "patience_compress": 3})  # fmt: skip
+PHASES = dict(
+    train={"steps": 40, "eval_every": 0, "eval_at_start": False},
+    gapt={"delta_ce": 0.05, "patience_memorize": 3, "patience_compress": 3},
+)
 
 
 def plain_loop(config):
@@ -32,8 +34,13 @@ def plain_loop(config):
     model = build_model(config.model)
     task.init_model(model)
     optimizers = Optimizers(config.optim, model, config.train.steps)
-    gapt = GAPT(model.blocks, method=config.method, micro_batches=config.train.grad_accum,
-                objective=config.objective, controller=config.gapt)  # fmt: skip
+    gapt = GAPT(
+        model.blocks,
+        method=config.method,
+        micro_batches=config.train.grad_accum,
+        objective=config.objective,
+        controller=config.gapt,
+    )
     reports = []
     for step in range(config.train.steps):
         window = model.attention_window(step / config.train.steps)
@@ -64,8 +71,11 @@ def test_a_plain_loop_around_the_drop_in_trains_exactly_as_the_suite(tmp_path, m
     assert [r.main_loss for r in reports] == [r["train/ce"] for r in suite]
     assert [r.mbe_by_layer for r in reports] == [r["train/mbe_by_layer"] for r in suite]
     changes = [c for r in reports for c in r.phase_changes]
-    assert changes == [{k: v for k, v in r.items() if k not in ("kind", "event")} for r in records
-                       if r.get("event") == "phase_change"]  # fmt: skip
+    assert changes == [
+        {k: v for k, v in r.items() if k not in ("kind", "event")}
+        for r in records
+        if r.get("event") == "phase_change"
+    ]
     if METHODS[method].gated:
         assert len(changes) >= 2 and {r.phase for r in reports} == {Phase.MEMORIZE, Phase.COMPRESS}
 
@@ -119,7 +129,9 @@ def test_the_controller_state_round_trips_through_json():
     config = tiny_config("gapt", **PHASES)
     _, _, gapt = plain_loop(config)
     state = json.loads(json.dumps(gapt.state_dict()))
-    fresh = GAPT(build_model(config.model).blocks, micro_batches=2, objective=config.objective, controller=config.gapt)
+    fresh = GAPT(
+        build_model(config.model).blocks, micro_batches=2, objective=config.objective, controller=config.gapt
+    )
     fresh.load_state_dict(state)
     assert fresh.phase == gapt.phase and fresh.step_index == 40
     assert fresh.controller.state_dict() == gapt.controller.state_dict()

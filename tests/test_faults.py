@@ -15,10 +15,16 @@ import time
 import pytest
 import yaml
 
+from replication.config.run import write_run_config
+from replication.runtime.record import (
+    CHECKPOINT_NAME,
+    LOCK_NAME,
+    PREVIOUS_CHECKPOINT_NAME,
+    RunLock,
+    read_metrics,
+)
 from replication.training import configure
 from replication.training import train as loop
-from replication.config.run import write_run_config
-from replication.runtime.record import CHECKPOINT_NAME, LOCK_NAME, PREVIOUS_CHECKPOINT_NAME, RunLock, read_metrics
 
 from .conftest import REPO, tiny_config
 
@@ -26,7 +32,9 @@ TIMING_KEYS = {"time", "step_time", "at", "provenance"}
 
 
 def comparable(records):
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records if r.get("event") != "resume"]
+    return [
+        {k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records if r.get("event") != "resume"
+    ]
 
 
 def error_lines(err: str) -> list[str]:
@@ -52,7 +60,12 @@ def run_main(argv, capsys):
 def whole(tmp_path_factory):
     """The uninterrupted run every resumed one is compared with."""
     folder = tmp_path_factory.mktemp("whole")
-    assert loop.main([str(write(tiny_config("gapt", train={"checkpoint_every": 4}), folder)), "--progress", "lines"]) == 0
+    assert (
+        loop.main(
+            [str(write(tiny_config("gapt", train={"checkpoint_every": 4}), folder)), "--progress", "lines"]
+        )
+        == 0
+    )
     return read_metrics(folder / "metrics.jsonl")
 
 
@@ -102,7 +115,9 @@ def test_a_signal_during_the_final_evaluation_resumes_into_it(tmp_path, monkeypa
     assert not (tmp_path / CHECKPOINT_NAME).exists() and not (tmp_path / PREVIOUS_CHECKPOINT_NAME).exists()
 
 
-def test_a_signal_during_the_last_step_checkpoints_it_and_resumes_into_the_evaluation(tmp_path, monkeypatch, capsys, whole):
+def test_a_signal_during_the_last_step_checkpoints_it_and_resumes_into_the_evaluation(
+    tmp_path, monkeypatch, capsys, whole
+):
     config = write(tiny_config("gapt", train={"checkpoint_every": 4}), tmp_path)
     _signal_at(monkeypatch, step=29)
     code, err = run_main([config], capsys)
@@ -129,20 +144,28 @@ def test_a_signal_mid_run_says_where_it_resumes(tmp_path, monkeypatch, capsys, w
 
 def _python(*args, **kwargs):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs
+    )
 
 
 def test_two_trainers_of_one_folder_one_trains_the_other_refuses(tmp_path):
     """The second trainer starts while the first trains (its final evaluation is made long)."""
-    config = write(tiny_config("ce", train={"steps": 6, "eval_every": 0}, task={"val_batches": 600}), tmp_path)
+    config = write(
+        tiny_config("ce", train={"steps": 6, "eval_every": 0}, task={"val_batches": 600}), tmp_path
+    )
     command = ["-m", "replication.training.train", str(config), "--threads", "1", "--progress", "lines"]
     first = _python(*command)
     deadline = time.time() + 60
-    while time.time() < deadline and not (tmp_path / CHECKPOINT_NAME).exists():  # it is in its final evaluation
+    while (
+        time.time() < deadline and not (tmp_path / CHECKPOINT_NAME).exists()
+    ):  # it is in its final evaluation
         time.sleep(0.02)
     second = _python(*command)
     code, err = second.wait(timeout=120), second.stderr.read().decode()
-    assert first.poll() is None, "the first trainer finished before the second started: make its evaluation longer"
+    assert first.poll() is None, (
+        "the first trainer finished before the second started: make its evaluation longer"
+    )
     assert code == 2, err
     (line,) = error_lines(err)
     assert line.startswith(f"error: {tmp_path} is being trained by another process (pid {first.pid} on ")
@@ -161,8 +184,11 @@ def test_two_trainers_of_one_folder_one_trains_the_other_refuses(tmp_path):
 
 def test_a_lock_left_by_a_killed_trainer_is_taken_over(tmp_path, capsys, whole):
     config = write(tiny_config("gapt", train={"checkpoint_every": 4}), tmp_path)
-    holder = _python("-c", f"from replication.runtime.record import RunLock; lock = RunLock({str(tmp_path)!r}); lock.acquire(); print('held', flush=True); "
-                     "import time; time.sleep(600)")  # fmt: skip
+    holder = _python(
+        "-c",
+        f"from replication.runtime.record import RunLock; lock = RunLock({str(tmp_path)!r}); lock.acquire(); print('held', flush=True); "
+        "import time; time.sleep(600)",
+    )
     assert holder.stdout.readline().strip() == b"held"
     code, err = run_main([config], capsys)
     assert code == 2 and f"is being trained by another process (pid {holder.pid} on " in error_lines(err)[0]
@@ -185,7 +211,10 @@ def test_a_file_system_without_locks_gets_a_warning_and_the_run_goes_on(tmp_path
     monkeypatch.setattr(fcntl, "flock", no_locks)
     code, err = run_main([write(tiny_config("ce", train={"steps": 2}), tmp_path)], capsys)
     assert code == 0
-    assert f"warning: {tmp_path}: the file system cannot lock files (No locks available); nothing stops a second trainer" in err
+    assert (
+        f"warning: {tmp_path}: the file system cannot lock files (No locks available); nothing stops a second trainer"
+        in err
+    )
 
 
 def test_a_lock_is_released_when_the_run_fails(tmp_path, monkeypatch):
@@ -276,13 +305,19 @@ def test_a_damaged_checkpoint_without_a_previous_one_offers_the_restart(two_chec
     (folder / PREVIOUS_CHECKPOINT_NAME).unlink()
     (folder / CHECKPOINT_NAME).write_bytes(b"")
     code, err = run_main([two_checkpoints], capsys)
-    assert code == 2 and error_lines(err)[1] == f"  Ways out: delete {folder / CHECKPOINT_NAME} to train the run from the start"
+    assert (
+        code == 2
+        and error_lines(err)[1]
+        == f"  Ways out: delete {folder / CHECKPOINT_NAME} to train the run from the start"
+    )
     (folder / CHECKPOINT_NAME).unlink()
     assert run_main([two_checkpoints], capsys)[0] == 0
     assert comparable(read_metrics(folder / "metrics.jsonl")) == comparable(whole)
 
 
-def test_a_checkpoint_interrupted_while_written_leaves_the_last_complete_one(two_checkpoints, monkeypatch, capsys, whole):
+def test_a_checkpoint_interrupted_while_written_leaves_the_last_complete_one(
+    two_checkpoints, monkeypatch, capsys, whole
+):
     """A kill (or a full disk) while checkpoint.pt is written: the temporary file is incomplete, and
     checkpoint.pt is still the last complete checkpoint."""
     import torch
@@ -313,8 +348,12 @@ def test_a_checkpoint_without_its_metrics_is_a_short_error(two_checkpoints, caps
     code, err = run_main([two_checkpoints], capsys)
     assert code == 2
     (line,) = error_lines(err)
-    assert line.startswith(f"error: {metrics} is {'missing' if state == 'missing' else 'shorter than the checkpoint'}")
-    assert line.endswith(f"to train the run from the start, delete everything in {metrics.parent} but config.yaml")
+    assert line.startswith(
+        f"error: {metrics} is {'missing' if state == 'missing' else 'shorter than the checkpoint'}"
+    )
+    assert line.endswith(
+        f"to train the run from the start, delete everything in {metrics.parent} but config.yaml"
+    )
 
 
 def test_a_damaged_metrics_line_names_the_file_and_line(tmp_path, capsys):
@@ -322,7 +361,9 @@ def test_a_damaged_metrics_line_names_the_file_and_line(tmp_path, capsys):
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"kind": "train", "step": 0}\n{"kind": "tra{"kind": "train", "step": 1}\n')
-    with pytest.raises(RunFolderError, match=rf"{path}, line 2, is not a JSON record .*two processes wrote it at once"):
+    with pytest.raises(
+        RunFolderError, match=rf"{path}, line 2, is not a JSON record .*two processes wrote it at once"
+    ):
         read_metrics(path)
 
 
@@ -369,7 +410,10 @@ def test_a_summary_is_compared_by_meaning_not_by_bytes(tmp_path, capsys):
     del summary["config"], summary["config_digest"]
     path.write_text(json.dumps(summary))
     code, err = run_main([config], capsys)
-    assert code == 0 and f"warning: {path} records no config (written by an older version); it is not checked" in err
+    assert (
+        code == 0
+        and f"warning: {path} records no config (written by an older version); it is not checked" in err
+    )
 
 
 def test_a_damaged_summary_names_the_file(tmp_path, capsys):
@@ -379,7 +423,9 @@ def test_a_damaged_summary_names_the_file(tmp_path, capsys):
     code, err = run_main([config], capsys)
     assert code == 2
     (line,) = error_lines(err)
-    assert line.startswith(f"error: {tmp_path}/summary.json is not valid JSON (") and line.endswith("delete it to write it again")
+    assert line.startswith(f"error: {tmp_path}/summary.json is not valid JSON (") and line.endswith(
+        "delete it to write it again"
+    )
 
 
 # -- nonsense values and wrong inputs ------------------------------------------------------------
@@ -417,7 +463,9 @@ def test_configure_refuses_a_negative_seed_and_takes_a_folder_for_out(tmp_path, 
     assert len(lines) == 2 and lines[1].startswith("  seed: Input should be greater than or equal to 0")
     assert configure.main([*argv, "--seed", "0", "--out", f"{tmp_path}/runs/c5/"]) == 0
     assert (tmp_path / "runs" / "c5" / "config.yaml").is_file()
-    assert configure.main([*argv, "--seed", "0", "--out", str(tmp_path / "runs" / "c5")]) == 0  # an existing folder
+    assert (
+        configure.main([*argv, "--seed", "0", "--out", str(tmp_path / "runs" / "c5")]) == 0
+    )  # an existing folder
     assert sorted(p.name for p in (tmp_path / "runs" / "c5").iterdir()) == ["config.yaml"]
 
 
@@ -446,12 +494,20 @@ def test_a_mistyped_key_gets_a_hint_from_its_own_section_only(tmp_path, capsys):
 def test_missing_prepared_data_names_the_experiment_and_the_command(tmp_path, capsys):
     experiment = REPO / "experiments" / "fineweb_pretrain" / "config.yaml"
     out = tmp_path / "run"
-    assert configure.main([str(experiment), "--scale", "smoke", "--method", "ce", "--seed", "0", "--out", f"{out}/"]) == 0
+    assert (
+        configure.main(
+            [str(experiment), "--scale", "smoke", "--method", "ce", "--seed", "0", "--out", f"{out}/"]
+        )
+        == 0
+    )
     code, err = run_main([out / "config.yaml", "--data-root", tmp_path / "data"], capsys)
     assert code == 2
     (line,) = error_lines(err)
     dataset = yaml.safe_load((out / "config.yaml").read_text())["task"]["dataset"]
-    assert f"python -m replication.tasks.fineweb.prepare experiments/fineweb_pretrain/config.yaml --dataset {dataset} " in line
+    assert (
+        f"python -m replication.tasks.fineweb.prepare experiments/fineweb_pretrain/config.yaml --dataset {dataset} "
+        in line
+    )
     assert "NAME" not in line
 
 
@@ -469,7 +525,9 @@ def test_a_bug_is_two_lines_and_the_traceback_comes_on_request(tmp_path, monkeyp
             monkeypatch.setenv("REPLICATION_DEBUG", env)
         assert loop.main(argv) == 1  # the same exit code, with the traceback
         err = capsys.readouterr().err
-        assert "Traceback (most recent call last)" in err and err.strip().endswith("error: unexpected KeyError: 'no such key'")
+        assert "Traceback (most recent call last)" in err and err.strip().endswith(
+            "error: unexpected KeyError: 'no such key'"
+        )
 
 
 def test_out_of_device_memory_says_what_to_lower(tmp_path, monkeypatch, capsys):
@@ -519,7 +577,17 @@ def test_the_command_line_of_every_module_reports_a_missing_file_in_one_line(tmp
 
     missing = str(tmp_path / "nothing.yaml")
     calls = {
-        configure: [missing, "--scale", "smoke", "--method", "ce", "--seed", "0", "--out", str(tmp_path / "x/")],
+        configure: [
+            missing,
+            "--scale",
+            "smoke",
+            "--method",
+            "ce",
+            "--seed",
+            "0",
+            "--out",
+            str(tmp_path / "x/"),
+        ],
         loop: [missing],
         prepare: [missing, "--dataset", "d", "--out", str(tmp_path / "d")],
         aggregate: [missing, "--scale", "smoke", "--out", str(tmp_path / "r")],
@@ -545,7 +613,9 @@ def test_the_workflow_check_reports_a_bad_config_in_short(tmp_path, capsys):
 
 def test_stop_requests_in_a_subprocess_during_the_final_evaluation(tmp_path):
     """The real thing once: SIGTERM to a trainer process while it evaluates after its last step."""
-    config = write(tiny_config("ce", train={"steps": 6, "eval_every": 0}, task={"val_batches": 400}), tmp_path)
+    config = write(
+        tiny_config("ce", train={"steps": 6, "eval_every": 0}, task={"val_batches": 400}), tmp_path
+    )
     proc = _python("-m", "replication.training.train", str(config), "--threads", "1", "--progress", "lines")
     checkpoint = tmp_path / CHECKPOINT_NAME
     deadline = time.time() + 60
@@ -554,5 +624,7 @@ def test_stop_requests_in_a_subprocess_during_the_final_evaluation(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()
-    assert error_lines(err.decode())[0].startswith("interrupted: stopped by signal 15 during the final evaluation")
+    assert error_lines(err.decode())[0].startswith(
+        "interrupted: stopped by signal 15 during the final evaluation"
+    )
     assert checkpoint.exists() and not (tmp_path / "summary.json").exists()

@@ -9,9 +9,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from replication.science.methods import METHOD_NAMES  # noqa: E402
-from replication.reporting import aggregate, figures  # noqa: E402
 from replication.config.report import FigureSpec, load_report_spec  # noqa: E402
+from replication.reporting import aggregate, figures  # noqa: E402
+from replication.science.methods import METHOD_NAMES  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
 
@@ -20,7 +20,9 @@ EXPERIMENTS = sorted(p.parent.name for p in (REPO / "experiments").glob("*/confi
 
 def _lightness(color: str) -> float:
     """CIE L* (0 black, 100 white) of an sRGB colour: what a greyscale print keeps of it."""
-    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in matplotlib.colors.to_rgb(color)]
+    linear = [
+        c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in matplotlib.colors.to_rgb(color)
+    ]
     y = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
     return 116 * y ** (1 / 3) - 16 if y > 0.008856 else 903.3 * y
 
@@ -29,7 +31,10 @@ def test_every_two_methods_differ_in_greyscale_by_lightness_or_line_style():
     assert set(figures.METHOD_STYLE) == set(METHOD_NAMES)
     for i, a in enumerate(METHOD_NAMES):
         for b in METHOD_NAMES[i + 1 :]:
-            (color_a, style_a, marker_a), (color_b, style_b, marker_b) = figures.METHOD_STYLE[a], figures.METHOD_STYLE[b]
+            (color_a, style_a, marker_a), (color_b, style_b, marker_b) = (
+                figures.METHOD_STYLE[a],
+                figures.METHOD_STYLE[b],
+            )
             assert marker_a != marker_b, (a, b)
             assert style_a != style_b or abs(_lightness(color_a) - _lightness(color_b)) > 20, (a, b)
 
@@ -37,7 +42,9 @@ def test_every_two_methods_differ_in_greyscale_by_lightness_or_line_style():
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_metric_a_figure_draws_has_a_readers_name(experiment):
     spec = load_report_spec(REPO / "experiments" / experiment / "config.yaml")
-    drawn = [m for f in spec.figures for m in [*f.metrics, *([f.metric] if f.metric else []), *f.prefixes[:1]]]
+    drawn = [
+        m for f in spec.figures for m in [*f.metrics, *([f.metric] if f.metric else []), *f.prefixes[:1]]
+    ]
     assert drawn and not [m for m in drawn if m not in spec.labels]
 
 
@@ -47,8 +54,20 @@ def _curves(stages):
     for seed in (0, 1):
         for step in range(0, 70, 10):
             stage = stages(step)
-            rows += [{"method": "gapt", "seed": seed, "kind": "eval", "step": step, "tokens": step, "stage": stage,
-                      "metric": m, "layer": None, "value": step / 10 + seed} for m in ("val/ce", "val/mbe")]  # fmt: skip
+            rows += [
+                {
+                    "method": "gapt",
+                    "seed": seed,
+                    "kind": "eval",
+                    "step": step,
+                    "tokens": step,
+                    "stage": stage,
+                    "metric": m,
+                    "layer": None,
+                    "value": step / 10 + seed,
+                }
+                for m in ("val/ce", "val/mbe")
+            ]
     return pd.DataFrame(rows)
 
 
@@ -61,16 +80,23 @@ def test_a_stage_ends_at_the_last_evaluation_of_its_stage():
 
 
 def test_aggregate_keeps_the_stage_a_record_names():
-    records = [{"kind": "eval", "step": 0, "stage": "mix", "val/ce": 1.0}, {"kind": "eval", "step": 5, "val/ce": 0.5}]
+    records = [
+        {"kind": "eval", "step": 0, "stage": "mix", "val/ce": 1.0},
+        {"kind": "eval", "step": 5, "val/ce": 0.5},
+    ]
     rows = aggregate._curve_rows({"method": "ce", "seed": 0}, records, steps=5)
     assert [(r["step"], r["stage"]) for r in rows] == [(0, "mix"), (5, None)]
 
 
 def _phases():
     rows = [{"method": "ce", "seed": s, "phase": "memorize", "start_step": 0, "end_step": 60} for s in (0, 1)]
-    rows += [{"method": "ce_mbe", "seed": s, "phase": "compress", "start_step": 0, "end_step": 60} for s in (0, 1)]
-    rows += [{"method": "gapt", "seed": 0, "phase": p, "start_step": a, "end_step": b}
-             for p, a, b in (("memorize", 0, 20), ("compress", 20, 21), ("memorize", 21, 60))]  # fmt: skip
+    rows += [
+        {"method": "ce_mbe", "seed": s, "phase": "compress", "start_step": 0, "end_step": 60} for s in (0, 1)
+    ]
+    rows += [
+        {"method": "gapt", "seed": 0, "phase": p, "start_step": a, "end_step": b}
+        for p, a, b in (("memorize", 0, 20), ("compress", 20, 21), ("memorize", 21, 60))
+    ]
     rows += [{"method": "gapt", "seed": 1, "phase": "memorize", "start_step": 0, "end_step": 60}]
     return pd.DataFrame(rows)
 
@@ -90,7 +116,9 @@ def test_curves_overlay_the_methods_name_the_panels_and_mark_the_stage_end(tmp_p
     frame = _curves(lambda step: "mix" if step <= 30 else "finetune")
     frame = pd.concat([frame, frame.assign(method="ce"), frame.assign(method="gapt_joint")])
     drawn = {}
-    monkeypatch.setattr(figures, "_save", lambda fig, results, stem, title: drawn.setdefault(stem, fig) and [])
+    monkeypatch.setattr(
+        figures, "_save", lambda fig, results, stem, title: drawn.setdefault(stem, fig) and []
+    )
     spec = FigureSpec(kind="curves", file="c", metrics=["val/ce", "val/mbe"])
     figures.curves(spec, frame, _phases(), tmp_path, {"val/ce": "validation CE (nats/token)"})
     panels = drawn["c"].axes
@@ -100,21 +128,33 @@ def test_curves_overlay_the_methods_name_the_panels_and_mark_the_stage_end(tmp_p
         assert any(tuple(line.get_xdata()) == (30, 30) for line in ax.lines)  # the end of the mix stage
     # the methods in one panel, each with its own colour and line style
     means = [line for line in panels[0].lines if len(line.get_xdata()) == 7]
-    drawn_styles = {(matplotlib.colors.to_hex(line.get_color()), line.get_linestyle() == "-") for line in means}
-    assert drawn_styles == {(matplotlib.colors.to_hex(figures.METHOD_STYLE[m][0]), figures.METHOD_STYLE[m][1] == "-")
-                            for m in ("ce", "gapt", "gapt_joint")}  # gapt_joint dashed
+    drawn_styles = {
+        (matplotlib.colors.to_hex(line.get_color()), line.get_linestyle() == "-") for line in means
+    }
+    assert drawn_styles == {
+        (matplotlib.colors.to_hex(figures.METHOD_STYLE[m][0]), figures.METHOD_STYLE[m][1] == "-")
+        for m in ("ce", "gapt", "gapt_joint")
+    }  # gapt_joint dashed
     plt.close(drawn["c"])
 
 
 def test_a_share_is_drawn_with_its_interval_cut_at_0_and_1(tmp_path, monkeypatch):
-    rows = [{"method": method, "seed": seed, "metric": f"final/id/exact_match/digits_{d}", "value": value}
-            for method in ("ce", "gapt") for d in (1, 2) for seed, value in enumerate([0.0, 0.0, 1.0])]  # fmt: skip
+    rows = [
+        {"method": method, "seed": seed, "metric": f"final/id/exact_match/digits_{d}", "value": value}
+        for method in ("ce", "gapt")
+        for d in (1, 2)
+        for seed, value in enumerate([0.0, 0.0, 1.0])
+    ]
     drawn = {}
-    monkeypatch.setattr(figures, "_save", lambda fig, results, stem, title: drawn.setdefault(stem, fig) and [])
+    monkeypatch.setattr(
+        figures, "_save", lambda fig, results, stem, title: drawn.setdefault(stem, fig) and []
+    )
     spec = FigureSpec(kind="by_digits", file="d", prefixes=["final/id/exact_match/digits_"])
     figures.by_digits(spec, pd.DataFrame(rows), tmp_path)
     ax = drawn["d"].axes[0]
-    vertical = [line for line in ax.lines if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1]]
+    vertical = [
+        line for line in ax.lines if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1]
+    ]
     bars = [line.get_ydata() for line in vertical]
     assert len(bars) == 4  # one per method and digit count
     for low, high in bars:  # the t interval of 0, 0, 1 is -1.10 to 1.77

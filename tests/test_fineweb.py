@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from replication.config.base import ConfigError
-from replication.science.errors import DataError
-from replication.reporting.aggregate import run_statistics
 from replication.config.report import load_report_spec
 from replication.config.run import load_experiment, resolve_run_config
+from replication.reporting.aggregate import run_statistics
 from replication.runtime.record import read_metrics
+from replication.science.errors import DataError
 from replication.tasks.fineweb.data import (
     DatasetOptions,
     NoSourceError,
@@ -161,10 +161,16 @@ def test_without_a_local_file_or_the_hub_the_preparation_fails_at_once_naming_bo
 
 def test_cli_prepares_a_data_set_of_an_experiment_file(jsonl, tmp_path, monkeypatch, capsys):
     spec = tmp_path / "experiment.yaml"
-    spec.write_text(json.dumps({
-        "experiment": "toy", "methods": {"ce": {}}, "scales": {},
-        "datasets": {"toy": {"path": jsonl.name, "tokenizer": "bytes", "val_tokens": 20}},
-    }))  # fmt: skip
+    spec.write_text(
+        json.dumps(
+            {
+                "experiment": "toy",
+                "methods": {"ce": {}},
+                "scales": {},
+                "datasets": {"toy": {"path": jsonl.name, "tokenizer": "bytes", "val_tokens": 20}},
+            }
+        )
+    )
     assert main([str(spec), "--dataset", "toy", "--out", str(tmp_path / "out"), "--root", str(tmp_path)]) == 0
     assert (tmp_path / "out" / "manifest.json").exists()
     assert main([str(spec), "--dataset", "nope", "--out", str(tmp_path / "x")]) == 2
@@ -272,11 +278,15 @@ def test_every_run_of_the_experiment_resolves_and_names_a_declared_data_set():
     for data in spec.datasets.values():
         DatasetOptions.model_validate(data)
     for scale, scale_spec in spec.scales.items():
-        for method in scale_spec.methods if scale_spec.study_of else spec.methods:  # a study's arm: its methods
+        for method in (
+            scale_spec.methods if scale_spec.study_of else spec.methods
+        ):  # a study's arm: its methods
             config = resolve_run_config(spec, scale, method, scale_spec.seeds[0])
             assert config.task.dataset in spec.datasets
             assert (config.alignment.every > 0) == (method == "ce"), (scale, method)
-        assert len(scale_spec.seeds) >= (3 if (scale_spec.study_of or scale) != "smoke" else 2)  # a study: its scale's
+        assert len(scale_spec.seeds) >= (
+            3 if (scale_spec.study_of or scale) != "smoke" else 2
+        )  # a study: its scale's
 
 
 def test_paper_scale_is_section_5():

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from replication.config.base import ConfigError, MLPModelConfig, deep_merge
-from replication.models import build_model
 from replication.config.report import load_report_spec
 from replication.config.run import resolve_run_config, validate_run_config
+from replication.models import build_model
 from replication.runtime.record import read_metrics
 from replication.tasks.forgetting.separation import (
     alleviation_percent,
@@ -212,8 +212,14 @@ def test_stage_and_evaluation_mismatches_are_config_errors():
     with pytest.raises(ConfigError, match="eval_every"):
         Task(smoke_config(train={"eval_every": 50}), CPU)  # the mix stage ends at step 120
     with pytest.raises(ConfigError, match="distinct"):
-        smoke_config(task={"stages": [{"name": "mix", "steps": 90, "groups": ["a", "b"]},
-                                      {"name": "mix", "steps": 90, "groups": ["a"]}]})  # fmt: skip
+        smoke_config(
+            task={
+                "stages": [
+                    {"name": "mix", "steps": 90, "groups": ["a", "b"]},
+                    {"name": "mix", "steps": 90, "groups": ["a"]},
+                ]
+            }
+        )
 
 
 def test_one_stage_is_protocol_a_alone(tmp_path):
@@ -285,8 +291,8 @@ def test_the_always_on_mbe_objective_compresses_the_hidden_layer(smoke_runs):
 def test_alleviation_is_paired_with_the_ce_run_of_the_same_seed():
     import pandas as pd
 
-    from replication.reporting.aggregate import _paired_rows
     from replication.config.report import load_report_spec
+    from replication.reporting.aggregate import _paired_rows
 
     (paired,) = load_report_spec(REPO / "experiments/forgetting_separation/config.yaml").reporting.paired
 

@@ -77,13 +77,16 @@ def test_rule_set_names():
     assert GaptConfig(rules="v1_code_newer").rules == "v1_code_newer"
 
 
-
-
 def test_ce_plateau_switches_to_compress_after_patience():
     ctrl = controller()
     # first update is progress (E_min was +inf); then 3 updates without progress
     assert feed(ctrl, [(3.0, 1.0)] * 4) == [M, M, M, C]
-    assert ctrl.transitions[0].as_dict() == {"step": 3, "from": "memorize", "to": "compress", "reason": "ce_plateau"}
+    assert ctrl.transitions[0].as_dict() == {
+        "step": 3,
+        "from": "memorize",
+        "to": "compress",
+        "reason": "ce_plateau",
+    }
 
 
 def test_ce_progress_above_threshold_keeps_memorizing():
@@ -169,7 +172,9 @@ def test_scalar_and_per_layer_mbe_use_the_mean(rules):
 
 
 @pytest.mark.parametrize("rules", ALL_RULES)
-@pytest.mark.parametrize("bad", [(math.nan, 1.0), (math.inf, 1.0), (3.0, math.nan), (3.0, [1.0, math.inf]), (3.0, [])])
+@pytest.mark.parametrize(
+    "bad", [(math.nan, 1.0), (math.inf, 1.0), (3.0, math.nan), (3.0, [1.0, math.inf]), (3.0, [])]
+)
 def test_non_finite_input_changes_nothing_and_is_counted(rules, bad):
     ctrl = controller(rules)
     feed(ctrl, [(3.0, [1.0, 1.0])] * 2)
@@ -274,10 +279,24 @@ RR_TRACE = [
 
 def test_v1_trace_by_hand():
     expected = [  # (phase, s_m, s_c) after each update of RR_TRACE
-        (M, 1, 1), (M, 0, 0), (M, 1, 1), (M, 2, 2), (C, 3, 0), (C, 4, 1), (C, 5, 0), (C, 6, 1),
-        (M, 0, 0), (M, 1, 1), (M, 0, 0), (M, 1, 1), (M, 2, 2), (C, 3, 0), (C, 4, 1), (C, 5, 2),
+        (M, 1, 1),
+        (M, 0, 0),
+        (M, 1, 1),
+        (M, 2, 2),
+        (C, 3, 0),
+        (C, 4, 1),
+        (C, 5, 0),
+        (C, 6, 1),
+        (M, 0, 0),
+        (M, 1, 1),
+        (M, 0, 0),
+        (M, 1, 1),
+        (M, 2, 2),
+        (C, 3, 0),
+        (C, 4, 1),
+        (C, 5, 2),
         (M, 0, 3),
-    ]  # fmt: skip
+    ]
     ctrl = controller("v1_code")
     assert_trace(ctrl, [(ce, mbe, *row) for (ce, mbe), row in zip(RR_TRACE, expected)])
     assert transitions(ctrl) == [(4, "ce_plateau"), (8, "ce_spike"), (13, "ce_plateau"), (16, "mbe_plateau")]
@@ -337,15 +356,32 @@ def test_v1_a_new_minimum_is_no_spike_even_at_tau_zero():
 
 def test_v1_newer_trace_by_hand():
     expected = [  # (phase, s_m, s_c) after each update of RR_TRACE
-        (M, 1, 1), (M, 0, 2), (M, 1, 3), (M, 2, 4), (C, 3, 0), (C, 4, 1), (C, 5, 2), (M, 0, 3),
-        (M, 1, 4), (M, 2, 5), (M, 0, 6), (M, 1, 7), (M, 2, 8), (C, 3, 0), (C, 4, 1), (C, 5, 2),
+        (M, 1, 1),
+        (M, 0, 2),
+        (M, 1, 3),
+        (M, 2, 4),
+        (C, 3, 0),
+        (C, 4, 1),
+        (C, 5, 2),
         (M, 0, 3),
-    ]  # fmt: skip
+        (M, 1, 4),
+        (M, 2, 5),
+        (M, 0, 6),
+        (M, 1, 7),
+        (M, 2, 8),
+        (C, 3, 0),
+        (C, 4, 1),
+        (C, 5, 2),
+        (M, 0, 3),
+    ]
     ctrl = controller("v1_code_newer")
     assert_trace(ctrl, [(ce, mbe, *row) for (ce, mbe), row in zip(RR_TRACE, expected)])
     assert transitions(ctrl) == [
-        (4, "ce_plateau"), (7, "mbe_plateau"), (13, "ce_plateau"), (16, "mbe_plateau")
-    ]  # fmt: skip
+        (4, "ce_plateau"),
+        (7, "mbe_plateau"),
+        (13, "ce_plateau"),
+        (16, "mbe_plateau"),
+    ]
     assert ctrl.m_min == math.inf and ctrl.m_min_by_layer == []
 
 
@@ -455,7 +491,9 @@ def test_a_ce_drop_exactly_at_the_threshold_is_no_progress(rules):
 
 @pytest.mark.parametrize("rules", ["paper", "v1_code", "relative"])
 def test_an_mbe_drop_exactly_at_the_threshold_is_no_progress(rules):
-    ctrl = controller(rules, delta_ce=0.5, delta_mbe=0.5, relative_tol=0.5, patience_memorize=1, patience_compress=5)
+    ctrl = controller(
+        rules, delta_ce=0.5, delta_mbe=0.5, relative_tol=0.5, patience_memorize=1, patience_compress=5
+    )
     while ctrl.phase is M:
         ctrl.update(ce=1.0, mbe=4.0)
     feed(ctrl, [(1.0, 1.0)])  # compress: MBE 4 -> 1 (or its first value): progress or a first minimum
@@ -484,7 +522,9 @@ def test_the_snapshot_logs_the_smoothed_inputs_and_survives_a_state_round_trip(r
     # bias-corrected EMA with beta 0.5 over two inputs: (0.25 x0 + 0.5 x1) / 0.75
     snapshot = ctrl.snapshot()
     assert snapshot["ce_input"] == pytest.approx((0.25 * 2.0 + 0.5 * 1.0) / 0.75)
-    assert snapshot["mbe_input"] == pytest.approx(((0.25 * 1.0 + 0.5 * 2.0) + (0.25 * 3.0 + 0.5 * 4.0)) / 2 / 0.75)
+    assert snapshot["mbe_input"] == pytest.approx(
+        ((0.25 * 1.0 + 0.5 * 2.0) + (0.25 * 3.0 + 0.5 * 4.0)) / 2 / 0.75
+    )
     other = controller(rules, smoothing=0.5)
     other.load_state_dict(json.loads(json.dumps(ctrl.state_dict())))
     assert other.snapshot() == snapshot

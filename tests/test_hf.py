@@ -11,8 +11,8 @@ transformers = pytest.importorskip("transformers", reason="the `hf` extra: pip i
 
 from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments  # noqa: E402
 
-from replication.science.gapt import GaptConfig, Phase  # noqa: E402
 from replication.integrations.hf import STATE_NAME, GAPTTrainer, decoder_blocks  # noqa: E402
+from replication.science.gapt import GaptConfig, Phase  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
 
@@ -35,14 +35,36 @@ def byte_rows(n_rows: int) -> list[dict[str, torch.Tensor]]:
 
 def make_trainer(output_dir, max_steps=40, **gapt):
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=257, n_positions=SEQ, n_embd=32, n_layer=6, n_head=2, bos_token_id=256, eos_token_id=256,
-                                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=257,
+            n_positions=SEQ,
+            n_embd=32,
+            n_layer=6,
+            n_head=2,
+            bos_token_id=256,
+            eos_token_id=256,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
     args = TrainingArguments(
-        output_dir=str(output_dir), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-        max_steps=max_steps, learning_rate=3e-3, lr_scheduler_type="constant", logging_steps=1,
-        save_steps=20, save_strategy="steps", report_to=[], use_cpu=True, seed=0, dataloader_num_workers=0,
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=max_steps,
+        learning_rate=3e-3,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_steps=20,
+        save_strategy="steps",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
         disable_tqdm=True,
-    )  # fmt: skip
+    )
     return GAPTTrainer(model=model, args=args, train_dataset=byte_rows(400), gapt_controller=QUICK, **gapt)
 
 
@@ -61,7 +83,9 @@ def test_gapt_in_the_trainer_alternates_phases_logs_them_and_checkpoints_the_con
     assert len(changes) >= 2
     assert [1.0 if r.phase is Phase.COMPRESS else 0.0 for r in trainer.gapt_reports] == logged
     rows = [row for row in trainer.state.log_history if "gapt/mbe" in row]
-    assert [row["gapt/ce"] for row in rows] == [r.main_loss for r in trainer.gapt_reports]  # logging every step
+    assert [row["gapt/ce"] for row in rows] == [
+        r.main_loss for r in trainer.gapt_reports
+    ]  # logging every step
     assert [row["gapt/mbe"] for row in rows] == [r.mbe for r in trainer.gapt_reports]
     assert rows[-1]["gapt/phase_changes"] == len(changes) and rows[-1]["gapt/nonfinite_steps"] == 0
     saved = json.loads((tmp_path / "run" / "checkpoint-20" / STATE_NAME).read_text())
@@ -77,7 +101,17 @@ def test_gapt_in_the_trainer_alternates_phases_logs_them_and_checkpoints_the_con
 
 
 def test_the_blocks_are_the_longest_module_list():
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=257, n_positions=SEQ, n_embd=32, n_layer=3, n_head=2, bos_token_id=256, eos_token_id=256))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=257,
+            n_positions=SEQ,
+            n_embd=32,
+            n_layer=3,
+            n_head=2,
+            bos_token_id=256,
+            eos_token_id=256,
+        )
+    )
     assert decoder_blocks(model) is model.transformer.h
 
 
@@ -100,7 +134,9 @@ def test_a_trainer_step_has_the_drop_in_loops_gradient(tmp_path):
 
     class Grab(TrainerCallback):
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+            grads.update(
+                {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+            )
 
     trainer.compute_loss = compute_loss
     trainer.add_callback(Grab())

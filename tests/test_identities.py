@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from replication.training.alignment import InStepAlignment, gradient_alignment
-from replication.science.mbe import layer_mbe
-from replication.training.objectives import accumulate_gradients
 from replication.runtime.record import read_metrics
+from replication.science.mbe import layer_mbe
 from replication.tasks.base import Task as BaseTask
+from replication.training.alignment import InStepAlignment, gradient_alignment
+from replication.training.objectives import accumulate_gradients
 from replication.training.train import Trainer
 
 from .conftest import tiny_config
@@ -31,8 +31,17 @@ OPTIONS = {"patch_size": 4, "alpha": 3.0, "eps": 1e-3}  # not the defaults: ever
 def trainer_for(method: str, tmp_path, warm: bool = False, **overrides) -> Trainer:
     """A tiny run's trainer; ``warm`` trains its 4 steps first, so that no gradient is the degenerate
     one of the zero-initialized projections."""
-    config = tiny_config(method, train={"steps": 4, "grad_accum": GRAD_ACCUM, "eval_every": 0,
-                                        "eval_at_start": False, "checkpoint_every": 0}, **overrides)  # fmt: skip
+    config = tiny_config(
+        method,
+        train={
+            "steps": 4,
+            "grad_accum": GRAD_ACCUM,
+            "eval_every": 0,
+            "eval_at_start": False,
+            "checkpoint_every": 0,
+        },
+        **overrides,
+    )
     trainer = Trainer(config, tmp_path, show_progress=False)
     if warm:
         trainer.run()
@@ -47,10 +56,20 @@ def step_gradient(trainer: Trainer, step: int, phase) -> list[torch.Tensor]:
     """The gradient one call of accumulate_gradients leaves in .grad (zeros where a parameter got none)."""
     trainer.optimizers.zero_grad()
     accumulate_gradients(
-        trainer.model, trainer.task, trainer.method, trainer.config.objective, trainer.plan, step=step, phase=phase,
-        micro_batches=range(GRAD_ACCUM), window=trainer.model.attention_window(0.0), autocast=nullcontext,
-    )  # fmt: skip
-    grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params_of(trainer)]
+        trainer.model,
+        trainer.task,
+        trainer.method,
+        trainer.config.objective,
+        trainer.plan,
+        step=step,
+        phase=phase,
+        micro_batches=range(GRAD_ACCUM),
+        window=trainer.model.attention_window(0.0),
+        autocast=nullcontext,
+    )
+    grads = [
+        p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params_of(trainer)
+    ]
     trainer.optimizers.zero_grad()
     return grads
 
@@ -60,14 +79,18 @@ def grad_of(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
 
 
-def micro_batch_terms(trainer: Trainer, step: int, micro: int) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+def micro_batch_terms(
+    trainer: Trainer, step: int, micro: int
+) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
     """Separately: grad of the main loss, and grad of each block's patch MBE, on one micro-batch."""
     params, task = params_of(trainer), trainer.task
     batch = task.train_batch(step, micro)
     out = task.forward(trainer.model, batch, window=trainer.model.attention_window(0.0))
     main = grad_of(task.main_loss(out.output, batch), params)
     kwargs = trainer.config.objective.mbe_options()
-    per_block = [grad_of(layer_mbe(out.hidden, [i], **kwargs)[0], params) for i in range(trainer.model.n_blocks)]
+    per_block = [
+        grad_of(layer_mbe(out.hidden, [i], **kwargs)[0], params) for i in range(trainer.model.n_blocks)
+    ]
     return main, per_block
 
 
@@ -82,7 +105,9 @@ def combine(*terms: tuple[float, list[torch.Tensor]]) -> list[torch.Tensor]:
 def assert_same(actual: list[torch.Tensor], expected: list[torch.Tensor], rtol=1e-4, atol=1e-7) -> None:
     for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=rtol, atol=atol)
-    assert sum(int(e.count_nonzero()) for e in expected) > 0.5 * sum(e.numel() for e in expected)  # not degenerate
+    assert sum(int(e.count_nonzero()) for e in expected) > 0.5 * sum(
+        e.numel() for e in expected
+    )  # not degenerate
 
 
 def assert_differs(actual: list[torch.Tensor], other: list[torch.Tensor]) -> None:
@@ -144,17 +169,31 @@ def test_a_step_of_n_micro_batches_is_the_mean_of_their_gradients(tmp_path, meth
     singles = []
     for micro in range(GRAD_ACCUM):
         trainer.optimizers.zero_grad()
-        accumulate_gradients(trainer.model, trainer.task, trainer.method, trainer.config.objective, trainer.plan,
-                             step=1, phase=phase, micro_batches=[micro], window=window, autocast=nullcontext)  # fmt: skip
+        accumulate_gradients(
+            trainer.model,
+            trainer.task,
+            trainer.method,
+            trainer.config.objective,
+            trainer.plan,
+            step=1,
+            phase=phase,
+            micro_batches=[micro],
+            window=window,
+            autocast=nullcontext,
+        )
         singles.append([p.grad.detach().clone() for p in params_of(trainer)])
     expected = combine(*[(1 / GRAD_ACCUM, g) for g in singles])
     assert_same(step_gradient(trainer, 1, phase), expected)
 
 
 @pytest.mark.parametrize("method, monitored", [("gapt", [2, 3]), ("gapt_joint", [1, 2, 3, 4])])
-def test_the_controller_is_fed_the_steps_main_loss_and_the_monitored_blocks_mbe_in_order(tmp_path, method, monitored):
+def test_the_controller_is_fed_the_steps_main_loss_and_the_monitored_blocks_mbe_in_order(
+    tmp_path, method, monitored
+):
     # identity: update(L, [MBE_l for l in monitored]) with the very numbers the train record logs
-    trainer = trainer_for(method, tmp_path, gapt={"delta_ce": 100.0, "patience_memorize": 1, "patience_compress": 1})
+    trainer = trainer_for(
+        method, tmp_path, gapt={"delta_ce": 100.0, "patience_memorize": 1, "patience_compress": 1}
+    )
     assert trainer.plan.monitored == monitored
     fed = []
     real_update = trainer.controller.update
@@ -165,18 +204,24 @@ def test_the_controller_is_fed_the_steps_main_loss_and_the_monitored_blocks_mbe_
     records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
     assert len(fed) == len(records) == 4
     for (loss, mbe), record in zip(fed, records):
-        assert record["window"] == trainer.model.attention_window(record["step"] / 4)  # progress = step / steps
+        assert record["window"] == trainer.model.attention_window(
+            record["step"] / 4
+        )  # progress = step / steps
         assert loss == record["train/ce"]
         assert mbe == [record["train/mbe_by_layer"][i] for i in monitored]
         # the logged layer means: over every block, and over the monitored ones
         assert record["train/mbe"] == pytest.approx(sum(record["train/mbe_by_layer"]) / 6)
         assert record["train/mbe_monitored"] == pytest.approx(sum(mbe) / len(mbe))
     changes = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("event") == "phase_change"]
-    assert changes == [{"kind": "event", "event": "phase_change", **t.as_dict()} for t in trainer.controller.transitions]
+    assert changes == [
+        {"kind": "event", "event": "phase_change", **t.as_dict()} for t in trainer.controller.transitions
+    ]
 
 
 @pytest.mark.parametrize("method", ["ce", "ce_mbe", "gapt", "gapt_joint"])
-def test_every_blocks_mbe_only_every_block_mbe_every_steps_and_the_same_run_otherwise(tmp_path, method, monkeypatch):
+def test_every_blocks_mbe_only_every_block_mbe_every_steps_and_the_same_run_otherwise(
+    tmp_path, method, monkeypatch
+):
     # identity: a run with train.block_mbe_every = 3 is the run with 1, record for record, except
     # that the steps between (1, 2, 4, 5 of 0..7; the last is always whole) compute and log only the
     # monitored blocks' MBE (none for ce, which has no controller; the regularized ones come with the
@@ -233,8 +278,10 @@ def test_the_best_validation_loss_is_the_minimum_and_its_step_the_argmin():
     # identity: best = min over evaluations (not the last, not the max), step = argmin
     from replication.tasks.fineweb.task import Task as FinewebTask
 
-    evals = [{"kind": "eval", "step": s, "val/ce": v, "val/mbe_by_layer": [1.0] * 6}
-             for s, v in ((0, 5.0), (10, 3.0), (20, 2.5), (30, 2.75))]  # fmt: skip
+    evals = [
+        {"kind": "eval", "step": s, "val/ce": v, "val/mbe_by_layer": [1.0] * 6}
+        for s, v in ((0, 5.0), (10, 3.0), (20, 2.5), (30, 2.75))
+    ]
     records = [{"kind": "train", "step": 0, "tokens": 10, "step_time": 1.0}, *evals]
     base = BaseTask.summarize(SimpleNamespace(main_loss_name="ce"), records)
     assert base["best/val/ce"] == 2.5 and base["final/val/ce"] == 2.75
@@ -261,24 +308,40 @@ def test_rq1_cosines_are_the_cosines_of_the_two_gradients(tmp_path):
     def cosine(a, b):
         return float(flat(a) @ flat(b) / (flat(a).norm() * flat(b).norm()))
 
-    assert record["align/cos"] == pytest.approx([cosine(main0, per_block0[l]) for l in layers], rel=1e-5, abs=1e-7)
+    assert record["align/cos"] == pytest.approx(
+        [cosine(main0, per_block0[l]) for l in layers], rel=1e-5, abs=1e-7
+    )
     assert record["align/noise_cos"] == pytest.approx(cosine(main0, main1), rel=1e-5)
     assert record["align/norm_ce"] == pytest.approx(float(flat(main0).norm()), rel=1e-5)
-    assert record["align/norm_mbe"] == pytest.approx([float(flat(per_block0[l]).norm()) for l in layers], rel=1e-5)
+    assert record["align/norm_mbe"] == pytest.approx(
+        [float(flat(per_block0[l]).norm()) for l in layers], rel=1e-5
+    )
     blocks = trainer.model.blocks
     in_block = [any(p is q for q in blocks[2].parameters()) for p in params]
     a = [g for g, keep in zip(main0, in_block) if keep]
     b = [g for g, keep in zip(per_block0[3], in_block) if keep]
-    assert record["align/cos_by_block"][1][2] == pytest.approx(cosine(a, b), rel=1e-5, abs=1e-7)  # block 2, MBE_3
+    assert record["align/cos_by_block"][1][2] == pytest.approx(
+        cosine(a, b), rel=1e-5, abs=1e-7
+    )  # block 2, MBE_3
     assert record["align/cos_by_block"][0][3] is None  # MBE of block 2 has no gradient in block 3
 
 
 @pytest.mark.parametrize("grad_accum", [2, 4])
-def test_rq1_from_the_steps_own_passes_equals_the_separate_pass_and_leaves_the_step_alone(tmp_path, grad_accum):
+def test_rq1_from_the_steps_own_passes_equals_the_separate_pass_and_leaves_the_step_alone(
+    tmp_path, grad_accum
+):
     # the in-step record (alignment.InStepAlignment) is the separate pass's record on the same weights,
     # up to rounding; and a probed step leaves exactly the gradient of an unprobed one
-    config = tiny_config("ce", train={"steps": 4, "grad_accum": grad_accum, "eval_every": 0, "eval_at_start": False,
-                                      "checkpoint_every": 0})  # fmt: skip
+    config = tiny_config(
+        "ce",
+        train={
+            "steps": 4,
+            "grad_accum": grad_accum,
+            "eval_every": 0,
+            "eval_at_start": False,
+            "checkpoint_every": 0,
+        },
+    )
     trainer = Trainer(config, tmp_path, show_progress=False)
     trainer.run()  # warm: no gradient is the degenerate one of the zero-initialized projections
     model, task, window, layers = trainer.model, trainer.task, trainer.model.attention_window(0.0), [2, 3]
@@ -287,9 +350,18 @@ def test_rq1_from_the_steps_own_passes_equals_the_separate_pass_and_leaves_the_s
     def run_step(probe):
         trainer.optimizers.zero_grad()
         accumulate_gradients(
-            model, task, trainer.method, trainer.config.objective, trainer.plan, step=2, phase=trainer.phase,
-            micro_batches=range(grad_accum), window=window, autocast=nullcontext, probe=probe,
-        )  # fmt: skip
+            model,
+            task,
+            trainer.method,
+            trainer.config.objective,
+            trainer.plan,
+            step=2,
+            phase=trainer.phase,
+            micro_batches=range(grad_accum),
+            window=window,
+            autocast=nullcontext,
+            probe=probe,
+        )
         grads = [p.grad.detach().clone() for p in params_of(trainer)]
         trainer.optimizers.zero_grad()
         return grads
@@ -300,40 +372,64 @@ def test_rq1_from_the_steps_own_passes_equals_the_separate_pass_and_leaves_the_s
     assert all(torch.equal(a, b) for a, b in zip(plain, probed))
     record = probe.record
     assert list(record) == list(reference)
-    assert record["align/layers"] == layers and record["align/ce"] == pytest.approx(reference["align/ce"], rel=1e-6)
+    assert record["align/layers"] == layers and record["align/ce"] == pytest.approx(
+        reference["align/ce"], rel=1e-6
+    )
     for key in ("align/cos", "align/norm_mbe", "align/mbe"):
         assert record[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-7), key
     for key in ("align/noise_cos", "align/norm_ce"):
         assert record[key] == pytest.approx(reference[key], rel=1e-5), key
     for mine, theirs in zip(record["align/cos_by_block"], reference["align/cos_by_block"]):
         assert [x is None for x in mine] == [x is None for x in theirs]
-        assert [x for x in mine if x is not None] == pytest.approx([x for x in theirs if x is not None], rel=1e-4, abs=1e-6)
-    assert record["align/noise_cos_by_block"] == pytest.approx(reference["align/noise_cos_by_block"], rel=1e-4, abs=1e-6)
+        assert [x for x in mine if x is not None] == pytest.approx(
+            [x for x in theirs if x is not None], rel=1e-4, abs=1e-6
+        )
+    assert record["align/noise_cos_by_block"] == pytest.approx(
+        reference["align/noise_cos_by_block"], rel=1e-4, abs=1e-6
+    )
 
 
-def test_the_loop_takes_rq1_from_the_step_where_it_can_and_from_a_separate_pass_where_not(tmp_path, monkeypatch):
+def test_the_loop_takes_rq1_from_the_step_where_it_can_and_from_a_separate_pass_where_not(
+    tmp_path, monkeypatch
+):
     import replication.training.train as loop
 
     separate = []
     real = loop.gradient_alignment
-    monkeypatch.setattr(loop, "gradient_alignment", lambda *a, **k: separate.append(k["step"]) or real(*a, **k))
+    monkeypatch.setattr(
+        loop, "gradient_alignment", lambda *a, **k: separate.append(k["step"]) or real(*a, **k)
+    )
     ce = trainer_for("ce", tmp_path / "ce", alignment={"every": 2})
     ce.run()
     assert separate == []  # every record of a ce run comes from its own steps
     records = [r for r in read_metrics(tmp_path / "ce" / "metrics.jsonl") if r["kind"] == "alignment"]
     assert [r["step"] for r in records] == [0, 2]
-    config = tiny_config("gapt", train={"steps": 12, "grad_accum": 2, "eval_every": 0, "eval_at_start": False,
-                                        "checkpoint_every": 0},
-                         alignment={"every": 1}, gapt={"patience_memorize": 1, "patience_compress": 2, "delta_ce": 10.0})  # fmt: skip
+    config = tiny_config(
+        "gapt",
+        train={"steps": 12, "grad_accum": 2, "eval_every": 0, "eval_at_start": False, "checkpoint_every": 0},
+        alignment={"every": 1},
+        gapt={"patience_memorize": 1, "patience_compress": 2, "delta_ce": 10.0},
+    )
     Trainer(config, tmp_path / "gapt", show_progress=False).run()
-    phases = {r["step"]: r["phase"] for r in read_metrics(tmp_path / "gapt" / "metrics.jsonl") if r["kind"] == "train"}
-    assert separate == [s for s, phase in sorted(phases.items()) if phase == "compress"]  # alternate micro-batches
+    phases = {
+        r["step"]: r["phase"]
+        for r in read_metrics(tmp_path / "gapt" / "metrics.jsonl")
+        if r["kind"] == "train"
+    }
+    assert separate == [
+        s for s, phase in sorted(phases.items()) if phase == "compress"
+    ]  # alternate micro-batches
     assert "compress" in phases.values() and "memorize" in phases.values()
 
 
 def _ddp_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     trainer = trainer_for("gapt_joint", run_dir)
     _save_first_step_gradient(trainer, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -372,14 +468,22 @@ def test_two_processes_reduce_to_the_single_process_gradient_of_the_same_global_
     assert any(g.abs().sum() > 0 for g in alone) and math.isfinite(sum(float(g.sum()) for g in alone))
 
 
-@pytest.mark.parametrize("method, phase", [("gapt", "compress"), ("gapt", "memorize"), ("gapt_joint", "compress")])
-def test_the_logged_step_values_are_means_over_the_micro_batches_that_ran_the_whole_model(tmp_path, method, phase):
+@pytest.mark.parametrize(
+    "method, phase", [("gapt", "compress"), ("gapt", "memorize"), ("gapt_joint", "compress")]
+)
+def test_the_logged_step_values_are_means_over_the_micro_batches_that_ran_the_whole_model(
+    tmp_path, method, phase
+):
     # identity: main loss = mean over the main-loss micro-batches; MBE of block l = mean over the
     # micro-batches that ran every block (gapt's MBE micro-batches stop early and do not count)
     from replication.science.gapt import Phase
 
     trainer = trainer_for(method, tmp_path, warm=True, objective=OPTIONS)
-    task, window, kwargs = trainer.task, trainer.model.attention_window(0.0), trainer.config.objective.mbe_options()
+    task, window, kwargs = (
+        trainer.task,
+        trainer.model.attention_window(0.0),
+        trainer.config.objective.mbe_options(),
+    )
     full = [m for m in range(GRAD_ACCUM) if not (method == "gapt" and phase == "compress" and m % 2 == 1)]
     mains, mbes = [], []
     with torch.no_grad():
@@ -389,9 +493,17 @@ def test_the_logged_step_values_are_means_over_the_micro_batches_that_ran_the_wh
             mains.append(float(task.main_loss(out.output, batch)))
             mbes.append(layer_mbe(out.hidden, None, **kwargs))
     result = accumulate_gradients(
-        trainer.model, task, trainer.method, trainer.config.objective, trainer.plan, step=2, phase=Phase(phase),
-        micro_batches=range(GRAD_ACCUM), window=window, autocast=nullcontext,
-    )  # fmt: skip
+        trainer.model,
+        task,
+        trainer.method,
+        trainer.config.objective,
+        trainer.plan,
+        step=2,
+        phase=Phase(phase),
+        micro_batches=range(GRAD_ACCUM),
+        window=window,
+        autocast=nullcontext,
+    )
     trainer.optimizers.zero_grad()
     assert (result.main_loss_count, result.mbe_count) == (len(full), len(full)) and result.finite
     assert result.main_loss == pytest.approx(sum(mains) / len(full), rel=1e-5)
@@ -417,10 +529,17 @@ def test_one_non_finite_micro_batch_makes_the_whole_step_non_finite(tmp_path, mo
 
     monkeypatch.setattr(objectives, "layer_mbe", nan_in_the_first_regularized_mbe)
     result = accumulate_gradients(
-        trainer.model, trainer.task, trainer.method, trainer.config.objective, trainer.plan, step=0,
-        phase=Phase.COMPRESS, micro_batches=range(GRAD_ACCUM), window=trainer.model.attention_window(0.0),
+        trainer.model,
+        trainer.task,
+        trainer.method,
+        trainer.config.objective,
+        trainer.plan,
+        step=0,
+        phase=Phase.COMPRESS,
+        micro_batches=range(GRAD_ACCUM),
+        window=trainer.model.attention_window(0.0),
         autocast=nullcontext,
-    )  # fmt: skip
+    )
     trainer.optimizers.zero_grad()
     assert calls["n"] == GRAD_ACCUM // 2 and math.isfinite(result.main_loss) and not result.finite
 
@@ -431,15 +550,25 @@ def test_a_process_whose_share_holds_only_mbe_micro_batches_reports_no_main_loss
 
     trainer = trainer_for("gapt", tmp_path)
     result = accumulate_gradients(
-        trainer.model, trainer.task, trainer.method, trainer.config.objective, trainer.plan, step=0,
-        phase=Phase.COMPRESS, micro_batches=[1, 3], window=trainer.model.attention_window(0.0), autocast=nullcontext,
-    )  # fmt: skip
+        trainer.model,
+        trainer.task,
+        trainer.method,
+        trainer.config.objective,
+        trainer.plan,
+        step=0,
+        phase=Phase.COMPRESS,
+        micro_batches=[1, 3],
+        window=trainer.model.attention_window(0.0),
+        autocast=nullcontext,
+    )
     trainer.optimizers.zero_grad()
     assert (result.main_loss_sum, result.main_loss_count, result.mbe_sum, result.mbe_count) == (0.0, 0, [], 0)
     assert math.isnan(result.main_loss) and result.mbe_by_layer == [] and result.finite
 
 
-def test_each_step_passes_its_window_and_step_to_the_gradient_and_rq1_and_logs_its_learning_rates(tmp_path, monkeypatch):
+def test_each_step_passes_its_window_and_step_to_the_gradient_and_rq1_and_logs_its_learning_rates(
+    tmp_path, monkeypatch
+):
     # identity: at step s the loop uses window = attention_window(s / steps) for the step's gradient
     # and for the RQ1 record of step s, and logs the learning rates that set_step(s) returns
     import replication.training.train as train_module

@@ -95,7 +95,9 @@ def test_bounds_zero_to_log_n(alpha, shape):
 
 
 @pytest.mark.parametrize("alpha", ALPHAS)
-@pytest.mark.parametrize("scale", [1e-6, 1e-2, 0.3, 7.0, 1e3, 1e12])  # 1e12 would overflow an unnormalised Gram
+@pytest.mark.parametrize(
+    "scale", [1e-6, 1e-2, 0.3, 7.0, 1e3, 1e12]
+)  # 1e12 would overflow an unnormalised Gram
 def test_invariant_to_scaling(alpha, scale):
     z = torch.randn(8, 48)
     assert renyi_entropy(scale * z, alpha=alpha).item() == pytest.approx(

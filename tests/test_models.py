@@ -26,7 +26,11 @@ def seeded():
 
 @pytest.mark.parametrize("name", ["modded", "gpt2"])
 def test_future_tokens_never_change_past_logits(name):
-    cfg = ModdedModelConfig(**SMALL) if name == "modded" else GPT2ModelConfig(vocab_size=50, n_layer=3, d_model=32, n_head=2)
+    cfg = (
+        ModdedModelConfig(**SMALL)
+        if name == "modded"
+        else GPT2ModelConfig(vocab_size=50, n_layer=3, d_model=32, n_head=2)
+    )
     model = randomized(build_model(cfg)).eval()
     idx = torch.randint(1, 50, (2, 24))
     changed = idx.clone()
@@ -144,7 +148,9 @@ def test_mlp_exposes_its_hidden_layer_as_one_sequence_of_samples():
     torch.testing.assert_close(model.out(out.hidden[0][0]), out.output)
 
 
-@pytest.mark.parametrize("cfg", [ModdedModelConfig(**SMALL), GPT2ModelConfig(n_layer=2, d_model=32, n_head=2), MLPModelConfig()])
+@pytest.mark.parametrize(
+    "cfg", [ModdedModelConfig(**SMALL), GPT2ModelConfig(n_layer=2, d_model=32, n_head=2), MLPModelConfig()]
+)
 def test_param_groups_cover_every_parameter_once(cfg):
     model = build_model(cfg)
     grouped = [id(p) for ps in model.param_groups().values() for p in ps]

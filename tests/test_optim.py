@@ -25,7 +25,9 @@ def test_schedule_is_flat_for_sixty_percent_then_linear_to_a_tenth():
 
 def test_warmup_rises_linearly():
     schedule = ScheduleConfig(warmup_steps=10, stable_fraction=1.0)
-    assert [lr_multiplier(s, 100, schedule) for s in (0, 4, 9, 10, 99)] == pytest.approx([0.1, 0.5, 1.0, 1.0, 1.0])
+    assert [lr_multiplier(s, 100, schedule) for s in (0, 4, 9, 10, 99)] == pytest.approx(
+        [0.1, 0.5, 1.0, 1.0, 1.0]
+    )
 
 
 def test_muon_adam_groups_and_momentum_warmup():

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from scipy import stats as scipy_stats
 
-from replication.science.errors import ConfigError
-from replication.reporting import aggregate, claims, figures, report
 from replication.config.report import load_report_spec
+from replication.config.run import ExperimentSpec, resolve_run_config, write_run_config
+from replication.reporting import aggregate, claims, figures, report
 from replication.reporting.stats import (
     at_least,
     fisher_combined,
@@ -23,7 +23,7 @@ from replication.reporting.stats import (
     t_interval,
     verdict,
 )
-from replication.config.run import ExperimentSpec, resolve_run_config, write_run_config
+from replication.science.errors import ConfigError
 
 from .conftest import REPO, TINY
 
@@ -39,16 +39,39 @@ EXPERIMENT = {
             {"key": "phase_changes", "label": "phase changes"},
         ],
         "claims": [
-            {"id": "C2", "claim": "CE drops", "metric": "final/val/ce", "paper_value": "-4.8 %", "figure": "curves.png"},
+            {
+                "id": "C2",
+                "claim": "CE drops",
+                "metric": "final/val/ce",
+                "paper_value": "-4.8 %",
+                "figure": "curves.png",
+            },
             {"id": "C3", "claim": "MBE drops", "metric": "final/val/mbe", "paper_value": "-50 %"},
-            {"id": "C9", "claim": "noise", "metric": "final/val/noisy", "direction": "increase", "paper_value": "+1 %"},
-            {"id": "C7", "claim": "phases alternate", "kind": "at_least", "metric": "phase_changes", "threshold": 2,
-             "paper_value": ">= 2"},
+            {
+                "id": "C9",
+                "claim": "noise",
+                "metric": "final/val/noisy",
+                "direction": "increase",
+                "paper_value": "+1 %",
+            },
+            {
+                "id": "C7",
+                "claim": "phases alternate",
+                "kind": "at_least",
+                "metric": "phase_changes",
+                "threshold": 2,
+                "paper_value": ">= 2",
+            },
         ],
     },
     "figures": [
-        {"kind": "curves", "file": "curves", "metrics": ["train/ce", "val/ce"], "title": "Curves",
-         "caption": "Training and validation CE of *every* seed."},
+        {
+            "kind": "curves",
+            "file": "curves",
+            "metrics": ["train/ce", "val/ce"],
+            "title": "Curves",
+            "caption": "Training and validation CE of *every* seed.",
+        },
         {"kind": "mbe_by_layer", "file": "mbe_by_layer", "metric": "val/mbe_by_layer"},
         {"kind": "rq1_alignment", "file": "rq1"},
         {"kind": "by_digits", "file": "digits", "prefixes": ["final/ood/exact_match/digits_"]},
@@ -57,7 +80,7 @@ EXPERIMENT = {
     "defaults": {key: TINY[key] for key in ("task", "model", "optim", "train")},
     "methods": {"ce": {}, "gapt": {}},
     "scales": {"smoke": {"seeds": SEEDS}, "cpu": {"seeds": SEEDS, "description": "a small model"}},
-}  # fmt: skip
+}
 
 
 def fake_run(folder, method, seed):
@@ -72,21 +95,56 @@ def fake_run(folder, method, seed):
     phase_changes = (3, 4, 3, 4)[seed] if gapt else 0
     metrics = {"final/val/ce": ce, "final/val/mbe": mbe, "final/val/noisy": noisy}
     metrics.update({f"final/ood/exact_match/digits_{d}": 1.0 / d for d in (4, 5, 6)})
-    summary = {"metrics": metrics, "phase_changes": phase_changes, "compress_steps": 5 if gapt else 0, "steps": 20,
-               "tokens": 640, "wall_time_s": 1.5, "world_size": 1, "provenance": {"git_commit": "abc123", "git_dirty": False},
-               "config_digest": config.digest(), "config": config.to_dict()}  # fmt: skip
+    summary = {
+        "metrics": metrics,
+        "phase_changes": phase_changes,
+        "compress_steps": 5 if gapt else 0,
+        "steps": 20,
+        "tokens": 640,
+        "wall_time_s": 1.5,
+        "world_size": 1,
+        "provenance": {"git_commit": "abc123", "git_dirty": False},
+        "config_digest": config.digest(),
+        "config": config.to_dict(),
+    }
     (folder / "summary.json").write_text(json.dumps(summary))
     records = []
     for step in range(20):
         phase = "compress" if gapt and 5 <= step < 10 else "memorize"
-        records.append({"kind": "train", "step": step, "tokens": 32 * (step + 1), "phase": phase, "train/ce": 4 - step / 10,
-                        "train/mbe_by_layer": [1.0, 2.0], "lr": {"muon": 0.05}, "time": step})  # fmt: skip
+        records.append(
+            {
+                "kind": "train",
+                "step": step,
+                "tokens": 32 * (step + 1),
+                "phase": phase,
+                "train/ce": 4 - step / 10,
+                "train/mbe_by_layer": [1.0, 2.0],
+                "lr": {"muon": 0.05},
+                "time": step,
+            }
+        )
         if step % 10 == 0:
-            records.append({"kind": "eval", "step": step, "tokens": 32 * step, "val/ce": 4 - step / 10,
-                            "val/mbe_by_layer": [1.0 + seed / 10, 2.0]})  # fmt: skip
+            records.append(
+                {
+                    "kind": "eval",
+                    "step": step,
+                    "tokens": 32 * step,
+                    "val/ce": 4 - step / 10,
+                    "val/mbe_by_layer": [1.0 + seed / 10, 2.0],
+                }
+            )
             if method == "ce":
-                records.append({"kind": "alignment", "step": step, "align/layers": [0, 1], "align/cos": [0.1, -0.2],
-                                "align/norm_mbe": [1.0, 2.0], "align/norm_ce": 3.0, "align/noise_cos": 0.05})  # fmt: skip
+                records.append(
+                    {
+                        "kind": "alignment",
+                        "step": step,
+                        "align/layers": [0, 1],
+                        "align/cos": [0.1, -0.2],
+                        "align/norm_mbe": [1.0, 2.0],
+                        "align/norm_ce": 3.0,
+                        "align/noise_cos": 0.05,
+                    }
+                )
     (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
 
 
@@ -99,7 +157,10 @@ def results(tmp_path):
         for seed in SEEDS:
             fake_run(tmp_path / "runs" / "demo" / "cpu" / method / f"seed{seed}", method, seed)
     out = tmp_path / "results" / "cpu" / "demo"
-    assert aggregate.main([str(config), "--scale", "cpu", "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert (
+        aggregate.main([str(config), "--scale", "cpu", "--runs", str(tmp_path / "runs"), "--out", str(out)])
+        == 0
+    )
     return config, out
 
 
@@ -120,7 +181,9 @@ def test_aggregation_refuses_a_summary_of_another_config(results, tmp_path, caps
 def test_t_interval_matches_scipy():
     values = [0.1, -0.3, 0.25, 0.05, 0.2]
     est = t_interval(values)
-    low, high = scipy_stats.t.interval(0.95, df=4, loc=pd.Series(values).mean(), scale=scipy_stats.sem(values))
+    low, high = scipy_stats.t.interval(
+        0.95, df=4, loc=pd.Series(values).mean(), scale=scipy_stats.sem(values)
+    )
     assert (est.low, est.high, est.n) == (pytest.approx(low), pytest.approx(high), 5)
     assert est.p == pytest.approx(scipy_stats.ttest_1samp(values, 0.0).pvalue)
     assert t_interval(values, null=0.3).p == pytest.approx(scipy_stats.ttest_1samp(values, 0.3).pvalue)
@@ -152,8 +215,12 @@ def test_a_difference_is_the_t_interval_of_the_paired_differences():
     method, baseline = {0: 0.5, 1: 0.7, 2: 0.2}, {0: 0.001, 1: 0.002, 2: 0.0}
     est = paired_change(method, baseline, "difference")
     ref = t_interval([0.499, 0.698, 0.2])
-    assert (est.mean, est.low, est.high, est.p) == (pytest.approx(ref.mean), pytest.approx(ref.low),
-                                                    pytest.approx(ref.high), pytest.approx(ref.p))  # fmt: skip
+    assert (est.mean, est.low, est.high, est.p) == (
+        pytest.approx(ref.mean),
+        pytest.approx(ref.low),
+        pytest.approx(ref.high),
+        pytest.approx(ref.p),
+    )
     assert est.format().startswith("Δ +0.466 [")
 
 
@@ -165,7 +232,9 @@ def test_the_robust_interval_is_the_sign_tests_order_statistics():
     # n = 30: P(Binomial(30, 1/2) <= 9) = 0.0214 <= 0.025 < P(... <= 10): the 10th and 21st values
     assert (est.low, est.high) == (ordered[9], ordered[20]) and est.mean == pytest.approx(np.median(x))
     assert est.p == pytest.approx(scipy_stats.binomtest(int(np.sum(x > 0)), 30, 0.5).pvalue)
-    assert median_interval(x[:5]).low is None and median_interval(x[:6]).low == np.sort(x[:6])[0]  # 6 seeds at least
+    assert (
+        median_interval(x[:5]).low is None and median_interval(x[:6]).low == np.sort(x[:6])[0]
+    )  # 6 seeds at least
     heavy = paired_change(dict(enumerate(x)), dict.fromkeys(range(30), 0.0), "robust_difference")
     assert (heavy.low, heavy.high, heavy.kind) == (ordered[9], ordered[20], "robust_difference")
 
@@ -190,7 +259,9 @@ def test_verdicts():
 def test_seeds_with_no_spread_leave_the_decision_to_the_sign_test():
     # three identical counts are not a certainty: p = 2 / 2^3, no interval; six are enough
     three = at_least([3, 3, 3], threshold=2)
-    assert (three.low, three.p) == (None, pytest.approx(0.25)) and verdict(three, "increase") == "inconclusive"
+    assert (three.low, three.p) == (None, pytest.approx(0.25)) and verdict(
+        three, "increase"
+    ) == "inconclusive"
     six = at_least([3] * 6, threshold=2)
     assert six.p == pytest.approx(2 / 64) and verdict(six, "increase") == "reproduced"
     assert verdict(at_least([2, 2, 2, 2], threshold=2), "increase") == "inconclusive"  # at the threshold
@@ -217,13 +288,20 @@ def test_a_threshold_claim_without_a_threshold_is_a_config_error():
 def test_holm_adjusts_in_step_down_order():
     # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, then a running maximum: 0.02, 0.03, 0.06, 0.06
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert holm([0.5, None, 0.01]) == [pytest.approx(0.5), None, pytest.approx(0.02)]  # None: not in the family
+    assert holm([0.5, None, 0.01]) == [
+        pytest.approx(0.5),
+        None,
+        pytest.approx(0.02),
+    ]  # None: not in the family
     assert holm([0.4, 0.9]) == pytest.approx([0.8, 0.9])
 
 
 def test_a_relative_claim_on_a_zero_value_is_inconclusive_not_a_crash():
-    rows = [{"method": m, "seed": s, "metric": "mbe", "value": v}
-            for m, values in (("gapt", [0.0, 0.2, 0.1]), ("ce", [1.0, 1.0, 1.0])) for s, v in enumerate(values)]  # fmt: skip
+    rows = [
+        {"method": m, "seed": s, "metric": "mbe", "value": v}
+        for m, values in (("gapt", [0.0, 0.2, 0.1]), ("ce", [1.0, 1.0, 1.0]))
+        for s, v in enumerate(values)
+    ]
     claim = claims.ClaimSpec(id="X", claim="x", metric="mbe", paper_value="-50 %")
     j = claims.judge(claim, pd.DataFrame(rows))
     assert j.p is None and "undefined" in j.text and verdict(j.estimate, "decrease") == "inconclusive"
@@ -232,11 +310,22 @@ def test_a_relative_claim_on_a_zero_value_is_inconclusive_not_a_crash():
 def test_serial_dependence_claim_combines_the_runs_p_values_with_fisher():
     rows = []
     for seed, (p_hi, p_lo) in enumerate([(0.01, 0.99), (0.03, 0.97), (0.2, 0.8)]):
-        for key, value in (("rq1/autocorr", 0.5), ("rq1/autocorr_shuffled", -0.02),
-                           ("rq1/autocorr_p_persistent", p_hi), ("rq1/autocorr_p_alternating", p_lo)):  # fmt: skip
+        for key, value in (
+            ("rq1/autocorr", 0.5),
+            ("rq1/autocorr_shuffled", -0.02),
+            ("rq1/autocorr_p_persistent", p_hi),
+            ("rq1/autocorr_p_alternating", p_lo),
+        ):
             rows.append({"method": "ce", "seed": seed, "metric": key, "value": value})
-    claim = claims.ClaimSpec(id="C1c", claim="cycles", metric="rq1/autocorr", kind="serial_dependence", method="ce",
-                             direction="increase", paper_value="qualitative")  # fmt: skip
+    claim = claims.ClaimSpec(
+        id="C1c",
+        claim="cycles",
+        metric="rq1/autocorr",
+        kind="serial_dependence",
+        method="ce",
+        direction="increase",
+        paper_value="qualitative",
+    )
     j = claims.judge(claim, pd.DataFrame(rows))
     fisher = scipy_stats.combine_pvalues([0.01, 0.03, 0.2], method="fisher").pvalue
     assert j.p == pytest.approx(2 * fisher) and verdict(j.estimate, "increase") == "reproduced"
@@ -245,8 +334,10 @@ def test_serial_dependence_claim_combines_the_runs_p_values_with_fisher():
     # run outweighs mild persistence in two
     rows = [r for r in rows if not r["metric"].endswith(("_p_persistent", "_p_alternating"))]
     for seed, (p_hi, p_lo) in enumerate([(1.0, 0.001), (0.3, 0.75), (0.3, 0.75)]):
-        rows += [{"method": "ce", "seed": seed, "metric": "rq1/autocorr_p_persistent", "value": p_hi},
-                 {"method": "ce", "seed": seed, "metric": "rq1/autocorr_p_alternating", "value": p_lo}]  # fmt: skip
+        rows += [
+            {"method": "ce", "seed": seed, "metric": "rq1/autocorr_p_persistent", "value": p_hi},
+            {"method": "ce", "seed": seed, "metric": "rq1/autocorr_p_alternating", "value": p_lo},
+        ]
     j = claims.judge(claim, pd.DataFrame(rows))
     alternating = scipy_stats.combine_pvalues([0.001, 0.75, 0.75], method="fisher").pvalue
     assert j.p == pytest.approx(2 * alternating) and "for alternation" in j.text
@@ -262,10 +353,16 @@ def test_aggregate_writes_tidy_tables(results):
     assert set(summary[summary.metric == "phase_changes"].value) == {0, 3, 4}
     phases = pd.read_csv(out / "phases.csv")
     gapt0 = phases[(phases.method == "gapt") & (phases.seed == 0)]
-    assert list(zip(gapt0.phase, gapt0.start_step, gapt0.end_step)) == [("memorize", 0, 5), ("compress", 5, 10), ("memorize", 10, 20)]
+    assert list(zip(gapt0.phase, gapt0.start_step, gapt0.end_step)) == [
+        ("memorize", 0, 5),
+        ("compress", 5, 10),
+        ("memorize", 10, 20),
+    ]
     curves = pd.read_csv(out / "curves.csv")
     per_layer = curves[(curves.metric == "val/mbe_by_layer") & (curves.method == "ce") & (curves.seed == 2)]
-    assert sorted(per_layer.layer.unique()) == [0, 1] and per_layer[per_layer.layer == 0].value.iloc[0] == pytest.approx(1.2)
+    assert sorted(per_layer.layer.unique()) == [0, 1] and per_layer[per_layer.layer == 0].value.iloc[
+        0
+    ] == pytest.approx(1.2)
     assert "lr" not in set(curves.metric)
     alignment = pd.read_csv(out / "alignment.csv")
     assert set(alignment.method) == {"ce"} and len(alignment) == 4 * 2 * 2  # seeds x evaluations x layers
@@ -286,8 +383,15 @@ def test_table_puts_the_paper_beside_ours_and_the_paired_change(results):
 def test_claims_verdicts(results, tmp_path):
     config, out = results
     claims_md = tmp_path / "CLAIMS.md"
-    assert claims.main([str(config), "--scale", "cpu", "--results", str(out.parent), "--out", str(claims_md)]) == 0
-    rows = {line.split("|")[1].strip(): line for line in claims_md.read_text().splitlines() if line.startswith("| C")}
+    assert (
+        claims.main([str(config), "--scale", "cpu", "--results", str(out.parent), "--out", str(claims_md)])
+        == 0
+    )
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in claims_md.read_text().splitlines()
+        if line.startswith("| C")
+    }
     assert "| reproduced" in rows["C2"] and "[curves.png](demo/curves.png)" in rows["C2"]
     assert "| opposite" in rows["C3"]
     assert "| inconclusive" in rows["C9"]
@@ -309,30 +413,53 @@ def test_smoke_claims_are_marked_not_evidence(results, tmp_path):
     smoke = tmp_path / "results" / "smoke"
     (smoke / "demo").mkdir(parents=True)
     (smoke / "demo" / "summary.csv").write_text((out / "summary.csv").read_text())
-    assert claims.main([str(config), "--scale", "smoke", "--results", str(smoke), "--out", str(smoke / "CLAIMS.md")]) == 0
+    assert (
+        claims.main(
+            [str(config), "--scale", "smoke", "--results", str(smoke), "--out", str(smoke / "CLAIMS.md")]
+        )
+        == 0
+    )
     text = (smoke / "CLAIMS.md").read_text()
     assert "not evidence" in text and "| reproduced" not in text
 
 
 def test_aggregate_names_missing_runs(tmp_path, capsys, results):
     config, _ = results
-    assert aggregate.main([str(config), "--scale", "cpu", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "o"),
-                           "--seeds", "0", "7"]) == 2  # fmt: skip
+    assert (
+        aggregate.main(
+            [
+                str(config),
+                "--scale",
+                "cpu",
+                "--runs",
+                str(tmp_path / "runs"),
+                "--out",
+                str(tmp_path / "o"),
+                "--seeds",
+                "0",
+                "7",
+            ]
+        )
+        == 2
+    )
     assert "gapt/seed7/summary.json" in capsys.readouterr().err
 
 
 def test_every_figure_kind_is_drawn(results):
     config, out = results
     written = figures.draw(load_report_spec(config), out)
-    assert {p.name for p in written} == {f"{s}.{e}" for s in ("curves", "mbe_by_layer", "rq1", "digits", "phases")
-                                         for e in ("png", "pdf")}  # fmt: skip
+    assert {p.name for p in written} == {
+        f"{s}.{e}" for s in ("curves", "mbe_by_layer", "rq1", "digits", "phases") for e in ("png", "pdf")
+    }
     assert all(p.stat().st_size > 5000 for p in written)
 
 
 def test_figures_draw_the_t_interval_of_the_tables(results, monkeypatch):
     config, out = results
     drawn = {}
-    monkeypatch.setattr(figures, "_save", lambda fig, results, stem, title: drawn.setdefault(stem, fig) and [])
+    monkeypatch.setattr(
+        figures, "_save", lambda fig, results, stem, title: drawn.setdefault(stem, fig) and []
+    )
     spec = load_report_spec(config)
     figures.draw(spec.model_copy(update={"figures": [f for f in spec.figures if f.kind == "by_method"]}), out)
     summary = pd.read_csv(out / "summary.csv")
@@ -354,17 +481,41 @@ def test_a_figure_without_its_data_is_a_clear_error(results):
 def test_the_html_report_shows_every_table_and_gives_every_figure_its_own_caption(results, tmp_path, capsys):
     config, out = results
     figures.draw(load_report_spec(config), out)
-    assert claims.main([str(config), "--scale", "cpu", "--results", str(out.parent), "--out", str(out.parent / "CLAIMS.md")]) == 0
+    assert (
+        claims.main(
+            [
+                str(config),
+                "--scale",
+                "cpu",
+                "--results",
+                str(out.parent),
+                "--out",
+                str(out.parent / "CLAIMS.md"),
+            ]
+        )
+        == 0
+    )
     (out / "rq1.png").unlink()
-    args = ["--scale", "cpu", "--results", str(tmp_path / "results"), "--experiments-dir", str(tmp_path / "experiments")]
+    args = [
+        "--scale",
+        "cpu",
+        "--results",
+        str(tmp_path / "results"),
+        "--experiments-dir",
+        str(tmp_path / "experiments"),
+    ]
     assert report.main(args) == 0
     page = (tmp_path / "results" / "cpu" / "report.html").read_text()
     # CLAIMS.md and table.md are rendered into the page, not linked
     tables = sum(line.startswith("|-") for line in (out / "table.md").read_text().splitlines())
     assert tables == 2 and page.count("<table>") == 1 + tables and "<td>reproduced</td>" in page
-    assert "<strong>Figure 1. Curves.</strong> Training and validation CE of <em>every</em> seed." in page  # its own caption
+    assert (
+        "<strong>Figure 1. Curves.</strong> Training and validation CE of <em>every</em> seed." in page
+    )  # its own caption
     assert '<figure id="demo-curves"><img alt="Curves" src="data:image/png;base64,' in page
-    assert 'href="#demo-curves"' in page and "demo/curves.png)" not in page  # a claim's figure link stays in the page
+    assert (
+        'href="#demo-curves"' in page and "demo/curves.png)" not in page
+    )  # a claim's figure link stays in the page
     assert page.count("<figure") == 4 and "missing: " + str(out / "rq1.png") in page
     err = capsys.readouterr().err
     assert f"missing: {out / 'rq1.png'}" in err and "1 experiments, 4 figures" in err
@@ -389,7 +540,10 @@ def test_every_figure_of_every_experiment_has_a_title_and_a_caption():
 
 def test_two_seeds_give_an_interval_and_one_gives_none():
     two = t_interval([1.0, 3.0], null=0.5)
-    assert (two.low, two.high) == (pytest.approx(2 - 12.706 * 1.0, abs=1e-3), pytest.approx(2 + 12.706, abs=1e-3))
+    assert (two.low, two.high) == (
+        pytest.approx(2 - 12.706 * 1.0, abs=1e-3),
+        pytest.approx(2 + 12.706, abs=1e-3),
+    )
     assert two.p == pytest.approx(scipy_stats.ttest_1samp([1.0, 3.0], 0.5).pvalue) and two.null == 0.5
     one = t_interval([2.0], null=0.5)
     assert (one.mean, one.low, one.p, one.n, one.null) == (2.0, None, None, 1, 0.5)
@@ -411,11 +565,18 @@ def test_the_sign_test_counts_ties_once_whichever_side_is_smaller():
 
 
 def test_paired_values_drop_a_seed_missing_or_non_finite_on_either_side():
-    assert paired_values({0: math.nan, 1: 1.0, 2: 4.0, 3: None}, {0: 1.0, 1: 2.0, 2: math.inf, 3: 1.0}) == [(1.0, 2.0)]
+    assert paired_values({0: math.nan, 1: 1.0, 2: 4.0, 3: None}, {0: 1.0, 1: 2.0, 2: math.inf, 3: 1.0}) == [
+        (1.0, 2.0)
+    ]
     with pytest.raises(ValueError, match="positive"):
         paired_change({0: 1.0, 1: 1.0}, {0: 0.0, 1: 1.0}, "relative")  # a zero baseline has no ratio
     one = paired_change({0: 2.0}, {0: 1.0}, "relative")
-    assert (one.mean, one.low, one.high, one.n) == (pytest.approx(1.0), None, None, 1) and one.format() == "+100.0 % (n=1)"
+    assert (one.mean, one.low, one.high, one.n) == (
+        pytest.approx(1.0),
+        None,
+        None,
+        1,
+    ) and one.format() == "+100.0 % (n=1)"
     with pytest.raises(ValueError, match="unknown change 'ratio'"):
         paired_change({0: 2.0}, {0: 1.0}, "ratio")
 
@@ -425,7 +586,12 @@ def test_at_least_names_its_kind_uses_the_median_when_robust_and_cuts_only_non_n
     robust = at_least(values, 1.0, robust=True)
     reference = median_interval(values, null=1.0)
     assert (robust.kind, robust.mean, robust.low, robust.high, robust.p) == (
-        "robust_at_least", reference.mean, reference.low, reference.high, reference.p)  # fmt: skip
+        "robust_at_least",
+        reference.mean,
+        reference.low,
+        reference.high,
+        reference.p,
+    )
     assert at_least(values, 1.0).kind == "at_least" and at_least(values, 1.0).null == 1.0
     signed = at_least([-1.0, 0.0, 3.0], 0.0)  # a negative value: the quantity can be negative, no cut
     assert signed.low == pytest.approx(t_interval([-1.0, 0.0, 3.0]).low) and signed.low < 0
@@ -441,7 +607,11 @@ def test_verdict_needs_two_seeds_and_holm_caps_at_one():
 
 
 def test_every_kind_formats_as_the_tables_print_it():
-    assert paired_change({0: 1.2, 1: 1.1, 2: 1.3}, {0: 1.0, 1: 1.0, 2: 1.0}, "difference").format().startswith("Δ +0.2 [")
+    assert (
+        paired_change({0: 1.2, 1: 1.1, 2: 1.3}, {0: 1.0, 1: 1.0, 2: 1.0}, "difference")
+        .format()
+        .startswith("Δ +0.2 [")
+    )
     x = {i: float(v) for i, v in enumerate([1, 2, 3, 4, 5, 6, 7])}
     robust = paired_change(x, dict.fromkeys(x, 0.0), "robust_difference").format()
     assert robust == "median +4 [+1, +7] (n=7)"
@@ -452,10 +622,16 @@ def test_the_remaining_edges_a_second_mutation_pass_found():
     # the interval of a relative change is printed from both of its ends, each x 100
     est = paired_change({0: 3.0, 1: 2.5, 2: 4.0}, {0: 1.0, 1: 1.0, 2: 1.0}, "relative")
     assert est.format() == f"{100 * est.mean:+.1f} % [{100 * est.low:+.1f}, {100 * est.high:+.1f}] (n=3)"
-    assert paired_change({0: 1.5}, {0: 1.0}, "difference").format() == "Δ +0.5 (n=1)"  # no interval, no brackets
+    assert (
+        paired_change({0: 1.5}, {0: 1.0}, "difference").format() == "Δ +0.5 (n=1)"
+    )  # no interval, no brackets
     # no spread: the sign test against the estimate's own null, which the estimate keeps
-    assert t_interval([2.0, 2.0, 2.0], null=1.0).null == 1.0 and t_interval([2.0, 2.0, 2.0], null=2.0).p == 1.0
-    assert median_interval([3.0, 1.0, 2.0, 4.0, 5.0, 6.0], null=1.0).p == pytest.approx(sign_test([2.0, 0.0, 1.0, 3.0, 4.0, 5.0]))
+    assert (
+        t_interval([2.0, 2.0, 2.0], null=1.0).null == 1.0 and t_interval([2.0, 2.0, 2.0], null=2.0).p == 1.0
+    )
+    assert median_interval([3.0, 1.0, 2.0, 4.0, 5.0, 6.0], null=1.0).p == pytest.approx(
+        sign_test([2.0, 0.0, 1.0, 3.0, 4.0, 5.0])
+    )
     one = median_interval([5.0])
     assert (one.mean, one.n, one.low, one.p) == (5.0, 1, None, None)
     # two seeds can decide (t with 1 degree of freedom)
@@ -475,7 +651,10 @@ def test_a_scale_overrides_the_declared_reporting_and_a_mistyped_key_is_named(tm
     assert spec.reporting_for("paper").rq1.time_constant == 100
     path = tmp_path / "config.yaml"
     path.write_text(text.replace("rq1: {time_constant: 29}", "rq1: {time_constnt: 29}"))
-    with pytest.raises(ConfigError, match=r"scales.cpu.reporting: unknown key 'rq1.time_constnt' \(did you mean 'time_constant'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"scales.cpu.reporting: unknown key 'rq1.time_constnt' \(did you mean 'time_constant'\?\)",
+    ):
         load_report_spec(path)
     path.write_text(text.replace("reporting:\n  rq1: {time_constant: 100}", "reporting:\n  rq2: {}"))
     with pytest.raises(ConfigError, match=r"unknown key 'reporting.rq2' \(did you mean 'rq1'\?\)"):
@@ -484,8 +663,18 @@ def test_a_scale_overrides_the_declared_reporting_and_a_mistyped_key_is_named(tm
 
 def test_aggregation_adds_exactly_the_declared_statistics(tmp_path):
     """RQ1's statistics appear in summary.csv only where the experiment file declares them."""
-    records = [{"kind": "alignment", "step": s, "align/layers": [0, 1], "align/cos": [c, -c], "align/noise_cos": 0.1,
-                "align/norm_ce": 1.0, "align/norm_mbe": [1.0, 1.0]} for s, c in zip(range(0, 40, 2), [0.3, -0.2] * 10)]  # fmt: skip
+    records = [
+        {
+            "kind": "alignment",
+            "step": s,
+            "align/layers": [0, 1],
+            "align/cos": [c, -c],
+            "align/noise_cos": 0.1,
+            "align/norm_ce": 1.0,
+            "align/norm_mbe": [1.0, 1.0],
+        }
+        for s, c in zip(range(0, 40, 2), [0.3, -0.2] * 10)
+    ]
     declared = load_report_spec(REPO / "experiments/fineweb_pretrain/config.yaml").reporting_for("cpu")
     stats = aggregate.run_statistics(declared, records, seed=0)
     assert stats["rq1/points"] == 20 and stats["rq1/frac_positive"] == 0.5

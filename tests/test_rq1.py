@@ -21,9 +21,15 @@ def alignment_records(cos_by_layer, noise, every=10):
     records = [{"kind": "event", "event": "start", "step": 0}]
     for i, (row, n) in enumerate(zip(np.asarray(cos_by_layer).T, noise)):
         records.append({"kind": "train", "step": i * every})
-        records.append({"kind": "alignment", "step": i * every, "align/layers": [2, 3],
-                        "align/cos": [None if math.isnan(c) else float(c) for c in row],
-                        "align/noise_cos": float(n)})  # fmt: skip
+        records.append(
+            {
+                "kind": "alignment",
+                "step": i * every,
+                "align/layers": [2, 3],
+                "align/cos": [None if math.isnan(c) else float(c) for c in row],
+                "align/noise_cos": float(n),
+            }
+        )
     return records
 
 
@@ -65,7 +71,9 @@ def test_cycle_statistics_of_a_cycling_run():
     assert stats["rq1/sign_changes"] == 4 and stats["rq1/noise_sign_changes"] == 0
     # the cycle persists over 20 points: far more lag-1 autocorrelation than in any random order
     assert stats["rq1/autocorr"] > 0.8 and abs(stats["rq1/autocorr_shuffled"]) < 0.05
-    assert stats["rq1/autocorr_p_persistent"] == pytest.approx(1 / 1000)  # the smallest a 999-permutation test gives
+    assert stats["rq1/autocorr_p_persistent"] == pytest.approx(
+        1 / 1000
+    )  # the smallest a 999-permutation test gives
     assert stats["rq1/autocorr_p_alternating"] == 1.0
     assert stats["rq1/shuffled_sign_changes"] > 2 * stats["rq1/sign_changes"]  # the order carries the cycle
     assert stats["rq1/noise_cos_mean"] == pytest.approx(0.3)
@@ -114,12 +122,16 @@ def test_permutation_p_values_are_exact_counts_over_the_shuffled_statistics():
 
 def test_noise_without_order_is_not_called_a_cycle_and_alternation_is_the_opposite():
     rng = np.random.default_rng(0)
-    p_values = [persistence_test(rng.standard_normal((60, 3)), rng, n=199)["rq1/autocorr_p_persistent"]
-                for _ in range(200)]  # fmt: skip
+    p_values = [
+        persistence_test(rng.standard_normal((60, 3)), rng, n=199)["rq1/autocorr_p_persistent"]
+        for _ in range(200)
+    ]
     assert 0.02 < np.mean(np.array(p_values) < 0.05) < 0.09  # the test holds its 5 % level under the null
     flipping = np.tile([0.2, -0.2], 30).reshape(-1, 1) + 0.01 * rng.standard_normal((60, 1))
     result = persistence_test(flipping, rng)
-    assert result["rq1/autocorr"] < -0.9 and result["rq1/autocorr_p_alternating"] == pytest.approx(1 / (1 + TEST_PERMUTATIONS))
+    assert result["rq1/autocorr"] < -0.9 and result["rq1/autocorr_p_alternating"] == pytest.approx(
+        1 / (1 + TEST_PERMUTATIONS)
+    )
     assert result["rq1/autocorr_p_persistent"] == 1.0
 
 

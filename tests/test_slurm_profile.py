@@ -5,7 +5,9 @@ in `make test-slurm` (tests/cluster/)."""
 import pytest
 import yaml
 
-plugin = pytest.importorskip("snakemake_executor_plugin_slurm", reason="the `slurm` extra: pip install -e '.[slurm]'")
+plugin = pytest.importorskip(
+    "snakemake_executor_plugin_slurm", reason="the `slurm` extra: pip install -e '.[slurm]'"
+)
 
 from snakemake_executor_plugin_slurm.submit_string import get_submit_command  # noqa: E402
 from snakemake_executor_plugin_slurm.utils import set_gres_string  # noqa: E402
@@ -39,8 +41,14 @@ def sbatch_arguments(scale: str, rule: str, experiment: str = "fineweb_pretrain"
         resources["gpu"] = plan.job(experiment, "gpus_per_run")
         threads = plan.job(experiment, "threads_per_run")
     job = Job(resources, threads)
-    params = {"run_uuid": "x", "slurm_logfile": "x.log", "comment_str": "x", "workdir": None,
-              "account": f"-A {resources['slurm_account']}", "partition": f"-p {resources['slurm_partition']}"}  # fmt: skip
+    params = {
+        "run_uuid": "x",
+        "slurm_logfile": "x.log",
+        "comment_str": "x",
+        "workdir": None,
+        "account": f"-A {resources['slurm_account']}",
+        "partition": f"-p {resources['slurm_partition']}",
+    }
     return get_submit_command(job, params) + set_gres_string(job)
 
 

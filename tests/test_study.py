@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from replication.science.errors import ConfigError
 from replication.config.report import load_report_spec
+from replication.config.run import load_experiment, resolve_run_config
+from replication.dag.plan import STUDY_FILES, STUDY_PART_FILES, Plan
+from replication.dag.schema import defaults
 from replication.reporting.study import (
     _settings_finding,
     loglinear_fit,
@@ -19,9 +21,7 @@ from replication.reporting.study import (
     sensitivity_table,
     settings_table,
 )
-from replication.dag.plan import STUDY_FILES, STUDY_PART_FILES, Plan
-from replication.dag.schema import defaults
-from replication.config.run import load_experiment, resolve_run_config
+from replication.science.errors import ConfigError
 
 from .conftest import REPO
 
@@ -45,14 +45,19 @@ def test_a_study_derives_one_scale_per_arm_whose_runs_differ_from_the_scales_onl
     }
     assert resolve_run_config(spec, "cpu_study_lambda_10", "gapt_joint", 0).objective.lambda_mbe == 10.0
     assert list(spec.scales["cpu_study_lambda_10"].methods) == ["gapt_joint"]
-    with pytest.raises(ConfigError, match="cpu_study_lambda_10, an arm of scales.cpu.study, runs only \\['gapt_joint'\\]"):
+    with pytest.raises(
+        ConfigError, match="cpu_study_lambda_10, an arm of scales.cpu.study, runs only \\['gapt_joint'\\]"
+    ):
         resolve_run_config(spec, "cpu_study_lambda_10", "gapt", 0)
     assert spec.scales["cpu_study_w64"].seeds == [0, 1, 2]
 
 
 def test_a_setting_arm_changes_the_scales_config_for_its_methods_only():
     spec = load_experiment(ARITHMETIC)
-    assert spec.study_arms("cpu") == {"steps_x4": "cpu_study_steps_x4", "wide_steps_x2": "cpu_study_wide_steps_x2"}
+    assert spec.study_arms("cpu") == {
+        "steps_x4": "cpu_study_steps_x4",
+        "wide_steps_x2": "cpu_study_wide_steps_x2",
+    }
     base, wide = (resolve_run_config(spec, s, "ce", 2).to_dict() for s in ("cpu", "cpu_study_wide_steps_x2"))
     assert wide["model"] == {**base["model"], "d_model": 192, "n_head": 6, "head_dim": 32}
     assert wide["train"] == {**base["train"], "steps": 1400, "eval_every": 100, "checkpoint_every": 200}
@@ -75,22 +80,33 @@ def test_a_study_of_settings_names_the_metrics_they_report_and_runs_ce_where_it_
     bad.write_text(text.replace(line, "", 1))
     with pytest.raises(ConfigError, match="a study with settings names the metrics they report"):
         load_experiment(bad)
-    bad.write_text(text.replace(line, "      settings_metrics: {early_stop/ood/answer_ce: early-stopped}\n", 1))
+    bad.write_text(
+        text.replace(line, "      settings_metrics: {early_stop/ood/answer_ce: early-stopped}\n", 1)
+    )
     with pytest.raises(ConfigError, match="at least one a final/ metric"):
         load_experiment(bad)
-    bad.write_text(text.replace("          methods: [ce, gapt]\n          about: \"40 steps\"", "          methods: [gapt]\n"
-                                "          about: \"40 steps\"", 1))  # fmt: skip
-    with pytest.raises(ConfigError, match="baseline_learns needs ce in every setting arm; \\['longer'\\] do not run it"):
+    bad.write_text(
+        text.replace(
+            '          methods: [ce, gapt]\n          about: "40 steps"',
+            '          methods: [gapt]\n          about: "40 steps"',
+            1,
+        )
+    )
+    with pytest.raises(
+        ConfigError, match="baseline_learns needs ce in every setting arm; \\['longer'\\] do not run it"
+    ):
         load_experiment(bad)
 
 
 def test_a_settings_change_is_a_difference_where_a_value_is_not_positive():
     spec = load_report_spec(ARITHMETIC)
     metric = "final/ood/answer_ce"
-    values = {("longer", "ce", 0): {metric: 0.0, "final/id/answer_ce": 1.0},
-              ("longer", "ce", 1): {metric: 0.5, "final/id/answer_ce": 1.0},
-              ("longer", "gapt", 0): {metric: 0.25, "final/id/answer_ce": 1.0},
-              ("longer", "gapt", 1): {metric: 1.0, "final/id/answer_ce": 1.0}}  # fmt: skip
+    values = {
+        ("longer", "ce", 0): {metric: 0.0, "final/id/answer_ce": 1.0},
+        ("longer", "ce", 1): {metric: 0.5, "final/id/answer_ce": 1.0},
+        ("longer", "gapt", 0): {metric: 0.25, "final/id/answer_ce": 1.0},
+        ("longer", "gapt", 1): {metric: 1.0, "final/id/answer_ce": 1.0},
+    }
     table = settings_table(_settings_frame(values), spec, "smoke").set_index(["method", "metric"])
     row = table.loc[("gapt", metric)]
     assert row.change_kind == "difference" and row.change == pytest.approx(0.375)  # (0.25 + 0.5) / 2
@@ -99,16 +115,22 @@ def test_a_settings_change_is_a_difference_where_a_value_is_not_positive():
 def test_arm_names_are_unique_across_sizes_knobs_and_settings(tmp_path):
     text = FINEWEB.read_text()
     assert "      knobs:\n" in text
-    twice = "      settings:\n        w16: {methods: [ce], about: twice, config: {}}\n" \
-            "      settings_metrics: {final/val/ce: CE}\n      knobs:\n"  # fmt: skip
+    twice = (
+        "      settings:\n        w16: {methods: [ce], about: twice, config: {}}\n"
+        "      settings_metrics: {final/val/ce: CE}\n      knobs:\n"
+    )
     bad = tmp_path / "config.yaml"
     bad.write_text(text.replace("      knobs:\n", twice, 1))
-    with pytest.raises(ConfigError, match="arm names must differ across sizes, knobs and settings: \\['w16'\\]"):
+    with pytest.raises(
+        ConfigError, match="arm names must differ across sizes, knobs and settings: \\['w16'\\]"
+    ):
         load_experiment(bad)
 
 
 def test_a_study_naming_a_method_the_experiment_lacks_is_a_config_error(tmp_path):
-    text = FINEWEB.read_text().replace("knobs:\n        patience_x2: {method: gapt,", "knobs:\n        patience_x2: {method: gapt_x,")
+    text = FINEWEB.read_text().replace(
+        "knobs:\n        patience_x2: {method: gapt,", "knobs:\n        patience_x2: {method: gapt_x,"
+    )
     bad = tmp_path / "config.yaml"
     bad.write_text(text)
     with pytest.raises(ConfigError, match="study names methods the experiment lacks: \\['gapt_x'\\]"):
@@ -119,9 +141,9 @@ def test_the_plan_of_a_study_is_its_arms_runs_and_the_scales_own_runs_it_compare
     plan = Plan({**defaults(), "scale": "smoke", "runs_dir": str(tmp_path)}).check()
     assert plan.studies() == ["fineweb_pretrain", "arithmetic_ood"]
     runs = {r.path for r in plan.study_runs("fineweb_pretrain")}
-    assert runs == {f"fineweb_pretrain/smoke_study_w16/{m}/seed{s}" for m in ("ce", "gapt") for s in (0, 1)} | {
-        f"fineweb_pretrain/smoke_study_patience_x2/gapt/seed{s}" for s in (0, 1)
-    }
+    assert runs == {
+        f"fineweb_pretrain/smoke_study_w16/{m}/seed{s}" for m in ("ce", "gapt") for s in (0, 1)
+    } | {f"fineweb_pretrain/smoke_study_patience_x2/gapt/seed{s}" for s in (0, 1)}
     assert {r.path for r in plan.study_reference_runs("fineweb_pretrain")} == {
         f"fineweb_pretrain/smoke/{m}/seed{s}" for m in ("ce", "gapt") for s in (0, 1)
     }
@@ -145,7 +167,9 @@ def test_the_loglinear_fit_is_least_squares_with_its_t_band_and_finds_where_it_c
     fit = loglinear_fit(x, y)
     reference = scipy_stats.linregress(x, y)
     t = scipy_stats.t.ppf(0.975, len(x) - 2)
-    assert fit["slope"] == pytest.approx(reference.slope) and fit["intercept"] == pytest.approx(reference.intercept)
+    assert fit["slope"] == pytest.approx(reference.slope) and fit["intercept"] == pytest.approx(
+        reference.intercept
+    )
     assert fit["slope_high"] - fit["slope"] == pytest.approx(t * reference.stderr)
     assert fit["zero_at_log10_parameters"] == pytest.approx(-reference.intercept / reference.slope)
     # the band at x: t s sqrt(1/n + (x - mean)^2 / Sxx); at the fit's crossing it holds zero
@@ -167,8 +191,16 @@ def _frame(values):
     rows = []
     for (arm, method, seed), (ce, mbe) in values.items():
         for metric, value in (("final/val/ce", ce), ("final/val/mbe", mbe)):
-            rows.append({"arm": arm, "method": method, "seed": seed, "parameters": params.get(arm, 1_650_000),
-                         "metric": metric, "value": value})  # fmt: skip
+            rows.append(
+                {
+                    "arm": arm,
+                    "method": method,
+                    "seed": seed,
+                    "parameters": params.get(arm, 1_650_000),
+                    "metric": metric,
+                    "value": value,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -192,7 +224,9 @@ def test_each_arm_is_paired_with_ce_of_its_own_size_and_each_knob_with_the_scale
     assert fits["gapt final/val/ce"]["n"] == 6
     sensitivity = sensitivity_table(_frame(values), spec, "cpu").set_index(["method", "arm"])
     patience = [math.log(0.96), math.log(0.97), math.log(0.98)]
-    assert sensitivity.loc[("gapt", "patience_x2"), "ce_change_percent"] == pytest.approx(100 * math.expm1(sum(patience) / 3))
+    assert sensitivity.loc[("gapt", "patience_x2"), "ce_change_percent"] == pytest.approx(
+        100 * math.expm1(sum(patience) / 3)
+    )
     assert sensitivity.loc[("gapt", "patience_x2"), "gapt_lowers_ce"]  # its interval lies below zero
     assert sensitivity.loc[("gapt", "reference"), "mbe_change_percent"] == pytest.approx(-50.0)
     assert sensitivity.loc[("gapt_joint", "lambda_10"), "ce_change_percent"] == pytest.approx(2.0)
@@ -202,15 +236,31 @@ def test_each_arm_is_paired_with_ce_of_its_own_size_and_each_knob_with_the_scale
 @pytest.mark.slow
 def test_make_study_at_smoke_scale_writes_every_output(tmp_path):
     paths = [f"{k}={tmp_path}/{k.split('_')[0]}" for k in ("runs_dir", "results_dir", "logs_dir", "data_dir")]
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/smoke.yaml",
-               "--config", *paths, "--quiet", "rules", "--", "study"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        "2",
+        "--configfile",
+        "config/smoke.yaml",
+        "--config",
+        *paths,
+        "--quiet",
+        "rules",
+        "--",
+        "study",
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "results" / "smoke" / "study" / "fineweb_pretrain"
     for name in [*STUDY_FILES, *STUDY_PART_FILES["sizes"], *STUDY_PART_FILES["knobs"]]:
         assert (out / name).stat().st_size > 0, name
     study = pd.read_csv(out / "study.csv")
-    assert set(study.arm) == {"reference", "w16", "patience_x2"} and study.parameters.min() < study.parameters.max()
+    assert (
+        set(study.arm) == {"reference", "w16", "patience_x2"}
+        and study.parameters.min() < study.parameters.max()
+    )
     readme = (out / "README.md").read_text()
     assert "## Finding" in readme and "per tenfold in parameters" in readme and "## Cost" in readme
     arithmetic = tmp_path / "results" / "smoke" / "study" / "arithmetic_ood"
@@ -218,7 +268,10 @@ def test_make_study_at_smoke_scale_writes_every_output(tmp_path):
         assert (arithmetic / name).stat().st_size > 0, name
     assert not (arithmetic / "scaling.csv").exists() and not (arithmetic / "sensitivity.csv").exists()
     settings = pd.read_csv(arithmetic / "settings.csv")
-    assert set(zip(settings.method, settings.metric)) >= {("gapt", "final/ood/answer_ce"), ("ce", "final/id/answer_ce")}
+    assert set(zip(settings.method, settings.metric)) >= {
+        ("gapt", "final/ood/answer_ce"),
+        ("ce", "final/id/answer_ce"),
+    }
     curves = pd.read_csv(arithmetic / "settings_curves.csv")
     assert set(curves.metric) == {"ood/answer_ce", "id/answer_ce", "ood/mbe"} and curves.step.max() == 40
     assert "`ce` reaches a held-out ID answer CE (nats) of" in (arithmetic / "README.md").read_text()
@@ -226,8 +279,13 @@ def test_make_study_at_smoke_scale_writes_every_output(tmp_path):
 
 def _settings_frame(values):
     """study.csv rows from {(arm, method, seed): {metric: value}}."""
-    return pd.DataFrame([{"arm": arm, "method": method, "seed": seed, "parameters": 1, "metric": metric, "value": v}
-                         for (arm, method, seed), metrics in values.items() for metric, v in metrics.items()])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {"arm": arm, "method": method, "seed": seed, "parameters": 1, "metric": metric, "value": v}
+            for (arm, method, seed), metrics in values.items()
+            for metric, v in metrics.items()
+        ]
+    )
 
 
 def test_a_setting_pairs_each_method_with_its_own_ce_and_counts_the_seeds_under_the_bar():
@@ -247,15 +305,22 @@ def test_a_setting_pairs_each_method_with_its_own_ce_and_counts_the_seeds_under_
     assert table.loc[("gapt", ood), "change_kind"] == "relative"
     level = scipy_stats.t.interval(0.95, 1, loc=4.5, scale=scipy_stats.sem([4.0, 5.0]))
     assert (table.loc[("ce", ood), "low"], table.loc[("ce", ood), "high"]) == pytest.approx(level)
-    assert table.loc[("ce", bar), "seeds_below_bar"] == 1 and pd.isna(table.loc[("gapt", bar), "seeds_below_bar"])
+    assert table.loc[("ce", bar), "seeds_below_bar"] == 1 and pd.isna(
+        table.loc[("gapt", bar), "seeds_below_bar"]
+    )
     assert pd.isna(table.loc[("ce", ood), "change"])
     study = spec.scales["smoke"].study
     sentence, overall = _settings_finding(study, table.reset_index())
     assert "(1 of 2 seeds below 0.1): it does not clear the bar, so the comparison that follows" in sentence
-    assert f"by {change:+.1f} %" in sentence and overall == "No setting of this study brings `ce` below the bar in every seed."
+    assert (
+        f"by {change:+.1f} %" in sentence
+        and overall == "No setting of this study brings `ce` below the bar in every seed."
+    )
     values[("longer", "ce", 1)] = {ood: 5.0, bar: 0.09}
     sentence, overall = _settings_finding(study, settings_table(_settings_frame(values), spec, "smoke"))
-    assert "(2 of 2 seeds below 0.1): it clears the bar;" in sentence and overall.endswith("every seed with: 40 steps.")
+    assert "(2 of 2 seeds below 0.1): it clears the bar;" in sentence and overall.endswith(
+        "every seed with: 40 steps."
+    )
 
 
 def test_the_study_figures_draw_each_method_in_its_own_style(tmp_path, monkeypatch):
@@ -266,17 +331,31 @@ def test_the_study_figures_draw_each_method_in_its_own_style(tmp_path, monkeypat
 
     figs = []
     monkeypatch.setattr(study_module.plt, "close", figs.append)
-    row = {f"{m}_{k}_percent": v for m in ("ce", "mbe") for k, v in (("change", 3.0), ("low", 1.0), ("high", 5.0))}
-    table = pd.DataFrame([{"method": "gapt", "arm": "reference", "knob": "default", "value": "", **row},
-                          {"method": "gapt", "arm": "tol", "knob": "spike tolerance", "value": "0.2", **row},
-                          {"method": "gapt_joint", "arm": "reference", "knob": "default", "value": "", **row}])  # fmt: skip
+    row = {
+        f"{m}_{k}_percent": v
+        for m in ("ce", "mbe")
+        for k, v in (("change", 3.0), ("low", 1.0), ("high", 5.0))
+    }
+    table = pd.DataFrame(
+        [
+            {"method": "gapt", "arm": "reference", "knob": "default", "value": "", **row},
+            {"method": "gapt", "arm": "tol", "knob": "spike tolerance", "value": "0.2", **row},
+            {"method": "gapt_joint", "arm": "reference", "knob": "default", "value": "", **row},
+        ]
+    )
     study_module._sensitivity_figure(table, tmp_path)
     [fig] = figs
     for ax in fig.axes:
-        drawn = {(matplotlib.colors.to_hex(c.lines[0].get_color()), c.lines[0].get_marker()): len(c.lines[0].get_ydata())
-                 for c in ax.containers}  # fmt: skip
-        assert drawn == {(matplotlib.colors.to_hex(METHOD_STYLE[m][0]), METHOD_STYLE[m][2]): n
-                         for m, n in (("gapt", 2), ("gapt_joint", 1))}  # fmt: skip
+        drawn = {
+            (matplotlib.colors.to_hex(c.lines[0].get_color()), c.lines[0].get_marker()): len(
+                c.lines[0].get_ydata()
+            )
+            for c in ax.containers
+        }
+        assert drawn == {
+            (matplotlib.colors.to_hex(METHOD_STYLE[m][0]), METHOD_STYLE[m][2]): n
+            for m, n in (("gapt", 2), ("gapt_joint", 1))
+        }
     assert (tmp_path / "sensitivity.png").is_file()
     monkeypatch.undo()
     study_module.plt.close(fig)

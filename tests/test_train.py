@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from replication.config.base import ConfigError
+from replication.config.run import write_run_config
+from replication.runtime.record import read_metrics
 from replication.science.errors import RunFolderError
 from replication.science.gapt import Phase
 from replication.science.methods import METHODS, default_layers
 from replication.training.objectives import micro_batch_kind, plan_layers
-from replication.config.run import write_run_config
-from replication.runtime.record import read_metrics
 from replication.training.train import NonFiniteLossError, Trainer, main, train
 
 from .conftest import REPO, tiny_config
@@ -36,7 +36,9 @@ def method_runs(tmp_path_factory):
 
 
 def strip_timing(records):
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records if r.get("event") != "resume"]
+    return [
+        {k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records if r.get("event") != "resume"
+    ]
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -64,7 +66,11 @@ def test_gapt_records_phase_changes(method_runs, method):
     assert summary["phase_changes"] >= 1 and not summary["never_changed_phase"]
     records = read_metrics(run_dir / "metrics.jsonl")
     events = [r for r in records if r.get("event") == "phase_change"]
-    assert events[0]["from"] == "memorize" and events[0]["to"] == "compress" and events[0]["reason"] == "ce_plateau"
+    assert (
+        events[0]["from"] == "memorize"
+        and events[0]["to"] == "compress"
+        and events[0]["reason"] == "ce_plateau"
+    )
     phases = {r["step"]: r["phase"] for r in records if r["kind"] == "train"}
     assert phases[events[0]["step"] + 1] == "compress"  # the change applies from the next step
     assert all(r["s_m"] >= 0 and "e_min" in r for r in records if r["kind"] == "train")
@@ -73,7 +79,9 @@ def test_gapt_records_phase_changes(method_runs, method):
 def test_ce_records_no_phase_change(method_runs):
     run_dir, summary = method_runs["ce"]
     assert summary["phase_changes"] == 0 and summary["compress_steps"] == 0
-    assert {r["phase"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"} == {"memorize"}
+    assert {r["phase"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"} == {
+        "memorize"
+    }
 
 
 def test_ce_mbe_lowers_mbe_against_ce(method_runs):
@@ -87,7 +95,9 @@ def test_same_seed_same_data_same_memorize_steps(method_runs):
     ce = [r for r in read_metrics(method_runs["ce"][0] / "metrics.jsonl") if r["kind"] == "train"]
     gapt = [r for r in read_metrics(method_runs["gapt"][0] / "metrics.jsonl") if r["kind"] == "train"]
     first_change = method_runs["gapt"][1]["phase_change_steps"][0]
-    assert [r["train/ce"] for r in ce[: first_change + 1]] == [r["train/ce"] for r in gapt[: first_change + 1]]
+    assert [r["train/ce"] for r in ce[: first_change + 1]] == [
+        r["train/ce"] for r in gapt[: first_change + 1]
+    ]
     assert ce[first_change + 2]["train/ce"] != gapt[first_change + 2]["train/ce"]
 
 
@@ -107,7 +117,9 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, monkeypatch)
     monkeypatch.setattr(loop, "accumulate_gradients", dies_at_step_26)
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "killed", show_progress=False)
-    assert (tmp_path / "killed" / "checkpoint.pt").exists() and not (tmp_path / "killed" / "summary.json").exists()
+    assert (tmp_path / "killed" / "checkpoint.pt").exists() and not (
+        tmp_path / "killed" / "summary.json"
+    ).exists()
     killed_records = read_metrics(tmp_path / "killed" / "metrics.jsonl")
     assert max(r["step"] for r in killed_records if r["kind"] == "train") == 25  # steps after the checkpoint
 
@@ -118,7 +130,10 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, monkeypatch)
     resumed = read_metrics(tmp_path / "killed" / "metrics.jsonl")
     assert strip_timing(resumed) == strip_timing(whole)  # bit-identical losses, MBE, phases, evals
     assert any(r.get("event") == "resume" and r["step"] == 24 for r in resumed)
-    assert summary["phase_change_steps"] == json.loads((tmp_path / "whole" / "summary.json").read_text())["phase_change_steps"]
+    assert (
+        summary["phase_change_steps"]
+        == json.loads((tmp_path / "whole" / "summary.json").read_text())["phase_change_steps"]
+    )
 
 
 def test_a_finished_run_is_not_retrained(method_runs):
@@ -144,7 +159,9 @@ def test_checkpoint_of_another_config_is_refused(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config("ce", train={"checkpoint_every": 2}), tmp_path, show_progress=False)
     monkeypatch.setattr(loop, "accumulate_gradients", real)
-    with pytest.raises(RunFolderError, match=r"belongs to a different config \(train.checkpoint_every: 2 -> 3\)"):
+    with pytest.raises(
+        RunFolderError, match=r"belongs to a different config \(train.checkpoint_every: 2 -> 3\)"
+    ):
         train(tiny_config("ce", train={"checkpoint_every": 3}), tmp_path, show_progress=False)
 
 
@@ -158,7 +175,9 @@ def test_gradient_alignment_values_are_cosines(tmp_path):
         assert all(-1.0 <= c <= 1.0 for c in r["align/cos"])
         assert -1.0 <= r["align/noise_cos"] <= 1.0
         for layer, per_block in zip(r["align/layers"], r["align/cos_by_block"]):
-            assert all(c is None for c in per_block[layer + 1 :])  # blocks after the layer get no MBE gradient
+            assert all(
+                c is None for c in per_block[layer + 1 :]
+            )  # blocks after the layer get no MBE gradient
             assert all(c is None or -1.0 <= c <= 1.0 for c in per_block)
         assert r["align/norm_ce"] > 0 and all(n > 0 for n in r["align/norm_mbe"])
 
@@ -223,9 +242,10 @@ def test_a_step_skipped_for_a_nan_mbe_micro_batch_never_advances_the_controller(
 
     monkeypatch.setattr(objectives, "layer_mbe", nan_with_grad)
     config = tiny_config(
-        "gapt", train={"steps": 16, "eval_every": 0, "eval_at_start": False, "max_nonfinite_in_row": 100},
+        "gapt",
+        train={"steps": 16, "eval_every": 0, "eval_at_start": False, "max_nonfinite_in_row": 100},
         gapt={"delta_ce": 100.0, "patience_memorize": 3, "patience_compress": 2},
-    )  # fmt: skip
+    )
     trainer = Trainer(config, tmp_path, show_progress=False)
     summary = trainer.run()
     records = read_metrics(tmp_path / "metrics.jsonl")
@@ -300,26 +320,40 @@ def test_cli_reports_a_mistyped_key(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path):
-    config = tiny_config("gapt", train={"steps": 120, "checkpoint_every": 0, "eval_every": 40}, **QUICK_PLATEAU)
+    config = tiny_config(
+        "gapt", train={"steps": 120, "checkpoint_every": 0, "eval_every": 40}, **QUICK_PLATEAU
+    )
     for name in ("whole", "stopped"):
         write_run_config(config, tmp_path / name / "config.yaml")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "replication.training.train", "--threads", "1", "--progress", "lines"]
-    subprocess.run([*command, str(tmp_path / "whole" / "config.yaml")], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [*command, str(tmp_path / "whole" / "config.yaml")], env=env, check=True, capture_output=True
+    )
 
-    proc = subprocess.Popen([*command, str(tmp_path / "stopped" / "config.yaml")], env=env, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*command, str(tmp_path / "stopped" / "config.yaml")], env=env, stderr=subprocess.PIPE
+    )
     metrics = tmp_path / "stopped" / "metrics.jsonl"
     deadline = time.time() + 60
-    while time.time() < deadline and (not metrics.exists() or metrics.read_text().count('"kind": "train"') < 20):
+    while time.time() < deadline and (
+        not metrics.exists() or metrics.read_text().count('"kind": "train"') < 20
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()
     assert b"resumes the run" in err
-    assert (tmp_path / "stopped" / "checkpoint.pt").exists() and not (tmp_path / "stopped" / "summary.json").exists()
+    assert (tmp_path / "stopped" / "checkpoint.pt").exists() and not (
+        tmp_path / "stopped" / "summary.json"
+    ).exists()
 
-    subprocess.run([*command, str(tmp_path / "stopped" / "config.yaml")], env=env, check=True, capture_output=True)
-    assert strip_timing(read_metrics(metrics)) == strip_timing(read_metrics(tmp_path / "whole" / "metrics.jsonl"))
+    subprocess.run(
+        [*command, str(tmp_path / "stopped" / "config.yaml")], env=env, check=True, capture_output=True
+    )
+    assert strip_timing(read_metrics(metrics)) == strip_timing(
+        read_metrics(tmp_path / "whole" / "metrics.jsonl")
+    )
 
 
 def test_a_run_is_dirty_when_the_code_changed_but_not_when_only_results_did(tmp_path):

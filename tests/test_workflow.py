@@ -56,8 +56,9 @@ def test_default_config_is_the_paper_scale(tmp_path):
 
 def snakemake_fails(*args: str, cwd=REPO) -> str:
     """stderr + stdout of a snakemake call that must fail before any job runs."""
-    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode != 0, done.stdout[-2000:]
     return done.stderr + done.stdout
 
@@ -65,17 +66,26 @@ def snakemake_fails(*args: str, cwd=REPO) -> str:
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("scale: cpu\nexperiments: [arithmetic_ood]\nthreads_per_rnu: 2\n",
-         "unknown key 'threads_per_rnu' (did you mean 'threads_per_run'?)"),
-        ("scale: smok\nexperiments: [arithmetic_ood]\n",
-         "experiment arithmetic_ood has no scale 'smok'; its scales: cpu, gpu1, paper, smoke"),
+        (
+            "scale: cpu\nexperiments: [arithmetic_ood]\nthreads_per_rnu: 2\n",
+            "unknown key 'threads_per_rnu' (did you mean 'threads_per_run'?)",
+        ),
+        (
+            "scale: smok\nexperiments: [arithmetic_ood]\n",
+            "experiment arithmetic_ood has no scale 'smok'; its scales: cpu, gpu1, paper, smoke",
+        ),
         ("experiments: [arithmetic_ood]\n", "the config names no scale: add `scale: smoke|cpu|gpu1|paper`"),
-        ("scale: cpu\nexperiments: [arithmetc_ood]\n", "no experiment 'arithmetc_ood' in experiments/ (did you mean"),
+        (
+            "scale: cpu\nexperiments: [arithmetc_ood]\n",
+            "no experiment 'arithmetc_ood' in experiments/ (did you mean",
+        ),
         ("scale: cpu\nmethods: [gpat]\n", "methods.0: 'gpat' is not one of ce, ce_mbe, gapt, gapt_joint"),
-        ("scale: cpu\nper_experiment: {forgeting_separation: {nproc_per_run: 1}}\n",
-         "per_experiment names no experiment 'forgeting_separation' in experiments/ (did you mean 'forgetting_separation'?)"),
+        (
+            "scale: cpu\nper_experiment: {forgeting_separation: {nproc_per_run: 1}}\n",
+            "per_experiment names no experiment 'forgeting_separation' in experiments/ (did you mean 'forgetting_separation'?)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_bad_global_config_is_one_short_message_before_any_job_runs(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
@@ -89,11 +99,23 @@ def test_a_global_config_that_omits_keys_gets_the_schema_defaults_and_nothing_el
     config = tmp_path / "c.yaml"
     config.write_text("scale: smoke\nexperiments: [arithmetic_ood]\n")
     paths = [f"runs_dir={tmp_path}/runs", f"results_dir={tmp_path}/results", f"logs_dir={tmp_path}/logs"]
-    snakemake = [sys.executable, "-m", "snakemake", "-n", "-p", "--configfile", str(config), "--config", *paths]
+    snakemake = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "-p",
+        "--configfile",
+        str(config),
+        "--config",
+        *paths,
+    ]
     done = subprocess.run(snakemake, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     output = done.stdout + done.stderr
-    assert "-m replication.training.train " in output and "torch.distributed" not in output  # one process per run
+    assert (
+        "-m replication.training.train " in output and "torch.distributed" not in output
+    )  # one process per run
     assert f"TORCHINDUCTOR_CACHE_DIR={tmp_path}/runs/.compile-cache " in output  # one cache for the whole DAG
     assert "--threads 1 " in output and "config/paper.yaml" not in output and "extended by" not in output
     resolved = resolve_global_config({"scale": "smoke"})
@@ -109,7 +131,11 @@ def test_command_line_values_and_subsets_of_a_scale_file_resolve(tmp_path):
     # config/gpu1.yaml with one experiment chosen: its per_experiment entry for another is unused, not an error
     gpu1 = yaml.safe_load((REPO / "config" / "gpu1.yaml").read_text())
     experiments_dir = str(REPO / "experiments")
-    plan = Plan(resolve_global_config({**gpu1, "experiments": ["fineweb_pretrain"], "experiments_dir": experiments_dir}))
+    plan = Plan(
+        resolve_global_config(
+            {**gpu1, "experiments": ["fineweb_pretrain"], "experiments_dir": experiments_dir}
+        )
+    )
     assert plan.job("fineweb_pretrain", "gpus_per_run") == 1
     resolved["experiments"].append("x")  # the result is a copy: the defaults stay as the schema states them
     assert defaults()["experiments"] == ["fineweb_pretrain", "arithmetic_ood", "forgetting_separation"]
@@ -120,7 +146,9 @@ def test_command_line_values_and_subsets_of_a_scale_file_resolve(tmp_path):
 
 
 def test_a_wrong_scale_in_make_is_one_line_naming_the_valid_scales():
-    done = subprocess.run(["make", "-s", "check-scale", "SCALE=smok"], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        ["make", "-s", "check-scale", "SCALE=smok"], cwd=REPO, capture_output=True, text=True
+    )
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
     assert "*** SCALE=smok is not a scale; choose one of: cpu gpu1 paper smoke.  Stop." in done.stderr
     assert subprocess.run(["make", "-s", "check-scale", "SCALE=cpu"], cwd=REPO).returncode == 0
@@ -129,14 +157,20 @@ def test_a_wrong_scale_in_make_is_one_line_naming_the_valid_scales():
 def test_torch_cpu_installs_the_pinned_release_from_pytorchs_cpu_index_and_only_when_asked(tmp_path):
     pin = re.search(r'"torch==([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
     venv = f"VENV={tmp_path}/venv"
-    plan = subprocess.run(["make", "-n", "install", venv, "TORCH=cpu"], cwd=REPO, capture_output=True, text=True).stdout
+    plan = subprocess.run(
+        ["make", "-n", "install", venv, "TORCH=cpu"], cwd=REPO, capture_output=True, text=True
+    ).stdout
     lines = plan.splitlines()
     cpu = f'pip install --quiet --index-url https://download.pytorch.org/whl/cpu "torch=={pin}"'
     assert any(line.endswith(cpu) for line in lines)
-    assert lines.index(next(l for l in lines if l.endswith(cpu))) < lines.index(next(l for l in lines if "-e '.[test,hf,slurm]'" in l))
+    assert lines.index(next(l for l in lines if l.endswith(cpu))) < lines.index(
+        next(l for l in lines if "-e '.[test,hf,slurm]'" in l)
+    )
     default = subprocess.run(["make", "-n", "install", venv], cwd=REPO, capture_output=True, text=True).stdout
     assert "download.pytorch.org" not in default and "-e '.[test,hf,slurm]'" in default
-    bad = subprocess.run(["make", "-s", "install", venv, "TORCH=cuda"], cwd=REPO, capture_output=True, text=True)
+    bad = subprocess.run(
+        ["make", "-s", "install", venv, "TORCH=cuda"], cwd=REPO, capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "error: TORCH=cuda" in bad.stderr and not (tmp_path / "venv").exists()
 
 
@@ -150,11 +184,26 @@ def test_a_failed_job_shows_its_log_tail_and_the_other_experiments_still_finish(
             spec["datasets"]["fineweb_sample_bytes"]["path"] = "absent.jsonl"
         (tmp_path / "experiments" / name).mkdir(parents=True)
         (tmp_path / "experiments" / name / "config.yaml").write_text(yaml.safe_dump(spec))
-    config = {"scale": "smoke", "experiments": ["broken", "good"], "methods": ["ce", "gapt"], "seeds": [0],
-              **{f"{k}_dir": str(tmp_path / k) for k in ("experiments", "runs", "results", "logs", "data")}}  # fmt: skip
+    config = {
+        "scale": "smoke",
+        "experiments": ["broken", "good"],
+        "methods": ["ce", "gapt"],
+        "seeds": [0],
+        **{f"{k}_dir": str(tmp_path / k) for k in ("experiments", "runs", "results", "logs", "data")},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    snakemake = [sys.executable, "-m", "snakemake", "--cores", "2", "--keep-going", "--quiet", "rules",
-                 "--configfile", str(tmp_path / "c.yaml")]  # fmt: skip
+    snakemake = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        "2",
+        "--keep-going",
+        "--quiet",
+        "rules",
+        "--configfile",
+        str(tmp_path / "c.yaml"),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run(snakemake, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode != 0
@@ -178,20 +227,33 @@ def test_plan_rejects_a_scale_an_experiment_lacks(tmp_path):
 
 
 def test_launcher_uses_torchrun_for_several_processes_and_the_training_command_otherwise():
-    config = {**defaults(), "scale": "paper", "experiments": [], "nproc_per_run": 8, "gpus_per_run": 8,
-              "per_experiment": {"forgetting_separation": {"nproc_per_run": 1, "gpus_per_run": 0},
-                                 "arithmetic_ood": {"nproc_per_run": 1, "gpus_per_run": 1}}}  # fmt: skip
+    config = {
+        **defaults(),
+        "scale": "paper",
+        "experiments": [],
+        "nproc_per_run": 8,
+        "gpus_per_run": 8,
+        "per_experiment": {
+            "forgetting_separation": {"nproc_per_run": 1, "gpus_per_run": 0},
+            "arithmetic_ood": {"nproc_per_run": 1, "gpus_per_run": 1},
+        },
+    }
     plan = Plan(config)
     torchrun = "py -m torch.distributed.run --standalone --nproc-per-node 8 -m replication.training.train"
     assert plan.launcher("py", "fineweb_pretrain") == torchrun
     assert plan.launcher("py", "forgetting_separation") == "py -m replication.training.train"
     assert plan.launcher("py", "arithmetic_ood") == "py -m replication.training.train"
-    assert Plan({**defaults(), "scale": "cpu", "experiments": []}).launcher("py", "x") == "py -m replication.training.train"
+    assert (
+        Plan({**defaults(), "scale": "cpu", "experiments": []}).launcher("py", "x")
+        == "py -m replication.training.train"
+    )
 
 
 def test_output_check_names_what_is_missing(tmp_path, capsys):
     config = tmp_path / "c.yaml"
-    config.write_text(f"scale: smoke\nexperiments: [arithmetic_ood]\nexperiments_dir: {REPO / 'experiments'}\n")
+    config.write_text(
+        f"scale: smoke\nexperiments: [arithmetic_ood]\nexperiments_dir: {REPO / 'experiments'}\n"
+    )
     assert check_outputs([str(config), f"results_dir={tmp_path}"]) == 1
     err = capsys.readouterr().err
     assert f"missing or empty: {tmp_path}/smoke/CLAIMS.md" in err
@@ -204,14 +266,27 @@ def test_two_smoke_dags_in_one_clone_run_side_by_side_without_touching_each_othe
     config = tmp_path / "tiny.yaml"
     config.write_text("scale: smoke\nexperiments: [forgetting_separation]\nmethods: [ce, gapt]\nseeds: [0]\n")
     bin_dir = os.path.dirname(sys.executable)
-    make = ["make", "-s", "-o", f"{bin_dir}/.installed", "smoke", f"BIN={bin_dir}", f"SMOKE={tmp_path}/.smoke",
-            f"SMOKE_CONFIG={config}", "KEEP=1"]  # fmt: skip
+    make = [
+        "make",
+        "-s",
+        "-o",
+        f"{bin_dir}/.installed",
+        "smoke",
+        f"BIN={bin_dir}",
+        f"SMOKE={tmp_path}/.smoke",
+        f"SMOKE_CONFIG={config}",
+        "KEEP=1",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    runs = [subprocess.Popen(make, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-            for _ in range(2)]  # fmt: skip
+    runs = [
+        subprocess.Popen(make, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for _ in range(2)
+    ]
     outputs = [run.communicate(timeout=600)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     folders = sorted((tmp_path / ".smoke").iterdir())
-    assert len(folders) == 2 and all(f"smoke DAG passed; its outputs are in {f}" in "".join(outputs) for f in folders)
+    assert len(folders) == 2 and all(
+        f"smoke DAG passed; its outputs are in {f}" in "".join(outputs) for f in folders
+    )
     for folder in folders:
         assert (folder / "results" / "smoke" / "CLAIMS.md").is_file()

@@ -55,10 +55,14 @@ class Config(TaskConfig):
     def _rows_hold_examples(self) -> Config:
         longest = longest_example(max(self.train_digits[1], self.ood_digits[1]))
         if self.seq_len + 1 < longest:
-            raise ValueError(f"seq_len {self.seq_len} is too short for the longest example ({longest} tokens)")
+            raise ValueError(
+                f"seq_len {self.seq_len} is too short for the longest example ({longest} tokens)"
+            )
         return self
 
     def check_fit(self, model: Any, train: TrainConfig, objective: ObjectiveConfig) -> None:
         vocab = getattr(model, "vocab_size", None)
         if vocab is not None and vocab < VOCAB_SIZE:
-            raise ValueError(f"the arithmetic task needs a vocabulary of at least {VOCAB_SIZE}; model.vocab_size is {vocab}")
+            raise ValueError(
+                f"the arithmetic task needs a vocabulary of at least {VOCAB_SIZE}; model.vocab_size is {vocab}"
+            )

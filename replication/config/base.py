@@ -113,7 +113,7 @@ class MLPModelConfig(StrictModel):
         return 1  # the hidden ReLU layer is the model's one block
 
 
-ModelConfig = Annotated[Union[ModdedModelConfig, GPT2ModelConfig, MLPModelConfig], Field(discriminator="name")]
+ModelConfig = Annotated[ModdedModelConfig | GPT2ModelConfig | MLPModelConfig, Field(discriminator="name")]
 
 
 # -- optimizers --------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ class AdamConfig(StrictModel):
     schedule: ScheduleConfig = ScheduleConfig(stable_fraction=1.0, final_multiplier=1.0)
 
 
-OptimConfig = Annotated[Union[MuonAdamConfig, AdamWConfig, AdamConfig], Field(discriminator="name")]
+OptimConfig = Annotated[MuonAdamConfig | AdamWConfig | AdamConfig, Field(discriminator="name")]
 
 
 # -- objective, training, logging --------------------------------------------------------------
@@ -364,5 +364,3 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} does not hold a YAML mapping")
     return data
-
-

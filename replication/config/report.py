@@ -24,10 +24,9 @@ from typing import Literal
 from pydantic import ValidationError, model_validator
 
 from replication.config.base import PositiveFloat, StrictModel, deep_merge, format_validation_error, load_yaml
+from replication.config.run import ExperimentSpec
 from replication.science.errors import ConfigError
 from replication.science.methods import BASELINE
-from replication.config.run import ExperimentSpec
-
 
 DEFAULT_TIME_CONSTANT = 100.0  # optimizer steps (paper scale), of RQ1's sign-count smoothing
 
@@ -63,8 +62,9 @@ class ClaimSpec(StrictModel):
     id: str
     claim: str
     metric: str
-    kind: Literal["relative", "difference", "robust_difference", "at_least", "robust_at_least",
-                  "serial_dependence"] = "relative"  # fmt: skip
+    kind: Literal[
+        "relative", "difference", "robust_difference", "at_least", "robust_at_least", "serial_dependence"
+    ] = "relative"
     method: str = "gapt"
     baseline: str = BASELINE
     direction: Literal["decrease", "increase"] = "decrease"
@@ -155,7 +155,9 @@ class ReportSpec(ExperimentSpec):
                 raise ValueError(f"claim {claim.id} points at {claim.figure}, which figures: does not draw")
             for name in (claim.method, claim.baseline):
                 if name not in self.methods:
-                    raise ValueError(f"claim {claim.id} names method {name!r}, which the experiment does not run")
+                    raise ValueError(
+                        f"claim {claim.id} names method {name!r}, which the experiment does not run"
+                    )
         return self
 
     @model_validator(mode="after")
@@ -165,7 +167,9 @@ class ReportSpec(ExperimentSpec):
                 self.reporting_for(scale)
             except ValidationError as error:
                 lines = format_validation_error(error, "", ReportingSpec).splitlines()[1:]
-                raise ValueError("; ".join(f"scales.{scale}.reporting: {line.strip()}" for line in lines)) from None
+                raise ValueError(
+                    "; ".join(f"scales.{scale}.reporting: {line.strip()}" for line in lines)
+                ) from None
         return self
 
 

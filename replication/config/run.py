@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from replication.config.arithmetic import Config as ArithmeticConfig
 from replication.config.base import (
     AlignmentConfig,
     ModelConfig,
@@ -38,19 +39,19 @@ from replication.config.base import (
     format_validation_error,
     load_yaml,
 )
-from replication.science.errors import ConfigError, RunFolderError
-from replication.science.gapt import GaptConfig
-from replication.science.methods import BASELINE, METHOD_NAMES, METHODS, default_layers
-from replication.config.arithmetic import Config as ArithmeticConfig
 from replication.config.fineweb import Config as FineWebConfig
 from replication.config.forgetting import Config as ForgettingConfig
 from replication.config.synthetic import Config as SyntheticConfig
+from replication.science.errors import ConfigError, RunFolderError
+from replication.science.gapt import GaptConfig
+from replication.science.methods import BASELINE, METHOD_NAMES, METHODS, default_layers
 
 # every task's section, by its name; replication.tasks.registry maps each name to its Task
 TASK_CONFIGS: dict[str, type[TaskConfig]] = {
-    c.model_fields["name"].default: c for c in (SyntheticConfig, ArithmeticConfig, ForgettingConfig, FineWebConfig)
+    c.model_fields["name"].default: c
+    for c in (SyntheticConfig, ArithmeticConfig, ForgettingConfig, FineWebConfig)
 }
-TaskConfigs = Annotated[Union[tuple(TASK_CONFIGS.values())], Field(discriminator="name")]  # type: ignore[valid-type]
+TaskConfigs = Annotated[Union[tuple(TASK_CONFIGS.values())], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
 MethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]  # the registry's names, in its order
 
 
@@ -179,12 +180,16 @@ class StudySpec(StrictModel):
         if twice:
             raise ValueError(f"arm names must differ across sizes, knobs and settings: {twice} appear twice")
         if self.settings and not any(k.startswith("final/") for k in self.settings_metrics):
-            raise ValueError("a study with settings names the metrics they report (settings_metrics), at least one "
-                             "a final/ metric, whose evaluations its figure draws")  # fmt: skip
+            raise ValueError(
+                "a study with settings names the metrics they report (settings_metrics), at least one "
+                "a final/ metric, whose evaluations its figure draws"
+            )
         if self.baseline_learns is not None:
             without = sorted(arm for arm, s in self.settings.items() if BASELINE not in s.methods)
             if without:
-                raise ValueError(f"baseline_learns needs {BASELINE} in every setting arm; {without} do not run it")
+                raise ValueError(
+                    f"baseline_learns needs {BASELINE} in every setting arm; {without} do not run it"
+                )
         return self
 
     @property
@@ -213,7 +218,9 @@ def _study_scales(scale: str, spec: ScaleSpec, methods: dict[str, Any]) -> dict[
     """The scales a scale's study derives: one per model size, one per knob and one per setting."""
     study = spec.study
     derived: dict[str, ScaleSpec] = {}
-    arms_methods = ([] if study.sizes is None else study.sizes.methods) + [k.method for k in study.knobs.values()]
+    arms_methods = ([] if study.sizes is None else study.sizes.methods) + [
+        k.method for k in study.knobs.values()
+    ]
     arms_methods += [m for arm in study.settings.values() for m in arm.methods]
     unknown = sorted(set(arms_methods) - set(methods))
     if unknown:
@@ -221,24 +228,34 @@ def _study_scales(scale: str, spec: ScaleSpec, methods: dict[str, Any]) -> dict[
     if study.sizes is not None:
         for arm, model in study.sizes.models.items():
             derived[study_scale(scale, arm)] = ScaleSpec(
-                seeds=study.seeds, description=f"{scale} with model {arm} ({scale}'s study of model size)",
+                seeds=study.seeds,
+                description=f"{scale} with model {arm} ({scale}'s study of model size)",
                 config=deep_merge(spec.config, {"model": model}),
                 methods={m: spec.methods.get(m, {}) for m in study.sizes.methods},
-                reporting=spec.reporting, study_of=scale, arm=arm,
-            )  # fmt: skip
+                reporting=spec.reporting,
+                study_of=scale,
+                arm=arm,
+            )
     for arm, knob in study.knobs.items():
         derived[study_scale(scale, arm)] = ScaleSpec(
-            seeds=study.seeds, description=f"{scale} with {knob.knob} {knob.value} ({scale}'s study of GAPT's knobs)",
-            config=spec.config, methods={knob.method: deep_merge(spec.methods.get(knob.method, {}), knob.config)},
-            reporting=spec.reporting, study_of=scale, arm=arm,
-        )  # fmt: skip
+            seeds=study.seeds,
+            description=f"{scale} with {knob.knob} {knob.value} ({scale}'s study of GAPT's knobs)",
+            config=spec.config,
+            methods={knob.method: deep_merge(spec.methods.get(knob.method, {}), knob.config)},
+            reporting=spec.reporting,
+            study_of=scale,
+            arm=arm,
+        )
     for arm, setting in study.settings.items():
         derived[study_scale(scale, arm)] = ScaleSpec(
-            seeds=study.seeds, description=f"{scale} with {setting.about} ({scale}'s study of settings)",
+            seeds=study.seeds,
+            description=f"{scale} with {setting.about} ({scale}'s study of settings)",
             config=deep_merge(spec.config, setting.config),
             methods={m: spec.methods.get(m, {}) for m in setting.methods},
-            reporting=spec.reporting, study_of=scale, arm=arm,
-        )  # fmt: skip
+            reporting=spec.reporting,
+            study_of=scale,
+            arm=arm,
+        )
     return derived
 
 
@@ -271,14 +288,17 @@ class ExperimentSpec(StrictModel):
     def _derive_study_scales(self) -> ExperimentSpec:
         for scale, spec in list(self.scales.items()):
             if spec.study_of is not None or spec.arm is not None:
-                if spec.study is not None or scale not in _study_scales(spec.study_of, self.scales[spec.study_of],
-                                                                          self.methods):  # fmt: skip
+                if spec.study is not None or scale not in _study_scales(
+                    spec.study_of, self.scales[spec.study_of], self.methods
+                ):
                     raise ValueError(f"scales.{scale}: study_of and arm are set by a study, not in a file")
                 continue
             if spec.study is not None:
                 for name, derived in _study_scales(scale, spec, self.methods).items():
                     if name in self.scales and self.scales[name] != derived:
-                        raise ValueError(f"scale {name!r} is both in the file and derived by scales.{scale}.study")
+                        raise ValueError(
+                            f"scale {name!r} is both in the file and derived by scales.{scale}.study"
+                        )
                     self.scales[name] = derived
         return self
 
@@ -301,16 +321,24 @@ def load_experiment(path: str | Path) -> ExperimentSpec:
         raise ConfigError(format_validation_error(error, str(path), ExperimentSpec)) from None
 
 
-def resolve_run_config(experiment: ExperimentSpec | str | Path, scale: str, method: str, seed: int) -> RunConfig:
+def resolve_run_config(
+    experiment: ExperimentSpec | str | Path, scale: str, method: str, seed: int
+) -> RunConfig:
     """Merge an experiment's layers for one run, in the precedence written in the module docstring."""
     spec = experiment if isinstance(experiment, ExperimentSpec) else load_experiment(experiment)
     if scale not in spec.scales:
-        raise ConfigError(f"experiment {spec.experiment} has no scale {scale!r}; it has {sorted(spec.scales)}")
+        raise ConfigError(
+            f"experiment {spec.experiment} has no scale {scale!r}; it has {sorted(spec.scales)}"
+        )
     if method not in spec.methods:
-        raise ConfigError(f"experiment {spec.experiment} has no method {method!r}; it has {sorted(spec.methods)}")
+        raise ConfigError(
+            f"experiment {spec.experiment} has no method {method!r}; it has {sorted(spec.methods)}"
+        )
     scale_spec = spec.scales[scale]
     if scale_spec.study_of is not None and method not in scale_spec.methods:
-        raise ConfigError(f"{scale}, an arm of scales.{scale_spec.study_of}.study, runs only {list(scale_spec.methods)}")
+        raise ConfigError(
+            f"{scale}, an arm of scales.{scale_spec.study_of}.study, runs only {list(scale_spec.methods)}"
+        )
     unknown = sorted(set(scale_spec.methods) - set(spec.methods))
     if unknown:
         raise ConfigError(f"scales.{scale}.methods names methods the experiment lacks: {unknown}")
@@ -377,8 +405,11 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 6)
     """The keys in which two resolved configs differ, as ``key: old -> new``, dotted and sorted."""
     a, b = _flatten(old), _flatten(new)
     absent = "(absent)"
-    changes = [f"{key}: {a.get(key, absent)} -> {b.get(key, absent)}" for key in sorted(a.keys() | b.keys())
-               if a.get(key, absent) != b.get(key, absent)]  # fmt: skip
+    changes = [
+        f"{key}: {a.get(key, absent)} -> {b.get(key, absent)}"
+        for key in sorted(a.keys() | b.keys())
+        if a.get(key, absent) != b.get(key, absent)
+    ]
     more = f" and {len(changes) - limit} more" if len(changes) > limit else ""
     return "; ".join(changes[:limit]) + more if changes else "no key differs (only the digest)"
 

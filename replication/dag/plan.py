@@ -18,12 +18,12 @@ from typing import Any
 
 import yaml
 
-from replication.runtime import cli
 from replication.config.base import ConfigError, load_yaml
-from replication.dag.schema import check_experiment_name, defaults, resolve_global_config
-from replication.science.methods import BASELINE
 from replication.config.report import ReportSpec, load_report_spec
 from replication.config.run import StudySpec, resolve_run_config
+from replication.dag.schema import check_experiment_name, defaults, resolve_global_config
+from replication.runtime import cli
+from replication.science.methods import BASELINE
 
 TRAIN_MODULE = "replication.training.train"  # what every training job runs
 TABLE_FILES = ("summary.csv", "runs.csv", "curves.csv", "phases.csv", "alignment.csv", "table.md")
@@ -74,11 +74,17 @@ class Plan:
         specs = {name: load_report_spec(self.experiment_config(name)) for name in self.config["experiments"]}
         for name, spec in specs.items():
             if spec.experiment != name:
-                raise ConfigError(f"{self.experiment_config(name)} names itself {spec.experiment!r}, not {name!r}")
+                raise ConfigError(
+                    f"{self.experiment_config(name)} names itself {spec.experiment!r}, not {name!r}"
+                )
         for name, spec in specs.items():
             if self.scale not in spec.scales:
-                own = sorted(s for s, scale in spec.scales.items() if scale.study_of is None)  # not a study's arms
-                raise ConfigError(f"experiment {name} has no scale {self.scale!r}; its scales: {', '.join(own)}")
+                own = sorted(
+                    s for s, scale in spec.scales.items() if scale.study_of is None
+                )  # not a study's arms
+                raise ConfigError(
+                    f"experiment {name} has no scale {self.scale!r}; its scales: {', '.join(own)}"
+                )
         return specs
 
     def methods(self, experiment: str) -> list[str]:
@@ -93,14 +99,22 @@ class Plan:
         return list(self.config.get("seeds") or self.specs[experiment].scales[self.scale].seeds)
 
     def runs(self, experiment: str) -> list[RunId]:
-        return [RunId(experiment, self.scale, m, s) for m in self.methods(experiment) for s in self.seeds(experiment)]
+        return [
+            RunId(experiment, self.scale, m, s)
+            for m in self.methods(experiment)
+            for s in self.seeds(experiment)
+        ]
 
     # -- the study of a scale (scales.<scale>.study; make study) --------------------------------
     def study_runs(self, experiment: str) -> list[RunId]:
         """The runs of every arm of the experiment's study at this scale (none without a study)."""
         spec = self.specs[experiment]
-        return [RunId(experiment, scale, m, seed) for scale in spec.study_arms(self.scale).values()
-                for m in spec.scales[scale].methods for seed in spec.scales[scale].seeds]  # fmt: skip
+        return [
+            RunId(experiment, scale, m, seed)
+            for scale in spec.study_arms(self.scale).values()
+            for m in spec.scales[scale].methods
+            for seed in spec.scales[scale].seeds
+        ]
 
     def study_reference_runs(self, experiment: str) -> list[RunId]:
         """The scale's own runs a study compares against: its model size and the knobs' defaults
@@ -109,8 +123,17 @@ class Plan:
         study = spec.scales[self.scale].study
         if study is None or not study.has_reference:
             return []
-        methods = {BASELINE, *(study.sizes.methods if study.sizes else []), *(k.method for k in study.knobs.values())}
-        return [RunId(experiment, self.scale, m, seed) for m in spec.methods if m in methods for seed in study.seeds]
+        methods = {
+            BASELINE,
+            *(study.sizes.methods if study.sizes else []),
+            *(k.method for k in study.knobs.values()),
+        }
+        return [
+            RunId(experiment, self.scale, m, seed)
+            for m in spec.methods
+            if m in methods
+            for seed in study.seeds
+        ]
 
     def studies(self) -> list[str]:
         return [e for e, spec in self.specs.items() if spec.study_arms(self.scale)]
@@ -136,7 +159,9 @@ class Plan:
                 dataset = getattr(task, "dataset", None)
                 if dataset is not None:
                     if dataset not in spec.datasets:
-                        raise ConfigError(f"{run.path}: data set {dataset!r} is not in {experiment}'s datasets:")
+                        raise ConfigError(
+                            f"{run.path}: data set {dataset!r} is not in {experiment}'s datasets:"
+                        )
                     found[run.path] = dataset
         return found
 
@@ -146,7 +171,9 @@ class Plan:
         for experiment, spec in self.specs.items():
             for name in spec.datasets:
                 if owners.setdefault(name, experiment) != experiment:
-                    raise ConfigError(f"data set {name!r} is declared by both {owners[name]} and {experiment}")
+                    raise ConfigError(
+                        f"data set {name!r} is declared by both {owners[name]} and {experiment}"
+                    )
         return owners
 
     def check(self) -> Plan:

@@ -62,8 +62,10 @@ def _describe(error: Any) -> str:
         parts = []
         for key in extra:
             hint = difflib.get_close_matches(str(key), allowed, n=1)
-            parts.append(f"unknown key {(where + '.' if where else '') + str(key)!r}"
-                         + (f" (did you mean {hint[0]!r}?)" if hint else f"; valid keys: {', '.join(allowed)}"))  # fmt: skip
+            parts.append(
+                f"unknown key {(where + '.' if where else '') + str(key)!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else f"; valid keys: {', '.join(allowed)}")
+            )
         return "; ".join(parts)
     if error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message

@@ -122,7 +122,9 @@ class GAPT:
             raise ConfigError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
         self.method = METHODS[method]
         if self.method.compression == "alternate" and micro_batches < 2:
-            raise ConfigError(f"method {method} alternates main-loss and MBE micro-batches: micro_batches must be >= 2")
+            raise ConfigError(
+                f"method {method} alternates main-loss and MBE micro-batches: micro_batches must be >= 2"
+            )
         self.blocks = list(blocks)
         if len({id(block) for block in self.blocks}) != len(self.blocks):
             raise ConfigError("a block appears twice in blocks: every block must be a module of its own")
@@ -145,7 +147,10 @@ class GAPT:
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serializable: the controller and the step counter."""
-        return {"controller": self.controller.state_dict() if self.controller else None, "step": self.step_index}
+        return {
+            "controller": self.controller.state_dict() if self.controller else None,
+            "step": self.step_index,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.controller is not None:
@@ -207,7 +212,9 @@ class GAPT:
                 "a regularized block's output carries no gradient: reentrant activation checkpointing runs the "
                 "blocks' hooks without gradients; use use_reentrant=False"
             )
-        mb.objective, main, every_layer = micro_batch_objective(kind, hidden, mb.main_loss, self.objective, self.plan, step)
+        mb.objective, main, every_layer = micro_batch_objective(
+            kind, hidden, mb.main_loss, self.objective, self.plan, step
+        )
         self._sums.add(mb.objective, main, every_layer)
         mb.loss = mb.objective / self.micro_batches
 
@@ -221,8 +228,15 @@ class GAPT:
         self._sums = None
         phase = self.phase
         changes = update_controller(self.controller, result, self.plan.monitored) if self.controller else []
-        report = StepReport(self.step_index, phase, self.phase, result.finite, result.main_loss,
-                            result.mbe_by_layer, [c.as_dict() for c in changes])  # fmt: skip
+        report = StepReport(
+            self.step_index,
+            phase,
+            self.phase,
+            result.finite,
+            result.main_loss,
+            result.mbe_by_layer,
+            [c.as_dict() for c in changes],
+        )
         self.step_index += 1
         return report
 

@@ -95,8 +95,13 @@ class GAPTTrainer(Trainer):
                 "early, which data-parallel wrappers do not expect (set CUDA_VISIBLE_DEVICES to one GPU)"
             )
         blocks = decoder_blocks(self.model) if gapt_blocks is None else gapt_blocks
-        self.gapt = GAPT(blocks, method=gapt_method, micro_batches=self.args.gradient_accumulation_steps,
-                         objective=gapt_objective, controller=gapt_controller)  # fmt: skip
+        self.gapt = GAPT(
+            blocks,
+            method=gapt_method,
+            micro_batches=self.args.gradient_accumulation_steps,
+            objective=gapt_objective,
+            controller=gapt_controller,
+        )
         self.gapt_reports: list[StepReport] = []
         self.gapt_max_nonfinite_in_row = gapt_max_nonfinite_in_row
         self._micro = 0
@@ -154,7 +159,9 @@ class GAPTTrainer(Trainer):
     def _save_checkpoint(self, model, trial):
         # the controller first, so that no checkpoint folder exists without it
         if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = (
+                Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
             folder.mkdir(parents=True, exist_ok=True)
             (folder / STATE_NAME).write_text(json.dumps(self.gapt.state_dict()))
         super()._save_checkpoint(model, trial)

@@ -188,5 +188,9 @@ class ModdedGPT(ReplicationModel):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         matrices = [p for p in self.blocks.parameters() if p.ndim >= 2]
         scalars = [p for p in self.blocks.parameters() if p.ndim < 2] + [self.skip_weights]
-        return {"matrix": matrices, "embed": [self.embed.weight], "head": [self.head.weight], "scalar": scalars}
-
+        return {
+            "matrix": matrices,
+            "embed": [self.embed.weight],
+            "head": [self.head.weight],
+            "scalar": scalars,
+        }

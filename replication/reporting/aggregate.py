@@ -33,21 +33,43 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from replication.config.report import PairedMetricSpec, ReportingSpec, ReportSpec, load_report_spec
+from replication.config.run import check_summary_config, load_run_config
+from replication.reporting.rq1 import cycle_statistics
+from replication.reporting.stats import CHANGES, paired_change
 from replication.runtime import cli
+from replication.runtime.record import read_json, read_metrics
 from replication.science.errors import ConfigError, RunFolderError
 from replication.science.methods import BASELINE
-from replication.reporting.rq1 import cycle_statistics
-from replication.config.report import PairedMetricSpec, ReportingSpec, ReportSpec, load_report_spec
-from replication.reporting.stats import CHANGES, paired_change
-from replication.config.run import check_summary_config, load_run_config
-from replication.runtime.record import read_json, read_metrics
 from replication.tasks.forgetting.separation import alleviation_percent
 
-TOP_LEVEL = ("phase_changes", "compress_steps", "nonfinite_steps", "wall_time_s", "tokens", "steps", "peak_memory_bytes")
+TOP_LEVEL = (
+    "phase_changes",
+    "compress_steps",
+    "nonfinite_steps",
+    "wall_time_s",
+    "tokens",
+    "steps",
+    "peak_memory_bytes",
+)
 PROVENANCE = ("git_commit", "git_dirty", "torch", "python", "device", "device_name", "torch_threads")
 # bookkeeping and controller internals: phases.csv and metrics.jsonl hold what matters of them
-TRAIN_KEYS_SKIPPED = {"kind", "step", "tokens", "phase", "lr", "window", "step_time", "time", "s_m", "s_c",
-                      "e_min", "m_min", "ce_input", "mbe_input"}  # fmt: skip
+TRAIN_KEYS_SKIPPED = {
+    "kind",
+    "step",
+    "tokens",
+    "phase",
+    "lr",
+    "window",
+    "step_time",
+    "time",
+    "s_m",
+    "s_c",
+    "e_min",
+    "m_min",
+    "ce_input",
+    "mbe_input",
+}
 MAX_TRAIN_POINTS = 100  # training records kept per run in curves.csv (every evaluation is kept)
 
 
@@ -59,7 +81,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def collect(spec: ReportSpec, scale: str, runs: Path, methods: list[str], seeds: list[int]) -> dict[str, pd.DataFrame]:
+def collect(
+    spec: ReportSpec, scale: str, runs: Path, methods: list[str], seeds: list[int]
+) -> dict[str, pd.DataFrame]:
     reporting = spec.reporting_for(scale)
     summary_rows, run_rows, curve_rows, phase_rows, align_rows = [], [], [], [], []
     missing = []
@@ -89,16 +113,24 @@ def collect(spec: ReportSpec, scale: str, runs: Path, methods: list[str], seeds:
                     summary_rows.append({**key, "metric": metric, "value": float(summary[metric])})
             prov = summary.get("provenance", {})
             run_rows.append(
-                {**key, "run_dir": str(folder), **{k: prov.get(k) for k in PROVENANCE},
-                 "world_size": summary.get("world_size"), "wall_time_s": summary.get("wall_time_s"),
-                 "peak_memory_bytes": summary.get("peak_memory_bytes"), "finished_at": summary.get("finished_at"),
-                 "resumes": summary.get("resumes")}
-            )  # fmt: skip
+                {
+                    **key,
+                    "run_dir": str(folder),
+                    **{k: prov.get(k) for k in PROVENANCE},
+                    "world_size": summary.get("world_size"),
+                    "wall_time_s": summary.get("wall_time_s"),
+                    "peak_memory_bytes": summary.get("peak_memory_bytes"),
+                    "finished_at": summary.get("finished_at"),
+                    "resumes": summary.get("resumes"),
+                }
+            )
             curve_rows += _curve_rows(key, records, summary["steps"])
             phase_rows += _phase_rows(key, records)
             align_rows += _alignment_rows(key, records)
     if missing:
-        raise FileNotFoundError("runs without a summary.json (unfinished or never run):\n  " + "\n  ".join(missing))
+        raise FileNotFoundError(
+            "runs without a summary.json (unfinished or never run):\n  " + "\n  ".join(missing)
+        )
     summary_frame = pd.DataFrame(summary_rows, columns=["method", "seed", "metric", "value"])
     if reporting.paired and not summary_frame.empty:
         paired = [_paired_rows(p, summary_frame) for p in reporting.paired]
@@ -106,8 +138,10 @@ def collect(spec: ReportSpec, scale: str, runs: Path, methods: list[str], seeds:
     frames = {
         "summary": summary_frame,
         "runs": pd.DataFrame(run_rows),
-        "curves": pd.DataFrame(curve_rows, columns=["method", "seed", "kind", "step", "tokens", "stage", "metric", "layer",
-                                                    "value"]),  # fmt: skip
+        "curves": pd.DataFrame(
+            curve_rows,
+            columns=["method", "seed", "kind", "step", "tokens", "stage", "metric", "layer", "value"],
+        ),
         "phases": pd.DataFrame(phase_rows, columns=["method", "seed", "phase", "start_step", "end_step"]),
         "alignment": pd.DataFrame(
             align_rows, columns=["method", "seed", "step", "layer", "cos", "noise_cos", "norm_ce", "norm_mbe"]
@@ -142,16 +176,22 @@ def _paired_rows(paired: PairedMetricSpec, summary: pd.DataFrame) -> pd.DataFram
     for (method, seed), row in wide.iterrows():
         if seed not in baseline.index:
             continue
-        value = formula(baseline.loc[seed, paired.after], row[paired.after], baseline.loc[seed, paired.before])
+        value = formula(
+            baseline.loc[seed, paired.after], row[paired.after], baseline.loc[seed, paired.before]
+        )
         rows.append({"method": method, "seed": seed, "metric": paired.metric, "value": value})
     return pd.DataFrame(rows, columns=["method", "seed", "metric", "value"])
 
 
-def _curve_rows(key: dict, records: list[dict], steps: int, max_train_points: int = MAX_TRAIN_POINTS) -> list[dict]:
+def _curve_rows(
+    key: dict, records: list[dict], steps: int, max_train_points: int = MAX_TRAIN_POINTS
+) -> list[dict]:
     rows = []
     stride = max(1, steps // max_train_points)
     for r in records:
-        if r["kind"] == "eval" or (r["kind"] == "train" and (r["step"] % stride == 0 or r["step"] == steps - 1)):
+        if r["kind"] == "eval" or (
+            r["kind"] == "train" and (r["step"] % stride == 0 or r["step"] == steps - 1)
+        ):
             # a staged task's records name their stage (forgetting: mix, then finetune); the figures mark its end
             stage = r.get("stage") if isinstance(r.get("stage"), str) else None
             base = {**key, "kind": r["kind"], "step": r["step"], "tokens": r.get("tokens"), "stage": stage}
@@ -162,7 +202,9 @@ def _curve_rows(key: dict, records: list[dict], steps: int, max_train_points: in
                     rows.append({**base, "metric": metric, "layer": None, "value": float(value)})
                 elif isinstance(value, list) and len(value) > 1 and all(_is_number(v) for v in value):
                     # (a one-block list repeats its own mean, which the record also holds)
-                    rows += [{**base, "metric": metric, "layer": i, "value": float(v)} for i, v in enumerate(value)]
+                    rows += [
+                        {**base, "metric": metric, "layer": i, "value": float(v)} for i, v in enumerate(value)
+                    ]
     return rows
 
 
@@ -184,8 +226,17 @@ def _alignment_rows(key: dict, records: list[dict]) -> list[dict]:
         if r["kind"] != "alignment":
             continue
         for layer, cos, norm in zip(r["align/layers"], r["align/cos"], r["align/norm_mbe"]):
-            rows.append({**key, "step": r["step"], "layer": layer, "cos": cos, "noise_cos": r["align/noise_cos"],
-                         "norm_ce": r["align/norm_ce"], "norm_mbe": norm})  # fmt: skip
+            rows.append(
+                {
+                    **key,
+                    "step": r["step"],
+                    "layer": layer,
+                    "cos": cos,
+                    "noise_cos": r["align/noise_cos"],
+                    "norm_ce": r["align/norm_ce"],
+                    "norm_mbe": norm,
+                }
+            )
     return rows
 
 
@@ -197,7 +248,11 @@ def metric_table(spec: ReportSpec, summary: pd.DataFrame, methods: list[str]) ->
         cells = []
         for method in methods:
             x = data[data.method == method].value
-            cells.append(f"{x.mean():.4g} ± {x.std(ddof=1):.2g}" if len(x) > 1 else (f"{x.mean():.4g}" if len(x) else "n/a"))
+            cells.append(
+                f"{x.mean():.4g} ± {x.std(ddof=1):.2g}"
+                if len(x) > 1
+                else (f"{x.mean():.4g}" if len(x) else "n/a")
+            )
         paper = ", ".join(f"{m} {v}" for m, v in row.paper.items()) or "—"
         values_rows.append([row.label, paper, *cells])
         if BASELINE not in methods:
@@ -212,14 +267,22 @@ def metric_table(spec: ReportSpec, summary: pd.DataFrame, methods: list[str]) ->
             except ValueError:  # a ratio of a quantity that reaches 0 means nothing: the difference
                 change = paired_change(by_seed[method], by_seed[BASELINE], "difference")
             changes.append(change.format())
-        claimed = [c.paper_value for c in spec.paper.claims if c.metric == row.key and c.baseline == BASELINE and c.kind in CHANGES]
+        claimed = [
+            c.paper_value
+            for c in spec.paper.claims
+            if c.metric == row.key and c.baseline == BASELINE and c.kind in CHANGES
+        ]
         change_rows.append([row.label, "; ".join(dict.fromkeys(claimed)) or "—", *changes])
     values = tabulate(values_rows, headers=["metric", "paper", *methods], tablefmt="github")
-    changes = tabulate(change_rows, headers=["metric", "paper", *[m for m in methods if m != BASELINE]], tablefmt="github")
+    changes = tabulate(
+        change_rows, headers=["metric", "paper", *[m for m in methods if m != BASELINE]], tablefmt="github"
+    )
     return values, changes
 
 
-def write_table(spec: ReportSpec, scale: str, frames: dict[str, pd.DataFrame], methods: list[str], out: Path) -> None:
+def write_table(
+    spec: ReportSpec, scale: str, frames: dict[str, pd.DataFrame], methods: list[str], out: Path
+) -> None:
     runs = frames["runs"]
     values, changes = metric_table(spec, frames["summary"], methods)
     commits = sorted({str(c)[:12] for c in runs.git_commit.dropna()}) if "git_commit" in runs else []
@@ -249,7 +312,10 @@ def write_table(spec: ReportSpec, scale: str, frames: dict[str, pd.DataFrame], m
         "",
     ]
     if scale == "smoke":
-        lines += ["Smoke runs prove the pipeline; their numbers are not evidence for or against the paper.", ""]
+        lines += [
+            "Smoke runs prove the pipeline; their numbers are not evidence for or against the paper.",
+            "",
+        ]
     (out / "table.md").write_text("\n".join(lines))
 
 
@@ -274,7 +340,9 @@ def _main(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, frame in frames.items():
         # curves only feed figures: 7 significant digits; summary.csv keeps full precision for the tables
-        frame.to_csv(args.out / f"{name}.csv", index=False, float_format=None if name == "summary" else "%.7g")
+        frame.to_csv(
+            args.out / f"{name}.csv", index=False, float_format=None if name == "summary" else "%.7g"
+        )
     write_table(spec, args.scale, frames, methods, args.out)
     return 0
 

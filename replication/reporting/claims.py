@@ -23,10 +23,10 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from replication.runtime import cli
-from replication.science.errors import DataError
 from replication.config.report import ClaimSpec, ReportSpec, load_report_spec
 from replication.reporting.stats import Estimate, at_least, fisher_combined, holm, paired_change, verdict
+from replication.runtime import cli
+from replication.science.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,10 @@ def _serial_dependence(claim: ClaimSpec, data: pd.DataFrame) -> Judgement:
     side = 1.0 if persistent <= alternating else -1.0  # +: more persistent than chance
     mean_obs, mean_null = sum(observed) / n, sum(shuffled) / n
     estimate = Estimate(side, None, None, n, p, 0.0, "permutation")
-    text = (f"lag-1 autocorrelation {mean_obs:.3g} against {mean_null:.3g} in shuffled order; "
-            f"p = {p:.2g} for {'persistence' if side > 0 else 'alternation'} (permutation, Fisher over n={n} runs)")  # fmt: skip
+    text = (
+        f"lag-1 autocorrelation {mean_obs:.3g} against {mean_null:.3g} in shuffled order; "
+        f"p = {p:.2g} for {'persistence' if side > 0 else 'alternation'} (permutation, Fisher over n={n} runs)"
+    )
     return Judgement(claim, estimate, text, p, claim.direction)
 
 
@@ -74,7 +76,9 @@ def judge(claim: ClaimSpec, summary: pd.DataFrame) -> Judgement:
     if claim.kind == "serial_dependence":
         return _serial_dependence(claim, data)
     if claim.kind in ("at_least", "robust_at_least"):
-        estimate = at_least(list(by_seed(claim.method).values()), claim.threshold, robust=claim.kind == "robust_at_least")
+        estimate = at_least(
+            list(by_seed(claim.method).values()), claim.threshold, robust=claim.kind == "robust_at_least"
+        )
         return Judgement(claim, estimate, estimate.format(), estimate.p, "increase")
     try:
         estimate = paired_change(by_seed(claim.method), by_seed(claim.baseline), claim.kind)
@@ -93,8 +97,10 @@ MEASURES = {
 
 def measure(claim: ClaimSpec) -> str:
     if claim.kind == "serial_dependence":
-        return (f"`{claim.metric}` of {claim.method} runs: persistence of the detrended cosine beyond the same "
-                "values in random order")  # fmt: skip
+        return (
+            f"`{claim.metric}` of {claim.method} runs: persistence of the detrended cosine beyond the same "
+            "values in random order"
+        )
     if claim.kind in ("at_least", "robust_at_least"):
         centre = "median, sign-test interval" if claim.kind == "robust_at_least" else "mean, t interval"
         return f"`{claim.metric}` of {claim.method} runs, at least {claim.threshold:g} (tested: {centre} above it)"
@@ -107,13 +113,28 @@ def claim_rows(spec: ReportSpec, summary: pd.DataFrame, scale: str) -> list[list
     adjusted = holm([j.p for j in judgements])
     rows = []
     for j, p_holm in zip(judgements, adjusted):
-        raw, corrected = verdict(j.estimate, j.direction), verdict(j.estimate, j.direction, p=p_holm if p_holm is not None else math.nan)
+        raw, corrected = (
+            verdict(j.estimate, j.direction),
+            verdict(j.estimate, j.direction, p=p_holm if p_holm is not None else math.nan),
+        )
         if scale == "smoke":
             raw, corrected = f"not evidence (would read: {raw})", f"not evidence (would read: {corrected})"
         p_text = "—" if j.p is None else f"{j.p:.2g} / {p_holm:.2g}"
         figure = f"[{j.claim.figure}]({spec.experiment}/{j.claim.figure})" if j.claim.figure else "—"
-        rows.append([j.claim.id, j.claim.claim, spec.experiment, measure(j.claim), j.claim.paper_value,
-                     f"{j.text}, {scale}", p_text, raw, corrected, figure])  # fmt: skip
+        rows.append(
+            [
+                j.claim.id,
+                j.claim.claim,
+                spec.experiment,
+                measure(j.claim),
+                j.claim.paper_value,
+                f"{j.text}, {scale}",
+                p_text,
+                raw,
+                corrected,
+                figure,
+            ]
+        )
     return rows
 
 
@@ -134,8 +155,18 @@ def _main(args: argparse.Namespace) -> int:
         if not csv.exists():
             raise DataError(f"{csv} is missing: aggregate the experiment first")
         rows += claim_rows(spec, pd.read_csv(csv), args.scale)
-    headers = ["id", "claim", "experiment", "measure", "paper", "ours (scale)", "p / Holm p", "verdict",
-               "verdict (Holm)", "figure"]  # fmt: skip
+    headers = [
+        "id",
+        "claim",
+        "experiment",
+        "measure",
+        "paper",
+        "ours (scale)",
+        "p / Holm p",
+        "verdict",
+        "verdict (Holm)",
+        "figure",
+    ]
     experiments = sorted({row[2] for row in rows})
     per_experiment = ", ".join(f"{e} {sum(r[2] == e for r in rows)}" for e in experiments)
     text = [
@@ -156,7 +187,11 @@ def _main(args: argparse.Namespace) -> int:
         "each claim's own p-value; the Holm verdict reads its p-value adjusted by Holm's step-down method",
         "over the claims of the same experiment, which keeps at most 5 % the chance that any claim of an",
         "experiment without a real effect reads other than *inconclusive*.",
-        *(["", "**Smoke runs prove the pipeline; they are not evidence for or against any claim.**"] if args.scale == "smoke" else []),
+        *(
+            ["", "**Smoke runs prove the pipeline; they are not evidence for or against any claim.**"]
+            if args.scale == "smoke"
+            else []
+        ),
         "",
         tabulate(rows, headers=headers, tablefmt="github"),
         "",

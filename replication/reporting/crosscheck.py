@@ -31,12 +31,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from replication.runtime import cli
 from replication.config.base import load_yaml
-from replication.science.errors import DataError
-from replication.reporting import claims
 from replication.dag.plan import Plan
 from replication.dag.schema import resolve_global_config
+from replication.reporting import claims
+from replication.runtime import cli
+from replication.science.errors import DataError
 
 NUMBER = r"[+\-−]?\d+(?:\.\d+)?"
 ESTIMATE = re.compile(rf"({NUMBER})(?: %)? \[({NUMBER}), ({NUMBER})\]")
@@ -59,7 +59,9 @@ class Quote:
 
     def quotes(self, exact: Quote) -> bool:
         """Whether this is ``exact`` rounded to the decimals printed here."""
-        return all(abs(q - e) <= 0.5 * 10**-d + 1e-9 for q, e, d in zip(self.values, exact.values, self.decimals))
+        return all(
+            abs(q - e) <= 0.5 * 10**-d + 1e-9 for q, e, d in zip(self.values, exact.values, self.decimals)
+        )
 
 
 def _table(text: str, header_marker: str) -> tuple[list[str], list[list[str]]]:
@@ -80,7 +82,11 @@ def _table(text: str, header_marker: str) -> tuple[list[str], list[list[str]]]:
 def _claim_rows(claims_md: str) -> dict[tuple[str, str], dict[str, str]]:
     """(id, experiment) -> the row's cells by header name, of a CLAIMS.md of any version."""
     header, rows = _table(claims_md, "| id ")
-    return {(row[0], row[header.index("experiment")]): dict(zip(header, row)) for row in rows if len(row) == len(header)}
+    return {
+        (row[0], row[header.index("experiment")]): dict(zip(header, row))
+        for row in rows
+        if len(row) == len(header)
+    }
 
 
 def claim_estimates(claims_md: str) -> dict[str, list[Quote]]:
@@ -108,8 +114,10 @@ def readme_problems(readme: str, scale: str, estimates: dict[str, list[Quote]]) 
             quote = Quote.parse(match)
             if not any(quote.quotes(exact) for exact in candidates):
                 nearest = ", ".join(q.text for q in candidates) or "none"
-                problems.append(f"README row {row_id.group(1)} quotes {quote.text}, which no {row_id.group(1)}* "
-                                f"claim of CLAIMS.md has (theirs: {nearest})")  # fmt: skip
+                problems.append(
+                    f"README row {row_id.group(1)} quotes {quote.text}, which no {row_id.group(1)}* "
+                    f"claim of CLAIMS.md has (theirs: {nearest})"
+                )
     return problems
 
 
@@ -130,17 +138,24 @@ def claims_problems(committed: Path, remade: str, shown: int = 5) -> list[str]:
     if not committed.is_file():
         return [f"{committed} is missing: make it with the DAG's claims rule"]
     ours, theirs = committed.read_text().splitlines(), remade.splitlines()
-    differ = [i for i in range(max(len(ours), len(theirs)))
-              if i >= len(ours) or i >= len(theirs) or ours[i] != theirs[i]]  # fmt: skip
+    differ = [
+        i
+        for i in range(max(len(ours), len(theirs)))
+        if i >= len(ours) or i >= len(theirs) or ours[i] != theirs[i]
+    ]
     problems = []
     for i in differ[:shown]:
         a = ours[i] if i < len(ours) else ""
         b = theirs[i] if i < len(theirs) else ""
         at = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         start = max(0, at - 30)  # where the two lines part, with some context
-        problems.append(f"{committed}:{i + 1}: committed {a[start:at + 50]!r}, from the data {b[start:at + 50]!r}")
+        problems.append(
+            f"{committed}:{i + 1}: committed {a[start : at + 50]!r}, from the data {b[start : at + 50]!r}"
+        )
     if len(differ) > shown:
-        problems.append(f"{committed}: {len(differ) - shown} more differing lines (of {len(theirs)} made from the data)")
+        problems.append(
+            f"{committed}: {len(differ) - shown} more differing lines (of {len(theirs)} made from the data)"
+        )
     return problems
 
 
@@ -161,21 +176,29 @@ def provenance_problems(plan: Plan) -> list[str]:
             continue
         missing = [c for c in ("run_dir", "git_commit", "git_dirty") if c not in runs]
         if missing:
-            problems.append(f"{path} has no column {', '.join(missing)}: make it again with the DAG's aggregate rule")
+            problems.append(
+                f"{path} has no column {', '.join(missing)}: make it again with the DAG's aggregate rule"
+            )
             continue
         unknown = runs[runs.git_commit == ""]
         dirty = runs[(runs.git_commit != "") & (runs.git_dirty != "False")]
-        for rows, what in ((unknown, "with no known commit (trained outside a git clone)"),
-                           (dirty, "from a tree that differed from its commit, or could not be compared with it")):
+        for rows, what in (
+            (unknown, "with no known commit (trained outside a git clone)"),
+            (dirty, "from a tree that differed from its commit, or could not be compared with it"),
+        ):
             if len(rows):
-                problems.append(f"{path}: {len(rows)} of {len(runs)} runs were trained {what}, first "
-                                f"{rows.run_dir.iloc[0]}; train them again from a clean clone")  # fmt: skip
+                problems.append(
+                    f"{path}: {len(rows)} of {len(runs)} runs were trained {what}, first "
+                    f"{rows.run_dir.iloc[0]}; train them again from a clean clone"
+                )
         for commit in runs.git_commit[runs.git_commit != ""].unique():
             commits.setdefault(commit, set()).add(experiment)
     if len(commits) > 1:
         where = "; ".join(f"{commit[:12]} ({', '.join(sorted(e))})" for commit, e in sorted(commits.items()))
-        problems.append(f"the runs of {plan.scale} were trained at {len(commits)} commits: {where}; "
-                        "rebuild the scale from one clean clone (README, \"Running a scale\")")  # fmt: skip
+        problems.append(
+            f"the runs of {plan.scale} were trained at {len(commits)} commits: {where}; "
+            'rebuild the scale from one clean clone (README, "Running a scale")'
+        )
     return problems
 
 
@@ -201,13 +224,19 @@ def verdict_changes(old_md: str, new_md: str) -> str:
         after = new[key]
         before = old.get(key)
         ours = next(n for n in after if n.startswith("ours"))
-        verdicts = f"{after['verdict']}" + (f" (Holm: {after['verdict (Holm)']})" if "verdict (Holm)" in after else "")
+        verdicts = f"{after['verdict']}" + (
+            f" (Holm: {after['verdict (Holm)']})" if "verdict (Holm)" in after else ""
+        )
         if before is None:
             lines.append(f"| {key[0]} | {key[1]} | (new claim) | {after[ours]}: {verdicts} |")
             continue
         old_ours = next(n for n in before if n.startswith("ours"))
-        if before["verdict"] != after["verdict"] or before["verdict"] != after.get("verdict (Holm)", after["verdict"]):
-            lines.append(f"| {key[0]} | {key[1]} | {before[old_ours]}: {before['verdict']} | {after[ours]}: {verdicts} |")
+        if before["verdict"] != after["verdict"] or before["verdict"] != after.get(
+            "verdict (Holm)", after["verdict"]
+        ):
+            lines.append(
+                f"| {key[0]} | {key[1]} | {before[old_ours]}: {before['verdict']} | {after[ours]}: {verdicts} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -215,8 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("replication.reporting.crosscheck", __doc__)
     parser.add_argument("config", type=Path, help="the global config of the scale, e.g. config/cpu.yaml")
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
-    parser.add_argument("--changes-from", type=Path, metavar="OLD_CLAIMS_MD",
-                        help="print the claims whose verdict differs from this earlier CLAIMS.md, and check nothing")  # fmt: skip
+    parser.add_argument(
+        "--changes-from",
+        type=Path,
+        metavar="OLD_CLAIMS_MD",
+        help="print the claims whose verdict differs from this earlier CLAIMS.md, and check nothing",
+    )
     return cli.run(_main, parser.parse_args(argv))
 
 

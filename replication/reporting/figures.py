@@ -23,11 +23,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from replication.runtime import cli  # noqa: E402
 from replication.config.base import ConfigError  # noqa: E402
-from replication.science.methods import METHOD_NAMES  # noqa: E402
 from replication.config.report import FigureSpec, ReportSpec, load_report_spec  # noqa: E402
 from replication.reporting.stats import t_errorbar  # noqa: E402
+from replication.runtime import cli  # noqa: E402
+from replication.science.methods import METHOD_NAMES  # noqa: E402
 
 METHOD_ORDER = list(METHOD_NAMES)  # the registry's order
 # (colour, line style, marker) per method: Okabe-Ito colours whose lightness differs where the line
@@ -69,7 +69,9 @@ def label(labels: dict[str, str], metric: str) -> str:
 
 def _save(fig: plt.Figure, results: Path, stem: str, title: str) -> list[Path]:
     if title:
-        fig.suptitle(textwrap.fill(title, int(11 * fig.get_figwidth())), fontsize=10)  # ~11 characters an inch
+        fig.suptitle(
+            textwrap.fill(title, int(11 * fig.get_figwidth())), fontsize=10
+        )  # ~11 characters an inch
     if not fig.get_layout_engine():
         fig.tight_layout()
     paths = [results / f"{stem}.png", results / f"{stem}.pdf"]
@@ -97,8 +99,10 @@ def _phase_strip(ax: plt.Axes, phases: pd.DataFrame, methods: list[str], x_max: 
         rows = phases[phases.method == method]
         seeds = sorted(rows.seed.unique())
         for i, seed in enumerate(seeds):
-            spans = [(r.start_step, max(r.end_step - r.start_step, min_width))
-                     for r in rows[(rows.seed == seed) & (rows.phase == "compress")].itertuples()]  # fmt: skip
+            spans = [
+                (r.start_step, max(r.end_step - r.start_step, min_width))
+                for r in rows[(rows.seed == seed) & (rows.phase == "compress")].itertuples()
+            ]
             ax.broken_barh(spans, (row + i + 0.1, 0.8), color=palette[method], lw=0)
         ticks.append((row + len(seeds) / 2, method))
         row += len(seeds) + 1
@@ -116,9 +120,13 @@ def stage_ends(curves_df: pd.DataFrame) -> list[tuple[float, str, str]]:
         return []
     evals = curves_df[(curves_df.kind == "eval") & curves_df.stage.notna()]
     ends = set()
-    for _, run in evals.drop_duplicates(["method", "seed", "step"]).sort_values("step").groupby(["method", "seed"]):
+    for _, run in (
+        evals.drop_duplicates(["method", "seed", "step"]).sort_values("step").groupby(["method", "seed"])
+    ):
         stages, steps = list(run.stage), list(run.step)
-        ends |= {(steps[i], stages[i], stages[i + 1]) for i in range(len(steps) - 1) if stages[i] != stages[i + 1]}
+        ends |= {
+            (steps[i], stages[i], stages[i + 1]) for i in range(len(steps) - 1) if stages[i] != stages[i + 1]
+        }
     return sorted(ends)
 
 
@@ -128,8 +136,13 @@ def _robust_limits(values: pd.Series) -> tuple[float, float]:
     return lo - margin, hi + margin
 
 
-def curves(spec: FigureSpec, curves_df: pd.DataFrame, phases: pd.DataFrame, results: Path,
-           labels: dict[str, str] | None = None) -> list[Path]:  # fmt: skip
+def curves(
+    spec: FigureSpec,
+    curves_df: pd.DataFrame,
+    phases: pd.DataFrame,
+    results: Path,
+    labels: dict[str, str] | None = None,
+) -> list[Path]:
     """One panel per metric, the methods overlaid (mean over seeds, 95 % t band), stage ends dashed,
     and a strip of every gated run's compress phases below."""
     labels = labels or {}
@@ -145,7 +158,9 @@ def curves(spec: FigureSpec, curves_df: pd.DataFrame, phases: pd.DataFrame, resu
     strip_rows = sum(phases[phases.method == m].seed.nunique() + 1 for m in gated)
     strip_height = 0.35 + min(0.07 * strip_rows, 1.2) if gated else 0
     fig = plt.figure(figsize=(PAGE_WIDTH, 2.2 * rows + strip_height + 0.5), layout="constrained")
-    grid = fig.add_gridspec(rows + bool(gated), cols, height_ratios=[2.2] * rows + ([strip_height] if gated else []))
+    grid = fig.add_gridspec(
+        rows + bool(gated), cols, height_ratios=[2.2] * rows + ([strip_height] if gated else [])
+    )
     x_max = float(data.step.max())
     after_start = data[data.step >= 0.05 * x_max]  # the first steps' values would set the scale
     axes = []
@@ -153,9 +168,22 @@ def curves(spec: FigureSpec, curves_df: pd.DataFrame, phases: pd.DataFrame, resu
         ax = fig.add_subplot(grid[i // cols, i % cols], sharex=axes[0] if axes else None)
         axes.append(ax)
         panel = data[data.metric == metric]
-        sns.lineplot(panel, x="step", y="value", hue="method", hue_order=methods, palette=method_palette(methods),
-                     style="method", style_order=methods, dashes=method_dashes(methods), errorbar=t_errorbar,
-                     err_kws={"alpha": 0.12, "lw": 0}, lw=1.4, ax=ax, legend=i == 0)  # fmt: skip
+        sns.lineplot(
+            panel,
+            x="step",
+            y="value",
+            hue="method",
+            hue_order=methods,
+            palette=method_palette(methods),
+            style="method",
+            style_order=methods,
+            dashes=method_dashes(methods),
+            errorbar=t_errorbar,
+            err_kws={"alpha": 0.12, "lw": 0},
+            lw=1.4,
+            ax=ax,
+            legend=i == 0,
+        )
         ax.set_ylim(*_robust_limits(after_start[after_start.metric == metric].value))
         ax.set_title(textwrap.fill(label(labels, metric), 34), fontsize=8)
         ax.set_ylabel("")
@@ -164,16 +192,33 @@ def curves(spec: FigureSpec, curves_df: pd.DataFrame, phases: pd.DataFrame, resu
         for step, before, after in ends:
             ax.axvline(step, color="0.25", lw=0.9, ls=(0, (4, 2)), zorder=1)
             if i == 0:
-                ax.annotate(f"{before} | {after}", (step, 1.0), xycoords=("data", "axes fraction"), xytext=(0, -2),
-                            textcoords="offset points", ha="center", va="top", fontsize=7, color="0.25",
-                            bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none"})  # fmt: skip
+                ax.annotate(
+                    f"{before} | {after}",
+                    (step, 1.0),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(0, -2),
+                    textcoords="offset points",
+                    ha="center",
+                    va="top",
+                    fontsize=7,
+                    color="0.25",
+                    bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none"},
+                )
     axes[0].set_xlim(0, x_max)
     legend = axes[0].get_legend()
     if legend is not None:
         legend.remove()
         handles, names = axes[0].get_legend_handles_labels()
-        fig.legend(handles, names, loc="outside lower center", ncols=len(methods), frameon=False, fontsize=8,
-                   title="mean over seeds, band: 95 % t interval", title_fontsize=7)  # fmt: skip
+        fig.legend(
+            handles,
+            names,
+            loc="outside lower center",
+            ncols=len(methods),
+            frameon=False,
+            fontsize=8,
+            title="mean over seeds, band: 95 % t interval",
+            title_fontsize=7,
+        )
     if gated:
         strip = fig.add_subplot(grid[rows, :], sharex=axes[0])
         _phase_strip(strip, phases, gated, x_max)
@@ -184,16 +229,29 @@ def curves(spec: FigureSpec, curves_df: pd.DataFrame, phases: pd.DataFrame, resu
     return _save(fig, results, spec.file, spec.title)
 
 
-def mbe_by_layer(spec: FigureSpec, curves_df: pd.DataFrame, results: Path, labels: dict[str, str] | None = None) -> list[Path]:
+def mbe_by_layer(
+    spec: FigureSpec, curves_df: pd.DataFrame, results: Path, labels: dict[str, str] | None = None
+) -> list[Path]:
     data = curves_df[(curves_df.metric == spec.metric) & curves_df.layer.notna()]
     if data.empty:
         raise ConfigError(f"figure {spec.file}: curves.csv has no per-layer metric {spec.metric!r}")
     last = data[data.step == data.groupby(["method", "seed"]).step.transform("max")]
     methods = _methods(last)
     fig, ax = plt.subplots(figsize=(PAGE_WIDTH / 2 + 0.4, 2.9), layout="constrained")
-    sns.lineplot(last, x="layer", y="value", hue="method", hue_order=methods, palette=method_palette(methods),
-                 style="method", style_order=methods, dashes=method_dashes(methods), markers=method_markers(methods),
-                 errorbar=t_errorbar, ax=ax)  # fmt: skip
+    sns.lineplot(
+        last,
+        x="layer",
+        y="value",
+        hue="method",
+        hue_order=methods,
+        palette=method_palette(methods),
+        style="method",
+        style_order=methods,
+        dashes=method_dashes(methods),
+        markers=method_markers(methods),
+        errorbar=t_errorbar,
+        ax=ax,
+    )
     ax.legend(frameon=False, fontsize=7)
     ax.set_xlabel("block")
     ax.set_ylabel(textwrap.fill(f"{label(labels or {}, spec.metric)}, last evaluation", 40), fontsize=8)
@@ -207,26 +265,56 @@ def rq1_alignment(spec: FigureSpec, alignment: pd.DataFrame, results: Path) -> l
     layers = sorted(alignment.layer.unique())
     cols = min(4, len(layers))
     rows = int(np.ceil(len(layers) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 1.9 * rows + 0.9), sharex=True, sharey=True,
-                             squeeze=False, layout="constrained")  # fmt: skip
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(PAGE_WIDTH, 1.9 * rows + 0.9),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
     noise = alignment.drop_duplicates(["method", "seed", "step"])
     for ax, layer in zip(axes.flat, layers):
         panel = alignment[alignment.layer == layer]
-        sns.lineplot(noise, x="step", y="noise_cos", color="0.55", errorbar=t_errorbar, ax=ax,
-                     label="CE-CE noise baseline", ls=(0, (4, 2)))  # fmt: skip
-        sns.lineplot(panel, x="step", y="cos", color=METHOD_STYLE["ce"][0], errorbar=t_errorbar, ax=ax,
-                     label="cos(∇CE, ∇MBE)")  # fmt: skip
+        sns.lineplot(
+            noise,
+            x="step",
+            y="noise_cos",
+            color="0.55",
+            errorbar=t_errorbar,
+            ax=ax,
+            label="CE-CE noise baseline",
+            ls=(0, (4, 2)),
+        )
+        sns.lineplot(
+            panel,
+            x="step",
+            y="cos",
+            color=METHOD_STYLE["ce"][0],
+            errorbar=t_errorbar,
+            ax=ax,
+            label="cos(∇CE, ∇MBE)",
+        )
         ax.axhline(0.0, color="k", lw=0.6)
         ax.set_title(f"block {int(layer)}", fontsize=8)
         ax.set_ylabel("cosine", fontsize=8)
         ax.set_xlabel("optimizer step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.get_legend().remove()
-    for ax in list(axes.flat)[len(layers):]:
+    for ax in list(axes.flat)[len(layers) :]:
         ax.set_visible(False)
     handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncols=2, fontsize=8, frameon=False,
-               title="mean over seeds, band: 95 % t interval", title_fontsize=7)  # fmt: skip
+    fig.legend(
+        handles,
+        names,
+        loc="outside lower center",
+        ncols=2,
+        fontsize=8,
+        frameon=False,
+        title="mean over seeds, band: 95 % t interval",
+        title_fontsize=7,
+    )
     return _save(fig, results, spec.file, spec.title)
 
 
@@ -237,7 +325,9 @@ def share_errorbar(values: Sequence[float]) -> tuple[float, float]:
     return (max(low, 0.0), min(high, 1.0))
 
 
-def by_digits(spec: FigureSpec, summary: pd.DataFrame, results: Path, labels: dict[str, str] | None = None) -> list[Path]:
+def by_digits(
+    spec: FigureSpec, summary: pd.DataFrame, results: Path, labels: dict[str, str] | None = None
+) -> list[Path]:
     """Shares (exact match) per operand digit count: the mean of the seeds with its t interval cut at
     0 and 1, and each seed as a dot."""
     frames = []
@@ -252,18 +342,44 @@ def by_digits(spec: FigureSpec, summary: pd.DataFrame, results: Path, labels: di
         raise ConfigError(f"figure {spec.file}: summary.csv has no metric starting with {spec.prefixes}")
     methods = _methods(data)
     fig, ax = plt.subplots(figsize=(PAGE_WIDTH * 0.75, 3.0), layout="constrained")
-    sns.pointplot(data, x="digits", y="value", hue="method", hue_order=methods, palette=method_palette(methods),
-                  markers=[method_markers(methods)[m] for m in methods], linestyles="none", errorbar=share_errorbar,
-                  dodge=0.8 * (len(methods) - 1) / len(methods), ax=ax)  # the strip plot's offsets: 0.8 wide
-    sns.stripplot(data, x="digits", y="value", hue="method", hue_order=methods, palette=method_palette(methods),
-                  dodge=True, jitter=0.03, alpha=0.35, size=3, legend=False, ax=ax)  # fmt: skip
-    ax.legend(frameon=False, fontsize=7, title="mean, 95 % t interval cut at 0 and 1; dots: seeds", title_fontsize=7)
+    sns.pointplot(
+        data,
+        x="digits",
+        y="value",
+        hue="method",
+        hue_order=methods,
+        palette=method_palette(methods),
+        markers=[method_markers(methods)[m] for m in methods],
+        linestyles="none",
+        errorbar=share_errorbar,
+        dodge=0.8 * (len(methods) - 1) / len(methods),
+        ax=ax,
+    )  # the strip plot's offsets: 0.8 wide
+    sns.stripplot(
+        data,
+        x="digits",
+        y="value",
+        hue="method",
+        hue_order=methods,
+        palette=method_palette(methods),
+        dodge=True,
+        jitter=0.03,
+        alpha=0.35,
+        size=3,
+        legend=False,
+        ax=ax,
+    )
+    ax.legend(
+        frameon=False, fontsize=7, title="mean, 95 % t interval cut at 0 and 1; dots: seeds", title_fontsize=7
+    )
     ax.set_xlabel("operand digits")
     ax.set_ylabel(label(labels or {}, spec.prefixes[0]) if spec.prefixes else "", fontsize=8)
     return _save(fig, results, spec.file, spec.title)
 
 
-def by_method(spec: FigureSpec, summary: pd.DataFrame, results: Path, labels: dict[str, str] | None = None) -> list[Path]:
+def by_method(
+    spec: FigureSpec, summary: pd.DataFrame, results: Path, labels: dict[str, str] | None = None
+) -> list[Path]:
     data = summary[summary.metric.isin(spec.metrics)]
     if data.empty:
         raise ConfigError(f"figure {spec.file}: summary.csv has none of {spec.metrics}")
@@ -271,19 +387,42 @@ def by_method(spec: FigureSpec, summary: pd.DataFrame, results: Path, labels: di
     metrics = [m for m in spec.metrics if m in set(data.metric)]
     cols = min(3, len(metrics))
     rows = -(-len(metrics) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 2.5 * rows + 0.5), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(PAGE_WIDTH, 2.5 * rows + 0.5), squeeze=False, layout="constrained"
+    )
     for ax, metric in zip(axes.flat, metrics):
         panel = data[data.metric == metric]
-        sns.stripplot(panel, x="method", y="value", order=methods, hue="method", hue_order=methods,
-                      palette=method_palette(methods), alpha=0.45, size=3.5, legend=False, ax=ax)  # fmt: skip
-        sns.pointplot(panel, x="method", y="value", order=methods, color="k", errorbar=t_errorbar,
-                      linestyle="none", markers="D", markersize=4, ax=ax)  # fmt: skip
+        sns.stripplot(
+            panel,
+            x="method",
+            y="value",
+            order=methods,
+            hue="method",
+            hue_order=methods,
+            palette=method_palette(methods),
+            alpha=0.45,
+            size=3.5,
+            legend=False,
+            ax=ax,
+        )
+        sns.pointplot(
+            panel,
+            x="method",
+            y="value",
+            order=methods,
+            color="k",
+            errorbar=t_errorbar,
+            linestyle="none",
+            markers="D",
+            markersize=4,
+            ax=ax,
+        )
         ax.set_title(textwrap.fill(label(labels or {}, metric), 34), fontsize=8)
         ax.set_xlabel("")
         ax.set_ylabel("")
         ax.tick_params(axis="x", rotation=30, labelsize=7)
         ax.tick_params(axis="y", labelsize=7)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.set_visible(False)
     return _save(fig, results, spec.file, spec.title)
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import markdown
 
-from replication.runtime import cli
 from replication.config.report import ReportSpec, load_report_spec
 from replication.dag.schema import defaults
+from replication.runtime import cli
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1200px; margin: 2em auto;
@@ -79,13 +79,17 @@ def _figure_html(spec: ReportSpec, number: int, results: Path, page: Page, link_
         path = results / spec.experiment / f"{figure.file}.png"
         if not path.is_file():
             page.missing.append(str(path))
-            out.append(f'<p class="missing" id="{_anchor(spec.experiment, figure.file)}">missing: {html.escape(str(path))}</p>')
+            out.append(
+                f'<p class="missing" id="{_anchor(spec.experiment, figure.file)}">missing: {html.escape(str(path))}</p>'
+            )
             continue
         number += 1
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         title = html.escape(figure.title or figure.file)
         pdf = html.escape(f"{link_base}/{spec.experiment}/{figure.file}.pdf".removeprefix("./"))
-        caption = _markdown(f"**Figure {number}. {figure.title or figure.file}.** {figure.caption} ([PDF]({pdf}))")
+        caption = _markdown(
+            f"**Figure {number}. {figure.title or figure.file}.** {figure.caption} ([PDF]({pdf}))"
+        )
         out.append(
             f'<figure id="{_anchor(spec.experiment, figure.file)}">'
             f'<img alt="{title}" src="data:image/png;base64,{data}">'
@@ -95,16 +99,21 @@ def _figure_html(spec: ReportSpec, number: int, results: Path, page: Page, link_
 
 
 def build(
-    scale: str, results_root: Path, experiments_dir: Path, experiments: list[str] | None = None,
+    scale: str,
+    results_root: Path,
+    experiments_dir: Path,
+    experiments: list[str] | None = None,
     out: Path | None = None,
-) -> Page:  # fmt: skip
+) -> Page:
     """The page of one scale (to be written at ``out``, by default ``RESULTS/SCALE/report.html``);
     raises FileNotFoundError when the scale has no results at all."""
     results = results_root / scale
     out = out or results / "report.html"
     link_base = Path(os.path.relpath(results.resolve(), out.resolve().parent)).as_posix()
     if experiments is None:  # the DAG's order first, then any other experiment with results
-        present = {p.name for p in results.iterdir() if (p / "table.md").is_file()} if results.is_dir() else set()
+        present = (
+            {p.name for p in results.iterdir() if (p / "table.md").is_file()} if results.is_dir() else set()
+        )
         order = [name for name in defaults()["experiments"] if name in present]
         experiments = order + sorted(present - set(order))
     if not experiments:
@@ -116,7 +125,9 @@ def build(
     claims = results / "CLAIMS.md"
     nav = [f'<a href="#{s.experiment}">{s.experiment}</a>' for s in specs]
     page.sections.append(f"<h1>GAPT replication: results at <code>{html.escape(scale)}</code> scale</h1>")
-    page.sections.append("<nav>" + " ".join((['<a href="#claims">claims</a>'] if claims.is_file() else []) + nav) + "</nav>")
+    page.sections.append(
+        "<nav>" + " ".join((['<a href="#claims">claims</a>'] if claims.is_file() else []) + nav) + "</nav>"
+    )
     if claims.is_file():
         text = _link_figures_in_page(claims.read_text(encoding="utf-8"))
         page.sections.append('<section id="claims">' + _markdown(text, shift_headings=1) + "</section>")
@@ -130,7 +141,9 @@ def build(
             section.append(_markdown(table.read_text(encoding="utf-8"), shift_headings=1))
         else:
             page.missing.append(str(table))
-            section.append(f"<h2>{spec.experiment}</h2><p class='missing'>missing: {html.escape(str(table))}</p>")
+            section.append(
+                f"<h2>{spec.experiment}</h2><p class='missing'>missing: {html.escape(str(table))}</p>"
+            )
         figures = _figure_html(spec, figure_number, results, page, link_base)
         figure_number += sum(1 for f in figures if f.startswith("<figure"))
         section += figures
@@ -153,7 +166,9 @@ def render(page: Page) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("replication.reporting.report", __doc__)
     parser.add_argument("--scale", required=True, help="smoke, cpu, gpu1 or paper")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="the results root (default: results)")
+    parser.add_argument(
+        "--results", type=Path, default=Path("results"), help="the results root (default: results)"
+    )
     parser.add_argument("--experiments-dir", type=Path, default=Path("experiments"))
     parser.add_argument("--out", type=Path, default=None, help="default: RESULTS/SCALE/report.html")
     return cli.run(_main, parser.parse_args(argv))

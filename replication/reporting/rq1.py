@@ -131,7 +131,9 @@ def persistence_test(
         return None
     complete = signal.detrend(complete, axis=0, type="linear")  # minus each block's least-squares line
     observed = float(lag1_autocorrelation(complete).mean())
-    shuffled = np.array([lag1_autocorrelation(complete[rng.permutation(len(complete))]).mean() for _ in range(n)])
+    shuffled = np.array(
+        [lag1_autocorrelation(complete[rng.permutation(len(complete))]).mean() for _ in range(n)]
+    )
     return {
         "rq1/autocorr": observed,  # of the detrended series
         "rq1/autocorr_shuffled": float(shuffled.mean()),

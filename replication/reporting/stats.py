@@ -68,7 +68,9 @@ class Estimate:
         else:
             sign = "+" if self.kind in ("difference", "robust_difference") else ""
             body = f"{self.mean:{sign}.{digits}g}"
-            interval = "" if self.low is None else f" [{self.low:{sign}.{digits}g}, {self.high:{sign}.{digits}g}]"
+            interval = (
+                "" if self.low is None else f" [{self.low:{sign}.{digits}g}, {self.high:{sign}.{digits}g}]"
+            )
         prefix = "median " if self.kind.startswith("robust") else ("Δ " if self.kind == "difference" else "")
         return f"{prefix}{body}{interval} (n={self.n})"
 
@@ -110,7 +112,9 @@ def sign_test(values: Sequence[float], null: float = 0.0) -> float | None:
     return float(min(1.0, 2 * stats.binom.cdf(smaller, n, 0.5)))
 
 
-def median_interval(values: Sequence[float | None], confidence: float = CONFIDENCE, null: float = 0.0) -> Estimate:
+def median_interval(
+    values: Sequence[float | None], confidence: float = CONFIDENCE, null: float = 0.0
+) -> Estimate:
     """Median with the order-statistic interval [x_(k), x_(n-k+1)] of the sign test (distribution-free,
     coverage 1 - 2 P(Binomial(n, 1/2) <= k - 1) >= ``confidence``) and ``sign_test`` against ``null``.
     No interval exists for n < 6 at 95 %."""
@@ -146,9 +150,14 @@ def paired_change(method: dict[int, float], baseline: dict[int, float], how: str
         if any(m <= 0 or b <= 0 for m, b in pairs):
             raise ValueError("a relative change needs positive values on both sides; use a difference")
         logs = t_interval([math.log(m / b) for m, b in pairs])
-        back = (lambda v: None if v is None else math.expm1(v))  # noqa: E731
-        return replace(logs, mean=math.expm1(logs.mean) if logs.n else math.nan, low=back(logs.low),
-                       high=back(logs.high), kind="relative")  # fmt: skip
+        back = lambda v: None if v is None else math.expm1(v)  # noqa: E731
+        return replace(
+            logs,
+            mean=math.expm1(logs.mean) if logs.n else math.nan,
+            low=back(logs.low),
+            high=back(logs.high),
+            kind="relative",
+        )
     differences = [m - b for m, b in pairs]
     if how == "difference":
         return replace(t_interval(differences), kind="difference")

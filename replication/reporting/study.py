@@ -47,12 +47,11 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from scipy import stats as scipy_stats  # noqa: E402
 
-from replication.runtime import cli  # noqa: E402
-from replication.science.errors import ConfigError, RunFolderError  # noqa: E402
-from replication.science.methods import BASELINE, METHOD_NAMES  # noqa: E402
+from replication.config.report import ReportSpec, load_report_spec  # noqa: E402
+from replication.config.run import StudySpec, validate_run_config  # noqa: E402
+from replication.dag.plan import study_files  # noqa: E402
 from replication.models import build_model  # noqa: E402
 from replication.reporting.figures import method_linestyle, method_markers, method_palette  # noqa: E402
-from replication.config.report import ReportSpec, load_report_spec  # noqa: E402
 from replication.reporting.stats import (  # noqa: E402
     CONFIDENCE,
     Estimate,
@@ -60,9 +59,10 @@ from replication.reporting.stats import (  # noqa: E402
     paired_values,
     t_interval,
 )
-from replication.dag.plan import study_files  # noqa: E402
-from replication.config.run import StudySpec, validate_run_config  # noqa: E402
+from replication.runtime import cli  # noqa: E402
 from replication.runtime.record import read_metrics  # noqa: E402
+from replication.science.errors import ConfigError, RunFolderError  # noqa: E402
+from replication.science.methods import BASELINE, METHOD_NAMES  # noqa: E402
 
 METRICS = {"final/val/ce": "validation CE", "final/val/mbe": "validation MBE"}
 CE = "final/val/ce"
@@ -102,8 +102,10 @@ def arms(spec: ReportSpec, scale: str) -> list[Arm]:
 def _settings_metrics(study: StudySpec) -> dict[str, str]:
     """What the settings report: their metrics, and the baseline's bar (named by its key if need be)."""
     bar = study.baseline_learns
-    return {**study.settings_metrics, **({bar.metric: bar.metric} if bar and bar.metric not in study.settings_metrics
-                                          else {})}  # fmt: skip
+    return {
+        **study.settings_metrics,
+        **({bar.metric: bar.metric} if bar and bar.metric not in study.settings_metrics else {}),
+    }
 
 
 def study_metrics(study: StudySpec) -> dict[str, str]:
@@ -134,17 +136,42 @@ def read_runs(spec: ReportSpec, scale: str, runs_dir: Path) -> pd.DataFrame:
                     summary = json.loads(path.read_text())
                 except (OSError, json.JSONDecodeError) as error:
                     raise RunFolderError(f"{path}: cannot read it ({error}); rerun that run") from None
-                base = {"arm": arm.name, "knob": arm.knob, "value_label": arm.value, "scale": arm.scale,
-                        "method": method, "seed": seed, "parameters": parameter_count(summary["config"]),
-                        "commit": summary.get("provenance", {}).get("git_commit", "")[:12]}  # fmt: skip
-                values = {**{k: summary["metrics"].get(k) for k in study_metrics(study)},
-                          "phase_changes": summary.get("phase_changes"), "wall_time_s": summary.get("wall_time_s")}  # fmt: skip
+                base = {
+                    "arm": arm.name,
+                    "knob": arm.knob,
+                    "value_label": arm.value,
+                    "scale": arm.scale,
+                    "method": method,
+                    "seed": seed,
+                    "parameters": parameter_count(summary["config"]),
+                    "commit": summary.get("provenance", {}).get("git_commit", "")[:12],
+                }
+                values = {
+                    **{k: summary["metrics"].get(k) for k in study_metrics(study)},
+                    "phase_changes": summary.get("phase_changes"),
+                    "wall_time_s": summary.get("wall_time_s"),
+                }
                 rows += [{**base, "metric": k, "value": v} for k, v in values.items() if v is not None]
     if missing:
-        raise RunFolderError(f"{len(missing)} run(s) of the study have no summary.json, e.g. {missing[0]}; "
-                             "run make study (or snakemake study) first")  # fmt: skip
-    return pd.DataFrame(rows, columns=["arm", "knob", "value_label", "scale", "method", "seed", "parameters",
-                                       "commit", "metric", "value"])  # fmt: skip
+        raise RunFolderError(
+            f"{len(missing)} run(s) of the study have no summary.json, e.g. {missing[0]}; "
+            "run make study (or snakemake study) first"
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "arm",
+            "knob",
+            "value_label",
+            "scale",
+            "method",
+            "seed",
+            "parameters",
+            "commit",
+            "metric",
+            "value",
+        ],
+    )
 
 
 def _per_seed(frame: pd.DataFrame, arm: str, method: str, metric: str) -> dict[int, float]:
@@ -155,13 +182,20 @@ def _per_seed(frame: pd.DataFrame, arm: str, method: str, metric: str) -> dict[i
 def _log_ratios(frame: pd.DataFrame, arm: str, method: str, metric: str) -> dict[int, float]:
     """Per seed, log(method / ce), both of this arm (the fit's points)."""
     ours, base = _per_seed(frame, arm, method, metric), _per_seed(frame, arm, BASELINE, metric)
-    return {s: math.log(ours[s] / base[s]) for s in sorted(set(ours) & set(base)) if ours[s] > 0 and base[s] > 0}
+    return {
+        s: math.log(ours[s] / base[s]) for s in sorted(set(ours) & set(base)) if ours[s] > 0 and base[s] > 0
+    }
 
 
 def _row(estimate: Estimate) -> dict[str, Any]:
-    pct = (lambda v: None if v is None else 100 * v)  # noqa: E731
-    return {"n": estimate.n, "change_percent": pct(estimate.mean), "low_percent": pct(estimate.low),
-            "high_percent": pct(estimate.high), "p": estimate.p}  # fmt: skip
+    pct = lambda v: None if v is None else 100 * v  # noqa: E731
+    return {
+        "n": estimate.n,
+        "change_percent": pct(estimate.mean),
+        "low_percent": pct(estimate.low),
+        "high_percent": pct(estimate.high),
+        "p": estimate.p,
+    }
 
 
 def loglinear_fit(x: np.ndarray, y: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, Any]:
@@ -181,13 +215,20 @@ def loglinear_fit(x: np.ndarray, y: np.ndarray, confidence: float = CONFIDENCE) 
     holds_zero = (mean - half <= 0) & (mean + half >= 0)  # where the band does not exclude no effect
     crossing = -fit.intercept / fit.slope if fit.slope != 0 else math.nan
     return {
-        "n": n, "slope": fit.slope, "slope_low": fit.slope - t * fit.stderr, "slope_high": fit.slope + t * fit.stderr,
-        "slope_p": fit.pvalue, "intercept": fit.intercept,
+        "n": n,
+        "slope": fit.slope,
+        "slope_low": fit.slope - t * fit.stderr,
+        "slope_high": fit.slope + t * fit.stderr,
+        "slope_p": fit.pvalue,
+        "intercept": fit.intercept,
         "zero_at_log10_parameters": crossing if LOG10_RANGE[0] <= crossing <= LOG10_RANGE[1] else None,
         "band_holds_zero_from_log10": float(grid[holds_zero].min()) if holds_zero.any() else None,
         "band_holds_zero_to_log10": float(grid[holds_zero].max()) if holds_zero.any() else None,
-        "x_mean": float(x.mean()), "s": s, "sxx": sxx, "t": t,
-    }  # fmt: skip
+        "x_mean": float(x.mean()),
+        "s": s,
+        "sxx": sxx,
+        "t": t,
+    }
 
 
 def scaling_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> tuple[pd.DataFrame, dict[str, dict]]:
@@ -205,9 +246,18 @@ def scaling_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> tuple[pd
                 if params.empty:
                     continue
                 ratios = _log_ratios(frame, arm, method, metric)
-                estimate = paired_change(_per_seed(frame, arm, method, metric), _per_seed(frame, arm, BASELINE, metric))
-                rows.append({"arm": arm, "parameters": int(params.iloc[0]), "method": method, "metric": metric,
-                             **_row(estimate)})  # fmt: skip
+                estimate = paired_change(
+                    _per_seed(frame, arm, method, metric), _per_seed(frame, arm, BASELINE, metric)
+                )
+                rows.append(
+                    {
+                        "arm": arm,
+                        "parameters": int(params.iloc[0]),
+                        "method": method,
+                        "metric": metric,
+                        **_row(estimate),
+                    }
+                )
                 xs += [math.log10(params.iloc[0])] * len(ratios)
                 ys += list(ratios.values())
             fits[f"{method} {metric}"] = loglinear_fit(np.array(xs), np.array(ys))
@@ -225,8 +275,9 @@ def sensitivity_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> pd.D
         for arm, knob, value in cases:
             row = {"method": method, "arm": arm, "knob": knob, "value": value}
             for metric, short in ((CE, "ce"), ("final/val/mbe", "mbe")):
-                estimate = paired_change(_per_seed(frame, arm, method, metric),
-                                         _per_seed(frame, "reference", BASELINE, metric))  # fmt: skip
+                estimate = paired_change(
+                    _per_seed(frame, arm, method, metric), _per_seed(frame, "reference", BASELINE, metric)
+                )
                 row.update({f"{short}_{k}": v for k, v in _row(estimate).items()})
             row["gapt_lowers_ce"] = row["ce_high_percent"] is not None and row["ce_high_percent"] < 0
             rows.append(row)
@@ -245,22 +296,51 @@ def settings_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> pd.Data
             for metric in _settings_metrics(study):
                 values = _per_seed(frame, arm, method, metric)
                 level = t_interval(list(values.values()))
-                row = {"arm": arm, "setting": setting.about, "method": method, "metric": metric, "n": level.n,
-                       "mean": level.mean, "low": level.low, "high": level.high}  # fmt: skip
+                row = {
+                    "arm": arm,
+                    "setting": setting.about,
+                    "method": method,
+                    "metric": metric,
+                    "n": level.n,
+                    "mean": level.mean,
+                    "low": level.low,
+                    "high": level.high,
+                }
                 if method != BASELINE and BASELINE in setting.methods:
                     base = _per_seed(frame, arm, BASELINE, metric)
                     positive = all(a > 0 and b > 0 for a, b in paired_values(values, base))
                     how = "relative" if positive else "difference"
                     change = paired_change(values, base, how)
                     scale_by = 100 if how == "relative" else 1  # a relative change in %
-                    at = (lambda v: None if v is None else scale_by * v)  # noqa: E731
-                    row.update({"change_kind": how, "change": at(change.mean), "change_low": at(change.low),
-                                "change_high": at(change.high), "p": change.p})  # fmt: skip
+                    at = lambda v: None if v is None else scale_by * v  # noqa: E731
+                    row.update(
+                        {
+                            "change_kind": how,
+                            "change": at(change.mean),
+                            "change_low": at(change.low),
+                            "change_high": at(change.high),
+                            "p": change.p,
+                        }
+                    )
                 if bar is not None and method == BASELINE and metric == bar.metric:
                     row["seeds_below_bar"] = sum(v < bar.below for v in values.values())
                 rows.append(row)
-    columns = ["arm", "setting", "method", "metric", "n", "mean", "low", "high", "change_kind", "change", "change_low",
-               "change_high", "p", "seeds_below_bar"]  # fmt: skip
+    columns = [
+        "arm",
+        "setting",
+        "method",
+        "metric",
+        "n",
+        "mean",
+        "low",
+        "high",
+        "change_kind",
+        "change",
+        "change_low",
+        "change_high",
+        "p",
+        "seeds_below_bar",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -269,7 +349,9 @@ def _fmt_setting_change(row: pd.Series) -> str:
     if pd.isna(row["change"]):
         return "—"
     if row["change_kind"] == "relative":
-        interval = "" if pd.isna(row["change_low"]) else f" [{row['change_low']:+.1f}, {row['change_high']:+.1f}]"
+        interval = (
+            "" if pd.isna(row["change_low"]) else f" [{row['change_low']:+.1f}, {row['change_high']:+.1f}]"
+        )
         return f"{row['change']:+.1f} %{interval}"
     interval = "" if pd.isna(row["change_low"]) else f" [{row['change_low']:+.3g}, {row['change_high']:+.3g}]"
     return f"Δ {row['change']:+.3g}{interval}"
@@ -293,8 +375,18 @@ def settings_curves(spec: ReportSpec, scale: str, runs_dir: Path) -> pd.DataFram
                 for record in read_metrics(path):
                     if record["kind"] != "eval":
                         continue
-                    rows += [{"arm": arm, "method": method, "seed": seed, "step": record["step"], "metric": metric,
-                              "value": float(record[metric])} for metric in wanted if record.get(metric) is not None]  # fmt: skip
+                    rows += [
+                        {
+                            "arm": arm,
+                            "method": method,
+                            "seed": seed,
+                            "step": record["step"],
+                            "metric": metric,
+                            "value": float(record[metric]),
+                        }
+                        for metric in wanted
+                        if record.get(metric) is not None
+                    ]
     return pd.DataFrame(rows, columns=["arm", "method", "seed", "step", "metric", "value"])
 
 
@@ -312,8 +404,15 @@ def _scaling_figure(table: pd.DataFrame, fits: dict[str, dict], out: Path) -> No
             low = rows.change_percent - rows.low_percent.fillna(rows.change_percent)
             high = rows.high_percent.fillna(rows.change_percent) - rows.change_percent
             color = palette[method]
-            ax.errorbar(rows.parameters, rows.change_percent, yerr=[low, high], fmt=markers[method], capsize=3,
-                        color=color, label=f"{method} (mean, 95 % interval)")  # fmt: skip
+            ax.errorbar(
+                rows.parameters,
+                rows.change_percent,
+                yerr=[low, high],
+                fmt=markers[method],
+                capsize=3,
+                color=color,
+                label=f"{method} (mean, 95 % interval)",
+            )
             fit = fits.get(f"{method} {metric}", {})
             if "slope" in fit:
                 lo, hi = math.log10(rows.parameters.min()) - 0.3, math.log10(rows.parameters.max()) + 0.3
@@ -321,8 +420,9 @@ def _scaling_figure(table: pd.DataFrame, fits: dict[str, dict], out: Path) -> No
                 mean = fit["intercept"] + fit["slope"] * grid
                 half = fit["t"] * fit["s"] * np.sqrt(1 / fit["n"] + (grid - fit["x_mean"]) ** 2 / fit["sxx"])
                 ax.plot(10**grid, 100 * np.expm1(mean), lw=1, color=color, label="log-linear fit, 95 % band")
-                ax.fill_between(10**grid, 100 * np.expm1(mean - half), 100 * np.expm1(mean + half), alpha=0.2,
-                                color=color)  # fmt: skip
+                ax.fill_between(
+                    10**grid, 100 * np.expm1(mean - half), 100 * np.expm1(mean + half), alpha=0.2, color=color
+                )
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -336,12 +436,17 @@ def _scaling_figure(table: pd.DataFrame, fits: dict[str, dict], out: Path) -> No
 
 def _sensitivity_figure(table: pd.DataFrame, out: Path) -> None:
     if table.empty:  # a study of model size alone
-        table = pd.DataFrame(columns=["method", "arm", "knob", "value"] + [f"{m}_{k}_percent" for m in ("ce", "mbe")
-                                                                          for k in ("change", "low", "high")])  # fmt: skip
-    fig, axes = plt.subplots(1, 2, figsize=(7.0, 0.45 * max(len(table), 2) + 1.0), sharey=True,
-                             constrained_layout=True)  # fmt: skip
-    labels = [f"{r.method}: {r.knob} {r.value}" if r.arm != "reference" else f"{r.method}: default"
-              for r in table.itertuples()]  # fmt: skip
+        table = pd.DataFrame(
+            columns=["method", "arm", "knob", "value"]
+            + [f"{m}_{k}_percent" for m in ("ce", "mbe") for k in ("change", "low", "high")]
+        )
+    fig, axes = plt.subplots(
+        1, 2, figsize=(7.0, 0.45 * max(len(table), 2) + 1.0), sharey=True, constrained_layout=True
+    )
+    labels = [
+        f"{r.method}: {r.knob} {r.value}" if r.arm != "reference" else f"{r.method}: default"
+        for r in table.itertuples()
+    ]
     y = np.arange(len(table))[::-1]
     methods = list(table.method.unique())
     palette, markers = method_palette(methods), method_markers(methods)
@@ -351,8 +456,14 @@ def _sensitivity_figure(table: pd.DataFrame, out: Path) -> None:
         high = table[f"{short}_high_percent"].fillna(mean) - mean
         for method in methods:  # each method in its own colour and marker
             rows = (table.method == method).to_numpy()
-            ax.errorbar(mean[rows], y[rows], xerr=[low[rows], high[rows]], fmt=markers[method], capsize=3,
-                        color=palette[method])  # fmt: skip
+            ax.errorbar(
+                mean[rows],
+                y[rows],
+                xerr=[low[rows], high[rows]],
+                fmt=markers[method],
+                capsize=3,
+                color=palette[method],
+            )
         ax.axvline(0, color="black", lw=0.8)
         ax.set_xlabel(f"{name}:\nchange vs ce (%)", fontsize=8)
     axes[0].set_yticks(y, labels, fontsize=8)
@@ -369,8 +480,13 @@ def _settings_figure(curves: pd.DataFrame, study: StudySpec, out: Path) -> None:
     bar = study.baseline_learns
     methods = [m for m in METHOD_NAMES if m in set(curves.method)]
     palette = method_palette(methods)
-    fig, axes = plt.subplots(len(arm_names), len(metrics), figsize=(7.0, 2.2 * len(arm_names) + 0.6), squeeze=False,
-                             constrained_layout=True)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(arm_names),
+        len(metrics),
+        figsize=(7.0, 2.2 * len(arm_names) + 0.6),
+        squeeze=False,
+        constrained_layout=True,
+    )
     handles = {}
     for i, arm in enumerate(arm_names):
         for j, metric in enumerate(metrics):
@@ -383,11 +499,13 @@ def _settings_figure(curves: pd.DataFrame, study: StudySpec, out: Path) -> None:
                 for _, seed_rows in rows.groupby("seed"):
                     ax.plot(seed_rows.step, seed_rows.value, color=palette[method], alpha=0.3, lw=0.8)
                 mean = rows.groupby("step").value.mean()
-                (handles[method],) = ax.plot(mean.index, mean.values, color=palette[method], lw=1.8,
-                                             ls=method_linestyle(method))  # fmt: skip
+                (handles[method],) = ax.plot(
+                    mean.index, mean.values, color=palette[method], lw=1.8, ls=method_linestyle(method)
+                )
             if bar is not None and curve_metric(bar.metric) == metric:
-                handles[f"{BASELINE} must reach ({bar.below:g})"] = ax.axhline(bar.below, color="0.5", lw=1.0,
-                                                                               ls=(0, (1, 2)))  # fmt: skip
+                handles[f"{BASELINE} must reach ({bar.below:g})"] = ax.axhline(
+                    bar.below, color="0.5", lw=1.0, ls=(0, (1, 2))
+                )
             if not panel.empty and (panel.value > 0).all() and metric.rsplit("/", 1)[-1].endswith("ce"):
                 ax.set_yscale("log")
                 plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
@@ -398,8 +516,14 @@ def _settings_figure(curves: pd.DataFrame, study: StudySpec, out: Path) -> None:
             ax.set_xlabel("optimizer step", fontsize=8)
             ax.tick_params(which="both", labelsize=7)
         axes[i][0].set_ylabel(textwrap.fill(study.settings[arm].about, 24), fontsize=8)
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles), frameon=False,
-               fontsize=8)  # fmt: skip
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncols=len(handles),
+        frameon=False,
+        fontsize=8,
+    )
     for suffix in ("png", "pdf"):
         fig.savefig(out / f"settings.{suffix}", dpi=200)
     plt.close(fig)
@@ -409,7 +533,11 @@ def _settings_figure(curves: pd.DataFrame, study: StudySpec, out: Path) -> None:
 
 
 def _fmt_change(row: pd.Series, prefix: str = "") -> str:
-    mean, low, high = row[f"{prefix}change_percent"], row[f"{prefix}low_percent"], row[f"{prefix}high_percent"]
+    mean, low, high = (
+        row[f"{prefix}change_percent"],
+        row[f"{prefix}low_percent"],
+        row[f"{prefix}high_percent"],
+    )
     interval = "" if pd.isna(low) else f" [{low:+.1f}, {high:+.1f}]"
     return f"{mean:+.1f} %{interval}"
 
@@ -418,11 +546,16 @@ def _crossing(fit: dict[str, Any]) -> str:
     if "slope" not in fit:
         return "no fit (fewer than three paired seeds over two sizes)"
     per_decade = 100 * math.expm1(fit["slope"])
-    text = (f"{per_decade:+.1f} % per tenfold in parameters [{100 * math.expm1(fit['slope_low']):+.1f}, "
-            f"{100 * math.expm1(fit['slope_high']):+.1f}]")  # fmt: skip
+    text = (
+        f"{per_decade:+.1f} % per tenfold in parameters [{100 * math.expm1(fit['slope_low']):+.1f}, "
+        f"{100 * math.expm1(fit['slope_high']):+.1f}]"
+    )
     at = fit["zero_at_log10_parameters"]
-    text += "; the fitted line " + (f"crosses zero at {10**at:.3g} parameters" if at is not None else
-                                    f"does not cross zero between 10^{LOG10_RANGE[0]:g} and 10^{LOG10_RANGE[1]:g}")  # fmt: skip
+    text += "; the fitted line " + (
+        f"crosses zero at {10**at:.3g} parameters"
+        if at is not None
+        else f"does not cross zero between 10^{LOG10_RANGE[0]:g} and 10^{LOG10_RANGE[1]:g}"
+    )
     lo, hi = fit["band_holds_zero_from_log10"], fit["band_holds_zero_to_log10"]
     if lo is None:
         text += ", and its 95 % band excludes zero over that whole range"
@@ -465,21 +598,38 @@ def _settings_finding(study: StudySpec, settings: pd.DataFrame) -> list[str]:
                     cleared_in.append(setting.about)
                 verdict = "clears the bar" if cleared else "does not clear the bar"
                 if not cleared and any(m != BASELINE for m in setting.methods):
-                    verdict += ", so the comparison that follows is between models that have not learned the task"
-                text += (f", `{BASELINE}` reaches a {names[bar.metric]} of {_fmt_level(r)} ({below} of {n} seeds "
-                         f"below {bar.below:g}): it {verdict}")  # fmt: skip
-        changes = [f"`{r.method}` changes the {names[primary]} against `{BASELINE}` by {_fmt_setting_change(r)} "
-                   f"(n={r.n})" for _, r in rows[(rows.method != BASELINE) & (rows.metric == primary)].iterrows()
-                   if not pd.isna(r.change)]  # fmt: skip
+                    verdict += (
+                        ", so the comparison that follows is between models that have not learned the task"
+                    )
+                text += (
+                    f", `{BASELINE}` reaches a {names[bar.metric]} of {_fmt_level(r)} ({below} of {n} seeds "
+                    f"below {bar.below:g}): it {verdict}"
+                )
+        changes = [
+            f"`{r.method}` changes the {names[primary]} against `{BASELINE}` by {_fmt_setting_change(r)} "
+            f"(n={r.n})"
+            for _, r in rows[(rows.method != BASELINE) & (rows.metric == primary)].iterrows()
+            if not pd.isna(r.change)
+        ]
         sentences.append(text + ("; " + "; ".join(changes) if changes else "") + ".")
     if bar is not None:
-        sentences.append(f"No setting of this study brings `{BASELINE}` below the bar in every seed." if not cleared_in
-                         else f"`{BASELINE}` clears the bar in every seed with: {'; '.join(cleared_in)}.")  # fmt: skip
+        sentences.append(
+            f"No setting of this study brings `{BASELINE}` below the bar in every seed."
+            if not cleared_in
+            else f"`{BASELINE}` clears the bar in every seed with: {'; '.join(cleared_in)}."
+        )
     return sentences
 
 
-def readme(spec: ReportSpec, scale: str, frame: pd.DataFrame, scaling: pd.DataFrame, fits: dict[str, dict],
-           sensitivity: pd.DataFrame, settings: pd.DataFrame) -> str:  # fmt: skip
+def readme(
+    spec: ReportSpec,
+    scale: str,
+    frame: pd.DataFrame,
+    scaling: pd.DataFrame,
+    fits: dict[str, dict],
+    sensitivity: pd.DataFrame,
+    settings: pd.DataFrame,
+) -> str:
     study = spec.scales[scale].study
     times = frame[frame.metric == "wall_time_s"]
     arm_runs, own_runs = times[times.arm != "reference"], times[times.arm == "reference"]
@@ -494,56 +644,97 @@ def readme(spec: ReportSpec, scale: str, frame: pd.DataFrame, scaling: pd.DataFr
         rows = scaling[(scaling.method == method) & (scaling.metric == CE)]
         sizes = f"{rows.parameters.min() / 1e6:.2g}-{rows.parameters.max() / 1e6:.2g} M parameters"
         changes = ", ".join(f"{_fmt_change(r)} at {r.parameters / 1e6:.2g} M" for _, r in rows.iterrows())
-        finding.append(f"Over {sizes}, `{method}` changes the final validation CE against `ce` by {changes} "
-                       f"(paired over seeds {', '.join(map(str, study.seeds))}); the log-linear trend is "
-                       f"{_crossing(fit)}.")  # fmt: skip
-    flips = sensitivity[sensitivity.gapt_lowers_ce & (sensitivity.arm != "reference")] if len(sensitivity) else []
+        finding.append(
+            f"Over {sizes}, `{method}` changes the final validation CE against `ce` by {changes} "
+            f"(paired over seeds {', '.join(map(str, study.seeds))}); the log-linear trend is "
+            f"{_crossing(fit)}."
+        )
+    flips = (
+        sensitivity[sensitivity.gapt_lowers_ce & (sensitivity.arm != "reference")] if len(sensitivity) else []
+    )
     if len(sensitivity):
-        finding.append("No knob moved one at a time makes GAPT lower the CE (no interval below zero)." if len(flips) == 0
-                       else "These settings make GAPT lower the CE (interval below zero): "
-                       + "; ".join(f"`{r.method}` {r.knob} {r.value}" for r in flips.itertuples()) + ".")  # fmt: skip
+        finding.append(
+            "No knob moved one at a time makes GAPT lower the CE (no interval below zero)."
+            if len(flips) == 0
+            else "These settings make GAPT lower the CE (interval below zero): "
+            + "; ".join(f"`{r.method}` {r.knob} {r.value}" for r in flips.itertuples())
+            + "."
+        )
     finding += _settings_finding(study, settings)
     lines += ["## Finding", "", " ".join(finding), ""]
     if study.sizes is not None:
-        lines += ["A crossing outside the sizes that were run is an extrapolation of a straight line in "
-                  "log(parameters), not a measurement.", ""]  # fmt: skip
-        lines += ["## Model size", "", "| method | metric | parameters | change vs ce [95 %] | n |",
-                  "| --- | --- | --- | --- | --- |"]  # fmt: skip
+        lines += [
+            "A crossing outside the sizes that were run is an extrapolation of a straight line in "
+            "log(parameters), not a measurement.",
+            "",
+        ]
+        lines += [
+            "## Model size",
+            "",
+            "| method | metric | parameters | change vs ce [95 %] | n |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for _, r in scaling.iterrows():
-            lines.append(f"| {r.method} | {METRICS[r.metric]} | {r.parameters:,} | {_fmt_change(r)} | {r.n} |")
+            lines.append(
+                f"| {r.method} | {METRICS[r.metric]} | {r.parameters:,} | {_fmt_change(r)} | {r.n} |"
+            )
         for key, fit in fits.items():
             method, metric = key.split(" ", 1)
             lines.append(f"\nFit, `{method}`, {METRICS[metric]}: {_crossing(fit)}.")
         lines += ["", "![scaling](scaling.png)", ""]
     if len(sensitivity):
-        lines += ["## GAPT's knobs, one at a time", "",
-                  "| method | knob | value | validation CE vs ce [95 %] | validation MBE vs ce [95 %] | n |",
-                  "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        lines += [
+            "## GAPT's knobs, one at a time",
+            "",
+            "| method | knob | value | validation CE vs ce [95 %] | validation MBE vs ce [95 %] | n |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for _, r in sensitivity.iterrows():
-            lines.append(f"| {r.method} | {r.knob} | {r.value} | {_fmt_change(r, 'ce_')} | {_fmt_change(r, 'mbe_')} | "
-                         f"{r.ce_n} |")  # fmt: skip
+            lines.append(
+                f"| {r.method} | {r.knob} | {r.value} | {_fmt_change(r, 'ce_')} | {_fmt_change(r, 'mbe_')} | "
+                f"{r.ce_n} |"
+            )
         lines += ["", "![sensitivity](sensitivity.png)", ""]
     if study.settings:
         names = study_metrics(study)
-        lines += ["## Settings", "",
-                  "Each setting's methods against the same setting's `ce`: the mean over seeds with its 95 % t "
-                  "interval, and the paired change: relative (the mean per-seed log ratio with its t interval, "
-                  "as a percentage), or, where a value is not positive, the mean paired difference (Δ).", "",
-                  "| setting | method | metric | mean [95 %] | change vs ce [95 %] | n |",
-                  "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        lines += [
+            "## Settings",
+            "",
+            "Each setting's methods against the same setting's `ce`: the mean over seeds with its 95 % t "
+            "interval, and the paired change: relative (the mean per-seed log ratio with its t interval, "
+            "as a percentage), or, where a value is not positive, the mean paired difference (Δ).",
+            "",
+            "| setting | method | metric | mean [95 %] | change vs ce [95 %] | n |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for _, r in settings.iterrows():
             change = _fmt_setting_change(r)
-            lines.append(f"| {r.setting} | {r.method} | {names[r.metric]} | {_fmt_level(r)} | {change} | {r.n} |")
-        lines += ["", "![settings](settings.png)", "",
-                  "Thin lines: seeds; thick: their mean; dotted: the bar `ce` must clear. Every evaluation: "
-                  "`settings_curves.csv`.", ""]  # fmt: skip
-    own = (f"; the {len(own_runs)} runs of the {scale} scale it compares with (from the {scale} DAG, or trained by "
-           f"`make study` when missing) for {own_cost / 60:.1f} more" if study.has_reference else "")  # fmt: skip
+            lines.append(
+                f"| {r.setting} | {r.method} | {names[r.metric]} | {_fmt_level(r)} | {change} | {r.n} |"
+            )
+        lines += [
+            "",
+            "![settings](settings.png)",
+            "",
+            "Thin lines: seeds; thick: their mean; dotted: the bar `ce` must clear. Every evaluation: "
+            "`settings_curves.csv`.",
+            "",
+        ]
+    own = (
+        f"; the {len(own_runs)} runs of the {scale} scale it compares with (from the {scale} DAG, or trained by "
+        f"`make study` when missing) for {own_cost / 60:.1f} more"
+        if study.has_reference
+        else ""
+    )
     tidy = ", ".join(f"`{name}`" for name in study_files(study) if name.endswith(".csv"))
-    lines += ["## Cost", "",
-              f"The study's own runs ({len(arm_runs)}) trained for {cost / 60:.1f} minutes in all, "
-              f"{cost / 120:.1f} minutes on two cores{own}. "
-              f"Runs made at commit {', '.join(commits) or 'unknown'}. Tidy data: {tidy}.", ""]  # fmt: skip
+    lines += [
+        "## Cost",
+        "",
+        f"The study's own runs ({len(arm_runs)}) trained for {cost / 60:.1f} minutes in all, "
+        f"{cost / 120:.1f} minutes on two cores{own}. "
+        f"Runs made at commit {', '.join(commits) or 'unknown'}. Tidy data: {tidy}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -555,8 +746,12 @@ def write_study(spec: ReportSpec, scale: str, runs_dir: Path, out: Path) -> None
     scaling, fits = scaling_table(frame, spec, scale)
     if study.sizes is not None:
         scaling.to_csv(out / "scaling.csv", index=False)
-        fit_rows = pd.DataFrame([{"fit": key, **{k: v for k, v in fit.items() if k not in ("s", "sxx", "t", "x_mean")}}
-                                 for key, fit in fits.items()])  # fmt: skip
+        fit_rows = pd.DataFrame(
+            [
+                {"fit": key, **{k: v for k, v in fit.items() if k not in ("s", "sxx", "t", "x_mean")}}
+                for key, fit in fits.items()
+            ]
+        )
         fit_rows.to_csv(out / "scaling_fit.csv", index=False)
         _scaling_figure(scaling, fits, out)
     sensitivity = sensitivity_table(frame, spec, scale)

@@ -28,7 +28,9 @@ class Progress:
     def start(self, initial: int) -> None:
         self._t0, self._first = time.perf_counter(), initial
         if self.enabled and self.bar_mode:
-            self._bar = tqdm(total=self.total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+            self._bar = tqdm(
+                total=self.total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr
+            )
 
     def update(self, step: int, loss_key: str, loss: float, mbe: list[float], phase: str) -> None:
         """One step; ``mbe``: the training MBE of the blocks the controller monitors."""

@@ -69,7 +69,11 @@ class MetricsWriter:
             self._handle = self.path.open("w")
             return
         if not self.path.exists() or self.path.stat().st_size < truncate_to:
-            state = "missing" if not self.path.exists() else f"shorter than the checkpoint expects ({truncate_to} bytes)"
+            state = (
+                "missing"
+                if not self.path.exists()
+                else f"shorter than the checkpoint expects ({truncate_to} bytes)"
+            )
             raise RunFolderError(
                 f"{self.path} is {state}: the metrics of the steps before the checkpoint are gone; "
                 + restart_hint(self.path.parent)
@@ -252,7 +256,9 @@ def load_checkpoint(run_dir: Path, required: tuple[str, ...] = ()) -> dict[str, 
         except RunFolderError:
             pass
         else:
-            way_out = f"resume from the previous checkpoint (step {step}): mv {previous} {path}; or " + way_out
+            way_out = (
+                f"resume from the previous checkpoint (step {step}): mv {previous} {path}; or " + way_out
+            )
     raise RunFolderError(f"{problem}.\n  Ways out: {way_out}")
 
 
@@ -305,8 +311,10 @@ class RunLock:
             except OSError as error:
                 if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     handle.close()
-                    self.warning = f"{self.path.parent}: the file system cannot lock files ({error.strerror}); " \
-                                   "nothing stops a second trainer of this folder"  # fmt: skip
+                    self.warning = (
+                        f"{self.path.parent}: the file system cannot lock files ({error.strerror}); "
+                        "nothing stops a second trainer of this folder"
+                    )
                     return
                 text = _read_holder(handle)
                 handle.close()

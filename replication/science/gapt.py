@@ -134,7 +134,12 @@ class Transition:
     reason: str  # "ce_plateau", "mbe_plateau" or "ce_spike"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "from": self.from_phase.value, "to": self.to_phase.value, "reason": self.reason}
+        return {
+            "step": self.step,
+            "from": self.from_phase.value,
+            "to": self.to_phase.value,
+            "reason": self.reason,
+        }
 
 
 @dataclass

@@ -87,7 +87,9 @@ def renyi_entropy(
         return _renyi_entropy_float32(z.float(), alpha, eps, clamp, gram, eigen)
 
 
-def _renyi_entropy_float32(z: Tensor, alpha: float, eps: float, clamp: bool, gram: str, eigen: bool) -> Tensor:
+def _renyi_entropy_float32(
+    z: Tensor, alpha: float, eps: float, clamp: bool, gram: str, eigen: bool
+) -> Tensor:
     sq_norm = z.square().sum(dim=(-2, -1), keepdim=True)
     z = z * torch.rsqrt(sq_norm.clamp_min(_TINY))
     k = gram_matrix(z, gram)

@@ -110,7 +110,9 @@ class Task(ABC):
         if not evals:
             return {}
         last = evals[-1]
-        summary = {f"final/{k}": v for k, v in last.items() if k.startswith(("val/", "ood/", "id/")) and _scalar(v)}
+        summary = {
+            f"final/{k}": v for k, v in last.items() if k.startswith(("val/", "ood/", "id/")) and _scalar(v)
+        }
         key = f"val/{self.main_loss_name}"
         values = [e[key] for e in evals if _scalar(e.get(key))]
         if values:

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from replication.models import ReplicationModel
 from replication.runtime.distributed import all_reduce_sum
 from replication.science.mbe import layer_mbe
-from replication.models import ReplicationModel
 from replication.tasks.base import Batch, Task
 
 

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from replication.tasks.evaluation import evaluate_lm
 from replication.models import ModelOutput, ReplicationModel
 from replication.runtime.precision import Autocast
 from replication.tasks.base import Batch, Task
+from replication.tasks.evaluation import evaluate_lm
 
 
 def document_ids(tokens: Tensor, separator: int) -> Tensor:
@@ -41,7 +41,9 @@ class LanguageTask(Task):
     def evaluate(
         self, model: ReplicationModel, *, step: int, window: int | None, autocast: Autocast = nullcontext
     ) -> dict[str, Any]:
-        return evaluate_lm(model, self, self.validation_batches(), window=window, prefix="val", autocast=autocast)
+        return evaluate_lm(
+            model, self, self.validation_batches(), window=window, prefix="val", autocast=autocast
+        )
 
 
 def shard(items: list[Any], rank: int, world_size: int) -> list[Any]:

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from replication.tasks.evaluation import mbe_kwargs
-from replication.science.mbe import layer_mbe
 from replication.models import ReplicationModel
+from replication.science.mbe import layer_mbe
 from replication.tasks.base import Task
+from replication.tasks.evaluation import mbe_kwargs
 
 
 def _block_index(model: ReplicationModel, params: list[Tensor]) -> list[int]:
@@ -48,10 +48,17 @@ def _cosines(a: Sequence[Tensor | None], b: Sequence[Tensor | None], blocks: lis
         return d.item() / denom if denom > 0 else None
 
     per_block = [cos(dot[i], na[i], nb[i]) for i in range(n_blocks)]
-    return cos(dot.sum(), na.sum(), nb.sum()), per_block, math.sqrt(na.sum().item()), math.sqrt(nb.sum().item())
+    return (
+        cos(dot.sum(), na.sum(), nb.sum()),
+        per_block,
+        math.sqrt(na.sum().item()),
+        math.sqrt(nb.sum().item()),
+    )
 
 
-def _mbe_cosines(g_ce: Sequence[Tensor | None], mbes: Tensor, params: list[Tensor], blocks: list[int], n_blocks: int):
+def _mbe_cosines(
+    g_ce: Sequence[Tensor | None], mbes: Tensor, params: list[Tensor], blocks: list[int], n_blocks: int
+):
     """Each layer's MBE gradient (one backward each, the graph freed after the last) against g_ce:
     global cosines, per-block cosines and the MBE gradients' norms, one entry per layer."""
     cos_global, cos_blocks, norm_mbe = [], [], []
@@ -144,12 +151,17 @@ class InStepAlignment:
             self._first = [None if p.grad is None else p.grad.detach() * self.scale for p in self.params]
             with self.autocast():
                 mbes = layer_mbe(list(hidden), self.layers, **mbe_kwargs(self.task))
-            cos_global, cos_blocks, norm_mbe = _mbe_cosines(self._first, mbes, self.params, self.blocks, self.n_blocks)
+            cos_global, cos_blocks, norm_mbe = _mbe_cosines(
+                self._first, mbes, self.params, self.blocks, self.n_blocks
+            )
             self._partial = {
-                "align/layers": list(self.layers), "align/cos": cos_global, "align/cos_by_block": cos_blocks,
-                "align/norm_mbe": norm_mbe, "align/ce": float(main) if main is not None else None,
+                "align/layers": list(self.layers),
+                "align/cos": cos_global,
+                "align/cos_by_block": cos_blocks,
+                "align/norm_mbe": norm_mbe,
+                "align/ce": float(main) if main is not None else None,
                 "align/mbe": mbes.detach().tolist(),
-            }  # fmt: skip
+            }
         elif micro == 1 and self._first:
             second = [
                 None if p.grad is None else p.grad.detach() * self.scale - (0 if g is None else g)
@@ -158,9 +170,15 @@ class InStepAlignment:
             noise, noise_blocks, norm_ce, _ = _cosines(self._first, second, self.blocks, self.n_blocks)
             p = self._partial
             self.record = {
-                "align/layers": p["align/layers"], "align/cos": p["align/cos"], "align/cos_by_block": p["align/cos_by_block"],
-                "align/norm_ce": norm_ce, "align/norm_mbe": p["align/norm_mbe"], "align/noise_cos": noise,
-                "align/noise_cos_by_block": noise_blocks, "align/ce": p["align/ce"], "align/mbe": p["align/mbe"],
-            }  # fmt: skip
+                "align/layers": p["align/layers"],
+                "align/cos": p["align/cos"],
+                "align/cos_by_block": p["align/cos_by_block"],
+                "align/norm_ce": norm_ce,
+                "align/norm_mbe": p["align/norm_mbe"],
+                "align/noise_cos": noise,
+                "align/noise_cos_by_block": noise_blocks,
+                "align/ce": p["align/ce"],
+                "align/mbe": p["align/mbe"],
+            }
             self._first = []
         self.seconds += time.perf_counter() - start

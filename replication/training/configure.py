@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from replication.runtime import cli
 from replication.config.run import resolve_run_config, write_run_config
+from replication.runtime import cli
 
 RUN_CONFIG_NAME = "config.yaml"
 

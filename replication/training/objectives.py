@@ -26,10 +26,10 @@ import torch
 from torch import Tensor
 
 from replication.config.base import ConfigError, ObjectiveConfig
+from replication.models import ReplicationModel
 from replication.science.gapt import Phase, PhaseController, Transition
 from replication.science.mbe import layer_mbe
 from replication.science.methods import Method, default_layers
-from replication.models import ReplicationModel
 from replication.tasks.base import Task
 
 
@@ -53,7 +53,9 @@ def plan_layers(objective: ObjectiveConfig, method: Method, n_blocks: int) -> La
         layers = default_layers(n_blocks, kind) if explicit is None else list(explicit)
         bad = [i for i in layers if not 0 <= i < n_blocks]
         if bad or not layers:
-            raise ConfigError(f"objective.{kind}_layers {layers} must be non-empty and within 0..{n_blocks - 1}")
+            raise ConfigError(
+                f"objective.{kind}_layers {layers} must be non-empty and within 0..{n_blocks - 1}"
+            )
         return layers
 
     needs_alternate = method.compression == "alternate"
@@ -162,7 +164,9 @@ class StepAccumulator:
             self.main_losses.append(main)
             self.mbe_sums = every_layer if self.mbe_sums is None else self.mbe_sums + every_layer
             self.n_full += 1
-        self.all_finite &= torch.isfinite(loss.detach())  # checked once per step: no host sync per micro-batch
+        self.all_finite &= torch.isfinite(
+            loss.detach()
+        )  # checked once per step: no host sync per micro-batch
 
     def result(self) -> StepResult:
         main_sum = torch.stack(self.main_losses).sum().item() if self.main_losses else 0.0
@@ -171,7 +175,9 @@ class StepAccumulator:
         return StepResult(main_sum, len(self.main_losses), mbe, self.n_full, finite)
 
 
-def update_controller(controller: PhaseController, result: StepResult, monitored: Sequence[int]) -> list[Transition]:
+def update_controller(
+    controller: PhaseController, result: StepResult, monitored: Sequence[int]
+) -> list[Transition]:
     """Feed the controller one step (the suite's loop and the drop-in API alike); its transitions.
     A skipped (non-finite) step counts as non-finite and changes nothing else."""
     before = len(controller.transitions)

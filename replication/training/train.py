@@ -46,25 +46,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from replication.runtime import cli
-from replication.training.alignment import InStepAlignment, gradient_alignment
 from replication.config.base import ConfigError
-from replication.runtime.distributed import all_reduce_gradients, all_reduce_sum, init_distributed
-from replication.science.errors import ReplicationError, RunFolderError
-from replication.science.gapt import Phase, PhaseController
-from replication.science.methods import METHODS
+from replication.config.run import RunConfig, check_summary_config, config_mismatch, load_run_config
 from replication.models import build_model
-from replication.training.objectives import (
-    StepResult,
-    accumulate_gradients,
-    micro_batch_kind,
-    plan_layers,
-    update_controller,
-)
-from replication.training.optim import Optimizers
+from replication.runtime import cli
+from replication.runtime.distributed import all_reduce_gradients, all_reduce_sum, init_distributed
 from replication.runtime.precision import autocast_for
 from replication.runtime.progress import Progress
-from replication.config.run import RunConfig, check_summary_config, config_mismatch, load_run_config
 from replication.runtime.record import (
     CHECKPOINT_NAME,
     PREVIOUS_CHECKPOINT_NAME,
@@ -80,7 +68,19 @@ from replication.runtime.record import (
     save_checkpoint,
     write_json_atomic,
 )
+from replication.science.errors import ReplicationError, RunFolderError
+from replication.science.gapt import Phase, PhaseController
+from replication.science.methods import METHODS
 from replication.tasks.registry import build_task
+from replication.training.alignment import InStepAlignment, gradient_alignment
+from replication.training.objectives import (
+    StepResult,
+    accumulate_gradients,
+    micro_batch_kind,
+    plan_layers,
+    update_controller,
+)
+from replication.training.optim import Optimizers
 
 SUMMARY_NAME = "summary.json"
 COMPILE_BACKEND = "inductor"  # torch.compile's backend under train.compile (tests use "eager")
@@ -88,8 +88,20 @@ METRICS_NAME = "metrics.jsonl"
 
 
 # what a checkpoint must hold to resume a run
-CHECKPOINT_KEYS = ("config_digest", "next_step", "model", "optimizers", "controller", "task", "rng",
-                   "nonfinite_in_row", "n_nonfinite", "elapsed", "resumes", "metrics_offset")  # fmt: skip
+CHECKPOINT_KEYS = (
+    "config_digest",
+    "next_step",
+    "model",
+    "optimizers",
+    "controller",
+    "task",
+    "rng",
+    "nonfinite_in_row",
+    "n_nonfinite",
+    "elapsed",
+    "resumes",
+    "metrics_offset",
+)
 
 
 class NonFiniteLossError(ReplicationError):
@@ -229,7 +241,11 @@ def _check_config(config: RunConfig, method_name: str, world_size: int, device: 
 
 
 def train(
-    config: RunConfig, run_dir: str | Path, *, data_root: str | Path | None = None, show_progress: bool | None = None
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    show_progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train one run into run_dir (resuming from its checkpoint if there is one); returns the summary.
 
@@ -239,7 +255,10 @@ def train(
     run_dir = Path(run_dir)
     with RunLock(run_dir, enabled=int(os.environ.get("RANK", "0")) == 0) as lock:
         if lock.took_over:
-            print(f"{run_dir}: taking over the lock left by {lock.took_over}, which no longer holds it", file=sys.stderr)
+            print(
+                f"{run_dir}: taking over the lock left by {lock.took_over}, which no longer holds it",
+                file=sys.stderr,
+            )
         if lock.warning:
             print(f"warning: {lock.warning}", file=sys.stderr)
         summary = finished_summary(config, run_dir)
@@ -283,14 +302,20 @@ class Trainer:
         device = ctx.device
         _seed_everything(config.seed)
         self.task = build_task(
-            config, device, rank=ctx.rank, world_size=ctx.world_size, data_root=None if data_root is None else Path(data_root)
+            config,
+            device,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            data_root=None if data_root is None else Path(data_root),
         )
         self.model = build_model(config.model).to(device)
         self.task.init_model(self.model)
         self.plan = plan_layers(config.objective, self.method, self.model.n_blocks)
         self.optimizers = Optimizers(config.optim, self.model, tcfg.steps)
         self.controller = PhaseController(config.gapt) if self.method.gated else None
-        if tcfg.compile:  # per block: gapt's upto never reaches a compiled frame (ReplicationModel.compile_blocks)
+        if (
+            tcfg.compile
+        ):  # per block: gapt's upto never reaches a compiled frame (ReplicationModel.compile_blocks)
             self.model.compile_blocks(backend=COMPILE_BACKEND)
         # the run's precision, decided here once for training, evaluation and RQ1
         self.autocast = autocast_for(tcfg.dtype, device)
@@ -302,7 +327,9 @@ class Trainer:
         self.writer = MetricsWriter(self.run_dir / METRICS_NAME, enabled=ctx.is_main)
         self.progress = Progress(tcfg.steps, enabled=ctx.is_main, bar=show_progress)
         self.alignment_layers = list(config.alignment.layers or self.plan.alternate or self.plan.monitored)
-        self.last_monitored: list[float] = []  # the monitored blocks' latest training MBE, for the progress line
+        self.last_monitored: list[
+            float
+        ] = []  # the monitored blocks' latest training MBE, for the progress line
         self.start_step = 0
         self.nonfinite_in_row = 0
         self.n_nonfinite = 0
@@ -385,15 +412,27 @@ class Trainer:
         resumed = self._restore()
         if resumed:
             if self.ctx.is_main:
-                what = "the final evaluation" if self.start_step == tcfg.steps else f"step {self.start_step} of {tcfg.steps}"
+                what = (
+                    "the final evaluation"
+                    if self.start_step == tcfg.steps
+                    else f"step {self.start_step} of {tcfg.steps}"
+                )
                 print(f"{self.run_dir}: resuming from {what} (resume {self.resumes})", file=sys.stderr)
             self.writer.write({"kind": "event", "event": "resume", "step": self.start_step, "at": now()})
         else:
             if self.ctx.is_main:
-                remove_checkpoints(self.run_dir)  # a previous attempt's checkpoint.prev.pt belongs to other metrics
+                remove_checkpoints(
+                    self.run_dir
+                )  # a previous attempt's checkpoint.prev.pt belongs to other metrics
             self.writer.open(truncate_to=None)
             self.writer.write(
-                {"kind": "event", "event": "start", "step": 0, "at": now(), "provenance": provenance(self.ctx.device)}
+                {
+                    "kind": "event",
+                    "event": "start",
+                    "step": 0,
+                    "at": now(),
+                    "provenance": provenance(self.ctx.device),
+                }
             )
             if tcfg.eval_at_start:
                 self._evaluate(0)
@@ -437,25 +476,45 @@ class Trainer:
         probe = None
         if self.config.alignment.every and step % self.config.alignment.every == 0 and self.ctx.is_main:
             if self._alignment_in_step(phase):  # from the step's own passes (alignment.InStepAlignment)
-                probe = InStepAlignment(self.model, self.task, self.alignment_layers, len(self.micro_batches),
-                                        autocast=self.autocast)  # fmt: skip
+                probe = InStepAlignment(
+                    self.model,
+                    self.task,
+                    self.alignment_layers,
+                    len(self.micro_batches),
+                    autocast=self.autocast,
+                )
             else:
                 record = gradient_alignment(
-                    self.model, self.task, step=step, layers=self.alignment_layers, window=window,
+                    self.model,
+                    self.task,
+                    step=step,
+                    layers=self.alignment_layers,
+                    window=window,
                     autocast=self.autocast,
-                )  # fmt: skip
+                )
                 self.writer.write({"kind": "alignment", "step": step, **record})
         every_block = step % tcfg.block_mbe_every == 0 or step == tcfg.steps - 1
         # between those steps: the blocks the controller reads, and none for a method without one
         # (the regularized blocks come with the loss either way)
         thin_blocks = self.plan.monitored if self.controller is not None else []
-        has_monitored = every_block or self.controller is not None or set(self.plan.monitored) <= set(self.plan.joint)
+        has_monitored = (
+            every_block or self.controller is not None or set(self.plan.monitored) <= set(self.plan.joint)
+        )
         t0 = time.perf_counter()
         result = accumulate_gradients(
-            self.model, self.task, self.method, self.config.objective, self.plan,
-            step=step, phase=phase, micro_batches=self.micro_batches, window=window, autocast=self.autocast,
-            probe=probe, blocks=None if every_block else thin_blocks,
-        )  # fmt: skip
+            self.model,
+            self.task,
+            self.method,
+            self.config.objective,
+            self.plan,
+            step=step,
+            phase=phase,
+            micro_batches=self.micro_batches,
+            window=window,
+            autocast=self.autocast,
+            probe=probe,
+            blocks=None if every_block else thin_blocks,
+        )
         probe_seconds = 0.0
         if probe is not None and probe.record is not None:
             self.writer.write({"kind": "alignment", "step": step, **probe.record})
@@ -470,9 +529,14 @@ class Trainer:
             self.nonfinite_in_row += 1
             self.n_nonfinite += 1
             self.writer.write(
-                {"kind": "event", "event": "nonfinite_step", "step": step, "loss": result.main_loss,
-                 "in_a_row": self.nonfinite_in_row}
-            )  # fmt: skip
+                {
+                    "kind": "event",
+                    "event": "nonfinite_step",
+                    "step": step,
+                    "loss": result.main_loss,
+                    "in_a_row": self.nonfinite_in_row,
+                }
+            )
         self.optimizers.zero_grad()
 
         if self.controller is not None:  # a skipped step counts as non-finite and changes nothing else
@@ -525,13 +589,22 @@ class Trainer:
         n_blocks = self.model.n_blocks
         mbe = result.mbe_sum or [0.0] * n_blocks
         packed = torch.tensor(
-            [result.main_loss_sum, result.main_loss_count, result.mbe_count, 0.0 if result.finite else 1.0,
-             self.stop.pending(), *mbe],
-            dtype=torch.float64, device=self.ctx.device,
-        )  # fmt: skip
+            [
+                result.main_loss_sum,
+                result.main_loss_count,
+                result.mbe_count,
+                0.0 if result.finite else 1.0,
+                self.stop.pending(),
+                *mbe,
+            ],
+            dtype=torch.float64,
+            device=self.ctx.device,
+        )
         total = all_reduce_sum(packed).tolist()
         self.stop.agreed = total[4] > 0.0
-        return StepResult(total[0], int(total[1]), total[5:] if total[2] else [], int(total[2]), total[3] == 0.0)
+        return StepResult(
+            total[0], int(total[1]), total[5:] if total[2] else [], int(total[2]), total[3] == 0.0
+        )
 
     def _evaluate(self, done: int) -> None:
         window = self.model.attention_window(done / self.config.train.steps)
@@ -565,7 +638,9 @@ class Trainer:
                 "phase_changes": len(changes),
                 "phase_change_steps": [c["step"] for c in changes],
                 "never_changed_phase": self.method.gated and not changes,
-                "compress_steps": sum(1 for r in records if r["kind"] == "train" and r["phase"] == "compress"),
+                "compress_steps": sum(
+                    1 for r in records if r["kind"] == "train" and r["phase"] == "compress"
+                ),
                 "nonfinite_steps": self.n_nonfinite,
                 "resumes": self.resumes,
                 "wall_time_s": wall_time,
@@ -596,10 +671,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("replication.training.train", __doc__)
     parser.add_argument("config", type=Path, help="RUN_DIR/config.yaml, a resolved run config")
     parser.add_argument(
-        "--data-root", type=Path, default=Path(os.environ.get("REPLICATION_DATA_ROOT", "data")),
+        "--data-root",
+        type=Path,
+        default=Path(os.environ.get("REPLICATION_DATA_ROOT", "data")),
         help="where prepared data sets live (default: $REPLICATION_DATA_ROOT or ./data)",
     )
-    parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     parser.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
     args = parser.parse_args(argv)
     return cli.run(_main, args)

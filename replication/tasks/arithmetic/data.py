@@ -158,7 +158,9 @@ def example_aligned_windows(stream: np.ndarray, offsets: np.ndarray, length: int
     """
     ends = np.append(offsets[1:], len(stream))
     if (ends - offsets).max() > length:
-        raise ValueError(f"a window of {length} tokens cannot hold the longest example ({(ends - offsets).max()})")
+        raise ValueError(
+            f"a window of {length} tokens cannot hold the longest example ({(ends - offsets).max()})"
+        )
     windows = []
     k = 0
     while k < len(offsets):

@@ -38,12 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from replication.runtime.distributed import all_reduce_sum
-from replication.science.errors import ConfigError
-from replication.tasks.evaluation import mbe_kwargs
-from replication.science.mbe import layer_mbe
-from replication.runtime.precision import Autocast
 from replication.config.arithmetic import Config
+from replication.runtime.distributed import all_reduce_sum
+from replication.runtime.precision import Autocast
+from replication.science.errors import ConfigError
+from replication.science.mbe import layer_mbe
 from replication.tasks.arithmetic.data import (
     BOS,
     EOS,
@@ -57,6 +56,7 @@ from replication.tasks.arithmetic.data import (
     sample_square,
 )
 from replication.tasks.base import Batch, derive_seed
+from replication.tasks.evaluation import mbe_kwargs
 from replication.tasks.lm import LanguageTask, shard, windows_to_batch
 
 SPLIT_PREFIXES = ("id", "id_seen", "ood", "control")  # validation windows scored by answer CE
@@ -234,7 +234,9 @@ class Task(LanguageTask):
         return torch.tensor([float(correct), float(len(expected))], dtype=torch.float64, device=self.device)
 
     @torch.no_grad()
-    def evaluate(self, model, *, step: int, window: int | None, autocast: Autocast = nullcontext) -> dict[str, Any]:
+    def evaluate(
+        self, model, *, step: int, window: int | None, autocast: Autocast = nullcontext
+    ) -> dict[str, Any]:
         self._autocast = autocast  # the run's precision, for every forward pass below
         was_training = model.training
         model.eval()
@@ -289,6 +291,13 @@ class Task(LanguageTask):
         chosen = evals[-1 if stop is None else stop]
         summary["early_stop/step"] = chosen["step"]
         summary["early_stop/triggered"] = 0.0 if stop is None else 1.0
-        for key in ("ood/answer_ce", "id/answer_ce", "ood/mbe", "id/mbe", "ood/exact_match", "id/exact_match"):
+        for key in (
+            "ood/answer_ce",
+            "id/answer_ce",
+            "ood/mbe",
+            "id/mbe",
+            "ood/exact_match",
+            "id/exact_match",
+        ):
             summary[f"early_stop/{key}"] = chosen[key]
         return summary

@@ -41,8 +41,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
-from replication.science.errors import ConfigError, DataError
 from replication.runtime.record import now, read_json, write_json_atomic
+from replication.science.errors import ConfigError, DataError
 from replication.tasks.fineweb.shards import (
     HEADER_INTS,
     MAGIC,
@@ -323,9 +323,14 @@ def _write_once(path: Path, tokens: np.ndarray) -> str:
 
 
 def prepare(
-    name: str, options: DatasetOptions, out: Path, *, root: Path = Path("."), threads: int = 1,
+    name: str,
+    options: DatasetOptions,
+    out: Path,
+    *,
+    root: Path = Path("."),
+    threads: int = 1,
     progress: bool | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Prepare one data set into ``out``; returns its manifest (the existing one if already done)."""
     out = Path(out)
     manifest_path = out / MANIFEST_NAME
@@ -345,8 +350,14 @@ def prepare(
     train = SplitWriter(out, "train", options.shard_tokens, options.train_tokens)
     total = None if options.train_tokens is None else options.val_tokens + options.train_tokens
     bar_mode = sys.stderr.isatty() if progress is None else progress  # a log file gets a line every 30 s
-    bar = tqdm(total=total, unit="tok", unit_scale=True, desc=f"prepare {name}", file=sys.stderr,
-               mininterval=1.0 if bar_mode else 30.0)  # fmt: skip
+    bar = tqdm(
+        total=total,
+        unit="tok",
+        unit_scale=True,
+        desc=f"prepare {name}",
+        file=sys.stderr,
+        mininterval=1.0 if bar_mode else 30.0,
+    )
     if source["kind"] == "pretokenized":
         source["files"] = []
         for split, writer in (("val", val), ("train", train)):
@@ -364,9 +375,7 @@ def prepare(
     splits = {"val": val.finish(), "train": train.finish()}
     for split, info in splits.items():
         if info["tokens"] == 0:
-            raise DataError(
-                f"data set {name!r}: the source ran out before the {split} split got any token"
-            )
+            raise DataError(f"data set {name!r}: the source ran out before the {split} split got any token")
     manifest = {
         "dataset": name,
         "options": wanted,
@@ -389,7 +398,9 @@ def load_manifest(folder: Path, experiment: str | None = None) -> dict[str, Any]
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     config = f"experiments/{experiment}/config.yaml" if experiment else "experiments/<experiment>/config.yaml"
-    prepare_command = f"python -m replication.tasks.fineweb.prepare {config} --dataset {folder.name} --out {folder}"
+    prepare_command = (
+        f"python -m replication.tasks.fineweb.prepare {config} --dataset {folder.name} --out {folder}"
+    )
     if not path.is_file():
         raise DataError(
             f"the data set {folder.name} is not prepared ({path} is missing): prepare it with {prepare_command}, "
@@ -406,5 +417,7 @@ def load_manifest(folder: Path, experiment: str | None = None) -> dict[str, Any]
                         f"delete {folder} and prepare it again with {prepare_command}"
                     )
     except (KeyError, TypeError) as error:
-        raise DataError(f"{path} is not a manifest of this version (no {error}); delete {folder} and prepare it again") from None
+        raise DataError(
+            f"{path} is not a manifest of this version (no {error}); delete {folder} and prepare it again"
+        ) from None
     return manifest

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from replication.runtime import cli
 from replication.config.base import format_validation_error
-from replication.science.errors import ConfigError
 from replication.config.run import load_experiment
+from replication.runtime import cli
+from replication.science.errors import ConfigError
 from replication.tasks.fineweb.data import DatasetOptions, prepare
 
 
@@ -38,11 +38,15 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     spec = load_experiment(args.experiment)
     if args.dataset not in spec.datasets:
-        raise ConfigError(f"{args.experiment} has no data set {args.dataset!r}; it has {sorted(spec.datasets)}")
+        raise ConfigError(
+            f"{args.experiment} has no data set {args.dataset!r}; it has {sorted(spec.datasets)}"
+        )
     try:
         options = DatasetOptions.model_validate(spec.datasets[args.dataset])
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, f"{args.experiment}: datasets.{args.dataset}")) from None
+        raise ConfigError(
+            format_validation_error(error, f"{args.experiment}: datasets.{args.dataset}")
+        ) from None
     show = {"auto": None, "bar": True, "lines": False}[args.progress]
     manifest = prepare(args.dataset, options, args.out, root=args.root, threads=args.threads, progress=show)
     counts = ", ".join(f"{split} {info['tokens']:,} tokens" for split, info in manifest["splits"].items())

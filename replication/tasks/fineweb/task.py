@@ -31,12 +31,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from replication.science.errors import ConfigError
-from replication.tasks.evaluation import evaluate_lm
-from replication.science.methods import default_layers
-from replication.runtime.precision import Autocast
-from replication.tasks.base import Batch
 from replication.config.fineweb import Config
+from replication.runtime.precision import Autocast
+from replication.science.errors import ConfigError
+from replication.science.methods import default_layers
+from replication.tasks.base import Batch
+from replication.tasks.evaluation import evaluate_lm
 from replication.tasks.fineweb.data import load_manifest
 from replication.tasks.fineweb.shards import read_shard
 from replication.tasks.lm import LanguageTask, shard, windows_to_batch
@@ -124,7 +124,9 @@ class Task(LanguageTask):
     def validation_batches(self) -> list[Batch]:
         return self._val
 
-    def evaluate(self, model, *, step: int, window: int | None, autocast: Autocast = nullcontext) -> dict[str, Any]:
+    def evaluate(
+        self, model, *, step: int, window: int | None, autocast: Autocast = nullcontext
+    ) -> dict[str, Any]:
         return evaluate_lm(model, self, self._val, window=window, prefix="val", autocast=autocast)
 
     def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:

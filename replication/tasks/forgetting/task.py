@@ -30,13 +30,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from replication.config.base import MLPModelConfig
-from replication.tasks.evaluation import mbe_kwargs
-from replication.science.mbe import patch_mbe
+from replication.config.forgetting import GROUPS, Config
 from replication.models import ReplicationModel, build_model
 from replication.runtime.precision import Autocast
+from replication.science.mbe import patch_mbe
 from replication.tasks import base
 from replication.tasks.base import Batch, derive_seed
-from replication.config.forgetting import GROUPS, Config
+from replication.tasks.evaluation import mbe_kwargs
 from replication.tasks.forgetting.separation import (
     interference,
     separation_ratio,
@@ -162,9 +162,7 @@ class Task(base.Task):
         1 = b) and its index in that group's training set."""
         stage = self.cfg.stages[self.stage_index(step)]
         data_seed = self.config.effective_data_seed
-        rng = torch.Generator().manual_seed(
-            derive_seed("forgetting", data_seed, "batch", step, micro)
-        )
+        rng = torch.Generator().manual_seed(derive_seed("forgetting", data_seed, "batch", step, micro))
         per_group = self.cfg.micro_batch_size // len(stage.groups)
         xs, ys, group_ids, indices = [], [], [], []
         for group in stage.groups:

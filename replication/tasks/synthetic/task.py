@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from replication.config.synthetic import Config
 from replication.tasks.base import derive_seed
 from replication.tasks.lm import LanguageTask, shard, windows_to_batch
-from replication.config.synthetic import Config
 
 
 class Task(LanguageTask):
@@ -23,7 +23,9 @@ class Task(LanguageTask):
         self.cfg = cfg
         table_rng = torch.Generator().manual_seed(config.effective_data_seed)
         # successors of every token, never the separator (documents end by the reset below)
-        self.successors = torch.randint(1, cfg.vocab_size, (cfg.vocab_size, cfg.branching), generator=table_rng)
+        self.successors = torch.randint(
+            1, cfg.vocab_size, (cfg.vocab_size, cfg.branching), generator=table_rng
+        )
         val = [self._windows(config.effective_data_seed, "val", i) for i in range(cfg.val_batches)]
         self._val = [windows_to_batch(w, device) for w in shard(val, rank, world_size)]
 
