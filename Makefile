@@ -1,5 +1,6 @@
 # Two entry points, each installing what it needs into .venv first:
-#   make test        the test suite, then the smoke DAG end to end (what CI runs)
+#   make test        the test suite (lint included), then the smoke DAG end to end (what CI runs)
+#   make lint        ruff check, ruff format --check and snakemake --lint alone (tests/test_lint.py)
 #   make replicate   the replication at the scale this machine can carry (SCALE=cpu by default)
 #   make study       the scale's studies: model size, GAPT's knobs, settings (SCALE=cpu; results/<scale>/study/)
 #   make crosscheck  do CLAIMS.md and the README's claims table say what the committed summaries say, from runs of one clean commit?
@@ -20,7 +21,7 @@ SMOKE ?= .smoke
 SCALES := $(sort $(patsubst config/%.yaml,%,$(wildcard config/*.yaml)))
 TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: install test test-fast smoke replicate study report crosscheck bench check-scale mutation gpu-check test-slurm
+.PHONY: install test test-fast lint smoke replicate study report crosscheck bench check-scale mutation gpu-check test-slurm
 
 # a wrong SCALE stops make before anything runs, with one line naming the valid scales
 ifneq ($(filter replicate study report crosscheck check-scale,$(MAKECMDGOALS)),)
@@ -42,6 +43,9 @@ install: $(BIN)/.installed
 test: install
 	$(BIN)/python -m pytest
 	$(MAKE) smoke
+
+lint: install
+	$(BIN)/python -m pytest -q tests/test_lint.py
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"

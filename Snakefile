@@ -3,6 +3,7 @@
 # config gets nothing from any other file: a key it omits takes the default that
 # replication/dag/config.schema.yaml states. Every job is a `python -m replication.<command>` call that
 # can also be run by hand; the Python package decides what to run (replication/dag/plan.py).
+import os  # noqa: F401  (the rules compose paths with os.path)
 import sys
 
 from snakemake.utils import min_version
@@ -11,7 +12,7 @@ min_version("9.0")
 
 from replication.science.errors import ConfigError
 from replication.science.methods import METHOD_NAMES
-from replication.dag.plan import TABLE_FILES, Plan
+from replication.dag.plan import TABLE_FILES, Plan, logged, run_root
 from replication.dag.schema import resolve_global_config
 
 PAPER_CONFIG = f"{workflow.basedir}/config/paper.yaml"  # what runs when nothing names a config or a scale
@@ -33,14 +34,6 @@ RUNS, DATA, LOGS = config["runs_dir"], config["data_dir"], config["logs_dir"]
 # earlier run of the same shapes compiled (the first one pays; the rest load them in seconds)
 COMPILE_CACHE = f"{RUNS}/.compile-cache"
 PYTHON = sys.executable  # the environment Snakemake runs in is the one every job runs in
-
-
-def logged(command):
-    """The shell line of a job: output to its log; on failure, the log's tail on the terminal too."""
-    return (
-        f"{command} > {{log}} 2>&1 || {{{{ status=$?; echo '--- last lines of {{log}}:' >&2; "
-        f"tail -n 15 {{log}} >&2; exit $status; }}}}"
-    )
 
 
 wildcard_constraints:

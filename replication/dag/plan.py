@@ -227,6 +227,20 @@ class Plan:
         return f"{python} -m {TRAIN_MODULE}"
 
 
+def run_root(summary: str) -> str:
+    """The runs folder that holds a run's summary.json (RUNS/experiment/scale/method/seedN/summary.json)."""
+    return str(Path(summary).parents[4])
+
+
+def logged(command: str) -> str:
+    """The shell line of a DAG job: its output goes to the job's log, and on failure the log's last
+    lines go to the terminal too."""
+    return (
+        f"{command} > {{log}} 2>&1 || {{{{ status=$?; echo '--- last lines of {{log}}:' >&2; "
+        f"tail -n 15 {{log}} >&2; exit $status; }}}}"
+    )
+
+
 def check_outputs(argv: list[str] | None = None) -> int:
     """python -m replication.dag.plan CONFIG.yaml [KEY=VALUE ...]: is every final output there?
 

@@ -10,13 +10,15 @@ rule aggregate:
     log:
         f"{LOGS}/{{experiment}}/{{scale}}/aggregate.log",
     params:
-        out=lambda w: PLAN.results_dir(w.experiment),
+        python=PYTHON,
+        runs=lambda w, input: run_root(input.summaries[0]),
+        out=lambda w, output: os.path.dirname(output[0]),
         methods=lambda w: " ".join(PLAN.methods(w.experiment)),
         seeds=lambda w: " ".join(map(str, PLAN.seeds(w.experiment))),
     shell:
         logged(
-            "{PYTHON} -m replication.reporting.aggregate {input.config} --scale {wildcards.scale} --runs {RUNS} "
-            "--out {params.out} --methods {params.methods} --seeds {params.seeds}"
+            "{params.python} -m replication.reporting.aggregate {input.config} --scale {wildcards.scale} "
+            "--runs {params.runs} --out {params.out} --methods {params.methods} --seeds {params.seeds}"
         )
 
 
@@ -33,8 +35,7 @@ for _experiment in PLAN.specs:
         log:
             f"{LOGS}/{_experiment}/{PLAN.scale}/figures.log",
         params:
-            results=PLAN.results_dir(_experiment),
+            python=PYTHON,
+            results=lambda w, input: os.path.dirname(input.tables[0]),
         shell:
-            logged(
-                "{PYTHON} -m replication.reporting.figures {input.config} --results {params.results}"
-            )
+            logged("{params.python} -m replication.reporting.figures {input.config} --results {params.results}")

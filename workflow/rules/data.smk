@@ -10,8 +10,10 @@ rule prepare_data:
     log:
         f"{LOGS}/data/{{dataset}}.log",
     params:
-        out=lambda w: f"{DATA}/{w.dataset}",
+        python=PYTHON,
+        out=lambda w, output: os.path.dirname(output[0]),
     shell:
         logged(
-            "{PYTHON} -m replication.tasks.fineweb.prepare {input} --dataset {wildcards.dataset} --out {params.out}"
+            "{params.python} -m replication.tasks.fineweb.prepare {input} --dataset {wildcards.dataset} "
+            "--out {params.out}"
         )

@@ -10,9 +10,11 @@ rule claims:
     log:
         f"{LOGS}/claims/{PLAN.scale}.log",
     params:
-        results=f"{config['results_dir']}/{PLAN.scale}",
+        python=PYTHON,
+        scale=PLAN.scale,
+        results=lambda w, output: os.path.dirname(output[0]),
     shell:
         logged(
-            "{PYTHON} -m replication.reporting.claims {input.configs} --scale {PLAN.scale} --results {params.results} "
-            "--out {output}"
+            "{params.python} -m replication.reporting.claims {input.configs} --scale {params.scale} "
+            "--results {params.results} --out {output}"
         )

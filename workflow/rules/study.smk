@@ -18,10 +18,15 @@ for _experiment in PLAN.studies():
         log:
             f"{LOGS}/{_experiment}/{PLAN.scale}/study.log",
         params:
-            out=PLAN.study_dir(_experiment),
+            python=PYTHON,
+            scale=PLAN.scale,
+            runs=lambda w, input: run_root(input.summaries[0]),
+            out=lambda w, output: os.path.dirname(output[0]),
         shell:
-            logged("{PYTHON} -m replication.reporting.study {input.config} --scale " + PLAN.scale
-                   + " --runs {RUNS} --out {params.out}")
+            logged(
+                "{params.python} -m replication.reporting.study {input.config} --scale {params.scale} "
+                "--runs {params.runs} --out {params.out}"
+            )
 
 
 rule study:

@@ -11,10 +11,12 @@ rule configure_run:
         f"{RUNS}/{{experiment}}/{{scale}}/{{method}}/seed{{seed}}/config.yaml",
     log:
         f"{LOGS}/{{experiment}}/{{scale}}/{{method}}/seed{{seed}}/configure.log",
+    params:
+        python=PYTHON,
     shell:
         logged(
-            "{PYTHON} -m replication.training.configure {input} --scale {wildcards.scale} --method {wildcards.method} "
-            "--seed {wildcards.seed} --out {output}"
+            "{params.python} -m replication.training.configure {input} --scale {wildcards.scale} "
+            "--method {wildcards.method} --seed {wildcards.seed} --out {output}"
         )
 
 
@@ -31,9 +33,10 @@ rule train:
         gpu=lambda w: PLAN.job(w.experiment, "gpus_per_run"),
     params:
         launcher=lambda w: PLAN.launcher(PYTHON, w.experiment),
+        data=DATA,
+        compile_cache=COMPILE_CACHE,
     shell:
         logged(
-            "TORCHINDUCTOR_CACHE_DIR={COMPILE_CACHE} {params.launcher} {input.config} "
-            "--data-root {DATA} --threads {threads} "
-            "--progress lines"
+            "TORCHINDUCTOR_CACHE_DIR={params.compile_cache} {params.launcher} {input.config} "
+            "--data-root {params.data} --threads {threads} --progress lines"
         )
