@@ -1,7 +1,7 @@
 """python -m benchmarks [SECTION ...] [--out results/benchmarks]
 
-Sections: cpu_step, gapt_overhead, loop_efficiency, mbe_kernel, data_prep, evaluation, smoke_dag (default: all);
-bf16_parity (about 30 minutes of real cpu-scale runs) only when named.
+Sections: cpu_step, gapt_overhead, loop_efficiency, mbe_kernel, data_prep, evaluation, smoke_dag
+(default: all); bf16_parity (about 30 minutes of real cpu-scale runs) only when named.
 Each prints a table and writes results/benchmarks/<section>.json with its provenance. Run it on a
 quiet machine: the ratios compare variants measured side by side, but other load still adds noise.
 The GPU path has a command of its own: python -m benchmarks.gpu_check (make gpu-check), writing gpu.json.
@@ -26,7 +26,8 @@ def _print_overhead(result: dict) -> None:
         for m, s in result["seconds_per_step"].items()
     ]
     print(
-        f"\nGAPT overhead, {result['shape']} shape ({result['tokens_per_step']} tokens/step; target {result['target']})"
+        f"\nGAPT overhead, {result['shape']} shape ({result['tokens_per_step']} tokens/step; "
+        f"target {result['target']})"
     )
     print(tabulate(rows, headers=["method", "ms / step", "ratio to ce"], tablefmt="github"))
 
@@ -45,7 +46,8 @@ def run_section(name: str, out: Path) -> None:
 
         result = loop_efficiency()
         print(
-            f"\nLoop efficiency ({result['shape']} shape, {result['dtype']}{', compiled' if result['compile'] else ''}; "
+            f"\nLoop efficiency ({result['shape']} shape, {result['dtype']}"
+            f"{', compiled' if result['compile'] else ''}; "
             f"target {result['target']})"
         )
         every = result["block_mbe_every"]
@@ -68,13 +70,15 @@ def run_section(name: str, out: Path) -> None:
             )
         )
         print(
-            f"ratio (median of the rounds' paired ratios): {result['ratio']:.3f}; with RQ1: {result['rq1_ratio']:.3f}"
+            f"ratio (median of the rounds' paired ratios): {result['ratio']:.3f}; "
+            f"with RQ1: {result['rq1_ratio']:.3f}"
         )
         block = result["block_mbe"]
         print(
             f"a step with the monitored blocks' MBE {block['monitored']} alone: "
             f"{1000 * block['seconds_per_step']['monitored blocks']:.0f} ms, with every block's: "
-            f"{1000 * block['seconds_per_step']['every block']:.0f} ms (ratio {block['monitored_over_every']:.3f})"
+            f"{1000 * block['seconds_per_step']['every block']:.0f} ms "
+            f"(ratio {block['monitored_over_every']:.3f})"
         )
         write_result(out, name, result)
     elif name == "mbe_kernel":
@@ -148,7 +152,8 @@ def run_section(name: str, out: Path) -> None:
 
         result = evaluation()
         print(
-            f"\nEvaluation pass against the forward pass alone ({result['shape']} shape; target {result['target']})"
+            f"\nEvaluation pass against the forward pass alone ({result['shape']} shape; "
+            f"target {result['target']})"
         )
         print(
             tabulate(
@@ -177,7 +182,8 @@ def run_section(name: str, out: Path) -> None:
         result = smoke_dag()
         print(f"\nSmoke DAG ({result['runs']} runs on {result['cores']} cores; target {result['target']})")
         print(
-            f"wall {result['dag_wall_seconds']:.1f} s, {result['training_loop_seconds_total']:.1f} s in training "
+            f"wall {result['dag_wall_seconds']:.1f} s, "
+            f"{result['training_loop_seconds_total']:.1f} s in training "
             f"loops, orchestration {100 * result['orchestration_share']:.0f} %"
         )
         write_result(out, name, result)
@@ -187,8 +193,9 @@ def run_section(name: str, out: Path) -> None:
         result = cpu_step()
         peak = result["matmul_peak_flops"]
         print(
-            f"\nThe cpu-scale step ({result['tokens_per_step']} tokens, {result['threads']} threads; matmul peak "
-            f"{peak['float32'] / 1e9:.0f} GFLOP/s float32, {peak['bfloat16'] / 1e9:.0f} bf16; target {result['target']})"
+            f"\nThe cpu-scale step ({result['tokens_per_step']} tokens, {result['threads']} threads; "
+            f"matmul peak {peak['float32'] / 1e9:.0f} GFLOP/s float32, "
+            f"{peak['bfloat16'] / 1e9:.0f} bf16; target {result['target']})"
         )
 
         def cell(value, spec):
@@ -258,7 +265,8 @@ def run_section(name: str, out: Path) -> None:
         )
         for metric, effect in result["gapt_joint_vs_ce"].items():
             print(
-                f"gapt_joint vs ce, {metric}: float32 {effect['float32']['text']}; bf16 {effect['bfloat16']['text']}"
+                f"gapt_joint vs ce, {metric}: float32 {effect['float32']['text']}; "
+                f"bf16 {effect['bfloat16']['text']}"
             )
         write_result(out, name, result)
     else:

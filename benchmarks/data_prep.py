@@ -1,5 +1,5 @@
-"""Data preparation: tokens/s of ``replication.tasks.fineweb.prepare`` on the local FineWeb sample (GPT-2 BPE),
-against tiktoken's own batch encoder on the same texts, the ceiling of any preparation.
+"""Data preparation: tokens/s of ``replication.tasks.fineweb.prepare`` on the local FineWeb sample
+(GPT-2 BPE), against tiktoken's own batch encoder on the same texts, the ceiling of any preparation.
 
 Beside it, reading the documents alone through ``datasets`` (what the preparation does between two
 batches to encode): reading then encoding, one after the other, is the fastest a preparation that

@@ -28,9 +28,9 @@ def mbe_kernel(rounds: int = 5) -> dict[str, Any]:
             z = torch.randn(batch, n, d)
             seconds = interleaved(
                 {
-                    "chosen": lambda: renyi_entropy(z),
-                    "rows_gram": lambda: renyi_entropy(z, gram="rows"),
-                    "eigenvalues": lambda: renyi_entropy(z, eigen=True),
+                    "chosen": lambda z=z: renyi_entropy(z),
+                    "rows_gram": lambda z=z: renyi_entropy(z, gram="rows"),
+                    "eigenvalues": lambda z=z: renyi_entropy(z, eigen=True),
                 },
                 rounds=rounds,
             )

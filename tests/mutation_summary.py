@@ -30,7 +30,8 @@ def main(scope: list[str]) -> None:
         tested = n - c["no tests"] - c["not checked"]
         rate = f"{100 * c['survived'] / tested:.1f} %" if tested else "-"
         print(
-            f"{module:12} {n:8} {c['killed']:8} {c['survived']:9} {n - c['killed'] - c['survived']:6} {rate:>9}"
+            f"{module:12} {n:8} {c['killed']:8} {c['survived']:9} "
+            f"{n - c['killed'] - c['survived']:6} {rate:>9}"
         )
 
 

@@ -168,7 +168,8 @@ def test_the_layer_check_finds_an_import_down_the_layers_and_across_tasks():
     }
     assert _layer_violations(graph) == [
         "replication.config.run (config) imports replication.tasks.registry (tasks)",
-        "replication.tasks.fineweb.task (task fineweb) imports replication.tasks.arithmetic.data (task arithmetic)",
+        "replication.tasks.fineweb.task (task fineweb) imports "
+        "replication.tasks.arithmetic.data (task arithmetic)",
         "replication.training.train (training) imports replication.reporting.stats (reporting)",
     ]
 

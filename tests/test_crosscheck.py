@@ -73,7 +73,8 @@ def _setup(tmp_path, config):
 def _readme(quote):
     return (
         "| claim | paper | ours at `cpu` scale (mean [95 % CI], n seeds) | verdict |\n|---|---|---|---|\n"
-        f"| C2 GAPT lowers CE | −4.8 % | `gapt` {quote} (n=4) | reproduced |\n\nAfter the table: 1.0 [2.0, 3.0]\n"
+        f"| C2 GAPT lowers CE | −4.8 % | `gapt` {quote} (n=4) | reproduced |\n"
+        "\nAfter the table: 1.0 [2.0, 3.0]\n"
     )
 
 
@@ -109,7 +110,8 @@ def test_the_changed_verdicts_are_read_from_the_two_claims_files(results, tmp_pa
     new = crosscheck._claim_rows(claims_md.read_text())
     c2, c3 = new[("C2", "demo")], new[("C3", "demo")]
     old = (
-        "| id | claim | experiment | measure | paper | ours (mean [95 % CI] (n seeds), scale) | verdict | figure |\n"
+        "| id | claim | experiment | measure | paper | ours (mean [95 % CI] (n seeds), scale) "
+        "| verdict | figure |\n"
         "|---|---|---|---|---|---|---|---|\n"
         f"| C2 | x | demo | m | p | -9.9 % [-12.0, -8.0] (n=4), cpu | opposite | — |\n"
         f"| C3 | x | demo | m | p | {c3['ours (scale)']} | {c3['verdict']} | — |\n"

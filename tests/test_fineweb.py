@@ -381,7 +381,8 @@ def _evaluate_on_rank(rank: int, world: int, port: int, data_root: str, out: str
 
 
 def _random_model_metrics(rank: int, world: int, data_root: str, config=None, autocast=nullcontext):
-    """Validation metrics of a randomly initialized smoke model, and this process's batches of steps 0 and 1."""
+    """Validation metrics of a randomly initialized smoke model, and this process's batches of steps
+    0 and 1."""
     from replication.models import build_model
     from replication.tasks.fineweb.task import Task
 

@@ -218,7 +218,8 @@ def test_layer_mbe_of_blocks_of_different_shapes_falls_back_to_one_by_one():
 
 
 def test_patch_mbe_passes_alpha_eps_and_clamp_through():
-    # identity: patch_mbe(h, P, alpha, eps, clamp) = mean of renyi_entropy over the patches with the same options
+    # identity: patch_mbe(h, P, alpha, eps, clamp) = mean of renyi_entropy over the patches
+    # with the same options
     h = torch.randn(2, 16, 12)
     for kwargs in ({"alpha": 3.0}, {"eps": 0.5}, {"alpha": 1.0, "clamp": True}):
         expected = renyi_entropy(patches(h, 8), **kwargs).mean()

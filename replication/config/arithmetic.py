@@ -64,5 +64,6 @@ class Config(TaskConfig):
         vocab = getattr(model, "vocab_size", None)
         if vocab is not None and vocab < VOCAB_SIZE:
             raise ValueError(
-                f"the arithmetic task needs a vocabulary of at least {VOCAB_SIZE}; model.vocab_size is {vocab}"
+                f"the arithmetic task needs a vocabulary of at least {VOCAB_SIZE}; "
+                f"model.vocab_size is {vocab}"
             )

@@ -45,7 +45,8 @@ class TableMetric(StrictModel):
 
 
 class ClaimSpec(StrictModel):
-    """One row of CLAIMS.md (docs/SPEC.md section 8), judged from paired seeds (``replication.reporting.stats``).
+    """One row of CLAIMS.md (docs/SPEC.md section 8), judged from paired seeds
+    (``replication.reporting.stats``).
 
     kind, by the quantity ``metric`` is:
     - "relative" (positive): the paired log ratio of ``method`` against ``baseline``;

@@ -1,4 +1,5 @@
-"""The interface every model implements: its output and the hidden state of every block (docs/SPEC.md section 2)."""
+"""The interface every model implements: its output and the hidden state of every block
+(docs/SPEC.md section 2)."""
 
 from __future__ import annotations
 

@@ -3,10 +3,10 @@
     python -m replication.reporting.claims experiments/A/config.yaml experiments/B/config.yaml ... \\
         --scale S --results results/S --out results/S/CLAIMS.md
 
-reads ``results/S/<experiment>/summary.csv`` (written by ``replication.reporting.aggregate``). Each claim names
-the statistic fit to its quantity (``ClaimSpec.kind``; ``replication.reporting.stats`` defines them): the paired
-log ratio for a relative change of a positive quantity, the paired difference where the baseline can
-be near zero, the median paired difference with the sign test for heavy-tailed quantities, a
+reads ``results/S/<experiment>/summary.csv`` (written by ``replication.reporting.aggregate``). Each claim
+names the statistic fit to its quantity (``ClaimSpec.kind``; ``replication.reporting.stats`` defines them):
+the paired log ratio for a relative change of a positive quantity, the paired difference where the baseline
+can be near zero, the median paired difference with the sign test for heavy-tailed quantities, a
 threshold test for counts, and a permutation test of serial dependence for RQ1. The raw verdict
 reads the claim's own p-value at 0.05; the Holm verdict reads its p-value adjusted over every claim of
 the same experiment. At ``smoke`` scale the verdict columns say that smoke runs are not evidence.
@@ -61,7 +61,8 @@ def _serial_dependence(claim: ClaimSpec, data: pd.DataFrame) -> Judgement:
     estimate = Estimate(side, None, None, n, p, 0.0, "permutation")
     text = (
         f"lag-1 autocorrelation {mean_obs:.3g} against {mean_null:.3g} in shuffled order; "
-        f"p = {p:.2g} for {'persistence' if side > 0 else 'alternation'} (permutation, Fisher over n={n} runs)"
+        f"p = {p:.2g} for {'persistence' if side > 0 else 'alternation'} "
+        f"(permutation, Fisher over n={n} runs)"
     )
     return Judgement(claim, estimate, text, p, claim.direction)
 
@@ -103,7 +104,10 @@ def measure(claim: ClaimSpec) -> str:
         )
     if claim.kind in ("at_least", "robust_at_least"):
         centre = "median, sign-test interval" if claim.kind == "robust_at_least" else "mean, t interval"
-        return f"`{claim.metric}` of {claim.method} runs, at least {claim.threshold:g} (tested: {centre} above it)"
+        return (
+            f"`{claim.metric}` of {claim.method} runs, at least {claim.threshold:g} "
+            f"(tested: {centre} above it)"
+        )
     return f"`{claim.metric}`: {claim.method} vs {claim.baseline}, {MEASURES[claim.kind]}"
 
 
@@ -175,7 +179,8 @@ def _main(args: argparse.Namespace) -> int:
         "Each verdict comes from the seeds of this scale, paired (same seed, same data), with the statistic",
         "fit to the quantity: a relative change of a positive quantity is the geometric mean of the paired",
         "ratio with the t interval of its log (it cannot pass -100 %); a quantity whose baseline can be near",
-        "zero is a paired difference; a heavy-tailed one is the median paired difference with the sign test's",
+        "zero is a paired difference; a heavy-tailed one is the median paired difference with the sign "
+        "test's",
         "distribution-free interval (none exists below 6 seeds); a count is tested for a mean above its",
         "threshold, with an interval cut at 0 (seeds with no spread: the sign test, no interval); RQ1's",
         "persistence is a permutation test of the lag-1 autocorrelation of the linearly detrended cosines",

@@ -235,7 +235,8 @@ def verdict_changes(old_md: str, new_md: str) -> str:
             "verdict (Holm)", after["verdict"]
         ):
             lines.append(
-                f"| {key[0]} | {key[1]} | {before[old_ours]}: {before['verdict']} | {after[ours]}: {verdicts} |"
+                f"| {key[0]} | {key[1]} | {before[old_ours]}: {before['verdict']} "
+                f"| {after[ours]}: {verdicts} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -80,7 +80,8 @@ def _figure_html(spec: ReportSpec, number: int, results: Path, page: Page, link_
         if not path.is_file():
             page.missing.append(str(path))
             out.append(
-                f'<p class="missing" id="{_anchor(spec.experiment, figure.file)}">missing: {html.escape(str(path))}</p>'
+                f'<p class="missing" id="{_anchor(spec.experiment, figure.file)}">'
+                f"missing: {html.escape(str(path))}</p>"
             )
             continue
         number += 1
@@ -157,9 +158,8 @@ def build(
 def render(page: Page) -> str:
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>GAPT replication: {html.escape(page.scale)} scale</title><style>{STYLE}</style></head><body>\n"
-        + "\n".join(page.sections)
-        + "\n</body></html>\n"
+        f"<title>GAPT replication: {html.escape(page.scale)} scale</title>"
+        f"<style>{STYLE}</style></head><body>\n" + "\n".join(page.sections) + "\n</body></html>\n"
     )
 
 

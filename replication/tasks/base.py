@@ -97,7 +97,7 @@ class Task(ABC):
     ) -> ModelOutput:
         return model(batch.inputs, window=window, upto=upto)
 
-    def init_model(self, model: ReplicationModel) -> None:
+    def init_model(self, model: ReplicationModel) -> None:  # noqa: B027 - optional hook, no-op by default
         """Hook for tasks that prescribe the initial weights (experiment 3 starts at theta_0)."""
 
     def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -122,7 +122,7 @@ class Task(ABC):
     def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook, stateless default
         pass
 
 

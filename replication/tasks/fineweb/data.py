@@ -1,9 +1,9 @@
 """A token data set, prepared once before any run reads it (the command: ``prepare``).
 
 ``prepare`` takes the options of one entry of an experiment file's ``datasets:`` (``DatasetOptions``),
-tokenizes the text into modded-nanogpt shards (``replication.tasks.fineweb.shards``) and writes, into the output folder,
-``val_000000.bin``, ``train_000000.bin``, ... and, last, ``manifest.json``: the token and document
-counts, the source, the tokenizer and the sha256 of every shard. The manifest marks the preparation
+tokenizes the text into modded-nanogpt shards (``replication.tasks.fineweb.shards``) and writes, into the
+output folder, ``val_000000.bin``, ``train_000000.bin``, ... and, last, ``manifest.json``: the token and
+document counts, the source, the tokenizer and the sha256 of every shard. The manifest marks the preparation
 finished; running the command again with the same options does nothing.
 
 Sources, in this order:
@@ -117,9 +117,13 @@ def _no_source_message(name: str, options: DatasetOptions, local: Path | None) -
     wanted = options.pretokenized or options.hub or "HuggingFaceFW/fineweb"
     where = f"at {local}" if local is not None else "and name it in the data set's `path` option"
     if local is not None and options.sha256 is not None:
-        where += f" (the file this data set names, content sha256 {options.sha256}: in a clone, git checkout -- {options.path} restores it)"
+        where += (
+            f" (the file this data set names, content sha256 {options.sha256}: in a clone, "
+            f"git checkout -- {options.path} restores it)"
+        )
     return (
-        f"data set {name!r}: no source can be read here. Two ways out: put a local JSON-lines or parquet file "
+        f"data set {name!r}: no source can be read here. Two ways out: put a local JSON-lines or parquet "
+        "file "
         f"with a {options.text_field!r} column {where}, or run where the Hugging Face hub is reachable "
         f"(network access, HF_HUB_OFFLINE and HF_DATASETS_OFFLINE unset) to stream {wanted}"
         + ("" if options.hub or options.pretokenized else " (and set the data set's `hub` option)")
@@ -403,7 +407,8 @@ def load_manifest(folder: Path, experiment: str | None = None) -> dict[str, Any]
     )
     if not path.is_file():
         raise DataError(
-            f"the data set {folder.name} is not prepared ({path} is missing): prepare it with {prepare_command}, "
+            f"the data set {folder.name} is not prepared ({path} is missing): "
+            f"prepare it with {prepare_command}, "
             "or run the DAG, which prepares it (a train command's --data-root says where prepared data lives)"
         )
     manifest = read_json(path)
@@ -413,7 +418,8 @@ def load_manifest(folder: Path, experiment: str | None = None) -> dict[str, Any]
                 count = shard_token_count(folder / shard["file"])
                 if count != shard["tokens"]:
                     raise DataError(
-                        f"{folder / shard['file']} holds {count} tokens, the manifest says {shard['tokens']}: "
+                        f"{folder / shard['file']} holds {count} tokens, "
+                        f"the manifest says {shard['tokens']}: "
                         f"delete {folder} and prepare it again with {prepare_command}"
                     )
     except (KeyError, TypeError) as error:

@@ -1,6 +1,7 @@
 """Prepare a token data set once, before any run reads it.
 
-    python -m replication.tasks.fineweb.prepare experiments/NAME/config.yaml --dataset DATASET --out data/DATASET
+    python -m replication.tasks.fineweb.prepare experiments/NAME/config.yaml \\
+        --dataset DATASET --out data/DATASET
 
 reads the options of ``datasets.DATASET`` in the experiment file and writes the data set into the
 output folder (``replication.tasks.fineweb.data``: its sources, layout and manifest); running the

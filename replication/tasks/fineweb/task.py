@@ -81,7 +81,8 @@ class Task(LanguageTask):
         model_vocab = getattr(config.model, "vocab_size", None)
         if model_vocab is not None and tokenizer["n_vocab"] > model_vocab:
             raise ConfigError(
-                f"data set {cfg.dataset} uses the {tokenizer['name']} tokenizer ({tokenizer['n_vocab']} ids); "
+                f"data set {cfg.dataset} uses the {tokenizer['name']} tokenizer "
+                f"({tokenizer['n_vocab']} ids); "
                 f"model.vocab_size is {model_vocab}"
             )
         train = [read_shard(folder / s["file"]) for s in self.manifest["splits"]["train"]["shards"]]
