@@ -4,9 +4,9 @@
 #   make replicate   the replication at the scale this machine can carry (SCALE=cpu by default)
 #   make study       the scale's studies: model size, GAPT's knobs, settings (SCALE=cpu; results/<scale>/study/)
 #   make crosscheck  do CLAIMS.md and the README's claims table say what the committed summaries say, from runs of one clean commit?
-#   make mutation    mutation testing of the core with mutmut (not part of CI; README, "Mutation testing")
-#   make gpu-check   the GPU path on one CUDA device in at most 8 minutes, no network (README, "Running a scale")
-#   make test-slurm  the smoke DAG through a real one-node SLURM started for it (root; README, "Running a scale")
+#   make mutation    mutation testing of the core with mutmut (not part of CI; docs/testing.md)
+#   make gpu-check   the GPU path on one CUDA device in at most 8 minutes, no network (docs/running.md, "Before a GPU scale")
+#   make test-slurm  the smoke DAG through a real one-node SLURM started for it (root; docs/testing.md, "The SLURM path")
 # TORCH=cpu installs PyTorch's CPU-only build from PyTorch's own wheel index (TORCH_CPU_INDEX) instead
 # of the default build of the package index (on Linux x86_64, a CUDA build with its CUDA wheels).
 PYTHON ?= python3
@@ -102,7 +102,7 @@ GPU_CHECK_ARGS ?=
 gpu-check: install
 	$(BIN)/python -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
-# mutation testing with mutmut, configured in [tool.mutmut] of pyproject.toml (README, "Mutation
+# mutation testing with mutmut, configured in [tool.mutmut] of pyproject.toml (docs/testing.md, "Mutation
 # testing"); not part of CI. MUTATION_SCOPE names the functions whose mutants run, as fnmatch patterns
 # over mutmut's mutant names (`?` stands for the `ǁ` between a class and its method): every function
 # of mbe, gapt, methods, objectives and stats, and of the training loop the step and its cross-process

@@ -197,7 +197,7 @@ def provenance_problems(plan: Plan) -> list[str]:
         where = "; ".join(f"{commit[:12]} ({', '.join(sorted(e))})" for commit, e in sorted(commits.items()))
         problems.append(
             f"the runs of {plan.scale} were trained at {len(commits)} commits: {where}; "
-            'rebuild the scale from one clean clone (README, "Running a scale")'
+            'rebuild the scale from one clean clone (docs/running.md, "Running a scale")'
         )
     return problems
 
