@@ -50,7 +50,9 @@ def test_wrong_types_and_unknown_names_are_errors():
         validate_run_config({**TINY, "task": {"name": "sythetic"}})
     with pytest.raises(ConfigError, match="method"):
         validate_run_config({**TINY, "method": "gapt2"})
-    with pytest.raises(ConfigError, match="unknown GAPT rule set"):
+    with pytest.raises(
+        ConfigError, match="gapt.rules: 'v2' is not one of paper, v1_code, v1_code_newer, relative"
+    ):
         validate_run_config({**TINY, "gapt": {"rules": "v2"}})
 
 
@@ -173,9 +175,9 @@ def _invalid(method: str = "ce", **overrides) -> str:
         ({"model": {"window_start": 64, "window_end": 32}}, "model: window_end (32) must be >= window_start"),
         ({"task": {"seq_len": 0}}, "task.seq_len"),
         ({"task": {"vocab_size": 1}}, "task.vocab_size"),
-        ({"gapt": {"delta_ce": -0.01}}, "gapt: GAPT delta_ce must be finite and >= 0"),
-        ({"gapt": {"delta_mbe": float("nan")}}, "gapt: GAPT delta_mbe must be finite and >= 0"),
-        ({"gapt": {"spike_tol": float("inf")}}, "gapt: GAPT spike_tol must be finite and >= 0"),
+        ({"gapt": {"delta_ce": -0.01}}, "gapt.delta_ce: Input should be greater than or equal to 0"),
+        ({"gapt": {"delta_mbe": float("nan")}}, "gapt.delta_mbe: Input should be a finite number"),
+        ({"gapt": {"spike_tol": float("inf")}}, "gapt.spike_tol: Input should be a finite number"),
     ],
 )
 def test_nonsense_values_are_config_errors_naming_the_key(overrides, expected):
@@ -281,6 +283,16 @@ def test_hints_come_only_from_the_sections_own_keys():
 def test_a_top_level_key_is_never_its_own_hint():
     message = _invalid(description="a run")
     assert "unknown key 'description'" in message and "did you mean" not in message
+
+
+def test_an_unknown_key_without_a_close_one_lists_the_sections_keys():
+    message = _invalid(gapt={"outdir": 1})
+    assert "unknown key 'gapt.outdir'; valid keys: delta_ce, delta_mbe, patience_compress," in message
+
+
+def test_a_value_outside_a_fixed_set_names_the_set_and_the_closest():
+    message = _invalid(method="gapt2")
+    assert "method: 'gapt2' is not one of ce, ce_mbe, gapt, gapt_joint (did you mean 'gapt'?)" in message
 
 
 @pytest.mark.parametrize(

@@ -82,7 +82,8 @@ def snakemake_fails(*args: str, cwd=REPO) -> str:
         ("scale: cpu\nmethods: [gpat]\n", "methods.0: 'gpat' is not one of ce, ce_mbe, gapt, gapt_joint"),
         (
             "scale: cpu\nper_experiment: {forgeting_separation: {nproc_per_run: 1}}\n",
-            "per_experiment names no experiment 'forgeting_separation' in experiments/ (did you mean 'forgetting_separation'?)",
+            "per_experiment names no experiment 'forgeting_separation' in experiments/ "
+            "(did you mean 'forgetting_separation'?)",
         ),
     ],
 )
@@ -128,7 +129,7 @@ def test_command_line_values_and_subsets_of_a_scale_file_resolve(tmp_path):
     # snakemake --config seeds=[0,1] threads_per_run=2 hands over strings
     resolved = resolve_global_config({"scale": "cpu", "seeds": ["0", "1"], "threads_per_run": "2"})
     assert resolved["seeds"] == [0, 1] and resolved["threads_per_run"] == 2
-    # config/gpu1.yaml with one experiment chosen: its per_experiment entry for another is unused, not an error
+    # config/gpu1.yaml with one experiment chosen: its per_experiment entry for another is unused, no error
     gpu1 = yaml.safe_load((REPO / "config" / "gpu1.yaml").read_text())
     experiments_dir = str(REPO / "experiments")
     plan = Plan(
@@ -143,6 +144,32 @@ def test_command_line_values_and_subsets_of_a_scale_file_resolve(tmp_path):
     config.write_text(f"scale: smoke\nexperiments: [arithmetic_ood]\nexperiments_dir: {experiments_dir}\n")
     assert check_outputs([str(config), f"results_dir={tmp_path}", "seeds=[0]", "threads_per_run=2"]) == 1
     assert check_outputs([str(config), "methods=[gpat]"]) == 2
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"scale": "cpu", "threads_per_run": True}, "threads_per_run: Input should be a valid integer"),
+        ({"scale": "cpu", "seeds": [0, 1.0]}, "seeds.1: Input should be a valid integer"),
+        ({"scale": "cpu", "seeds": ["-1"]}, "seeds.0: Input should be a valid integer"),
+        ({"scale": "cpu", "experiments": ["a", "b", "a"]}, "experiments: names an experiment twice: a"),
+        (
+            {"scale": "cpu", "per_experiment": {"x": {"nproc_per_run": None}}},
+            "per_experiment.x.nproc_per_run",
+        ),
+        ({"scale": "cpu", "outdir": "x"}, "unknown key 'outdir'; valid keys: data_dir, experiments,"),
+    ],
+)
+def test_a_bad_global_config_value_is_one_line_naming_the_key(raw, message):
+    with pytest.raises(ConfigError) as info:
+        resolve_global_config(raw)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_per_experiment_entry_holds_only_the_keys_it_sets():
+    raw = {"scale": "cpu", "experiments_dir": str(REPO / "experiments")}
+    resolved = resolve_global_config({**raw, "per_experiment": {"arithmetic_ood": {"gpus_per_run": "1"}}})
+    assert resolved["per_experiment"] == {"arithmetic_ood": {"gpus_per_run": 1}}
 
 
 def test_a_wrong_scale_in_make_is_one_line_naming_the_valid_scales():
@@ -163,8 +190,8 @@ def test_torch_cpu_installs_the_pinned_release_from_pytorchs_cpu_index_and_only_
     lines = plan.splitlines()
     cpu = f'pip install --quiet --index-url https://download.pytorch.org/whl/cpu "torch=={pin}"'
     assert any(line.endswith(cpu) for line in lines)
-    assert lines.index(next(l for l in lines if l.endswith(cpu))) < lines.index(
-        next(l for l in lines if "-e '.[test,hf,slurm]'" in l)
+    assert lines.index(next(line for line in lines if line.endswith(cpu))) < lines.index(
+        next(line for line in lines if "-e '.[test,hf,slurm]'" in line)
     )
     default = subprocess.run(["make", "-n", "install", venv], cwd=REPO, capture_output=True, text=True).stdout
     assert "download.pytorch.org" not in default and "-e '.[test,hf,slurm]'" in default

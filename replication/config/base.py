@@ -11,12 +11,10 @@ one-line-per-key error messages with did-you-mean hints, YAML loading, and the d
 from __future__ import annotations
 
 import copy
-import dataclasses
-import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (
@@ -29,7 +27,10 @@ from pydantic import (
     model_validator,
 )
 
-from replication.science.errors import ConfigError
+from replication.science.errors import ConfigError, did_you_mean
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 
 class StrictModel(BaseModel):
@@ -273,15 +274,9 @@ def _tagged_members(tp: Any) -> dict[str, type]:
 
 
 def _field_types(cls: Any) -> dict[str, Any] | None:
-    """Field name -> type of a pydantic model or a dataclass; None for anything else."""
+    """Field name -> type of a pydantic model; None for anything else."""
     if isinstance(cls, type) and issubclass(cls, BaseModel):
         return {name: info.annotation for name, info in cls.model_fields.items()}
-    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
-        try:
-            hints = typing.get_type_hints(cls)
-        except Exception:  # an annotation that does not resolve here: the names still serve
-            hints = {}
-        return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
     return None
 
 
@@ -323,27 +318,34 @@ def _model_named(title: str) -> type[BaseModel] | None:
     return found.pop() if len(found) == 1 else None
 
 
+def describe_error(item: ErrorDetails, model: Any) -> str:
+    """One line for one error of a validation of ``model`` (a class; None where unknown), naming the
+    key. An unknown key gets a did-you-mean hint drawn from the fields of the section it is in, or,
+    without a close one, the list of them; a value outside a fixed set gets the set and a hint."""
+    shown, tp = _follow(model, item["loc"])
+    dotted = ".".join(shown)
+    if item["type"] == "extra_forbidden":
+        _, section = _follow(model, item["loc"][:-1])
+        fields = sorted(_field_types(_unwrap(section)) or {})
+        listing = f"; valid keys: {', '.join(fields)}" if fields else ""
+        return f"unknown key '{dotted}'" + (did_you_mean(item["loc"][-1], fields) or listing)
+    message = item["msg"]
+    choices = typing.get_args(_unwrap(tp)) if typing.get_origin(_unwrap(tp)) is Literal else ()
+    if item["type"] == "literal_error" and choices:
+        value = item["input"]
+        message = f"{value!r} is not one of {', '.join(map(str, choices))}{did_you_mean(value, choices)}"
+    elif item["type"] == "value_error" and "error" in item.get("ctx", {}):
+        message = str(item["ctx"]["error"])  # without pydantic's "Value error, " prefix
+    return f"{dotted}: {message}" if dotted else message
+
+
 def format_validation_error(error: ValidationError, source: str, model: Any = None) -> str:
-    """One line per error, each naming the key; an unknown key gets a did-you-mean hint drawn from
-    the fields of the section it is in. ``model``: the class that was validated (default: the one
-    loaded model class named by the error's title; without one, unknown keys get no hint)."""
+    """One line per error (``describe_error``) under a line naming the source. ``model``: the class
+    that was validated (default: the one loaded model class named by the error's title; without one,
+    unknown keys get no hint)."""
     root = model if model is not None else _model_named(error.title)
     lines = [f"invalid configuration ({source}):"]
-    for item in error.errors():
-        shown, _ = _follow(root, item["loc"])
-        dotted = ".".join(shown)
-        if item["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-            key = str(item["loc"][-1])
-            _, section = _follow(root, item["loc"][:-1])
-            fields = _field_types(_unwrap(section)) or {}
-            hint = difflib.get_close_matches(key, sorted(set(fields) - {key}), n=1)
-            suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
-            lines.append(f"  unknown key '{dotted}'{suffix}")
-        else:
-            message = item["msg"]
-            if item["type"] == "value_error" and "error" in item.get("ctx", {}):
-                message = str(item["ctx"]["error"])  # without pydantic's "Value error, " prefix
-            lines.append(f"  {dotted}: {message}" if dotted else f"  {message}")
+    lines += [f"  {describe_error(item, root)}" for item in error.errors()]
     return "\n".join(lines)
 
 

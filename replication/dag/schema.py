@@ -1,121 +1,121 @@
-"""The DAG's global config (``config/<scale>.yaml``): its schema, its defaults and its validation.
+"""The DAG's global config (``config/<scale>.yaml``, or ``--config KEY=VALUE``): its keys, their
+defaults and its validation, in ``GlobalConfig``.
 
-The schema is ``config.schema.yaml`` beside this module, with the method registry
-(``replication.science.methods``) as the methods' enum. Nothing here reads a file at import.
+It is the only source of the DAG's settings: a key it omits takes the default stated here, and no
+other file is merged in. Only when neither a config file nor a scale is given does the Snakefile load
+config/paper.yaml, the full replication. The methods it may name are the method registry's
+(``replication.science.methods``). Nothing here reads a file at import.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
-import importlib.resources
-from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import jsonschema
-import yaml
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
-from replication.science.errors import ConfigError
-from replication.science.methods import METHOD_NAMES
+from replication.config.base import StrictModel, describe_error
+from replication.science.errors import ConfigError, did_you_mean
+from replication.science.methods import MethodName
 
 
 def check_experiment_name(name: str, folder: Path, problem: str) -> None:
     """ConfigError unless ``folder/name/config.yaml`` exists, naming the closest experiment there."""
     available = sorted(p.parent.name for p in folder.glob("*/config.yaml"))
     if name not in available:
-        hint = difflib.get_close_matches(name, available, n=1)
         raise ConfigError(
             f"{problem} {name!r} in {folder}/"
-            + (f" (did you mean {hint[0]!r}?)" if hint else f"; it has {', '.join(available) or 'none'}")
+            + (did_you_mean(name, available) or f"; it has {', '.join(available) or 'none'}")
         )
 
 
-@cache
-def schema() -> dict[str, Any]:
-    """The global config's JSON schema, with the method registry as the methods' enum."""
-    loaded = yaml.safe_load(importlib.resources.files(__package__).joinpath("config.schema.yaml").read_text())
-    loaded["properties"]["methods"]["items"]["enum"] = list(METHOD_NAMES)
-    return loaded
+def _digits(value: Any) -> Any:
+    """A digit string as the integer it spells: Snakemake's --config hands ``seeds=[0,1]`` over as
+    ``['0', '1']``."""
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
 
-@cache
-def _defaults() -> dict[str, Any]:
-    return {
-        "methods": None,
-        "seeds": None,
-        **{key: spec["default"] for key, spec in schema()["properties"].items() if "default" in spec},
-    }
+# an integer, or a string of digits; never a bool or a float
+Count = Annotated[int, BeforeValidator(_digits), Field(strict=True, ge=1)]
+NonNegativeCount = Annotated[int, BeforeValidator(_digits), Field(strict=True, ge=0)]
+
+
+class JobSettings(StrictModel):
+    """``per_experiment.<experiment>``: the job settings that differ for one experiment. A key it
+    omits (None) takes the global config's value; it may not be null."""
+
+    threads_per_run: Count = None  # type: ignore[assignment]
+    gpus_per_run: NonNegativeCount = None  # type: ignore[assignment]
+    nproc_per_run: Count = None  # type: ignore[assignment]
+
+
+class GlobalConfig(StrictModel):
+    """The global config of the replication DAG; ``resolve_global_config`` validates one."""
+
+    scale: str  # a scale every chosen experiment defines (smoke, cpu, gpu1, paper)
+    # folders of experiments_dir; all three when omitted
+    experiments: Annotated[list[Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]], Field(min_length=1)] = [
+        "fineweb_pretrain",
+        "arithmetic_ood",
+        "forgetting_separation",
+    ]
+    methods: list[MethodName] | None = None  # a subset of methods; None runs every method of each experiment
+    seeds: list[NonNegativeCount] | None = None  # seeds for every experiment; None: each one's for the scale
+    experiments_dir: str = "experiments"
+    runs_dir: str = "runs"
+    data_dir: str = "data"
+    results_dir: str = "results"
+    logs_dir: str = "logs"
+    threads_per_run: Count = 1  # CPU threads of one training job
+    gpus_per_run: NonNegativeCount = 0  # GPUs one training job takes from the `gpu` resource
+    nproc_per_run: Count = 1  # processes per training job; more than one launches torchrun (one per GPU)
+    per_experiment: dict[str, JobSettings] = {}  # job settings that differ for one experiment, by its name
+
+    @field_validator("experiments")
+    @classmethod
+    def _each_once(cls, experiments: list[str]) -> list[str]:
+        twice = sorted({e for e in experiments if experiments.count(e) > 1})
+        if twice:
+            raise ValueError(f"names an experiment twice: {', '.join(twice)}")
+        return experiments
 
 
 def defaults() -> dict[str, Any]:
-    """The defaults the DAG's config schema states (the one place they are written), as a new dict."""
-    return copy.deepcopy(_defaults())
+    """The defaults ``GlobalConfig`` states (the one place they are written), as a new dict."""
+    return {
+        name: copy.deepcopy(field.default)
+        for name, field in GlobalConfig.model_fields.items()
+        if not field.is_required()
+    }
 
 
-def _describe(error: Any) -> str:
-    """One line for one schema violation, naming the key and, for a typo, the closest valid one."""
-    where = ".".join(str(p) for p in error.absolute_path)
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
-        parts = []
-        for key in extra:
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
-            parts.append(
-                f"unknown key {(where + '.' if where else '') + str(key)!r}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else f"; valid keys: {', '.join(allowed)}")
-            )
-        return "; ".join(parts)
-    if error.validator == "required":
-        missing = error.message.split("'")[1] if "'" in error.message else error.message
-        if missing == "scale":
-            return "the config names no scale: add `scale: smoke|cpu|gpu1|paper`, or pass --configfile config/<scale>.yaml"
-        return f"the config lacks the required key {missing!r}"
-    if error.validator == "enum":
-        return f"{where}: {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
-    return f"{where or 'config'}: {error.message}"
-
-
-INTEGER_KEYS = ("threads_per_run", "gpus_per_run", "nproc_per_run")
-
-
-def _integers(raw: dict[str, Any]) -> dict[str, Any]:
-    """Digit strings as integers where the schema wants integers: Snakemake's --config parses
-    ``seeds=[0,1]`` into ``['0', '1']``."""
-
-    def number(value: Any) -> Any:
-        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
-
-    out = dict(raw)
-    for key in INTEGER_KEYS:
-        if key in out:
-            out[key] = number(out[key])
-    if isinstance(out.get("seeds"), list):
-        out["seeds"] = [number(v) for v in out["seeds"]]
-    if isinstance(out.get("per_experiment"), dict):
-        out["per_experiment"] = {
-            name: {k: number(v) for k, v in values.items()} if isinstance(values, dict) else values
-            for name, values in out["per_experiment"].items()
-        }
-    return out
+NO_SCALE = (
+    "the config names no scale: add `scale: smoke|cpu|gpu1|paper`, or pass --configfile config/<scale>.yaml"
+)
 
 
 def resolve_global_config(raw: dict[str, Any]) -> dict[str, Any]:
-    """The global config with every omitted key set to the schema's default, after validation.
+    """The global config with every omitted key set to its default, after validation.
 
     Nothing else is merged in: a config file that names ``scale: smoke`` and its experiments gets
-    1 thread, 0 GPUs and 1 process per run, as the schema documents. Raises ``ConfigError`` with one
-    line per problem.
+    1 thread, 0 GPUs and 1 process per run, as ``GlobalConfig`` states. A ``per_experiment`` entry
+    holds only the keys it sets. Raises ``ConfigError`` with one line per problem.
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"the config must be a mapping of keys to values, not {type(raw).__name__}")
-    raw = _integers(raw)
-    validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise ConfigError("\n".join(_describe(e) for e in errors))
-    config = copy.deepcopy({**_defaults(), **raw})
+    try:
+        validated = GlobalConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(
+            "\n".join(
+                NO_SCALE
+                if item["type"] == "missing" and item["loc"] == ("scale",)
+                else describe_error(item, GlobalConfig)
+                for item in error.errors()
+            )
+        ) from None
+    config = {**defaults(), **validated.model_dump(exclude_unset=True)}
     # a per_experiment entry for an experiment that is not chosen is kept (and unused), so that one
     # scale's file serves any subset; one that names no experiment at all is a typo
     for name in sorted(config["per_experiment"]):

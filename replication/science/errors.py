@@ -6,6 +6,9 @@ traceback (``replication.runtime.cli``). Anything else that escapes a command is
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class ReplicationError(Exception):
     """A problem with the input or the state on disk, not with the code. Exit code 2."""
@@ -25,3 +28,11 @@ class RunFolderError(ReplicationError):
 
 class DataError(ReplicationError):
     """Input data that is missing, damaged or not what its config names."""
+
+
+def did_you_mean(name: object, choices: Iterable[object]) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to a mistyped name, or "" when none is close.
+    A name is never its own hint."""
+    others = sorted({str(c) for c in choices} - {str(name)})
+    hint = difflib.get_close_matches(str(name), others, n=1)
+    return f" (did you mean '{hint[0]}'?)" if hint else ""

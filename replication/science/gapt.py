@@ -2,10 +2,11 @@
 
 Updated once per optimizer step with that step's training main loss L (CE, or L1 for the MLP task)
 and the training MBE of the regularized layers; it returns the phase of the *next* step.
-docs/SPEC.md section 3.1 names the rule sets, chosen by ``GaptConfig.rules``. Each one reproduces, on
-every finite input, the phase controller of one version of the author's code (GitHub user
-fangyuan-ksgk); where that code and docs/SPEC.md disagree, the code is followed and the difference is
-stated below.
+docs/SPEC.md section 3.1 names the rule sets, chosen by ``GaptConfig.rules``: ``RULES`` holds one
+class per rule set, which keeps the state only that rule set reads; ``PhaseController`` keeps the
+phase, the transitions and the input smoothing they share. Each rule set reproduces, on every finite
+input, the phase controller of one version of the author's code (GitHub user fangyuan-ksgk); where
+that code and docs/SPEC.md disagree, the code is followed and the difference is stated below.
 
 ``paper`` (default): class ``GatedPhaseTransition`` of ``src/sorl.py`` in ``fangyuan-ksgk/minimind``
     (the compact implementation that cites the paper; read at commit 07dd1e2).
@@ -77,13 +78,15 @@ steps stands in for the larger batch without changing what the thresholds mean.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
-RULE_SETS = ("paper", "v1_code", "v1_code_newer", "relative")
+from pydantic import BaseModel, ConfigDict, Field
+
 INF = math.inf
 
 
@@ -92,38 +95,7 @@ class Phase(str, Enum):
     COMPRESS = "compress"  # main loss + MBE objective
 
 
-@dataclass(frozen=True)
-class GaptConfig:
-    """Hyper-parameters of the controller (docs/SPEC.md section 3.1; paper-scale defaults)."""
-
-    rules: str = "paper"
-    delta_ce: float = 0.01  # absolute CE progress threshold (paper, v1_code, v1_code_newer)
-    delta_mbe: float = 0.002  # absolute MBE progress threshold (paper, v1_code)
-    spike_tol: float = 0.10  # tau: a CE more than this fraction above its minimum is a spike (v1: at least)
-    patience_memorize: int = 125  # p_m, optimizer steps
-    patience_compress: int = 125  # p_c, optimizer steps
-    relative_tol: float = 0.01  # relative progress threshold for CE and MBE (relative)
-    smoothing: float = 0.0  # EMA coefficient of the inputs; 0 feeds each step's raw values (the paper)
-
-    def __post_init__(self) -> None:
-        if self.rules not in RULE_SETS:
-            raise ValueError(f"unknown GAPT rule set {self.rules!r}; choose one of {RULE_SETS}")
-        if self.patience_memorize < 1 or self.patience_compress < 1:
-            raise ValueError("GAPT patiences must be >= 1")
-        for name in ("delta_ce", "delta_mbe", "spike_tol", "relative_tol"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"GAPT {name} must be finite and >= 0, got {value}")
-        if not 0.0 <= self.smoothing < 1.0:
-            raise ValueError(f"GAPT smoothing is an EMA coefficient in [0, 1), got {self.smoothing}")
-
-    @classmethod
-    def preset(cls, rules: str, **overrides: Any) -> GaptConfig:
-        """Defaults of the code that introduced each rule set, with overrides on top."""
-        base = cls(rules=rules)
-        if rules == "relative":
-            base = replace(base, patience_compress=75)
-        return replace(base, **overrides)
+Reason = Literal["ce_plateau", "mbe_plateau", "ce_spike"]
 
 
 @dataclass(frozen=True)
@@ -131,7 +103,7 @@ class Transition:
     step: int
     from_phase: Phase
     to_phase: Phase
-    reason: str  # "ce_plateau", "mbe_plateau" or "ce_spike"
+    reason: Reason
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -142,23 +114,230 @@ class Transition:
         }
 
 
+Switch = tuple[Phase, Reason]  # what a rule set's update returns when the phase changes: to what, and why
+
+
+# -- rule sets ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Rules:
+    """One rule set: the state it keeps between updates (its fields, which its ``state_dict`` holds),
+    and ``update``, which changes that state and says when the phase changes.
+
+    Every rule set keeps the counters s_m and s_c and the CE minimum E_min, and reads out ``m_min``,
+    the MBE minimum the controller logs. ``preset``: the defaults of the code that introduced the rule
+    set, over GaptConfig's (``GaptConfig.preset``).
+    """
+
+    name: ClassVar[str]
+    preset: ClassVar[dict[str, Any]] = {}
+
+    s_m: int = 0
+    s_c: int = 0
+    e_min: float = INF
+
+    def update(self, config: GaptConfig, phase: Phase, ce: float, mbe: list[float]) -> Switch | None:
+        """One update with finite inputs (main loss, the MBE of each monitored layer) in ``phase``;
+        the phase to switch to and why, or None to stay."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Rules:
+        """The rules whose ``state_dict`` is among the keys of state."""
+        return cls(**{f.name: copy.deepcopy(state[f.name]) for f in fields(cls)})
+
+
+@dataclass
+class PaperRules(Rules):
+    """``paper``: minimind src/sorl.py, GatedPhaseTransition.step."""
+
+    name = "paper"
+    m_min: float = INF
+
+    def update(self, config: GaptConfig, phase: Phase, ce: float, mbe: list[float]) -> Switch | None:
+        ce_progress = self.e_min - ce > config.delta_ce  # +inf minimum: progress
+        self.e_min = min(self.e_min, ce)
+        if phase is Phase.MEMORIZE:
+            self.s_m = 0 if ce_progress else self.s_m + 1
+            if self.s_m < config.patience_memorize:
+                return None
+            self.s_c = 0
+            self.e_min = self.m_min = INF
+            return Phase.COMPRESS, "ce_plateau"
+        if math.isfinite(self.e_min) and ce > self.e_min * (1.0 + config.spike_tol):
+            self.s_m = 0
+            return Phase.MEMORIZE, "ce_spike"
+        mean = sum(mbe) / len(mbe)
+        mbe_progress = self.m_min - mean > config.delta_mbe
+        self.m_min = min(self.m_min, mean)
+        self.s_c = 0 if mbe_progress else self.s_c + 1
+        if self.s_c < config.patience_compress:
+            return None
+        self.s_m = 0
+        return Phase.MEMORIZE, "mbe_plateau"
+
+
+@dataclass
+class RelativeRules(Rules):
+    """``relative``: mod_gpt src/gapt.py, GatedPhaseTransition.step: minima updated on every call,
+    never reset."""
+
+    name = "relative"
+    preset = {"patience_compress": 75}
+    m_min: float = INF
+
+    @staticmethod
+    def gain(minimum: float, current: float) -> float:
+        """Fractional improvement on the minimum; 0 while the minimum is +inf or about 0."""
+        if minimum == INF or abs(minimum) < 1e-9:
+            return 0.0
+        return (minimum - current) / max(abs(minimum), 1e-6)
+
+    def update(self, config: GaptConfig, phase: Phase, ce: float, mbe: list[float]) -> Switch | None:
+        mean = sum(mbe) / len(mbe)
+        gain_ce = self.gain(self.e_min, ce)
+        gain_mbe = self.gain(self.m_min, mean)
+        self.e_min = min(self.e_min, ce)
+        self.m_min = min(self.m_min, mean)
+        if phase is Phase.MEMORIZE:
+            self.s_m = 0 if gain_ce > config.relative_tol else self.s_m + 1
+            if self.s_m >= config.patience_memorize:
+                self.s_m = 0
+                return Phase.COMPRESS, "ce_plateau"
+        elif gain_ce < -config.spike_tol:
+            self.s_c = 0
+            return Phase.MEMORIZE, "ce_spike"
+        else:
+            self.s_c = 0 if gain_mbe > config.relative_tol else self.s_c + 1
+            if self.s_c >= config.patience_compress:
+                self.s_c = 0
+                return Phase.MEMORIZE, "mbe_plateau"
+        return None
+
+
+@dataclass
+class RRSchedulerRules(Rules):
+    """mod_gpt src/utils.py, RRScheduler._switch_phase, without MBE progress: both counters advance
+    on every update in both phases, and the rule sets below differ only in what MBE progress is."""
+
+    @property
+    def m_min(self) -> float:
+        return INF
+
+    def update_mbe(self, config: GaptConfig, mbe: list[float]) -> bool:
+        """Update the MBE minima with this step's MBE; whether it made progress."""
+        return False
+
+    def restart_mbe(self) -> None:
+        """Entering memorize: forget the MBE minima."""
+
+    def update(self, config: GaptConfig, phase: Phase, ce: float, mbe: list[float]) -> Switch | None:
+        ce_gain = max(0.0, self.e_min - ce)  # +inf while E_min is +inf: never progress
+        ce_progress = ce_gain > config.delta_ce and ce_gain != INF
+        spike = ce >= self.e_min * (1.0 + config.spike_tol)  # before E_min is updated
+        self.e_min = min(self.e_min, ce)
+        self.s_m = 0 if ce_progress else self.s_m + 1
+        self.s_c = 0 if self.update_mbe(config, mbe) else self.s_c + 1
+        if phase is Phase.COMPRESS:
+            if spike or self.s_c >= config.patience_compress:
+                self.s_m = 0
+                self.restart_mbe()
+                return Phase.MEMORIZE, "ce_spike" if spike else "mbe_plateau"
+        elif self.s_m >= config.patience_memorize:
+            self.s_c = 0
+            self.e_min = INF
+            return Phase.COMPRESS, "ce_plateau"
+        return None
+
+
+@dataclass
+class V1CodeNewerRules(RRSchedulerRules):
+    """``v1_code_newer``: the newer RRScheduler with its default flags, which never detect MBE
+    progress and never set an MBE minimum."""
+
+    name = "v1_code_newer"
+
+
+@dataclass
+class V1CodeRules(RRSchedulerRules):
+    """``v1_code``: the older RRScheduler, with progress on the MBE of any one layer."""
+
+    name = "v1_code"
+    m_min_by_layer: list[float] = field(default_factory=list)
+
+    @property
+    def m_min(self) -> float:
+        """The mean of the per-layer minima (+inf before the first update)."""
+        by_layer = self.m_min_by_layer
+        return sum(by_layer) / len(by_layer) if by_layer else INF
+
+    def update_mbe(self, config: GaptConfig, mbe: list[float]) -> bool:
+        if len(self.m_min_by_layer) != len(mbe):
+            self.m_min_by_layer = [INF] * len(mbe)
+        gain = max([0.0] + [lo - m for lo, m in zip(self.m_min_by_layer, mbe)])
+        self.m_min_by_layer = [min(lo, m) for lo, m in zip(self.m_min_by_layer, mbe)]
+        return gain > config.delta_mbe and gain != INF
+
+    def restart_mbe(self) -> None:
+        self.m_min_by_layer = [INF] * len(self.m_min_by_layer)
+
+
+RULES: dict[str, type[Rules]] = {
+    r.name: r for r in (PaperRules, V1CodeRules, V1CodeNewerRules, RelativeRules)
+}
+RuleSetName = Literal[tuple(RULES)]  # type: ignore[valid-type]  # the registry's names, in its order
+
+Threshold = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # finite, >= 0
+Patience = Annotated[int, Field(ge=1)]  # optimizer steps
+
+
+class GaptConfig(BaseModel):
+    """Hyper-parameters of the controller (docs/SPEC.md section 3.1; paper-scale defaults). Frozen; an
+    unknown key is an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rules: RuleSetName = "paper"
+    delta_ce: Threshold = 0.01  # absolute CE progress threshold (paper, v1_code, v1_code_newer)
+    delta_mbe: Threshold = 0.002  # absolute MBE progress threshold (paper, v1_code)
+    # tau: a CE more than this fraction above its minimum is a spike (v1_code, v1_code_newer: at least)
+    spike_tol: Threshold = 0.10
+    patience_memorize: Patience = 125  # p_m
+    patience_compress: Patience = 125  # p_c
+    relative_tol: Threshold = 0.01  # relative progress threshold for CE and MBE (relative)
+    # EMA coefficient of the inputs; 0 feeds each step's raw values (the paper)
+    smoothing: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.0
+
+    @classmethod
+    def preset(cls, rules: str, **overrides: Any) -> GaptConfig:
+        """The defaults of the code that introduced the rule set (its ``Rules.preset``), overrides on top."""
+        introduced = RULES[rules].preset if rules in RULES else {}
+        return cls(rules=rules, **{**introduced, **overrides})
+
+
+# -- the controller ----------------------------------------------------------------------------
+
+
 @dataclass
 class PhaseController:
     """GAPT state machine. ``update`` once per optimizer step; read the counters and minima freely."""
 
     config: GaptConfig = field(default_factory=GaptConfig)
     phase: Phase = Phase.MEMORIZE
-    s_m: int = 0
-    s_c: int = 0
-    e_min: float = INF
-    m_min: float = INF
-    m_min_by_layer: list[float] = field(default_factory=list)
     n_updates: int = 0
     n_nonfinite: int = 0
     transitions: list[Transition] = field(default_factory=list)
     ema: list[float] = field(default_factory=list)  # smoothing state: [ce, mbe of each layer]
     n_smoothed: int = 0
     last_input: list[float] = field(default_factory=list)  # what the rules saw last: [ce, mbe...]
+    rules: Rules = field(init=False)  # the state of the config's rule set
+
+    def __post_init__(self) -> None:
+        self.rules = RULES[self.config.rules]()
 
     def update(self, ce: float, mbe: float | Sequence[float]) -> Phase:
         """Feed one step's training main loss and MBE (a mean, or one value per monitored layer)."""
@@ -171,13 +350,11 @@ class PhaseController:
             return self.phase
         ce, values = self._smooth(ce, values)
         self.last_input = [ce, *values]
-        rules = self.config.rules
-        if rules == "paper":
-            self._update_paper(step, ce, sum(values) / len(values))
-        elif rules == "relative":
-            self._update_relative(step, ce, sum(values) / len(values))
-        else:
-            self._update_rr_scheduler(step, ce, values, track_mbe=rules == "v1_code")
+        switch = self.rules.update(self.config, self.phase, ce, values)
+        if switch is not None:
+            to, reason = switch
+            self.transitions.append(Transition(step, self.phase, to, reason))
+            self.phase = to
         return self.phase
 
     def _smooth(self, ce: float, values: list[float]) -> tuple[float, list[float]]:
@@ -193,95 +370,31 @@ class PhaseController:
         smoothed = [m / correction for m in self.ema]
         return smoothed[0], smoothed[1:]
 
-    # -- rule sets -----------------------------------------------------------------------------
-    def _update_paper(self, step: int, ce: float, mbe: float) -> None:
-        """minimind src/sorl.py, GatedPhaseTransition.step."""
-        cfg = self.config
-        ce_progress = self.e_min - ce > cfg.delta_ce  # +inf minimum: progress
-        self.e_min = min(self.e_min, ce)
-        if self.phase is Phase.MEMORIZE:
-            self.s_m = 0 if ce_progress else self.s_m + 1
-            if self.s_m >= cfg.patience_memorize:
-                self._switch(step, Phase.COMPRESS, "ce_plateau")
-                self.s_c = 0
-                self.e_min = self.m_min = INF
-            return
-        if math.isfinite(self.e_min) and ce > self.e_min * (1.0 + cfg.spike_tol):
-            self._switch(step, Phase.MEMORIZE, "ce_spike")
-            self.s_m = 0
-            return
-        mbe_progress = self.m_min - mbe > cfg.delta_mbe
-        self.m_min = min(self.m_min, mbe)
-        self.s_c = 0 if mbe_progress else self.s_c + 1
-        if self.s_c >= cfg.patience_compress:
-            self._switch(step, Phase.MEMORIZE, "mbe_plateau")
-            self.s_m = 0
-
-    @staticmethod
-    def _relative_gain(minimum: float, current: float) -> float:
-        """Fractional improvement on the minimum; 0 while the minimum is +inf or about 0."""
-        if minimum == INF or abs(minimum) < 1e-9:
-            return 0.0
-        return (minimum - current) / max(abs(minimum), 1e-6)
-
-    def _update_relative(self, step: int, ce: float, mbe: float) -> None:
-        """mod_gpt src/gapt.py, GatedPhaseTransition.step: minima updated on every call, never reset."""
-        cfg = self.config
-        gain_ce = self._relative_gain(self.e_min, ce)
-        gain_mbe = self._relative_gain(self.m_min, mbe)
-        self.e_min = min(self.e_min, ce)
-        self.m_min = min(self.m_min, mbe)
-        if self.phase is Phase.MEMORIZE:
-            self.s_m = 0 if gain_ce > cfg.relative_tol else self.s_m + 1
-            if self.s_m >= cfg.patience_memorize:
-                self.s_m = 0
-                self._switch(step, Phase.COMPRESS, "ce_plateau")
-        elif gain_ce < -cfg.spike_tol:
-            self.s_c = 0
-            self._switch(step, Phase.MEMORIZE, "ce_spike")
-        else:
-            self.s_c = 0 if gain_mbe > cfg.relative_tol else self.s_c + 1
-            if self.s_c >= cfg.patience_compress:
-                self.s_c = 0
-                self._switch(step, Phase.MEMORIZE, "mbe_plateau")
-
-    def _update_rr_scheduler(self, step: int, ce: float, values: list[float], track_mbe: bool) -> None:
-        """mod_gpt src/utils.py, RRScheduler._switch_phase: the older version (track_mbe) or the
-        newer one with default flags (no MBE progress, MBE minima untouched)."""
-        cfg = self.config
-        ce_gain = max(0.0, self.e_min - ce)  # +inf while E_min is +inf: never progress
-        ce_progress = ce_gain > cfg.delta_ce and ce_gain != INF
-        spike = ce >= self.e_min * (1.0 + cfg.spike_tol)  # before E_min is updated
-        self.e_min = min(self.e_min, ce)
-
-        mbe_progress = False
-        if track_mbe:
-            if len(self.m_min_by_layer) != len(values):
-                self.m_min_by_layer = [INF] * len(values)
-            mbe_gain = max([0.0] + [lo - m for lo, m in zip(self.m_min_by_layer, values)])
-            mbe_progress = mbe_gain > cfg.delta_mbe and mbe_gain != INF
-            self.m_min_by_layer = [min(lo, m) for lo, m in zip(self.m_min_by_layer, values)]
-            self.m_min = sum(self.m_min_by_layer) / len(self.m_min_by_layer)
-
-        self.s_m = 0 if ce_progress else self.s_m + 1
-        self.s_c = 0 if mbe_progress else self.s_c + 1
-
-        if self.phase is Phase.COMPRESS:
-            if spike or self.s_c >= cfg.patience_compress:
-                self._switch(step, Phase.MEMORIZE, "ce_spike" if spike else "mbe_plateau")
-                self.s_m = 0
-                self.m_min_by_layer = [INF] * len(self.m_min_by_layer)
-                self.m_min = INF
-        elif self.s_m >= cfg.patience_memorize:
-            self._switch(step, Phase.COMPRESS, "ce_plateau")
-            self.s_c = 0
-            self.e_min = INF
-
-    def _switch(self, step: int, to: Phase, reason: str) -> None:
-        self.transitions.append(Transition(step, self.phase, to, reason))
-        self.phase = to
-
     # -- reading and persistence ---------------------------------------------------------------
+    @property
+    def s_m(self) -> int:
+        return self.rules.s_m
+
+    @s_m.setter
+    def s_m(self, value: int) -> None:
+        self.rules.s_m = value
+
+    @property
+    def s_c(self) -> int:
+        return self.rules.s_c
+
+    @s_c.setter
+    def s_c(self, value: int) -> None:
+        self.rules.s_c = value
+
+    @property
+    def e_min(self) -> float:
+        return self.rules.e_min
+
+    @property
+    def m_min(self) -> float:
+        return self.rules.m_min
+
     @property
     def n_phase_changes(self) -> int:
         return len(self.transitions)
@@ -305,14 +418,11 @@ class PhaseController:
         return snapshot
 
     def state_dict(self) -> dict[str, Any]:
+        """JSON-serializable; the rule set's state sits beside the controller's, under its own keys."""
         return {
-            "config": asdict(self.config),
+            "config": self.config.model_dump(),
             "phase": self.phase.value,
-            "s_m": self.s_m,
-            "s_c": self.s_c,
-            "e_min": self.e_min,
-            "m_min": self.m_min,
-            "m_min_by_layer": list(self.m_min_by_layer),
+            **self.rules.state_dict(),
             "n_updates": self.n_updates,
             "n_nonfinite": self.n_nonfinite,
             "transitions": [t.as_dict() for t in self.transitions],
@@ -322,13 +432,13 @@ class PhaseController:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = GaptConfig(**state["config"])
+        saved = GaptConfig.model_validate(state["config"])
         if saved != self.config:
-            raise ValueError(f"controller state was saved with {saved}, this controller has {self.config}")
+            raise ValueError(
+                f"controller state was saved with {saved!r}, this controller has {self.config!r}"
+            )
         self.phase = Phase(state["phase"])
-        self.s_m, self.s_c = int(state["s_m"]), int(state["s_c"])
-        self.e_min, self.m_min = float(state["e_min"]), float(state["m_min"])
-        self.m_min_by_layer = [float(x) for x in state["m_min_by_layer"]]
+        self.rules = RULES[self.config.rules].from_state(state)
         self.n_updates, self.n_nonfinite = int(state["n_updates"]), int(state["n_nonfinite"])
         self.transitions = [
             Transition(t["step"], Phase(t["from"]), Phase(t["to"]), t["reason"]) for t in state["transitions"]

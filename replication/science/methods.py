@@ -2,16 +2,17 @@
 
 A method is a name for two facts: whether the GAPT controller gates compression (``gated``), and
 which compression objective the compress phase uses (``compression``; the objectives themselves are
-in ``replication.training.objectives``). Everything that names methods reads them from here: the run config
-(``RunConfig.method``), the experiment files (their ``methods:``), the DAG's method wildcard and its
-config schema (``replication.dag.plan``), and the figures' order and colours. Adding a
-method is one entry below, plus what its compression objective needs.
+in ``replication.training.objectives``). Everything that names methods reads them from here: the run
+config (``RunConfig.method``, through ``MethodName``), the experiment files (their ``methods:``), the
+DAG's method wildcard and its global config (``replication.dag.schema``), and the figures' order and
+colours. Adding a method is one entry below, plus what its compression objective needs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from replication.science.errors import ConfigError
 from replication.science.gapt import Phase
@@ -19,8 +20,11 @@ from replication.science.gapt import Phase
 Compression = Literal["none", "alternate", "joint"]
 
 
-@dataclass(frozen=True)
-class Method:
+class Method(BaseModel):
+    """A registry entry; an unknown compression or key is an error when the registry is built."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     name: str
     gated: bool  # a PhaseController decides the phase; otherwise the phase is fixed
     compression: Compression
@@ -33,13 +37,14 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("ce", gated=False, compression="none"),
-        Method("ce_mbe", gated=False, compression="joint"),
-        Method("gapt", gated=True, compression="alternate"),
-        Method("gapt_joint", gated=True, compression="joint"),
+        Method(name="ce", gated=False, compression="none"),
+        Method(name="ce_mbe", gated=False, compression="joint"),
+        Method(name="gapt", gated=True, compression="alternate"),
+        Method(name="gapt_joint", gated=True, compression="joint"),
     )
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)  # in the registry's order, which tables and figures keep
+MethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]  # what a config may name: the registry's names
 BASELINE = "ce"  # the method every paired change is measured against
 
 
