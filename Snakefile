@@ -12,8 +12,9 @@ min_version("9.0")
 
 from replication.science.errors import ConfigError
 from replication.science.methods import METHOD_NAMES
-from replication.dag.plan import TABLE_FILES, Plan, logged, run_root
+from replication.dag.plan import TABLE_FILES, Plan, logged
 from replication.dag.schema import resolve_global_config
+from replication.runtime.record import RunId, runs_root
 
 PAPER_CONFIG = f"{workflow.basedir}/config/paper.yaml"  # what runs when nothing names a config or a scale
 
@@ -30,6 +31,7 @@ except ConfigError as error:
     sys.exit(f"error: the global config: {error}")
 
 RUNS, DATA, LOGS = config["runs_dir"], config["data_dir"], config["logs_dir"]
+RUN = RunId.pattern()  # a run folder under RUNS (and its logs under LOGS), with the run's wildcards
 # one inductor cache for every training job of the DAG: a run with train.compile reuses the kernels an
 # earlier run of the same shapes compiled (the first one pays; the rest load them in seconds)
 COMPILE_CACHE = f"{RUNS}/.compile-cache"

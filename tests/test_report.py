@@ -23,6 +23,7 @@ from replication.reporting.stats import (
     t_interval,
     verdict,
 )
+from replication.runtime.record import RunId
 from replication.science.errors import ConfigError
 
 from .conftest import REPO, TINY
@@ -155,7 +156,7 @@ def results(tmp_path):
     config.write_text(yaml.safe_dump(EXPERIMENT))
     for method in ("ce", "gapt"):
         for seed in SEEDS:
-            fake_run(tmp_path / "runs" / "demo" / "cpu" / method / f"seed{seed}", method, seed)
+            fake_run(RunId("demo", "cpu", method, seed).folder(tmp_path / "runs"), method, seed)
     out = tmp_path / "results" / "cpu" / "demo"
     assert (
         aggregate.main([str(config), "--scale", "cpu", "--runs", str(tmp_path / "runs"), "--out", str(out)])
@@ -374,7 +375,8 @@ def test_table_puts_the_paper_beside_ours_and_the_paired_change(results):
     table = (results[1] / "table.md").read_text()
     assert "ce 3.3, gapt 3.14" in table  # the paper's values
     logs = t_interval([math.log(r) for r in GAPT_CE_RATIO.values()])  # the geometric mean ratio, mapped back
-    expected = f"{100 * math.expm1(logs.mean):+.1f} % [{100 * math.expm1(logs.low):+.1f}, {100 * math.expm1(logs.high):+.1f}] (n=4)"
+    mean, low, high = (100 * math.expm1(v) for v in (logs.mean, logs.low, logs.high))
+    expected = f"{mean:+.1f} % [{low:+.1f}, {high:+.1f}] (n=4)"
     assert expected == "-2.0 % [-2.1, -1.9] (n=4)" and expected in table
     assert "| Δ +3.5 [+2.58, +4.42] (n=4) |" in table  # ce's 0 phase changes have no ratio: the difference
     assert "-4.8 %" in table and "a small model" in table and "abc123" in table

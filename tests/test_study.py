@@ -1,6 +1,7 @@
 """A scale's study (scales.<scale>.study): the scales it derives, the DAG's plan of it, its statistics
 (paired changes per arm, the log-linear fit and where it crosses zero) and its outputs."""
 
+import json
 import math
 import subprocess
 import sys
@@ -11,9 +12,10 @@ import pytest
 from scipy import stats as scipy_stats
 
 from replication.config.report import load_report_spec
-from replication.config.run import load_experiment, resolve_run_config
+from replication.config.run import load_experiment, resolve_run_config, write_run_config
 from replication.dag.plan import STUDY_FILES, STUDY_PART_FILES, Plan
 from replication.dag.schema import defaults
+from replication.reporting import study as study_module
 from replication.reporting.study import (
     _settings_finding,
     loglinear_fit,
@@ -21,6 +23,7 @@ from replication.reporting.study import (
     sensitivity_table,
     settings_table,
 )
+from replication.runtime.record import RunId
 from replication.science.errors import ConfigError
 
 from .conftest import REPO
@@ -326,11 +329,11 @@ def test_a_setting_pairs_each_method_with_its_own_ce_and_counts_the_seeds_under_
 def test_the_study_figures_draw_each_method_in_its_own_style(tmp_path, monkeypatch):
     import matplotlib.colors
 
-    from replication.reporting import study as study_module
+    from replication.reporting import figures
     from replication.reporting.figures import METHOD_STYLE
 
     figs = []
-    monkeypatch.setattr(study_module.plt, "close", figs.append)
+    monkeypatch.setattr(figures.plt, "close", figs.append)
     row = {
         f"{m}_{k}_percent": v
         for m in ("ce", "mbe")
@@ -343,7 +346,7 @@ def test_the_study_figures_draw_each_method_in_its_own_style(tmp_path, monkeypat
             {"method": "gapt_joint", "arm": "reference", "knob": "default", "value": "", **row},
         ]
     )
-    study_module._sensitivity_figure(table, tmp_path)
+    figures.study_sensitivity(table, tmp_path)
     [fig] = figs
     for ax in fig.axes:
         drawn = {
@@ -358,4 +361,107 @@ def test_the_study_figures_draw_each_method_in_its_own_style(tmp_path, monkeypat
         }
     assert (tmp_path / "sensitivity.png").is_file()
     monkeypatch.undo()
-    study_module.plt.close(fig)
+    figures.plt.close(fig)
+
+
+def _fake_run(runs, spec, scale, method, seed, metrics, evals=(), **summary):
+    """A finished run folder as the loop writes it: config.yaml, metrics.jsonl, and summary.json with
+    the run's n_params; evals are the evaluation records, by step."""
+    config = resolve_run_config(spec, scale, method, seed)
+    folder = RunId(spec.experiment, scale, method, seed).folder(runs)
+    write_run_config(config, folder / "config.yaml")
+    records = [{"kind": "train", "step": s, "phase": "memorize", "train/ce": 3.0} for s in range(4)]
+    records += [{"kind": "eval", "step": step, **values} for step, values in evals]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = {
+        "metrics": metrics,
+        "steps": 4,
+        "phase_changes": 2,
+        "wall_time_s": 60.0,
+        "provenance": {"git_commit": "0123456789abcdef"},
+        "config": config.to_dict(),
+        "config_digest": config.digest(),
+        **summary,
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def _write_study(config, runs, out):
+    argv = [str(config), "--scale", "smoke", "--runs", str(runs), "--out", str(out)]
+    return study_module.main(argv)
+
+
+def test_a_study_reads_its_runs_and_their_parameters_from_the_summaries(tmp_path, capsys):
+    spec, runs = load_experiment(FINEWEB), tmp_path / "runs"
+    study = spec.scales["smoke"].study
+    arms = {"reference": "smoke", **spec.study_arms("smoke")}
+    n_params = {"reference": 5000, "w16": 800, "patience_x2": 5000}
+    folders = {}
+    for arm, methods in (("reference", ["ce", "gapt"]), ("w16", ["ce", "gapt"]), ("patience_x2", ["gapt"])):
+        for method in methods:  # the scale's own ce_mbe and gapt_joint never ran: not compared with
+            for seed in study.seeds:
+                ce = 2.0 + 0.1 * seed + 0.05 * (method == "gapt")
+                metrics = {"final/val/ce": ce, "final/val/mbe": 0.5, "final/val/other": 1.0}
+                if (arm, seed) == ("patience_x2", 1):
+                    del metrics["final/val/mbe"]  # a metric the run lacks has no row
+                folders[arm, method, seed] = _fake_run(
+                    runs, spec, arms[arm], method, seed, metrics, n_params=n_params[arm]
+                )
+    out = tmp_path / "out"
+    assert _write_study(FINEWEB, runs, out) == 0
+    frame = pd.read_csv(out / "study.csv")
+    assert frame.groupby("arm").parameters.unique().map(list).to_dict() == {
+        k: [v] for k, v in n_params.items()
+    }
+    assert set(frame.commit) == {"0123456789ab"} and len(frame) == 10 * 4 - 1
+    reported = ["final/val/ce", "final/val/mbe", "phase_changes", "wall_time_s"]
+    assert list(frame[(frame.arm == "w16") & (frame.seed == 1) & (frame.method == "gapt")].metric) == reported
+    assert list(frame[(frame.arm == "patience_x2") & (frame.seed == 1)].metric) == [
+        reported[0],
+        *reported[2:],
+    ]
+    assert list(pd.read_csv(out / "scaling.csv").parameters.unique()) == [800, 5000]
+    # a run from before summaries recorded n_params is trained again, never rebuilt here
+    folder = folders["w16", "gapt", 1]
+    summary = json.loads((folder / "summary.json").read_text())
+    del summary["n_params"]
+    (folder / "summary.json").write_text(json.dumps(summary))
+    assert _write_study(FINEWEB, runs, out) == 2
+    assert (
+        f"error: {folder}: the run was trained before summaries recorded n_params" in capsys.readouterr().err
+    )
+    (folder / "summary.json").unlink()
+    assert _write_study(FINEWEB, runs, out) == 2
+    assert "1 run(s) of the study have no summary.json, e.g. " + str(folder) in capsys.readouterr().err
+
+
+def test_the_settings_curves_hold_every_evaluation_in_the_order_of_the_studys_metrics(tmp_path):
+    spec, runs = load_experiment(ARITHMETIC), tmp_path / "runs"
+    scale = spec.study_arms("smoke")["longer"]
+    evals = [  # keys in another order than settings_metrics; a per-layer list and other metrics besides
+        (
+            step,
+            {"ood/mbe": 0.5, "ood/exact_match": 0.0, "id/answer_ce": 1 / step, "ood/answer_ce": 4.0 + step},
+        )
+        for step in (20, 40)
+    ]
+    metrics = {"final/ood/answer_ce": 5.0, "early_stop/ood/answer_ce": 4.5, "final/id/answer_ce": 0.05}
+    for method in ("ce", "gapt"):
+        for seed in (0, 1):
+            _fake_run(runs, spec, scale, method, seed, {**metrics, "final/ood/mbe": 0.5}, evals, n_params=10)
+    out = tmp_path / "out"
+    assert _write_study(ARITHMETIC, runs, out) == 0
+    curves = pd.read_csv(out / "settings_curves.csv")
+    assert list(curves.columns) == ["arm", "method", "seed", "step", "metric", "value"]
+    assert list(curves.itertuples(index=False, name=None)) == [
+        ("longer", method, seed, step, metric, values[metric])
+        for method in ("ce", "gapt")
+        for seed in (0, 1)
+        for step, values in evals
+        for metric in ("ood/answer_ce", "id/answer_ce", "ood/mbe")
+    ]
+    assert (
+        "`ce` reaches a held-out ID answer CE (nats) of 0.05 (2 of 2 seeds below 0.1)"
+        in (out / "README.md").read_text()
+    )

@@ -20,7 +20,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -44,7 +44,7 @@ from replication.config.forgetting import Config as ForgettingConfig
 from replication.config.synthetic import Config as SyntheticConfig
 from replication.science.errors import ConfigError, RunFolderError
 from replication.science.gapt import GaptConfig
-from replication.science.methods import BASELINE, METHOD_NAMES, METHODS, default_layers
+from replication.science.methods import BASELINE, METHOD_NAMES, METHODS, MethodName, default_layers
 
 # every task's section, by its name; replication.tasks.registry maps each name to its Task
 TASK_CONFIGS: dict[str, type[TaskConfig]] = {
@@ -52,7 +52,6 @@ TASK_CONFIGS: dict[str, type[TaskConfig]] = {
     for c in (SyntheticConfig, ArithmeticConfig, ForgettingConfig, FineWebConfig)
 }
 TaskConfigs = Annotated[Union[tuple(TASK_CONFIGS.values())], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
-MethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]  # the registry's names, in its order
 
 
 class RunConfig(StrictModel):
@@ -346,7 +345,9 @@ def resolve_run_config(
     for layer in (spec.defaults, scale_spec.config, spec.methods[method], scale_spec.methods.get(method, {})):
         merged = deep_merge(merged, layer)
     merged.update(experiment=spec.experiment, scale=scale, method=method, seed=int(seed))
-    return validate_run_config(merged, source=f"{spec.experiment}/{scale}/{method}/seed{seed}")
+    return validate_run_config(
+        merged, source=f"experiment {spec.experiment}, scale {scale}, method {method}, seed {seed}"
+    )
 
 
 # keys that run folders written by earlier versions hold and this version reads elsewhere: a recorded

@@ -23,6 +23,7 @@ from replication.config.report import ReportSpec, load_report_spec
 from replication.config.run import StudySpec, resolve_run_config
 from replication.dag.schema import check_experiment_name, defaults, resolve_global_config
 from replication.runtime import cli
+from replication.runtime.record import RunId
 from replication.science.methods import BASELINE
 
 TRAIN_MODULE = "replication.training.train"  # what every training job runs
@@ -41,18 +42,6 @@ def study_files(study: StudySpec) -> list[str]:
     """The files replication.reporting.study writes for this study."""
     parts = {"sizes": study.sizes is not None, "knobs": bool(study.knobs), "settings": bool(study.settings)}
     return [*STUDY_FILES, *(name for part, has in parts.items() if has for name in STUDY_PART_FILES[part])]
-
-
-@dataclass(frozen=True)
-class RunId:
-    experiment: str
-    scale: str
-    method: str
-    seed: int
-
-    @property
-    def path(self) -> str:
-        return f"{self.experiment}/{self.scale}/{self.method}/seed{self.seed}"
 
 
 @dataclass
@@ -180,7 +169,7 @@ class Plan:
         """Resolve every run now, so that a bad config fails before any job starts."""
         for experiment in self.specs:
             self.runs(experiment)
-        self.run_datasets, self.dataset_experiment
+        _ = self.run_datasets, self.dataset_experiment  # computed now: a bad data set fails here too
         return self
 
     # -- paths -----------------------------------------------------------------------------------
@@ -191,7 +180,7 @@ class Plan:
         return f"{self.config['results_dir']}/{self.scale}/{experiment}"
 
     def data_inputs(self, experiment: str, scale: str, method: str, seed: str) -> list[str]:
-        dataset = self.run_datasets.get(f"{experiment}/{scale}/{method}/seed{seed}")
+        dataset = self.run_datasets.get(RunId(experiment, scale, method, int(seed)).path)
         return [] if dataset is None else [f"{self.config['data_dir']}/{dataset}/manifest.json"]
 
     def summaries(self, experiment: str) -> list[str]:
@@ -225,11 +214,6 @@ class Plan:
         if n > 1:
             return f"{python} -m torch.distributed.run --standalone --nproc-per-node {n} -m {TRAIN_MODULE}"
         return f"{python} -m {TRAIN_MODULE}"
-
-
-def run_root(summary: str) -> str:
-    """The runs folder that holds a run's summary.json (RUNS/experiment/scale/method/seedN/summary.json)."""
-    return str(Path(summary).parents[4])
 
 
 def logged(command: str) -> str:

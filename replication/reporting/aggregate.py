@@ -1,10 +1,11 @@
 """All runs of one experiment at one scale -> tidy CSVs and table.md.
 
-    python -m replication.reporting.aggregate experiments/NAME/config.yaml --scale S --runs runs --out results/S/NAME
+    python -m replication.reporting.aggregate experiments/NAME/config.yaml --scale S --runs RUNS --out DIR
 
-reads ``runs/NAME/S/<method>/seed<seed>/{summary.json,metrics.jsonl}`` of the experiment's methods
-and the scale's seeds (a summary must match the folder's config.yaml: one written by a run of another
-config is an error naming the keys that differ), and writes into ``--out``:
+reads the run folders under RUNS (``replication.runtime.record``) of the experiment's methods at the
+scale's seeds: their summary.json and metrics.jsonl (a summary must match the folder's config.yaml:
+one written by a run of another config is an error naming the keys that differ), and writes into DIR
+(results/S/NAME in the DAG):
 - ``summary.csv``: one row per (experiment, scale, method, seed, metric): every headline metric of
   summary.json, the statistics the experiment's ``reporting`` section declares (RQ1's cycle
   statistics of a run's alignment records; metrics that pair a run with the baseline run of its seed;
@@ -34,12 +35,11 @@ import pandas as pd
 from tabulate import tabulate
 
 from replication.config.report import PairedMetricSpec, ReportingSpec, ReportSpec, load_report_spec
-from replication.config.run import check_summary_config, load_run_config
 from replication.reporting.rq1 import cycle_statistics
 from replication.reporting.stats import CHANGES, paired_change
 from replication.runtime import cli
-from replication.runtime.record import read_json, read_metrics
-from replication.science.errors import ConfigError, RunFolderError
+from replication.runtime.record import SUMMARY_NAME, FinishedRun, RunId, read_run
+from replication.science.errors import ConfigError
 from replication.science.methods import BASELINE
 from replication.tasks.forgetting.separation import alleviation_percent
 
@@ -73,64 +73,63 @@ TRAIN_KEYS_SKIPPED = {
 MAX_TRAIN_POINTS = 100  # training records kept per run in curves.csv (every evaluation is kept)
 
 
-def run_dir(runs: Path, experiment: str, scale: str, method: str, seed: int) -> Path:
-    return runs / experiment / scale / method / f"seed{seed}"
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def finished_runs(runs: Path, ids: list[RunId]) -> tuple[list[FinishedRun], list[str]]:
+    """The finished runs among ids under the runs root, and the summary.json paths of the others."""
+    found = [(run, read_run(runs, run)) for run in ids]
+    missing = [str(run.folder(runs) / SUMMARY_NAME) for run, finished in found if finished is None]
+    return [finished for _, finished in found if finished is not None], missing
 
 
 def collect(
     spec: ReportSpec, scale: str, runs: Path, methods: list[str], seeds: list[int]
 ) -> dict[str, pd.DataFrame]:
-    reporting = spec.reporting_for(scale)
-    summary_rows, run_rows, curve_rows, phase_rows, align_rows = [], [], [], [], []
-    missing = []
-    for method in methods:
-        for seed in seeds:
-            folder = run_dir(runs, spec.experiment, scale, method, seed)
-            path = folder / "summary.json"
-            if not path.exists():
-                missing.append(str(path))
-                continue
-            summary = read_json(path)
-            config_path = folder / "config.yaml"
-            if not config_path.is_file():
-                raise RunFolderError(f"{config_path} is missing: {path} cannot be matched to its config")
-            run_config = load_run_config(config_path)
-            warning = check_summary_config(summary, run_config, path)
-            if warning:
-                print(warning, file=sys.stderr)
-            key = {"method": method, "seed": seed}
-            records = read_metrics(folder / "metrics.jsonl")
-            metrics = {**summary["metrics"], **run_statistics(reporting, records, run_config.seed)}
-            for metric, value in metrics.items():
-                if _is_number(value):
-                    summary_rows.append({**key, "metric": metric, "value": float(value)})
-            for metric in TOP_LEVEL:
-                if _is_number(summary.get(metric)):
-                    summary_rows.append({**key, "metric": metric, "value": float(summary[metric])})
-            prov = summary.get("provenance", {})
-            run_rows.append(
-                {
-                    **key,
-                    "run_dir": str(folder),
-                    **{k: prov.get(k) for k in PROVENANCE},
-                    "world_size": summary.get("world_size"),
-                    "wall_time_s": summary.get("wall_time_s"),
-                    "peak_memory_bytes": summary.get("peak_memory_bytes"),
-                    "finished_at": summary.get("finished_at"),
-                    "resumes": summary.get("resumes"),
-                }
-            )
-            curve_rows += _curve_rows(key, records, summary["steps"])
-            phase_rows += _phase_rows(key, records)
-            align_rows += _alignment_rows(key, records)
+    """The tables of every run of the methods at the seeds; each must have finished."""
+    finished, missing = finished_runs(
+        runs, [RunId(spec.experiment, scale, m, s) for m in methods for s in seeds]
+    )
+    frames = tables(spec, scale, finished)
     if missing:
         raise FileNotFoundError(
             "runs without a summary.json (unfinished or never run):\n  " + "\n  ".join(missing)
         )
+    return frames
+
+
+def tables(spec: ReportSpec, scale: str, finished: list[FinishedRun]) -> dict[str, pd.DataFrame]:
+    """The summary, runs, curves, phases and alignment tables of finished runs of one scale."""
+    reporting = spec.reporting_for(scale)
+    summary_rows, run_rows, curve_rows, phase_rows, align_rows = [], [], [], [], []
+    for run in finished:
+        summary, run_config = run.summary, run.config()
+        key = {"method": run.id.method, "seed": run.id.seed}
+        records = run.metrics()
+        metrics = {**summary["metrics"], **run_statistics(reporting, records, run_config.seed)}
+        for metric, value in metrics.items():
+            if _is_number(value):
+                summary_rows.append({**key, "metric": metric, "value": float(value)})
+        for metric in TOP_LEVEL:
+            if _is_number(summary.get(metric)):
+                summary_rows.append({**key, "metric": metric, "value": float(summary[metric])})
+        prov = summary.get("provenance", {})
+        run_rows.append(
+            {
+                **key,
+                "run_dir": str(run.folder),
+                **{k: prov.get(k) for k in PROVENANCE},
+                "world_size": summary.get("world_size"),
+                "wall_time_s": summary.get("wall_time_s"),
+                "peak_memory_bytes": summary.get("peak_memory_bytes"),
+                "finished_at": summary.get("finished_at"),
+                "resumes": summary.get("resumes"),
+            }
+        )
+        curve_rows += _curve_rows(key, records, summary["steps"])
+        phase_rows += _phase_rows(key, records)
+        align_rows += _alignment_rows(key, records)
     summary_frame = pd.DataFrame(summary_rows, columns=["method", "seed", "metric", "value"])
     if reporting.paired and not summary_frame.empty:
         paired = [_paired_rows(p, summary_frame) for p in reporting.paired]
@@ -192,7 +191,8 @@ def _curve_rows(
         if r["kind"] == "eval" or (
             r["kind"] == "train" and (r["step"] % stride == 0 or r["step"] == steps - 1)
         ):
-            # a staged task's records name their stage (forgetting: mix, then finetune); the figures mark its end
+            # a staged task's records name their stage (forgetting: mix, then finetune); the figures mark
+            # its end
             stage = r.get("stage") if isinstance(r.get("stage"), str) else None
             base = {**key, "kind": r["kind"], "step": r["step"], "tokens": r.get("tokens"), "stage": stage}
             for metric, value in r.items():

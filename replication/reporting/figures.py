@@ -2,12 +2,15 @@
 
     python -m replication.reporting.figures experiments/NAME/config.yaml --results results/SCALE/NAME
 
-draws every figure the experiment's ``figures:`` section lists (see ``config.FigureSpec``).
+draws every figure the experiment's ``figures:`` section lists (see ``config.FigureSpec``). The
+figures of a scale's study (``study_*``) are drawn by ``replication.reporting.study``, in the same
+styles.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import textwrap
@@ -19,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -27,7 +31,7 @@ from replication.config.base import ConfigError  # noqa: E402
 from replication.config.report import FigureSpec, ReportSpec, load_report_spec  # noqa: E402
 from replication.reporting.stats import t_errorbar  # noqa: E402
 from replication.runtime import cli  # noqa: E402
-from replication.science.methods import METHOD_NAMES  # noqa: E402
+from replication.science.methods import BASELINE, METHOD_NAMES  # noqa: E402
 
 METHOD_ORDER = list(METHOD_NAMES)  # the registry's order
 # (colour, line style, marker) per method: Okabe-Ito colours whose lightness differs where the line
@@ -425,6 +429,149 @@ def by_method(
     for ax in list(axes.flat)[len(metrics) :]:
         ax.set_visible(False)
     return _save(fig, results, spec.file, spec.title)
+
+
+# -- a scale's study (replication.reporting.study) ----------------------------------------------------
+
+
+def study_scaling(
+    table: pd.DataFrame, fits: dict[str, dict], labels: dict[str, str], results: Path
+) -> list[Path]:
+    """One panel per metric (``labels``: metric -> name): each method's change against ce per model
+    size with its 95 % interval, and the log-linear fit of ``fits`` with its 95 % band."""
+    metrics = list(labels)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(PAGE_WIDTH, 2.9), constrained_layout=True)
+    methods = list(table.method.unique())
+    palette, markers = method_palette(methods), method_markers(methods)
+    for ax, metric in zip(np.atleast_1d(axes), metrics):
+        for method in methods:
+            rows = table[(table.method == method) & (table.metric == metric)]
+            low = rows.change_percent - rows.low_percent.fillna(rows.change_percent)
+            high = rows.high_percent.fillna(rows.change_percent) - rows.change_percent
+            color = palette[method]
+            ax.errorbar(
+                rows.parameters,
+                rows.change_percent,
+                yerr=[low, high],
+                fmt=markers[method],
+                capsize=3,
+                color=color,
+                label=f"{method} (mean, 95 % interval)",
+            )
+            fit = fits.get(f"{method} {metric}", {})
+            if "slope" in fit:
+                lo, hi = math.log10(rows.parameters.min()) - 0.3, math.log10(rows.parameters.max()) + 0.3
+                grid = np.linspace(lo, hi, 100)
+                mean = fit["intercept"] + fit["slope"] * grid
+                half = fit["t"] * fit["s"] * np.sqrt(1 / fit["n"] + (grid - fit["x_mean"]) ** 2 / fit["sxx"])
+                ax.plot(10**grid, 100 * np.expm1(mean), lw=1, color=color, label="log-linear fit, 95 % band")
+                ax.fill_between(
+                    10**grid, 100 * np.expm1(mean - half), 100 * np.expm1(mean + half), alpha=0.2, color=color
+                )
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("parameters")
+        ax.set_ylabel(f"{labels[metric]}: change vs ce (%)", fontsize=8)
+        ax.legend(frameon=False, fontsize=7)
+    return _save(fig, results, "scaling", "")
+
+
+def study_sensitivity(table: pd.DataFrame, results: Path) -> list[Path]:
+    """One row per knob arm and method default: the change against ce of validation CE and MBE."""
+    if table.empty:  # a study of model size alone
+        table = pd.DataFrame(
+            columns=["method", "arm", "knob", "value"]
+            + [f"{m}_{k}_percent" for m in ("ce", "mbe") for k in ("change", "low", "high")]
+        )
+    fig, axes = plt.subplots(
+        1, 2, figsize=(PAGE_WIDTH, 0.45 * max(len(table), 2) + 1.0), sharey=True, constrained_layout=True
+    )
+    labels = [
+        f"{r.method}: {r.knob} {r.value}" if r.arm != "reference" else f"{r.method}: default"
+        for r in table.itertuples()
+    ]
+    y = np.arange(len(table))[::-1]
+    methods = list(table.method.unique())
+    palette, markers = method_palette(methods), method_markers(methods)
+    for ax, short, name in ((axes[0], "ce", "validation CE"), (axes[1], "mbe", "validation MBE")):
+        mean = table[f"{short}_change_percent"]
+        low = mean - table[f"{short}_low_percent"].fillna(mean)
+        high = table[f"{short}_high_percent"].fillna(mean) - mean
+        for method in methods:  # each method in its own colour and marker
+            rows = (table.method == method).to_numpy()
+            ax.errorbar(
+                mean[rows],
+                y[rows],
+                xerr=[low[rows], high[rows]],
+                fmt=markers[method],
+                capsize=3,
+                color=palette[method],
+            )
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlabel(f"{name}:\nchange vs ce (%)", fontsize=8)
+    axes[0].set_yticks(y, labels, fontsize=8)
+    return _save(fig, results, "sensitivity", "")
+
+
+def study_settings(
+    curves: pd.DataFrame,
+    settings: dict[str, str],
+    labels: dict[str, str],
+    bar: tuple[str, float] | None,
+    results: Path,
+) -> list[Path]:
+    """One row per setting arm (``settings``: arm -> what it is), one column per evaluation metric
+    (``labels``: metric -> name): each method's evaluations against the step (thin: seeds; thick: their
+    mean), and dotted, the bar ``bar`` (metric, level) the baseline must get below."""
+    arm_names, metrics = list(settings), list(labels)
+    methods = _methods(curves)
+    palette = method_palette(methods)
+    fig, axes = plt.subplots(
+        len(arm_names),
+        len(metrics),
+        figsize=(PAGE_WIDTH, 2.2 * len(arm_names) + 0.6),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    handles = {}
+    for i, arm in enumerate(arm_names):
+        for j, metric in enumerate(metrics):
+            ax = axes[i][j]
+            panel = curves[(curves.arm == arm) & (curves.metric == metric)]
+            for method in methods:
+                rows = panel[panel.method == method]
+                if rows.empty:
+                    continue
+                for _, seed_rows in rows.groupby("seed"):
+                    ax.plot(seed_rows.step, seed_rows.value, color=palette[method], alpha=0.3, lw=0.8)
+                mean = rows.groupby("step").value.mean()
+                (handles[method],) = ax.plot(
+                    mean.index, mean.values, color=palette[method], lw=1.8, ls=method_linestyle(method)
+                )
+            if bar is not None and bar[0] == metric:
+                handles[f"{BASELINE} must reach ({bar[1]:g})"] = ax.axhline(
+                    bar[1], color="0.5", lw=1.0, ls=(0, (1, 2))
+                )
+            if not panel.empty and (panel.value > 0).all() and metric.rsplit("/", 1)[-1].endswith("ce"):
+                ax.set_yscale("log")
+                plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+                low, high = ax.get_ylim()  # minor ticks labelled too where the axis spans less than a decade
+                ax.yaxis.set_major_formatter(plain)
+                ax.yaxis.set_minor_formatter(plain if high / low < 10 else matplotlib.ticker.NullFormatter())
+            ax.set_title(textwrap.fill(labels[metric], 30), fontsize=8)
+            ax.set_xlabel("optimizer step", fontsize=8)
+            ax.tick_params(which="both", labelsize=7)
+        axes[i][0].set_ylabel(textwrap.fill(settings[arm], 24), fontsize=8)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncols=len(handles),
+        frameon=False,
+        fontsize=8,
+    )
+    return _save(fig, results, "settings", "")
 
 
 def draw(spec: ReportSpec, results: Path) -> list[Path]:

@@ -4,11 +4,13 @@ wider model) let ``ce`` learn the task, and how do the other methods compare the
 
     python -m replication.reporting.study experiments/E/config.yaml --scale S --runs RUNS --out DIR
 
-reads the summaries of the study's arms (``<scale>_study_<arm>``) and, for sizes and knobs, of the
-scale's own runs, and writes into DIR (``replication.dag.plan.study_files``):
+reads the runs of the study's arms (``<scale>_study_<arm>``) and, for sizes and knobs, the scale's own
+runs, through the tables the experiments aggregate (``replication.reporting.aggregate``), and writes
+into DIR (``replication.dag.plan.study_files``):
 
 - ``study.csv``: one row per run and metric (arm, knob, value, scale, method, seed, parameters,
-  commit, metric, value): the metrics the study reports, phase changes and wall time;
+  commit, metric, value): the metrics the study reports, phase changes and wall time; the parameters
+  are the ``n_params`` of the run's summary.json;
 - with sizes, ``scaling.csv``: per model size (the scale's own model among them) and metric, the
   paired relative change of each gated method against ``ce`` (``replication.reporting.stats``: the
   mean per-seed log ratio with its t interval, as a percentage), and ``scaling_fit.csv``, the
@@ -29,44 +31,32 @@ scale's own runs, and writes into DIR (``replication.dag.plan.study_files``):
 
 from __future__ import annotations
 
-import json
 import math
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from scipy import stats as scipy_stats  # noqa: E402
-
-from replication.config.report import ReportSpec, load_report_spec  # noqa: E402
-from replication.config.run import StudySpec, validate_run_config  # noqa: E402
-from replication.dag.plan import study_files  # noqa: E402
-from replication.models import build_model  # noqa: E402
-from replication.reporting.figures import method_linestyle, method_markers, method_palette  # noqa: E402
-from replication.reporting.stats import (  # noqa: E402
-    CONFIDENCE,
-    Estimate,
-    paired_change,
-    paired_values,
-    t_interval,
-)
-from replication.runtime import cli  # noqa: E402
-from replication.runtime.record import read_metrics  # noqa: E402
-from replication.science.errors import ConfigError, RunFolderError  # noqa: E402
-from replication.science.methods import BASELINE, METHOD_NAMES  # noqa: E402
+from replication.config.report import ReportSpec, load_report_spec
+from replication.config.run import StudySpec
+from replication.dag.plan import study_files
+from replication.reporting import figures
+from replication.reporting.aggregate import finished_runs, tables
+from replication.reporting.stats import CONFIDENCE, Estimate, paired_change, paired_values, t_interval
+from replication.runtime import cli
+from replication.runtime.record import RunId
+from replication.science.errors import ConfigError, RunFolderError
+from replication.science.methods import BASELINE, METHOD_NAMES
 
 METRICS = {"final/val/ce": "validation CE", "final/val/mbe": "validation MBE"}
 CE = "final/val/ce"
 LOG10_RANGE = (3.0, 13.0)  # where a zero crossing of the fit is looked for: 1 k to 10 T parameters
+STUDY_COLUMNS = "arm knob value_label scale method seed parameters commit metric value".split()
+CURVE_COLUMNS = ["arm", "method", "seed", "step", "metric", "value"]
 
 
 @dataclass(frozen=True)
@@ -113,65 +103,53 @@ def study_metrics(study: StudySpec) -> dict[str, str]:
     return {**(METRICS if study.has_reference else {}), **_settings_metrics(study)}
 
 
-def parameter_count(config: dict[str, Any]) -> int:
-    """Trainable parameters of a run's model, built on the meta device (no memory, no data)."""
-    with torch.device("meta"):
-        model = build_model(validate_run_config(config).model)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def read_runs(spec: ReportSpec, scale: str, runs_dir: Path) -> pd.DataFrame:
-    """study.csv: every finished run of the study's arms and the scale's own runs it compares with."""
+def read_runs(spec: ReportSpec, scale: str, runs_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """study.csv: every finished run of the study's arms and the scale's own runs it compares with;
+    and settings_curves.csv: every evaluation of the setting arms' runs, for the metrics whose final
+    value the study reports."""
     study = spec.scales[scale].study
-    rows, missing = [], []
+    reported = [*study_metrics(study), "phase_changes", "wall_time_s"]
+    wanted = [curve_metric(k) for k in study_metrics(study) if curve_metric(k)]
+    rows, curves, missing = [], [], []
     for arm in arms(spec, scale):
-        for method in arm.methods:
-            for seed in study.seeds:
-                path = runs_dir / spec.experiment / arm.scale / method / f"seed{seed}" / "summary.json"
-                if not path.exists():
-                    if arm.name != "reference":
-                        missing.append(str(path))
-                    continue
-                try:
-                    summary = json.loads(path.read_text())
-                except (OSError, json.JSONDecodeError) as error:
-                    raise RunFolderError(f"{path}: cannot read it ({error}); rerun that run") from None
-                base = {
-                    "arm": arm.name,
-                    "knob": arm.knob,
-                    "value_label": arm.value,
-                    "scale": arm.scale,
-                    "method": method,
-                    "seed": seed,
-                    "parameters": parameter_count(summary["config"]),
-                    "commit": summary.get("provenance", {}).get("git_commit", "")[:12],
-                }
-                values = {
-                    **{k: summary["metrics"].get(k) for k in study_metrics(study)},
-                    "phase_changes": summary.get("phase_changes"),
-                    "wall_time_s": summary.get("wall_time_s"),
-                }
-                rows += [{**base, "metric": k, "value": v} for k, v in values.items() if v is not None]
+        ids = [RunId(spec.experiment, arm.scale, m, s) for m in arm.methods for s in study.seeds]
+        finished, absent = finished_runs(runs_dir, ids)
+        if arm.name != "reference":  # of the scale's own runs, those that finished are compared with
+            missing += absent
+        frames = tables(spec, arm.scale, finished)
+        values = {(r.method, r.seed, r.metric): r.value for r in frames["summary"].itertuples()}
+        for run in finished:
+            base = {
+                "arm": arm.name,
+                "knob": arm.knob,
+                "value_label": arm.value,
+                "scale": arm.scale,
+                "method": run.id.method,
+                "seed": run.id.seed,
+                "parameters": run.n_params,
+                "commit": run.summary.get("provenance", {}).get("git_commit", "")[:12],
+            }
+            found = ((k, values.get((run.id.method, run.id.seed, k))) for k in reported)
+            rows += [{**base, "metric": k, "value": v} for k, v in found if v is not None]
+        if arm.name in study.settings:
+            curves.append(_evaluations(frames["curves"], arm.name, wanted))
     if missing:
         raise RunFolderError(
             f"{len(missing)} run(s) of the study have no summary.json, e.g. {missing[0]}; "
             "run make study (or snakemake study) first"
         )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "arm",
-            "knob",
-            "value_label",
-            "scale",
-            "method",
-            "seed",
-            "parameters",
-            "commit",
-            "metric",
-            "value",
-        ],
-    )
+    curves = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
+    return pd.DataFrame(rows, columns=STUDY_COLUMNS), curves
+
+
+def _evaluations(curves: pd.DataFrame, arm: str, metrics: list[str]) -> pd.DataFrame:
+    """The evaluations of metrics among an arm's curves (aggregate's curves table), each evaluation's
+    metrics in the order given."""
+    rows = curves[(curves.kind == "eval") & curves.layer.isna() & curves.metric.isin(metrics)]
+    run_step = rows[["method", "seed", "step"]]
+    evaluation = run_step.ne(run_step.shift()).any(axis=1).cumsum()  # the rows of a record are consecutive
+    order = np.lexsort((rows.metric.map(metrics.index), evaluation))
+    return rows.iloc[order].assign(arm=arm)[CURVE_COLUMNS]
 
 
 def _per_seed(frame: pd.DataFrame, arm: str, method: str, metric: str) -> dict[int, float]:
@@ -312,16 +290,9 @@ def settings_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> pd.Data
                     how = "relative" if positive else "difference"
                     change = paired_change(values, base, how)
                     scale_by = 100 if how == "relative" else 1  # a relative change in %
-                    at = lambda v: None if v is None else scale_by * v  # noqa: E731
-                    row.update(
-                        {
-                            "change_kind": how,
-                            "change": at(change.mean),
-                            "change_low": at(change.low),
-                            "change_high": at(change.high),
-                            "p": change.p,
-                        }
-                    )
+                    bounds = {"change": change.mean, "change_low": change.low, "change_high": change.high}
+                    row.update({k: None if v is None else scale_by * v for k, v in bounds.items()})
+                    row.update(change_kind=how, p=change.p)
                 if bar is not None and method == BASELINE and metric == bar.metric:
                     row["seeds_below_bar"] = sum(v < bar.below for v in values.values())
                 rows.append(row)
@@ -360,173 +331,6 @@ def _fmt_setting_change(row: pd.Series) -> str:
 def curve_metric(key: str) -> str | None:
     """The evaluation record a final summary metric takes its value from (None for other summaries)."""
     return key.removeprefix("final/") if key.startswith("final/") else None
-
-
-def settings_curves(spec: ReportSpec, scale: str, runs_dir: Path) -> pd.DataFrame:
-    """Every evaluation of the setting arms' runs, for the metrics whose final value the study reports."""
-    study = spec.scales[scale].study
-    wanted = {curve_metric(k): k for k in study_metrics(study) if curve_metric(k)}
-    derived = spec.study_arms(scale)
-    rows = []
-    for arm, setting in study.settings.items():
-        for method in setting.methods:
-            for seed in study.seeds:
-                path = runs_dir / spec.experiment / derived[arm] / method / f"seed{seed}" / "metrics.jsonl"
-                for record in read_metrics(path):
-                    if record["kind"] != "eval":
-                        continue
-                    rows += [
-                        {
-                            "arm": arm,
-                            "method": method,
-                            "seed": seed,
-                            "step": record["step"],
-                            "metric": metric,
-                            "value": float(record[metric]),
-                        }
-                        for metric in wanted
-                        if record.get(metric) is not None
-                    ]
-    return pd.DataFrame(rows, columns=["arm", "method", "seed", "step", "metric", "value"])
-
-
-# -- figures ---------------------------------------------------------------------------------------
-
-
-def _scaling_figure(table: pd.DataFrame, fits: dict[str, dict], out: Path) -> None:
-    metrics = list(METRICS)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(7.0, 2.9), constrained_layout=True)
-    methods = list(table.method.unique())
-    palette, markers = method_palette(methods), method_markers(methods)
-    for ax, metric in zip(np.atleast_1d(axes), metrics):
-        for method in methods:
-            rows = table[(table.method == method) & (table.metric == metric)]
-            low = rows.change_percent - rows.low_percent.fillna(rows.change_percent)
-            high = rows.high_percent.fillna(rows.change_percent) - rows.change_percent
-            color = palette[method]
-            ax.errorbar(
-                rows.parameters,
-                rows.change_percent,
-                yerr=[low, high],
-                fmt=markers[method],
-                capsize=3,
-                color=color,
-                label=f"{method} (mean, 95 % interval)",
-            )
-            fit = fits.get(f"{method} {metric}", {})
-            if "slope" in fit:
-                lo, hi = math.log10(rows.parameters.min()) - 0.3, math.log10(rows.parameters.max()) + 0.3
-                grid = np.linspace(lo, hi, 100)
-                mean = fit["intercept"] + fit["slope"] * grid
-                half = fit["t"] * fit["s"] * np.sqrt(1 / fit["n"] + (grid - fit["x_mean"]) ** 2 / fit["sxx"])
-                ax.plot(10**grid, 100 * np.expm1(mean), lw=1, color=color, label="log-linear fit, 95 % band")
-                ax.fill_between(
-                    10**grid, 100 * np.expm1(mean - half), 100 * np.expm1(mean + half), alpha=0.2, color=color
-                )
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("parameters")
-        ax.set_ylabel(f"{METRICS[metric]}: change vs ce (%)", fontsize=8)
-        ax.legend(frameon=False, fontsize=7)
-    for suffix in ("png", "pdf"):
-        fig.savefig(out / f"scaling.{suffix}", dpi=200)
-    plt.close(fig)
-
-
-def _sensitivity_figure(table: pd.DataFrame, out: Path) -> None:
-    if table.empty:  # a study of model size alone
-        table = pd.DataFrame(
-            columns=["method", "arm", "knob", "value"]
-            + [f"{m}_{k}_percent" for m in ("ce", "mbe") for k in ("change", "low", "high")]
-        )
-    fig, axes = plt.subplots(
-        1, 2, figsize=(7.0, 0.45 * max(len(table), 2) + 1.0), sharey=True, constrained_layout=True
-    )
-    labels = [
-        f"{r.method}: {r.knob} {r.value}" if r.arm != "reference" else f"{r.method}: default"
-        for r in table.itertuples()
-    ]
-    y = np.arange(len(table))[::-1]
-    methods = list(table.method.unique())
-    palette, markers = method_palette(methods), method_markers(methods)
-    for ax, short, name in ((axes[0], "ce", "validation CE"), (axes[1], "mbe", "validation MBE")):
-        mean = table[f"{short}_change_percent"]
-        low = mean - table[f"{short}_low_percent"].fillna(mean)
-        high = table[f"{short}_high_percent"].fillna(mean) - mean
-        for method in methods:  # each method in its own colour and marker
-            rows = (table.method == method).to_numpy()
-            ax.errorbar(
-                mean[rows],
-                y[rows],
-                xerr=[low[rows], high[rows]],
-                fmt=markers[method],
-                capsize=3,
-                color=palette[method],
-            )
-        ax.axvline(0, color="black", lw=0.8)
-        ax.set_xlabel(f"{name}:\nchange vs ce (%)", fontsize=8)
-    axes[0].set_yticks(y, labels, fontsize=8)
-    for suffix in ("png", "pdf"):
-        fig.savefig(out / f"sensitivity.{suffix}", dpi=200)
-    plt.close(fig)
-
-
-def _settings_figure(curves: pd.DataFrame, study: StudySpec, out: Path) -> None:
-    """One row per setting arm, one column per reported metric: each method's evaluations against the
-    step (thin: seeds; thick: their mean), the baseline's bar dotted."""
-    labels = {curve_metric(k): name for k, name in study_metrics(study).items() if curve_metric(k)}
-    arm_names, metrics = list(study.settings), list(labels)
-    bar = study.baseline_learns
-    methods = [m for m in METHOD_NAMES if m in set(curves.method)]
-    palette = method_palette(methods)
-    fig, axes = plt.subplots(
-        len(arm_names),
-        len(metrics),
-        figsize=(7.0, 2.2 * len(arm_names) + 0.6),
-        squeeze=False,
-        constrained_layout=True,
-    )
-    handles = {}
-    for i, arm in enumerate(arm_names):
-        for j, metric in enumerate(metrics):
-            ax = axes[i][j]
-            panel = curves[(curves.arm == arm) & (curves.metric == metric)]
-            for method in methods:
-                rows = panel[panel.method == method]
-                if rows.empty:
-                    continue
-                for _, seed_rows in rows.groupby("seed"):
-                    ax.plot(seed_rows.step, seed_rows.value, color=palette[method], alpha=0.3, lw=0.8)
-                mean = rows.groupby("step").value.mean()
-                (handles[method],) = ax.plot(
-                    mean.index, mean.values, color=palette[method], lw=1.8, ls=method_linestyle(method)
-                )
-            if bar is not None and curve_metric(bar.metric) == metric:
-                handles[f"{BASELINE} must reach ({bar.below:g})"] = ax.axhline(
-                    bar.below, color="0.5", lw=1.0, ls=(0, (1, 2))
-                )
-            if not panel.empty and (panel.value > 0).all() and metric.rsplit("/", 1)[-1].endswith("ce"):
-                ax.set_yscale("log")
-                plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-                low, high = ax.get_ylim()  # minor ticks labelled too where the axis spans less than a decade
-                ax.yaxis.set_major_formatter(plain)
-                ax.yaxis.set_minor_formatter(plain if high / low < 10 else matplotlib.ticker.NullFormatter())
-            ax.set_title(textwrap.fill(labels[metric], 30), fontsize=8)
-            ax.set_xlabel("optimizer step", fontsize=8)
-            ax.tick_params(which="both", labelsize=7)
-        axes[i][0].set_ylabel(textwrap.fill(study.settings[arm].about, 24), fontsize=8)
-    fig.legend(
-        list(handles.values()),
-        list(handles),
-        loc="outside lower center",
-        ncols=len(handles),
-        frameon=False,
-        fontsize=8,
-    )
-    for suffix in ("png", "pdf"):
-        fig.savefig(out / f"settings.{suffix}", dpi=200)
-    plt.close(fig)
 
 
 # -- the README ------------------------------------------------------------------------------------
@@ -721,8 +525,8 @@ def readme(
             "",
         ]
     own = (
-        f"; the {len(own_runs)} runs of the {scale} scale it compares with (from the {scale} DAG, or trained by "
-        f"`make study` when missing) for {own_cost / 60:.1f} more"
+        f"; the {len(own_runs)} runs of the {scale} scale it compares with (from the {scale} DAG, or "
+        f"trained by `make study` when missing) for {own_cost / 60:.1f} more"
         if study.has_reference
         else ""
     )
@@ -740,7 +544,7 @@ def readme(
 
 def write_study(spec: ReportSpec, scale: str, runs_dir: Path, out: Path) -> None:
     study = spec.scales[scale].study
-    frame = read_runs(spec, scale, runs_dir)
+    frame, curves = read_runs(spec, scale, runs_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "study.csv", index=False)
     scaling, fits = scaling_table(frame, spec, scale)
@@ -753,17 +557,20 @@ def write_study(spec: ReportSpec, scale: str, runs_dir: Path, out: Path) -> None
             ]
         )
         fit_rows.to_csv(out / "scaling_fit.csv", index=False)
-        _scaling_figure(scaling, fits, out)
+        figures.study_scaling(scaling, fits, METRICS, out)
     sensitivity = sensitivity_table(frame, spec, scale)
     if study.knobs:
         sensitivity.to_csv(out / "sensitivity.csv", index=False)
-        _sensitivity_figure(sensitivity, out)
+        figures.study_sensitivity(sensitivity, out)
     settings = settings_table(frame, spec, scale)
     if study.settings:
         settings.to_csv(out / "settings.csv", index=False)
-        curves = settings_curves(spec, scale, runs_dir)
         curves.to_csv(out / "settings_curves.csv", index=False)
-        _settings_figure(curves, study, out)
+        labels = {curve_metric(k): name for k, name in study_metrics(study).items() if curve_metric(k)}
+        bar = study.baseline_learns
+        about = {arm: setting.about for arm, setting in study.settings.items()}
+        line = None if bar is None else (curve_metric(bar.metric), bar.below)
+        figures.study_settings(curves, about, labels, line, out)
     (out / "README.md").write_text(readme(spec, scale, frame, scaling, fits, sensitivity, settings))
 
 

@@ -1,5 +1,10 @@
-"""What a run writes: metrics.jsonl, summary.json, checkpoints, and the provenance of it all, and
-the lock that keeps a second trainer out of a run folder."""
+"""The run folder: where a run lives under a runs root (``RunId``), what it writes (metrics.jsonl,
+summary.json, checkpoints, and the provenance of it all), the lock that keeps a second trainer out of
+it, and the reading of a finished run (``read_run``).
+
+torch is imported by the functions that need it, so that planning the DAG, which names run folders,
+does not pay its import.
+"""
 
 from __future__ import annotations
 
@@ -14,18 +19,92 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from replication.config.run import RunConfig, check_summary_config, load_run_config
 from replication.science.errors import RunFolderError
 
+if TYPE_CHECKING:
+    import torch
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_NAME = "config.yaml"
+SUMMARY_NAME = "summary.json"
+METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_NAME = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
 LOCK_NAME = "train.lock"
+
+
+@dataclass(frozen=True)
+class RunId:
+    """One run: an experiment's method at one scale and seed."""
+
+    experiment: str
+    scale: str
+    method: str
+    seed: int
+
+    @staticmethod
+    def pattern() -> str:
+        """A run folder's path under its runs root, its fields as Snakemake wildcards."""
+        return "{experiment}/{scale}/{method}/seed{seed}"
+
+    @property
+    def path(self) -> str:
+        return self.pattern().format(**asdict(self))
+
+    def folder(self, runs: str | Path) -> Path:
+        return Path(runs) / self.path
+
+
+def runs_root(path: str | Path) -> Path:
+    """The runs root that holds the run folder of ``path``, a file in that folder."""
+    return Path(path).parents[len(Path(RunId.pattern()).parts)]
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A run whose summary.json is written: its summary, and its metrics and config on demand."""
+
+    id: RunId
+    folder: Path
+    summary: dict[str, Any]
+
+    @property
+    def n_params(self) -> int:
+        """The trainable parameters of the run's model, as its summary records them."""
+        if "n_params" not in self.summary:
+            raise RunFolderError(
+                f"{self.folder}: the run was trained before summaries recorded n_params and must be trained "
+                "again (delete everything in it but config.yaml)"
+            )
+        return int(self.summary["n_params"])
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.folder / METRICS_NAME)
+
+    def config(self) -> RunConfig:
+        """The run's config.yaml, which must be the config its summary records (a summary that records
+        none gets a warning on stderr)."""
+        path, summary_path = self.folder / CONFIG_NAME, self.folder / SUMMARY_NAME
+        if not path.is_file():
+            raise RunFolderError(f"{path} is missing: {summary_path} cannot be matched to its config")
+        config = load_run_config(path)
+        warning = check_summary_config(self.summary, config, summary_path)
+        if warning:
+            print(warning, file=sys.stderr)
+        return config
+
+
+def read_run(runs: str | Path, run: RunId) -> FinishedRun | None:
+    """The run under the runs root ``runs``, or None while it has no summary.json."""
+    folder = run.folder(runs)
+    path = folder / SUMMARY_NAME
+    return FinishedRun(run, folder, read_json(path)) if path.exists() else None
 
 
 def _clean(value: Any) -> Any:
@@ -157,6 +236,8 @@ def git_state(root: Path = PACKAGE_ROOT) -> dict[str, Any]:
 
 
 def device_description(device: torch.device) -> dict[str, Any]:
+    import torch
+
     info: dict[str, Any] = {"device": device.type, "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
@@ -168,11 +249,15 @@ def device_description(device: torch.device) -> dict[str, Any]:
 
 def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
+        import torch
+
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
+    import torch
+
     return {
         **git_state(),
         "python": platform.python_version(),
@@ -196,6 +281,8 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     checkpoint.pt. A crash or a full disk at any point leaves the last complete checkpoint readable,
     and the one before it beside it.
     """
+    import torch
+
     path = run_dir / CHECKPOINT_NAME
     tmp = path.with_suffix(".pt.tmp")
     try:
@@ -221,6 +308,8 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
 
 def _read_checkpoint(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
     """The checkpoint at path; a RunFolderError names the problem when it cannot be used."""
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except (OSError, MemoryError):

@@ -11,7 +11,7 @@ rule aggregate:
         f"{LOGS}/{{experiment}}/{{scale}}/aggregate.log",
     params:
         python=PYTHON,
-        runs=lambda w, input: run_root(input.summaries[0]),
+        runs=lambda w, input: str(runs_root(input.summaries[0])),
         out=lambda w, output: os.path.dirname(output[0]),
         methods=lambda w: " ".join(PLAN.methods(w.experiment)),
         seeds=lambda w: " ".join(map(str, PLAN.seeds(w.experiment))),

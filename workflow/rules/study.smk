@@ -20,7 +20,7 @@ for _experiment in PLAN.studies():
         params:
             python=PYTHON,
             scale=PLAN.scale,
-            runs=lambda w, input: run_root(input.summaries[0]),
+            runs=lambda w, input: str(runs_root(input.summaries[0])),
             out=lambda w, output: os.path.dirname(output[0]),
         shell:
             logged(

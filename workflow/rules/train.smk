@@ -1,16 +1,16 @@
-# One folder per run: runs/{experiment}/{scale}/{method}/seed{seed}/. The resolved config is written
-# first; training writes metrics.jsonl and checkpoints as it goes and summary.json last, so a failed
-# or interrupted job leaves no output Snakemake would take as finished, and the checkpoint (not an
-# output) survives for the rerun to resume from.
+# One folder per run: RUNS/RUN/, RUN being replication.runtime.record.RunId.pattern() (the run's
+# wildcards). The resolved config is written first; training writes metrics.jsonl and checkpoints as
+# it goes and summary.json last, so a failed or interrupted job leaves no output Snakemake would take
+# as finished, and the checkpoint (not an output) survives for the rerun to resume from.
 
 
 rule configure_run:
     input:
         lambda w: PLAN.experiment_config(w.experiment),
     output:
-        f"{RUNS}/{{experiment}}/{{scale}}/{{method}}/seed{{seed}}/config.yaml",
+        f"{RUNS}/{RUN}/config.yaml",
     log:
-        f"{LOGS}/{{experiment}}/{{scale}}/{{method}}/seed{{seed}}/configure.log",
+        f"{LOGS}/{RUN}/configure.log",
     params:
         python=PYTHON,
     shell:
@@ -22,12 +22,12 @@ rule configure_run:
 
 rule train:
     input:
-        config=f"{RUNS}/{{experiment}}/{{scale}}/{{method}}/seed{{seed}}/config.yaml",
+        config=f"{RUNS}/{RUN}/config.yaml",
         data=lambda w: PLAN.data_inputs(w.experiment, w.scale, w.method, w.seed),
     output:
-        f"{RUNS}/{{experiment}}/{{scale}}/{{method}}/seed{{seed}}/summary.json",
+        f"{RUNS}/{RUN}/summary.json",
     log:
-        f"{LOGS}/{{experiment}}/{{scale}}/{{method}}/seed{{seed}}/train.log",
+        f"{LOGS}/{RUN}/train.log",
     threads: lambda w: PLAN.job(w.experiment, "threads_per_run")
     resources:
         gpu=lambda w: PLAN.job(w.experiment, "gpus_per_run"),
