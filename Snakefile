@@ -1,8 +1,8 @@
 # The replication DAG. `snakemake --cores all` with no config file runs the paper scale
 # (config/paper.yaml); `--configfile config/<scale>.yaml` selects another (smoke, cpu, gpu1). A global
-# config gets nothing from any other file: a key it omits takes the default that
-# replication/dag/config.schema.yaml states. Every job is a `python -m replication.<command>` call that
-# can also be run by hand; the Python package decides what to run (replication/dag/plan.py).
+# config gets nothing from any other file: a key it omits takes the default that GlobalConfig in
+# replication/dag/schema.py states. Every job is a `python -m replication.<command>` call that can also
+# be run by hand; the Python package decides what to run (replication/dag/plan.py).
 import os  # noqa: F401  (the rules compose paths with os.path)
 import sys
 

@@ -1,10 +1,9 @@
 """What the Snakemake DAG runs, computed from the global config (the Snakefile only wires it up).
 
-The global config (``config/<scale>.yaml``, validated against ``config.schema.yaml`` beside this
-module, whose method list is the registry's, ``replication.science.methods``) names the scale, the
-experiments and optionally a subset of methods and seeds; everything else comes from each
-experiment's own ``experiments/<name>/config.yaml``. Nothing here reads a file at import: the
-schema is read on first use, and every repository path comes from the global config.
+The global config (``config/<scale>.yaml``, validated by ``replication.dag.schema``) names the scale,
+the experiments and optionally a subset of methods and seeds; everything else comes from each
+experiment's own ``experiments/<name>/config.yaml``. Nothing here reads a file at import, and every
+repository path comes from the global config.
 """
 
 from __future__ import annotations
