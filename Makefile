@@ -113,7 +113,9 @@ gpu-check: install
 # worker by default, so that the machine stays usable; MUTATION_WORKERS=2 on an idle one.
 MUTATION_WORKERS ?= 1
 MUTATION_SCOPE ?= replication.science.mbe.* replication.science.gapt.* replication.science.methods.* replication.training.objectives.* replication.reporting.stats.* \
-	replication.training.train.x?Trainer?_train_step__* replication.training.train.x?Trainer?_reduce__*
+	replication.training.monitor.* replication.training.train.x?Trainer?_train_step__* replication.training.train.x?Trainer?_alignment__* \
+	replication.training.train.x?Trainer?_write_probe__* replication.training.train.x?Trainer?_update__* \
+	replication.training.train.x?Trainer?_counters__* replication.training.train.x?Trainer?_reduce__*
 MUTATION_ARGS = $(foreach p,$(MUTATION_SCOPE),'$(p)')
 
 $(BIN)/.installed-mutation: $(BIN)/.installed pyproject.toml

@@ -13,7 +13,9 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 import replication.science.mbe as mbe
+import replication.training.toolchain as toolchain
 import replication.training.train as loop
+from replication.config.base import ConfigError
 from replication.runtime.record import read_metrics
 from replication.science.gapt import Phase
 from replication.science.methods import METHODS
@@ -102,7 +104,7 @@ def test_flex_attention_blocks_trace_once_for_every_window_of_the_schedule(dynam
 
 
 def test_flex_attention_on_cpu_is_refused_before_training(tmp_path):
-    with pytest.raises(loop.ConfigError, match="FlexAttention has no backward pass on CPU"):
+    with pytest.raises(ConfigError, match="FlexAttention has no backward pass on CPU"):
         loop.Trainer(tiny_config("ce", model={"attention": "flex"}), tmp_path, show_progress=False)
 
 
@@ -221,26 +223,31 @@ def test_arithmetic_and_forgetting_evaluations_run_in_the_autocast_they_are_hand
 
 def test_flex_attention_on_cuda_needs_compile():
     config = tiny_config("ce", model={"attention": "auto"})
-    with pytest.raises(loop.ConfigError, match="uncompiled, FlexAttention builds every"):
-        loop._check_config(config, "ce", 1, torch.device("cuda"))
+    with pytest.raises(ConfigError, match="uncompiled, FlexAttention builds every"):
+        toolchain.check_config(config, 1, torch.device("cuda"), backend="inductor")
     compiled = tiny_config("ce", model={"attention": "auto"}, train={"compile": True})
-    loop._check_config(compiled, "ce", 1, torch.device("cuda"))
-    loop._check_config(config, "ce", 1, torch.device("cpu"))  # auto is sdpa on CPU
+    toolchain.check_config(compiled, 1, torch.device("cuda"), backend="inductor")
+    toolchain.check_config(config, 1, torch.device("cpu"), backend="inductor")  # auto is sdpa on CPU
 
 
-def test_compiling_without_a_cxx_compiler_is_refused_naming_the_ways_out(monkeypatch):
+def test_compiling_without_a_cxx_compiler_is_refused_naming_the_ways_out(monkeypatch, tmp_path):
     compiled = tiny_config("ce", train={"compile": True})
     monkeypatch.setenv("CXX", "")
-    monkeypatch.setattr(loop.shutil, "which", lambda name: None)  # a machine with no C++ compiler
+    monkeypatch.setattr(toolchain.shutil, "which", lambda name: None)  # a machine with no C++ compiler
     with pytest.raises(
-        loop.ConfigError, match=r"needs a C\+\+ compiler.*apt install g\+\+\), or set train.compile: false"
+        ConfigError, match=r"needs a C\+\+ compiler.*apt install g\+\+\), or set train.compile: false"
     ):
-        loop._check_config(compiled, "ce", 1, torch.device("cpu"))
-    loop._check_config(tiny_config("ce"), "ce", 1, torch.device("cpu"))  # eager needs none
+        toolchain.check_config(compiled, 1, torch.device("cpu"), backend="inductor")
+    with pytest.raises(ConfigError, match=r"needs a C\+\+ compiler"):  # the loop checks with its backend
+        loop.Trainer(compiled, tmp_path, show_progress=False)
+    toolchain.check_config(tiny_config("ce"), 1, torch.device("cpu"), backend="inductor")  # eager needs none
     monkeypatch.setattr(loop, "COMPILE_BACKEND", "eager")  # nor does a backend that generates no code
-    loop._check_config(compiled, "ce", 1, torch.device("cpu"))
-    monkeypatch.setattr(loop.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "clang++" else None)
-    assert loop.cxx_compiler() == "clang++"
+    toolchain.check_config(compiled, 1, torch.device("cpu"), backend="eager")
+    loop.Trainer(compiled, tmp_path, show_progress=False)
+    monkeypatch.setattr(
+        toolchain.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "clang++" else None
+    )
+    assert toolchain.cxx_compiler() == "clang++"
 
 
 @pytest.mark.parametrize("compiled,every,donated", [(True, 2, False), (True, 0, True), (False, 2, True)])

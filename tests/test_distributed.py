@@ -116,16 +116,16 @@ def _comparable(records):
 def test_a_distributed_stop_request_lets_the_final_evaluation_finish():
     """at_once raises only in a single process: one process raising alone would leave the others
     blocked in the evaluation's all-reduces; a distributed run finishes the evaluation instead."""
-    from replication.training.train import TrainingInterrupted, _StopRequest
+    from replication.training.stop import StopRequest, TrainingInterrupted
 
-    with _StopRequest(distributed=True) as stop, stop.at_once("during the final evaluation"):
+    with StopRequest(distributed=True) as stop, stop.at_once("during the final evaluation"):
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signal == signal.SIGTERM and stop.pending() == 1.0
     assert stop.reason() == f"signal {int(signal.SIGTERM)}"
     with pytest.raises(TrainingInterrupted, match="stopped by signal 15 during"):
-        with _StopRequest() as alone, alone.at_once("during the final evaluation"):
+        with StopRequest() as alone, alone.at_once("during the final evaluation"):
             os.kill(os.getpid(), signal.SIGTERM)
-    assert _StopRequest().reason() == "a stop request to another process"
+    assert StopRequest().reason() == "a stop request to another process"
 
 
 def _signal_after_reduce(trainer, at_step: int) -> None:

@@ -13,8 +13,9 @@ from replication.runtime.record import read_metrics
 from replication.science.gapt import GaptConfig, Phase
 from replication.science.methods import METHODS
 from replication.tasks.registry import build_task
+from replication.training.checkpoint import seed_everything
 from replication.training.optim import Optimizers
-from replication.training.train import _seed_everything, train
+from replication.training.train import train
 
 from .conftest import tiny_config
 
@@ -28,7 +29,7 @@ PHASES = dict(
 def plain_loop(config):
     """replication.training.train's run, written as a user would write it around the drop-in API: the same
     seed, model, data, optimizers and steps, no Trainer."""
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     device = torch.device("cpu")
     task = build_task(config, device)
     model = build_model(config.model)

@@ -186,8 +186,8 @@ def test_a_lock_left_by_a_killed_trainer_is_taken_over(tmp_path, capsys, whole):
     config = write(tiny_config("gapt", train={"checkpoint_every": 4}), tmp_path)
     holder = _python(
         "-c",
-        f"from replication.runtime.record import RunLock; lock = RunLock({str(tmp_path)!r}); lock.acquire(); print('held', flush=True); "
-        "import time; time.sleep(600)",
+        f"from replication.runtime.record import RunLock; lock = RunLock({str(tmp_path)!r}); lock.acquire(); "
+        "print('held', flush=True); import time; time.sleep(600)",
     )
     assert holder.stdout.readline().strip() == b"held"
     code, err = run_main([config], capsys)
@@ -212,8 +212,8 @@ def test_a_file_system_without_locks_gets_a_warning_and_the_run_goes_on(tmp_path
     code, err = run_main([write(tiny_config("ce", train={"steps": 2}), tmp_path)], capsys)
     assert code == 0
     assert (
-        f"warning: {tmp_path}: the file system cannot lock files (No locks available); nothing stops a second trainer"
-        in err
+        f"warning: {tmp_path}: the file system cannot lock files (No locks available); "
+        "nothing stops a second trainer" in err
     )
 
 
@@ -268,7 +268,8 @@ def test_a_checkpoint_of_something_else_is_named_as_such(two_checkpoints, capsys
     code, err = run_main([two_checkpoints], capsys)
     assert code == 2
     assert error_lines(err)[0] == (
-        f"error: {checkpoint} is not a checkpoint of this trainer (it lacks config_digest, optimizers, controller, task)."
+        f"error: {checkpoint} is not a checkpoint of this trainer "
+        "(it lacks config_digest, optimizers, controller, task)."
     )
 
 
@@ -379,8 +380,8 @@ def test_a_finished_folder_refuses_a_changed_config(tmp_path, capsys):
     assert code == 2
     assert error_lines(err) == [
         f"error: {tmp_path}/summary.json was written by a run of another config (method: ce -> ce_mbe; "
-        f"train.steps: 4 -> 8); delete summary.json and any checkpoint*.pt in {tmp_path} to train this config "
-        "there (metrics.jsonl is then rewritten)"
+        f"train.steps: 4 -> 8); delete summary.json and any checkpoint*.pt in {tmp_path} to train this "
+        "config there (metrics.jsonl is then rewritten)"
     ]
     assert (tmp_path / "summary.json").read_text() == summary  # nothing was overwritten
     # the same config again: the finished run is handed back, not retrained
@@ -505,8 +506,8 @@ def test_missing_prepared_data_names_the_experiment_and_the_command(tmp_path, ca
     (line,) = error_lines(err)
     dataset = yaml.safe_load((out / "config.yaml").read_text())["task"]["dataset"]
     assert (
-        f"python -m replication.tasks.fineweb.prepare experiments/fineweb_pretrain/config.yaml --dataset {dataset} "
-        in line
+        "python -m replication.tasks.fineweb.prepare experiments/fineweb_pretrain/config.yaml "
+        f"--dataset {dataset} " in line
     )
     assert "NAME" not in line
 

@@ -1,5 +1,5 @@
-"""GAPT in the Hugging Face Trainer (replication.integrations.hf; the `hf` extra): a randomly initialized tiny GPT-2
-trained on the shipped FineWeb sample, as bytes."""
+"""GAPT in the Hugging Face Trainer (replication.integrations.hf; the `hf` extra): a randomly initialized
+tiny GPT-2 trained on the shipped FineWeb sample, as bytes."""
 
 import gzip
 import json

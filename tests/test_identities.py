@@ -228,15 +228,15 @@ def test_every_blocks_mbe_only_every_block_mbe_every_steps_and_the_same_run_othe
     # objective anyway)
     import itertools
 
-    import replication.training.objectives as objectives
+    import replication.training.monitor as monitor
 
     gapt = {"delta_ce": 100.0, "patience_memorize": 1, "patience_compress": 1}
     every = tiny_config(method, train={"steps": 8, "eval_every": 0, "checkpoint_every": 0}, gapt=gapt)
     thinned = every.model_copy(update={"train": every.train.model_copy(update={"block_mbe_every": 3})})
     Trainer(every, tmp_path / "every", show_progress=False).run()
     asked = []
-    real = objectives._every_layer
-    monkeypatch.setattr(objectives, "_every_layer", lambda *a: asked.append(a[-1]) or real(*a))
+    real = monitor.block_mbe
+    monkeypatch.setattr(monitor, "block_mbe", lambda *a: asked.append(a[-1]) or real(*a))
     trainer = Trainer(thinned, tmp_path / "thinned", show_progress=False)
     trainer.run()
     full = [r for r in read_metrics(tmp_path / "every" / "metrics.jsonl") if r["kind"] == "train"]
@@ -260,18 +260,22 @@ def test_every_blocks_mbe_only_every_block_mbe_every_steps_and_the_same_run_othe
 
 
 def test_the_detached_mbe_of_some_blocks_is_theirs_and_nan_elsewhere():
-    from replication.training.objectives import _every_layer
+    from replication.training.monitor import block_mbe
+    from replication.training.objectives import MicroBatchLoss
 
     torch.manual_seed(0)
     hidden = [torch.randn(2, 16, 8) for _ in range(5)]
     kw = {"patch_size": 8, "alpha": 2.0, "eps": 1e-7, "clamp": False}
     everything = layer_mbe(hidden, list(range(5)), **kw)
+    main = torch.tensor(1.0)
     known = torch.tensor([10.0, 20.0])  # the regularized blocks' values, passed in, not recomputed
-    some = _every_layer(hidden, [1, 4], known, kw, [0, 1])
+    some = block_mbe(hidden, MicroBatchLoss(main, main, [1, 4], known), kw, [0, 1])
     assert some[0] == pytest.approx(everything[0].item(), rel=1e-6)
     assert some[[1, 4]].tolist() == [10.0, 20.0]
     assert torch.isnan(some[[2, 3]]).all()
-    assert _every_layer(hidden, [], None, kw, None).tolist() == pytest.approx(everything.tolist(), rel=1e-6)
+    every = block_mbe(hidden, MicroBatchLoss(main, main, [], None), kw)
+    assert every.tolist() == pytest.approx(everything.tolist(), rel=1e-6)
+    assert block_mbe(hidden[:2], MicroBatchLoss(main, None, [1], known[:1]), kw) is None  # an MBE micro-batch
 
 
 def test_the_best_validation_loss_is_the_minimum_and_its_step_the_argmin():
@@ -309,12 +313,12 @@ def test_rq1_cosines_are_the_cosines_of_the_two_gradients(tmp_path):
         return float(flat(a) @ flat(b) / (flat(a).norm() * flat(b).norm()))
 
     assert record["align/cos"] == pytest.approx(
-        [cosine(main0, per_block0[l]) for l in layers], rel=1e-5, abs=1e-7
+        [cosine(main0, per_block0[layer]) for layer in layers], rel=1e-5, abs=1e-7
     )
     assert record["align/noise_cos"] == pytest.approx(cosine(main0, main1), rel=1e-5)
     assert record["align/norm_ce"] == pytest.approx(float(flat(main0).norm()), rel=1e-5)
     assert record["align/norm_mbe"] == pytest.approx(
-        [float(flat(per_block0[l]).norm()) for l in layers], rel=1e-5
+        [float(flat(per_block0[layer]).norm()) for layer in layers], rel=1e-5
     )
     blocks = trainer.model.blocks
     in_block = [any(p is q for q in blocks[2].parameters()) for p in params]

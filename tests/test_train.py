@@ -145,6 +145,16 @@ def test_a_finished_run_is_not_retrained(method_runs):
     assert (run_dir / "metrics.jsonl").stat().st_mtime_ns == before
 
 
+def test_the_summary_holds_the_models_trainable_parameter_count(tmp_path):
+    trainer = Trainer(tiny_config("ce", train={"steps": 2, "eval_every": 0}), tmp_path, show_progress=False)
+    frozen = trainer.model.blocks[0].x0_mix.requires_grad_(False)  # counted out
+    summary = trainer.run()
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    assert trainable == sum(p.numel() for p in trainer.model.parameters()) - frozen.numel()
+    assert summary["n_params"] == trainable
+    assert json.loads((tmp_path / "summary.json").read_text())["n_params"] == trainable
+
+
 def test_checkpoint_of_another_config_is_refused(tmp_path, monkeypatch):
     import replication.training.train as loop
 

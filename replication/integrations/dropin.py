@@ -16,10 +16,11 @@ loss to back-propagate for the current phase.
         optimizer.zero_grad()
 
 It is the suite's algorithm, not a copy of it: a micro-batch's objective
-(``objectives.micro_batch_objective``), the step's sums (``objectives.StepAccumulator``), the
-controller and its update (``gapt.PhaseController``, ``objectives.update_controller``) and MBE
-(``mbe.layer_mbe``) are the functions ``replication.training.train`` runs, and ``tests/test_dropin.py``
-trains one model both ways and compares them bit for bit.
+(``objectives.micro_batch_objective``), its detached MBE of every block (``monitor.block_mbe``), the
+step's sums (``objectives.StepAccumulator``), the controller and its update
+(``gapt.PhaseController``, ``objectives.update_controller``) and MBE (``mbe.layer_mbe``) are the
+functions ``replication.training.train`` runs, and ``tests/test_dropin.py`` trains one model both
+ways and compares them bit for bit.
 
 Methods (``method``): ``gapt`` (compress: odd micro-batches are MBE-only and regularize one block,
 rotating once per step; they end the forward pass after that block by raising from its hook),
@@ -55,6 +56,7 @@ from torch import Tensor, nn
 from replication.config.base import ConfigError, ObjectiveConfig
 from replication.science.gapt import GaptConfig, Phase, PhaseController
 from replication.science.methods import METHODS
+from replication.training.monitor import block_mbe
 from replication.training.objectives import (
     StepAccumulator,
     StepResult,
@@ -170,8 +172,8 @@ class GAPT:
                 return
             if index in self._captured:
                 raise RuntimeError(
-                    f"block {index} ran twice in one micro-batch: GAPT needs each block once per forward pass "
-                    "(one forward pass per `with gapt.micro_batch(...)`, no block applied twice)"
+                    f"block {index} ran twice in one micro-batch: GAPT needs each block once per forward "
+                    "pass (one forward pass per `with gapt.micro_batch(...)`, no block applied twice)"
                 )
             self._captured[index] = self.hidden_state(output)
             if index == self._end_after and self.stop_early:
@@ -200,8 +202,8 @@ class GAPT:
         needed = len(self.blocks) if layer is None else layer + 1
         if len(captured) < needed:
             raise RuntimeError(
-                f"{len(captured)} of the {needed} blocks ran inside the micro-batch: run the model's forward pass in "
-                "the `with gapt.micro_batch(...)` block"
+                f"{len(captured)} of the {needed} blocks ran inside the micro-batch: run the model's forward "
+                "pass in the `with gapt.micro_batch(...)` block"
             )
         if kind != "mbe" and mb.main_loss is None:
             raise RuntimeError("set mb.main_loss inside the `with gapt.micro_batch(...)` block")
@@ -209,13 +211,13 @@ class GAPT:
         regularized = [layer] if kind == "mbe" else self.plan.joint if kind == "joint" else []
         if torch.is_grad_enabled() and any(not hidden[i].requires_grad for i in regularized):
             raise RuntimeError(
-                "a regularized block's output carries no gradient: reentrant activation checkpointing runs the "
-                "blocks' hooks without gradients; use use_reentrant=False"
+                "a regularized block's output carries no gradient: reentrant activation checkpointing runs "
+                "the blocks' hooks without gradients; use use_reentrant=False"
             )
-        mb.objective, main, every_layer = micro_batch_objective(
-            kind, hidden, mb.main_loss, self.objective, self.plan, step
-        )
-        self._sums.add(mb.objective, main, every_layer)
+        losses = micro_batch_objective(kind, hidden, mb.main_loss, self.objective, self.plan, step)
+        every_layer = block_mbe(hidden, losses, self.objective.mbe_options())
+        self._sums.add(losses.loss, losses.main, every_layer)
+        mb.objective = losses.loss
         mb.loss = mb.objective / self.micro_batches
 
     def end_step(self, result: StepResult | None = None) -> StepReport:

@@ -11,10 +11,10 @@
     )
     trainer.train()                       # or train(resume_from_checkpoint=True)
 
-``GAPTTrainer`` is a ``Trainer`` whose training loss is ``replication.integrations.dropin.GAPT``'s: a micro-batch
-of the Trainer's gradient accumulation is one of GAPT's micro-batches (gapt's odd ones regularize
-one block and end the forward pass after it), and each optimizer step ends with the controller's
-update. The main loss is the Trainer's own (``compute_loss``: label smoothing and a
+``GAPTTrainer`` is a ``Trainer`` whose training loss is ``replication.integrations.dropin.GAPT``'s: a
+micro-batch of the Trainer's gradient accumulation is one of GAPT's micro-batches (gapt's odd ones
+regularize one block and end the forward pass after it), and each optimizer step ends with the
+controller's update. The main loss is the Trainer's own (``compute_loss``: label smoothing and a
 ``compute_loss_func`` apply). A step whose loss is not finite has its gradients dropped before the
 optimizer step, as the suite skips it (with fp16, the gradient scaler skips it), and
 ``gapt_max_nonfinite_in_row`` such steps in a row stop training. What it adds to the Trainer:
@@ -91,8 +91,8 @@ class GAPTTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if self.args.world_size > 1 or self.args.n_gpu > 1:
             raise ConfigError(
-                "GAPTTrainer runs on one process and one device: GAPT's MBE micro-batches end the forward pass "
-                "early, which data-parallel wrappers do not expect (set CUDA_VISIBLE_DEVICES to one GPU)"
+                "GAPTTrainer runs on one process and one device: GAPT's MBE micro-batches end the forward "
+                "pass early, which data-parallel wrappers do not expect (set CUDA_VISIBLE_DEVICES to one GPU)"
             )
         blocks = decoder_blocks(self.model) if gapt_blocks is None else gapt_blocks
         self.gapt = GAPT(
@@ -131,8 +131,8 @@ class GAPTTrainer(Trainer):
         if self._nonfinite_in_row >= self.gapt_max_nonfinite_in_row:
             raise NonFiniteLossError(
                 f"the main loss was non-finite in {self._nonfinite_in_row} steps in a row (last at step "
-                f"{report.step}); those updates were skipped and training stops here. Lower the learning rate "
-                "or check the data."
+                f"{report.step}); those updates were skipped and training stops here. Lower the learning "
+                "rate or check the data."
             )
         if self.accelerator.scaler is None:  # the suite skips such a step: no gradient reaches the optimizer
             self.model.zero_grad(set_to_none=True)

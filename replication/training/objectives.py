@@ -9,9 +9,8 @@ objective a method (``replication.science.methods``) can name:
   MBE of the joint layers.
 
 Gradients are summed over the step's micro-batches and divided by their count, so every method sees
-the same tokens per step. The training MBE that is logged, and fed to the controller, is the
-detached patch-MBE of each block averaged over the micro-batches that ran the whole model: every
-block on the steps the loop logs them all, the monitored and regularized blocks on the others.
+the same tokens per step. The training MBE that is logged, and fed to the controller, is measured
+apart from the losses (``replication.training.monitor``) and summed here with them.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from replication.science.gapt import Phase, PhaseController, Transition
 from replication.science.mbe import layer_mbe
 from replication.science.methods import Method, default_layers
 from replication.tasks.base import Task
+from replication.training import monitor
 
 
 class MicroBatchProbe(Protocol):
@@ -99,24 +99,14 @@ def micro_batch_kind(method: Method, phase: Phase, micro: int) -> Literal["main"
     return "mbe" if micro % 2 == 1 else "main"
 
 
-@torch.no_grad()
-def _every_layer(
-    hidden: list[Tensor],
-    known: list[int],
-    known_values: Tensor | None,
-    kwargs: dict,
-    blocks: Sequence[int] | None,
-) -> Tensor:
-    """Detached MBE of ``blocks`` (None: every block), reusing the values already computed for the
-    ``known`` blocks; NaN for a block neither names."""
-    wanted = range(len(hidden)) if blocks is None else blocks
-    rest = sorted({i for i in wanted if i not in known})
-    values = torch.full((len(hidden),), math.nan, device=hidden[0].device)
-    if rest:
-        values[rest] = layer_mbe([h.detach() for h in hidden], rest, **kwargs)
-    if known:
-        values[known] = known_values
-    return values
+@dataclass(frozen=True)
+class MicroBatchLoss:
+    """What one micro-batch back-propagates, and its parts."""
+
+    loss: Tensor  # the micro-batch's loss, before the step divides it by its micro-batch count
+    main: Tensor | None  # the detached main loss; None for an MBE micro-batch
+    layers: list[int]  # the regularized layers
+    mbe: Tensor | None  # their MBE, one value per layer (None where none is regularized)
 
 
 def micro_batch_objective(
@@ -126,28 +116,21 @@ def micro_batch_objective(
     objective: ObjectiveConfig,
     plan: LayerPlan,
     step: int,
-    blocks: Sequence[int] | None = None,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """What one micro-batch back-propagates, from its blocks' hidden states and its main loss: the
-    loss, the detached main loss and the detached MBE of every block (both None for an MBE
-    micro-batch, which may have run only up to its layer). With ``blocks``, the detached MBE is
-    computed for those blocks and the regularized ones only, NaN elsewhere (the loop's steps between
-    ``train.block_mbe_every``). The suite's loop and the drop-in API (``replication.integrations.dropin``) both
-    compute a micro-batch here."""
+) -> MicroBatchLoss:
+    """What one micro-batch back-propagates, from its blocks' hidden states and its main loss (an MBE
+    micro-batch has none, and may have run only up to its layer). The suite's loop and the drop-in API
+    (``replication.integrations.dropin``) both compute a micro-batch here."""
     mbe_kwargs = objective.mbe_options()
     if kind == "mbe":
-        layer = plan.alternate[step % len(plan.alternate)]
-        return layer_mbe(hidden, [layer], **mbe_kwargs)[0], None, None
+        layers = [plan.alternate[step % len(plan.alternate)]]
+        mbe = layer_mbe(hidden, layers, **mbe_kwargs)
+        return MicroBatchLoss(mbe[0], None, layers, mbe)
     if main is None:
         raise ValueError(f"a {kind} micro-batch needs its main loss")
-    loss = main
     if kind == "joint":
-        regularized = layer_mbe(hidden, plan.joint, **mbe_kwargs)
-        loss = main + objective.lambda_mbe * regularized.mean()
-        every_layer = _every_layer(hidden, plan.joint, regularized.detach(), mbe_kwargs, blocks)
-    else:
-        every_layer = _every_layer(hidden, [], None, mbe_kwargs, blocks)
-    return loss, main.detach(), every_layer
+        mbe = layer_mbe(hidden, plan.joint, **mbe_kwargs)
+        return MicroBatchLoss(main + objective.lambda_mbe * mbe.mean(), main.detach(), plan.joint, mbe)
+    return MicroBatchLoss(main, main.detach(), [], None)
 
 
 class StepAccumulator:
@@ -207,9 +190,11 @@ def accumulate_gradients(
     among all of the step's micro-batches); gradients land in .grad, averaged over these
     micro-batches, so that averaging over equal shares of processes gives the step's mean.
     ``probe`` (RQ1's ``alignment.InStepAlignment``) sees each micro-batch's hidden states and .grad
-    after its backward, the graph kept where it asks. ``blocks``: those whose detached MBE the result
-    holds besides the regularized ones (None: every block; the rest NaN)."""
+    after its backward, the graph kept where it asks. ``blocks``: those whose detached MBE
+    (``monitor.block_mbe``) the result holds besides the regularized ones (None: every block; the rest
+    NaN)."""
     step_sums = StepAccumulator(task.device)
+    mbe_kwargs = objective.mbe_options()
     for micro in micro_batches:
         batch = task.train_batch(step, micro)
         kind = micro_batch_kind(method, phase, micro)
@@ -220,11 +205,12 @@ def accumulate_gradients(
             else:
                 out = task.forward(model, batch, window=window)
                 main = task.main_loss(out.output, batch)
-            loss, main_detached, every_layer = micro_batch_objective(
-                kind, out.hidden, main, objective, plan, step, blocks
-            )
-        step_sums.add(loss, main_detached, every_layer)
-        (loss / len(micro_batches)).backward(retain_graph=probe is not None and probe.retain_graph(micro))
+            losses = micro_batch_objective(kind, out.hidden, main, objective, plan, step)
+            every_layer = monitor.block_mbe(out.hidden, losses, mbe_kwargs, blocks)
+        step_sums.add(losses.loss, losses.main, every_layer)
+        (losses.loss / len(micro_batches)).backward(
+            retain_graph=probe is not None and probe.retain_graph(micro)
+        )
         if probe is not None:
-            probe.after_backward(micro, out.hidden, main_detached)
+            probe.after_backward(micro, out.hidden, losses.main)
     return step_sums.result()
