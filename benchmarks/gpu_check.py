@@ -642,7 +642,8 @@ def gpu_check(args: argparse.Namespace) -> dict[str, Any]:
             }
         else:
             print(
-                f"gpu_check: the arithmetic mini-DAG, {slots} job(s) at once, {left():.0f} s of the budget left",
+                f"gpu_check: the arithmetic mini-DAG, {slots} job(s) at once, "
+                f"{left():.0f} s of the budget left",
                 flush=True,
             )
             mini_dag = arithmetic_mini_dag(scratch / "dag", left() - 10.0, slots)
@@ -699,9 +700,10 @@ def _shape_args(shape: dict[str, Any]) -> dict[str, Any]:
 def print_report(result: dict[str, Any]) -> None:
     shape = result["shape"]
     print(
-        f"\nGPU check ({result['mode']}, {result['device']['device_name']}): {result['n_params'] / 1e6:.1f} M "
-        f"parameters, {shape['tokens_per_step']} tokens per step ({shape['seq_len']} x {shape['micro_batch_size']} "
-        f"x {shape['grad_accum']}), bf16, compiled ({shape['compile_backend']}); peak "
+        f"\nGPU check ({result['mode']}, {result['device']['device_name']}): "
+        f"{result['n_params'] / 1e6:.1f} M parameters, {shape['tokens_per_step']} tokens per step "
+        f"({shape['seq_len']} x {shape['micro_batch_size']} x {shape['grad_accum']}), bf16, "
+        f"compiled ({shape['compile_backend']}); peak "
         f"{result['peak_tflops'] or '?'} TFLOP/s ({result['peak_source']})"
     )
 
@@ -748,10 +750,11 @@ def print_report(result: dict[str, Any]) -> None:
             print(f"  {name}: {m['error'].splitlines()[0]}")
     targets = result["targets"]
     verdict = result["verdict"]
+    mfu_met = {True: "met", False: "not met", None: "not measured"}[verdict["ce_mfu_within_target"]]
     print(
         f"targets: gapt, gapt_joint step time {targets['gapt_and_gapt_joint_step_time_over_ce']} x ce "
         f"({', '.join(f'{k}: {v}' for k, v in verdict.items() if 'ratio' in k) or 'not measured'}); "
-        f"ce MFU {targets['ce_mfu']} ({ {True: 'met', False: 'not met', None: 'not measured'}[verdict['ce_mfu_within_target']] })"
+        f"ce MFU {targets['ce_mfu']} ({mfu_met})"
     )
     dag = result["mini_dag"]
     print(

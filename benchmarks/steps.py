@@ -162,7 +162,8 @@ def _minimal_loop(config: RunConfig, steps: int) -> float:
 
 
 def _replication_loop(config: RunConfig, steps: int) -> float:
-    """Steps per second of replication.training.train, from the times it logged (start-up and evals excluded)."""
+    """Steps per second of replication.training.train, from the times it logged (start-up and evals
+    excluded)."""
     config = validate_run_config(
         deep_merge(config.to_dict(), {"train": {"steps": steps + 1, "eval_at_start": False}})
     )
@@ -255,7 +256,10 @@ def evaluation(shape: str = "cpu", batches: int = 16, rounds: int = 3) -> dict[s
     results: dict[str, list[dict[str, float]]] = {"forward": [], "full": []}
     for _ in range(rounds):
         for mode in results:
-            code = f"import json; from benchmarks.steps import _evaluation_probe as p; print(json.dumps(p({shape!r}, {mode!r}, {batches})))"
+            code = (
+                "import json; from benchmarks.steps import _evaluation_probe as p; "
+                f"print(json.dumps(p({shape!r}, {mode!r}, {batches})))"
+            )
             out = subprocess.run(
                 [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
             )
@@ -303,7 +307,8 @@ def _first_step_in_a_new_process(method: str, dtype: str, compiled: bool) -> flo
         f"torch.set_num_threads({torch.get_num_threads()})\n"
         "from benchmarks.steps import optimizer_step, shape_config\n"
         "from replication.training.train import Trainer\n"
-        f"t = Trainer(shape_config('cpu', {method!r}, {dtype!r}, {compiled!r}), tempfile.mkdtemp(), show_progress=False)\n"
+        f"t = Trainer(shape_config('cpu', {method!r}, {dtype!r}, {compiled!r}), tempfile.mkdtemp(), "
+        "show_progress=False)\n"
         "step = optimizer_step(t, {'first': 0}, 'first')\n"
         "start = time.perf_counter()\n"
         "step()\n"

@@ -100,7 +100,8 @@ def main() -> None:
     reports = trainer.gapt_reports
     compress = sum(r.phase.value == "compress" for r in reports)
     print(
-        f"{len(reports)} steps, {compress} in compress, {len(trainer.gapt.controller.transitions)} phase changes; "
+        f"{len(reports)} steps, {compress} in compress, "
+        f"{len(trainer.gapt.controller.transitions)} phase changes; "
         f"final CE {reports[-1].main_loss:.3f}, MBE {reports[-1].mbe:.3f}"
     )
 
