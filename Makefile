@@ -102,18 +102,19 @@ GPU_CHECK_ARGS ?=
 gpu-check: install
 	$(BIN)/python -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
-# mutation testing with mutmut, configured in [tool.mutmut] of pyproject.toml (docs/testing.md, "Mutation
-# testing"); not part of CI. MUTATION_SCOPE names the functions whose mutants run, as fnmatch patterns
-# over mutmut's mutant names (`?` stands for the `ǁ` between a class and its method): every function
-# of mbe, gapt, methods, objectives, monitor and stats, and of the training loop the step, its helpers and its
-# cross-process reduction. `make mutation MUTATION_SCOPE=` runs every function of the seven files instead (all of
-# train.py: about half as long again) and, unlike a named scope, reuses the results of unchanged
-# functions on a rerun. mutants/ keeps the mutants and results: `.venv/bin/mutmut show NAME` prints one
-# mutant's diff, `.venv/bin/mutmut browse` walks them; delete mutants/ for a run from scratch. One
-# worker by default, so that the machine stays usable; MUTATION_WORKERS=2 on an idle one.
+# mutation testing with mutmut, configured in [tool.mutmut] of pyproject.toml (docs/testing.md,
+# "Mutation testing"); not part of CI. MUTATION_SCOPE names the functions whose mutants run, as fnmatch
+# patterns over mutmut's mutant names (`?` stands for the `ǁ` between a class and its method): every
+# function of mbe, gapt, methods, objectives, monitor and stats, and of the training loop the step, its
+# helpers and its cross-process reduction. `make mutation MUTATION_SCOPE=` runs every function of the
+# seven files instead (all of train.py: about half as long again) and, unlike a named scope, reuses the
+# results of unchanged functions on a rerun. mutants/ keeps the mutants and results: `.venv/bin/mutmut
+# show NAME` prints one mutant's diff, `.venv/bin/mutmut browse` walks them; delete mutants/ for a run
+# from scratch. One worker by default, so that the machine stays usable; MUTATION_WORKERS=2 on an idle one.
 MUTATION_WORKERS ?= 1
-MUTATION_SCOPE ?= replication.science.mbe.* replication.science.gapt.* replication.science.methods.* replication.training.objectives.* replication.reporting.stats.* \
-	replication.training.monitor.* replication.training.train.x?Trainer?_train_step__* replication.training.train.x?Trainer?_alignment__* \
+MUTATION_SCOPE ?= replication.science.mbe.* replication.science.gapt.* replication.science.methods.* \
+	replication.training.objectives.* replication.training.monitor.* replication.reporting.stats.* \
+	replication.training.train.x?Trainer?_train_step__* replication.training.train.x?Trainer?_alignment__* \
 	replication.training.train.x?Trainer?_write_probe__* replication.training.train.x?Trainer?_update__* \
 	replication.training.train.x?Trainer?_counters__* replication.training.train.x?Trainer?_reduce__*
 MUTATION_ARGS = $(foreach p,$(MUTATION_SCOPE),'$(p)')
