@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from replication.config.base import ModelConfig
 from replication.config.run import TASK_CONFIGS, RunConfig
 from replication.dag import schema
+from replication.models import MODELS
 from replication.reporting import figures
 from replication.science.methods import METHOD_NAMES
 from replication.tasks.registry import TASKS
@@ -219,8 +221,10 @@ def test_method_names_are_written_in_code_only_by_the_registry():
     assert "replication/science/methods.py" in spelled
 
 
-def test_every_task_config_has_a_task():
-    assert set(TASK_CONFIGS) == set(TASKS)
+def test_every_task_config_has_a_task_and_every_model_config_a_model():
+    assert set(TASKS) == set(TASK_CONFIGS.values())
+    model_configs = typing.get_args(typing.get_args(ModelConfig)[0])
+    assert len(model_configs) == 3 and set(MODELS) == set(model_configs)
 
 
 # -- the package on its own ---------------------------------------------------------------------
