@@ -1,0 +1,1 @@
+"""GAPT in your own training loop (``dropin``) and in the Hugging Face Trainer (``hf``)."""

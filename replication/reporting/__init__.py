@@ -1,1 +1,2 @@
-"""Reporting: finished runs -> tables, statistics, claims, figures, and the DAG's plan of what to run."""
+"""From run records to claims: tables, statistics, RQ1, claims, figures, the report page, a scale's
+study, and the crosscheck of the committed results."""

@@ -1,0 +1,2 @@
+"""The science, with no knowledge of runs: matrix-based entropy (``mbe``), GAPT's phase controller
+and its rule sets (``gapt``), and the method registry (``methods``)."""
