@@ -107,7 +107,7 @@ gpu-check: install
 # patterns over mutmut's mutant names (`?` stands for the `ǁ` between a class and its method): every
 # function of mbe, gapt, methods, objectives, monitor and stats, and of the training loop the step, its
 # helpers and its cross-process reduction. `make mutation MUTATION_SCOPE=` runs every function of the
-# seven files instead (all of train.py: about half as long again) and, unlike a named scope, reuses the
+# seven files instead (all of train.py) and, unlike a named scope, reuses the
 # results of unchanged functions on a rerun. mutants/ keeps the mutants and results: `.venv/bin/mutmut
 # show NAME` prints one mutant's diff, `.venv/bin/mutmut browse` walks them; delete mutants/ for a run
 # from scratch. One worker by default, so that the machine stays usable; MUTATION_WORKERS=2 on an idle one.

@@ -14,7 +14,7 @@ import pytest
 from replication.config.base import ModelConfig
 from replication.config.run import TASK_CONFIGS, RunConfig
 from replication.dag import schema
-from replication.models import MODELS
+from replication.models import MODELS, build_model
 from replication.reporting import figures
 from replication.science.methods import METHOD_NAMES
 from replication.tasks.registry import TASKS
@@ -141,6 +141,18 @@ def _layer(module: str) -> int:
     return LAYERS.index(parts[1])
 
 
+TASK_INTERFACE = ("replication.tasks.base", "replication.tasks.lm", "replication.tasks.evaluation")
+
+
+def _task_rank(module: str) -> int | None:
+    """Inside tasks/: the interface (0) above the task packages (1) above the registry (2)."""
+    if module in TASK_INTERFACE:
+        return 0
+    if module == "replication.tasks.registry":
+        return 2
+    return 1 if _task_package(module) is not None else None
+
+
 def _task_package(module: str) -> str | None:
     parts = module.split(".")
     return parts[2] if len(parts) > 3 and parts[1] == "tasks" else None
@@ -155,6 +167,9 @@ def _layer_violations(graph: dict[str, set[str]]) -> list[str]:
             own, other = _task_package(module), _task_package(target)
             if other is not None and own is not None and own != other:
                 bad.append(f"{module} (task {own}) imports {target} (task {other})")
+            rank, target_rank = _task_rank(module), _task_rank(target)
+            if rank is not None and target_rank is not None and target_rank > rank:
+                bad.append(f"{module} imports {target}, below it inside tasks/")
     return sorted(bad)
 
 
@@ -167,11 +182,16 @@ def test_the_layer_check_finds_an_import_down_the_layers_and_across_tasks():
         "replication.config.run": {"replication.tasks.registry"},
         "replication.training.train": {"replication.reporting.stats"},
         "replication.tasks.fineweb.task": {"replication.tasks.arithmetic.data", "replication.tasks.base"},
+        "replication.tasks.base": {"replication.tasks.fineweb.task"},
+        "replication.tasks.arithmetic.task": {"replication.tasks.registry", "replication.tasks.lm"},
+        "replication.tasks.registry": {"replication.tasks.arithmetic.task", "replication.tasks.base"},
     }
     assert _layer_violations(graph) == [
         "replication.config.run (config) imports replication.tasks.registry (tasks)",
-        "replication.tasks.fineweb.task (task fineweb) imports "
-        "replication.tasks.arithmetic.data (task arithmetic)",
+        "replication.tasks.arithmetic.task imports replication.tasks.registry, below it inside tasks/",
+        "replication.tasks.base imports replication.tasks.fineweb.task, below it inside tasks/",
+        "replication.tasks.fineweb.task (task fineweb) imports replication.tasks.arithmetic.data "
+        "(task arithmetic)",
         "replication.training.train (training) imports replication.reporting.stats (reporting)",
     ]
 
@@ -225,6 +245,8 @@ def test_every_task_config_has_a_task_and_every_model_config_a_model():
     assert set(TASKS) == set(TASK_CONFIGS.values())
     model_configs = typing.get_args(typing.get_args(ModelConfig)[0])
     assert len(model_configs) == 3 and set(MODELS) == set(model_configs)
+    with pytest.raises(TypeError, match="no model is registered for the config section dict"):
+        build_model({"name": "gpt2"})
 
 
 # -- the package on its own ---------------------------------------------------------------------

@@ -149,10 +149,12 @@ def _python(*args, **kwargs):
     )
 
 
+@pytest.mark.slow
 def test_two_trainers_of_one_folder_one_trains_the_other_refuses(tmp_path):
-    """The second trainer starts while the first trains (its final evaluation is made long)."""
+    """The second trainer starts while the first trains: the first's final evaluation (several
+    seconds) is made long enough to outlast the second's start-up (about 1 s, more under load)."""
     config = write(
-        tiny_config("ce", train={"steps": 6, "eval_every": 0}, task={"val_batches": 600}), tmp_path
+        tiny_config("ce", train={"steps": 6, "eval_every": 0}, task={"val_batches": 2400}), tmp_path
     )
     command = ["-m", "replication.training.train", str(config), "--threads", "1", "--progress", "lines"]
     first = _python(*command)

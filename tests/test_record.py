@@ -13,6 +13,7 @@ from snakemake.io import regex_from_filepattern
 from replication.config.run import resolve_run_config, write_run_config
 from replication.dag.plan import Plan
 from replication.dag.schema import defaults
+from replication.runtime import record
 from replication.runtime.record import RunId, read_run, runs_root
 from replication.science.errors import RunFolderError
 
@@ -95,6 +96,19 @@ def test_a_summary_without_n_params_names_the_run_to_train_again(tmp_path):
     with pytest.raises(RunFolderError) as error:
         _ = run.n_params
     assert str(error.value) == (
-        f"{folder}: the run was trained before summaries recorded n_params and must be trained again "
+        f"{folder}: summary.json records no n_params (the model's parameter count): train the run again "
         "(delete everything in it but config.yaml)"
     )
+
+
+def test_provenance_reads_the_state_of_the_whole_checkout_not_of_the_package_alone():
+    # a run whose experiment file, Snakefile or global config was edited is not of a clean commit
+    assert record.SOURCE_ROOT == REPO and (record.SOURCE_ROOT / "pyproject.toml").is_file()
+    outside = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", "experiments"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if outside.returncode == 0 and outside.stdout.strip():  # the checkout has an edit outside replication/
+        assert record.git_state()["git_dirty"] is True

@@ -422,15 +422,13 @@ def test_a_study_reads_its_runs_and_their_parameters_from_the_summaries(tmp_path
         *reported[2:],
     ]
     assert list(pd.read_csv(out / "scaling.csv").parameters.unique()) == [800, 5000]
-    # a run from before summaries recorded n_params is trained again, never rebuilt here
+    # a summary without n_params: the run is trained again, its model never rebuilt here
     folder = folders["w16", "gapt", 1]
     summary = json.loads((folder / "summary.json").read_text())
     del summary["n_params"]
     (folder / "summary.json").write_text(json.dumps(summary))
     assert _write_study(FINEWEB, runs, out) == 2
-    assert (
-        f"error: {folder}: the run was trained before summaries recorded n_params" in capsys.readouterr().err
-    )
+    assert f"error: {folder}: summary.json records no n_params" in capsys.readouterr().err
     (folder / "summary.json").unlink()
     assert _write_study(FINEWEB, runs, out) == 2
     assert "1 run(s) of the study have no summary.json, e.g. " + str(folder) in capsys.readouterr().err

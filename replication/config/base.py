@@ -3,7 +3,7 @@
 Each section (model, optimizer, objective, training, alignment logging, and the base of every task's
 config) is a frozen pydantic model in which an unknown key is an error naming the key. A whole run,
 and the experiment files it is resolved from, are in ``replication.config.run``; each task's own
-section is in its package (``replication.tasks.<name>.config``); the reporting sections of an
+section is a module beside this one (``replication.config.<task>``); the reporting sections of an
 experiment file are in ``replication.config.report``. This module also holds what they share: the
 one-line-per-key error messages with did-you-mean hints, YAML loading, and the deep merge of layers.
 """
@@ -37,7 +37,7 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# value constraints shared by the config classes (the task packages' config.py use them too); a violation is a
+# value constraints shared by the config classes (the task sections use them too); a violation is a
 # validation error at load time whose location names the key
 Seed = Annotated[int, Field(ge=0, lt=2**32)]  # numpy's legacy seeding takes 32 bits
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # finite, >= 0
@@ -211,7 +211,8 @@ class AlignmentConfig(StrictModel):
 
 
 class TaskConfig(StrictModel):
-    """Base of every task's config; each task package's config.py defines a subclass with ``name`` fixed."""
+    """Base of every task's config; each ``replication.config.<task>`` defines a subclass with ``name``
+    fixed."""
 
     name: str
     # the field holding the length of the sequence that MBE patches are cut from, or None when the

@@ -23,4 +23,6 @@ MODELS: dict[type, type[ReplicationModel]] = {
 
 
 def build_model(config: ModelConfig) -> ReplicationModel:
+    if type(config) not in MODELS:
+        raise TypeError(f"no model is registered for the config section {type(config).__name__}")
     return MODELS[type(config)](config)

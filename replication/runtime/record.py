@@ -30,7 +30,8 @@ from replication.science.errors import RunFolderError
 if TYPE_CHECKING:
     import torch
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# the folder that holds the package: in a checkout, the repository whose state provenance records
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_NAME = "config.yaml"
 SUMMARY_NAME = "summary.json"
 METRICS_NAME = "metrics.jsonl"
@@ -79,8 +80,8 @@ class FinishedRun:
         """The trainable parameters of the run's model, as its summary records them."""
         if "n_params" not in self.summary:
             raise RunFolderError(
-                f"{self.folder}: the run was trained before summaries recorded n_params and must be trained "
-                "again (delete everything in it but config.yaml)"
+                f"{self.folder}: summary.json records no n_params (the model's parameter count): train "
+                "the run again (delete everything in it but config.yaml)"
             )
         return int(self.summary["n_params"])
 
@@ -218,7 +219,7 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _git(*args: str, root: Path = PACKAGE_ROOT) -> str | None:
+def _git(*args: str, root: Path = SOURCE_ROOT) -> str | None:
     try:
         out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
@@ -226,7 +227,7 @@ def _git(*args: str, root: Path = PACKAGE_ROOT) -> str | None:
     return out.stdout.strip()
 
 
-def git_state(root: Path = PACKAGE_ROOT) -> dict[str, Any]:
+def git_state(root: Path = SOURCE_ROOT) -> dict[str, Any]:
     """The commit and whether the code differs from it. Changes under ``results/`` do not count: the
     DAG writes them there itself, and a run trained after another experiment's tables were rewritten
     runs the same code."""

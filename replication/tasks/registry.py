@@ -29,4 +29,6 @@ TASKS: dict[type[TaskConfig], type[Task]] = {
 def build_task(
     config: RunView, device: torch.device, rank: int = 0, world_size: int = 1, data_root: Path | None = None
 ) -> Task:
+    if type(config.task) not in TASKS:
+        raise TypeError(f"no task is registered for the config section {type(config.task).__name__}")
     return TASKS[type(config.task)](config, device, rank=rank, world_size=world_size, data_root=data_root)
