@@ -1,5 +1,5 @@
 """Fault injection, end to end: each test does to a tiny run what a user, a cluster or a disk does,
-through the command lines, and pins what happens now (README, "When something goes wrong").
+through the command lines, and pins what happens (docs/troubleshooting.md).
 
 Every error is short (at most two lines after the progress lines, no traceback) and names the way
 out; nothing already computed is lost.

@@ -37,7 +37,7 @@ def test_the_pattern_reads_back_every_run_the_dag_asks_for(tmp_path):
     runs = [run for e in plan.specs for run in plan.runs(e) + plan.study_runs(e)]
     assert len(runs) > 20
     for run in runs:
-        wildcards = pattern.match(f"{plan.run_dir(run)}/summary.json").groupdict()
+        wildcards = pattern.match(plan.summary(run)).groupdict()
         assert RunId(**{**wildcards, "seed": int(wildcards["seed"])}) == run
         assert {k: str(v) for k, v in asdict(run).items()} == wildcards
 

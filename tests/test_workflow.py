@@ -317,3 +317,15 @@ def test_two_smoke_dags_in_one_clone_run_side_by_side_without_touching_each_othe
     )
     for folder in folders:
         assert (folder / "results" / "smoke" / "CLAIMS.md").is_file()
+
+
+def test_a_run_that_names_an_undeclared_data_set_fails_the_plan_naming_the_declared_ones(tmp_path):
+    spec = yaml.safe_load((REPO / "experiments" / "fineweb_pretrain" / "config.yaml").read_text())
+    spec["scales"]["smoke"]["config"]["task"]["dataset"] = "fineweb_typo"
+    (tmp_path / "fineweb_pretrain").mkdir()
+    (tmp_path / "fineweb_pretrain" / "config.yaml").write_text(yaml.safe_dump(spec))
+    config = {**defaults(), "scale": "smoke", "experiments": ["fineweb_pretrain"]}
+    with pytest.raises(ConfigError) as error:
+        Plan({**config, "experiments_dir": str(tmp_path)}).check()
+    declared = ", ".join(sorted(spec["datasets"]))
+    assert f"data set 'fineweb_typo' is not in fineweb_pretrain's datasets: {declared}" in str(error.value)

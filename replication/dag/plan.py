@@ -22,7 +22,7 @@ from replication.config.report import ReportSpec, load_report_spec
 from replication.config.run import StudySpec, resolve_run_config
 from replication.dag.schema import check_experiment_name, defaults, resolve_global_config
 from replication.runtime import cli
-from replication.runtime.record import RunId
+from replication.runtime.record import SUMMARY_NAME, RunId
 from replication.science.methods import BASELINE
 
 TRAIN_MODULE = "replication.training.train"  # what every training job runs
@@ -67,9 +67,8 @@ class Plan:
                 )
         for name, spec in specs.items():
             if self.scale not in spec.scales:
-                own = sorted(
-                    s for s, scale in spec.scales.items() if scale.study_of is None
-                )  # not a study's arms
+                # the experiment's own scales, not a study's arms
+                own = sorted(s for s, scale in spec.scales.items() if scale.study_of is None)
                 raise ConfigError(
                     f"experiment {name} has no scale {self.scale!r}; its scales: {', '.join(own)}"
                 )
@@ -131,7 +130,7 @@ class Plan:
 
     def study_inputs(self, experiment: str) -> list[str]:
         runs = self.study_reference_runs(experiment) + self.study_runs(experiment)
-        return [f"{self.run_dir(run)}/summary.json" for run in runs]
+        return [self.summary(run) for run in runs]
 
     def study_outputs(self, experiment: str) -> list[str]:
         study = self.specs[experiment].scales[self.scale].study
@@ -148,7 +147,8 @@ class Plan:
                 if dataset is not None:
                     if dataset not in spec.datasets:
                         raise ConfigError(
-                            f"{run.path}: data set {dataset!r} is not in {experiment}'s datasets:"
+                            f"{run.path}: data set {dataset!r} is not in {experiment}'s datasets: "
+                            f"{', '.join(spec.datasets) or 'none'}"
                         )
                     found[run.path] = dataset
         return found
@@ -172,8 +172,9 @@ class Plan:
         return self
 
     # -- paths -----------------------------------------------------------------------------------
-    def run_dir(self, run: RunId) -> str:
-        return f"{self.config['runs_dir']}/{run.path}"
+    def summary(self, run: RunId) -> str:
+        """The run's summary.json, the output of its training job."""
+        return f"{self.config['runs_dir']}/{run.path}/{SUMMARY_NAME}"  # as the rules spell it
 
     def results_dir(self, experiment: str) -> str:
         return f"{self.config['results_dir']}/{self.scale}/{experiment}"
@@ -183,7 +184,7 @@ class Plan:
         return [] if dataset is None else [f"{self.config['data_dir']}/{dataset}/manifest.json"]
 
     def summaries(self, experiment: str) -> list[str]:
-        return [f"{self.run_dir(run)}/summary.json" for run in self.runs(experiment)]
+        return [self.summary(run) for run in self.runs(experiment)]
 
     def table_outputs(self, experiment: str) -> list[str]:
         return [f"{self.results_dir(experiment)}/{name}" for name in TABLE_FILES]

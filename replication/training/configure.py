@@ -20,15 +20,14 @@ import yaml
 
 from replication.config.run import resolve_run_config, write_run_config
 from replication.runtime import cli
-
-RUN_CONFIG_NAME = "config.yaml"
+from replication.runtime.record import CONFIG_NAME
 
 
 def output_path(out: str) -> Path:
     """--out as given, or RUN_DIR/config.yaml when it names a folder (a trailing / or an existing one)."""
     path = Path(out)
     if out.endswith((os.sep, "/")) or path.is_dir():
-        return path / RUN_CONFIG_NAME
+        return path / CONFIG_NAME
     return path
 
 
