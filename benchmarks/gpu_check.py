@@ -382,10 +382,10 @@ MINI_DAG_GPU1 = {
 
 
 def write_mini_dag_experiments(folder: Path) -> Path:
-    """A scratch copy of experiments/*/config.yaml in which arithmetic_ood's gpu1 scale is
-    shortened (MINI_DAG_GPU1); returns the folder to pass as ``experiments_dir``."""
-    for source in sorted((REPO / "experiments").glob("*/config.yaml")):
-        target = folder / source.parent.name / "config.yaml"
+    """A scratch copy of experiments/*/config.yaml and plan.yaml in which arithmetic_ood's gpu1 scale
+    is shortened (MINI_DAG_GPU1); returns the folder to pass as ``experiments_dir``."""
+    for source in sorted((REPO / "experiments").glob("*/*.yaml")):
+        target = folder / source.parent.name / source.name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
     path = folder / "arithmetic_ood" / "config.yaml"

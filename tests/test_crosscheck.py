@@ -102,6 +102,12 @@ def test_documents_that_quote_the_data_pass_and_each_drift_is_named(results, tmp
     assert "CLAIMS.md:" in problem and wrong[:4] in problem.split("from the data")[0]
     assert estimate[:4] in problem.split("from the data")[1]
     assert crosscheck.main([str(global_config), "--readme", str(readme)]) == 1
+    # a table.md whose text outlived its config (a scale description since rewritten)
+    claims_md.write_text(claims_md.read_text().replace(wrong, estimate))
+    table = claims_md.parent / "demo" / "table.md"
+    table.write_text(table.read_text().replace("a small model", "a model that learns the task"))
+    [problem] = crosscheck.check(global_config, readme)
+    assert problem.startswith(f"{table}:3: committed ") and "a model that learns" in problem
 
 
 def test_the_changed_verdicts_are_read_from_the_two_claims_files(results, tmp_path):  # noqa: F811
@@ -109,23 +115,25 @@ def test_the_changed_verdicts_are_read_from_the_two_claims_files(results, tmp_pa
     _, claims_md, _ = _setup(tmp_path, config)
     new = crosscheck._claim_rows(claims_md.read_text())
     c2, c3 = new[("C2", "demo")], new[("C3", "demo")]
-    old = (
+    old = (  # an earlier version: one table, no raw verdict column, a row that is gone since
         "| id | claim | experiment | measure | paper | ours (mean [95 % CI] (n seeds), scale) "
         "| verdict | figure |\n"
         "|---|---|---|---|---|---|---|---|\n"
-        f"| C2 | x | demo | m | p | -9.9 % [-12.0, -8.0] (n=4), cpu | opposite | — |\n"
-        f"| C3 | x | demo | m | p | {c3['ours (scale)']} | {c3['verdict']} | — |\n"
+        "| C2 | x | demo | m | p | -9.9 % [-12.0, -8.0] (n=4), cpu | opposite | — |\n"
+        f"| C3 | x | demo | m | p | {c3['ours (cpu)']} | {c3['verdict']} | — |\n"
+        "| C1c | x | demo | m | p | 0.05, cpu | inconclusive | — |\n"
     )
     table = crosscheck.verdict_changes(old, claims_md.read_text()).splitlines()
     assert table[2] == (
-        f"| C2 | demo | -9.9 % [-12.0, -8.0] (n=4), cpu: opposite | {c2['ours (scale)']}: {c2['verdict']} "
-        f"(Holm: {c2['verdict (Holm)']}) |"
+        f"| C2 | demo | -9.9 % [-12.0, -8.0] (n=4), cpu: opposite | {c2['ours (cpu)']}: {c2['verdict']} "
+        f"(raw: {c2['raw verdict']}) |"
     )
     assert not any(row.startswith("| C3 |") for row in table)  # unchanged
-    assert {row.split(" | ")[0] for row in table[3:]} == {
+    assert table[-1] == "| C1c | demo | 0.05, cpu: inconclusive | (no such row) |"
+    assert {row.split(" | ")[0] for row in table[3:-1]} == {
         f"| {k[0]}" for k in new if k[0] not in ("C2", "C3")
     }
-    assert all("(new claim)" in row for row in table[3:])
+    assert all("| (no such row) |" in row for row in table[3:-1])
 
 
 def test_runs_of_a_scale_must_come_from_one_clean_commit(results, tmp_path):  # noqa: F811
@@ -145,7 +153,7 @@ def test_runs_of_a_scale_must_come_from_one_clean_commit(results, tmp_path):  # 
     assert unknown.endswith(f"first {runs.run_dir[4]}; train them again from a clean clone")
     assert dirty.startswith(f"{runs_csv}: 2 of {len(runs)} runs were trained from a tree that differed")
     assert f"first {runs.run_dir[1]};" in dirty
-    assert commits.startswith("the runs of cpu were trained at 2 commits: abc123 (demo); def456 (demo)")
+    assert commits.startswith("the runs of cpu were trained at 2 commits: abc1234 (demo); def456 (demo)")
     runs.drop(columns="git_dirty").to_csv(runs_csv, index=False)
     assert crosscheck.provenance_problems(plan) == [
         f"{runs_csv} has no column git_dirty: make it again with the DAG's aggregate rule"

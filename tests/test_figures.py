@@ -1,5 +1,6 @@
-"""What the figures show a reader: named metrics, methods that stay apart in greyscale, stage ends
-where the runs changed stage, and compress phases wide enough to see."""
+"""What the figures show a reader: named metrics in the units of the scale's data, methods that stay
+apart in greyscale, stage ends where the runs changed stage, compress phases wide enough to see, and the
+interval the tables state (a median's where the claim is a median; cut at 0 where nothing is negative)."""
 
 import matplotlib
 
@@ -9,8 +10,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from replication.config.report import FigureSpec, load_report_spec  # noqa: E402
+from replication.config.report import FigureSpec, fill_units, load_report_spec, token_unit  # noqa: E402
 from replication.reporting import aggregate, figures  # noqa: E402
+from replication.reporting.stats import median_interval, t_interval  # noqa: E402
 from replication.science.methods import METHOD_NAMES  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
@@ -161,3 +163,115 @@ def test_a_share_is_drawn_with_its_interval_cut_at_0_and_1(tmp_path, monkeypatch
         assert (low, high) == (0.0, 1.0)
     assert figures.share_errorbar([0.2, 0.3, 0.4]) == pytest.approx(figures.t_errorbar([0.2, 0.3, 0.4]))
     plt.close(drawn["d"])
+
+
+def _drawn(monkeypatch):
+    """The figures drawn, by file stem, instead of saved."""
+    drawn = {}
+    monkeypatch.setattr(
+        figures, "_save", lambda fig, results, stem, title: drawn.setdefault(stem, fig) and []
+    )
+    return drawn
+
+
+def _bars(ax):
+    """(low, high) of every vertical error bar of a point plot, left to right."""
+    lines = [
+        line for line in ax.lines if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1]
+    ]
+    return [tuple(line.get_ydata()) for line in sorted(lines, key=lambda line: line.get_xdata()[0])]
+
+
+def test_a_heavy_tailed_metric_is_drawn_as_its_median_with_the_sign_tests_interval(tmp_path, monkeypatch):
+    values = [0.1, 0.2, 0.2, 0.3, 0.4, 0.5, 0.6, 0.9, 3.0, 40.0]  # ten seeds, one far out
+    rows = [
+        {"method": method, "seed": seed, "metric": metric, "value": value}
+        for method in ("ce", "gapt")
+        for metric in ("mix/mbe", "forgetting/interference")
+        for seed, value in enumerate(values)
+    ]
+    drawn = _drawn(monkeypatch)
+    spec = FigureSpec(
+        kind="by_method",
+        file="s",
+        metrics=["mix/mbe", "forgetting/interference"],
+        medians=["forgetting/interference"],
+    )
+    figures.by_method(spec, pd.DataFrame(rows), tmp_path)
+    mean_panel, median_panel = drawn["s"].axes[:2]
+    median = median_interval(values)
+    assert median.low is not None
+    [points] = [line for line in median_panel.lines if line.get_marker() == "D"]
+    assert list(points.get_ydata()) == [median.mean, median.mean]
+    assert _bars(median_panel) == [(median.low, median.high)] * 2
+    mean = t_interval(values)  # its interval passes below 0, which no value does: cut there
+    [points] = [line for line in mean_panel.lines if line.get_marker() == "D"]
+    assert list(points.get_ydata()) == pytest.approx([mean.mean] * 2)
+    assert mean.low < 0 and _bars(mean_panel) == [(0.0, pytest.approx(mean.high))] * 2
+    plt.close(drawn["s"])
+    with pytest.raises(figures.ConfigError, match="medians"):
+        figures.by_method(spec.model_copy(update={"medians": ["val/other"]}), pd.DataFrame(rows), tmp_path)
+
+
+def _band_bottom(ax) -> float:
+    return min(c.get_paths()[0].vertices[:, 1].min() for c in ax.collections if c.get_paths())
+
+
+def test_the_band_of_a_quantity_that_cannot_be_negative_is_cut_at_0_and_a_cosines_is_not(
+    tmp_path, monkeypatch
+):
+    frame = _curves(lambda step: None)  # two seeds a step apart: the t band of their mean passes 0
+    frame = pd.concat(
+        [frame, frame[frame.metric == "val/ce"].assign(metric="val/diff", value=frame.value - 1)]
+    )
+    drawn = _drawn(monkeypatch)
+    spec = FigureSpec(kind="curves", file="c", metrics=["val/mbe", "val/diff"])
+    figures.curves(spec, frame, _phases().iloc[:0], tmp_path)
+    mbe, difference = drawn["c"].axes[:2]
+    assert _band_bottom(mbe) == 0.0  # every value >= 0
+    assert _band_bottom(difference) < -1  # a value below 0: the t interval whole
+    layers = frame[frame.metric == "val/mbe"].assign(
+        metric="val/mbe_by_layer", layer=1.0, value=lambda f: f.seed
+    )
+    figures.mbe_by_layer(
+        FigureSpec(kind="mbe_by_layer", file="m", metric="val/mbe_by_layer"), layers, tmp_path
+    )
+    assert _band_bottom(drawn["m"].axes[0]) == 0.0
+    alignment = pd.DataFrame(
+        [
+            {"method": "ce", "seed": seed, "step": step, "layer": 1, "cos": 0.1 + seed, "noise_cos": 0.5}
+            for seed in (0, 1)
+            for step in (0, 10)
+        ]
+    )
+    figures.rq1_alignment(FigureSpec(kind="rq1_alignment", file="a"), alignment, tmp_path)
+    assert _band_bottom(drawn["a"].axes[0]) < -1  # a cosine can be negative: never cut
+    for fig in drawn.values():
+        plt.close(fig)
+    assert figures.floor_errorbar([0.0, 0.0, 1.0]) == (
+        0.0,
+        pytest.approx(figures.t_errorbar([0.0, 0.0, 1.0])[1]),
+    )
+
+
+def test_a_token_is_a_byte_where_the_scales_data_set_is_tokenized_as_bytes(monkeypatch):
+    spec = load_report_spec(REPO / "experiments" / "fineweb_pretrain" / "config.yaml")
+    units = {
+        scale: fill_units(spec.labels["val/ce"], spec, scale) for scale in ("smoke", "cpu", "gpu1", "paper")
+    }
+    assert units == {
+        "smoke": "validation CE (nats/byte)",
+        "cpu": "validation CE (nats/byte)",
+        "gpu1": "validation CE (nats/token)",
+        "paper": "validation CE (nats/token)",
+    }
+    assert token_unit(spec, "cpu_study_w32") == "byte"  # a study's arm reads its scale's data
+    with pytest.raises(figures.ConfigError, match="no scale 'nano'"):
+        token_unit(spec, "nano")
+    # the figures of results/cpu/fineweb_pretrain say so, the scale read from the folder
+    drawn = _drawn(monkeypatch)
+    curves_only = spec.model_copy(update={"figures": [f for f in spec.figures if f.kind == "curves"]})
+    figures.draw(curves_only, REPO / "results" / "cpu" / "fineweb_pretrain")
+    titles = [ax.get_title() for ax in drawn["curves"].axes]
+    assert "validation CE (nats/byte)" in titles and not any("{token}" in t for t in titles)
+    plt.close(drawn["curves"])

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from replication.config.base import ConfigError
+from replication.config.plan import load_plan
 from replication.config.report import load_report_spec
 from replication.config.run import load_experiment, resolve_run_config
-from replication.reporting.aggregate import run_statistics
+from replication.reporting.rq1 import cycle_statistics
 from replication.runtime.record import read_metrics
 from replication.science.errors import DataError
 from replication.tasks.fineweb.data import (
@@ -362,9 +363,11 @@ def test_smoke_scale_ce_run_reports_validation_and_rq1_metrics(sample_bytes, tmp
     assert metrics["final/val/mbe_joint_layers"] == pytest.approx(np.mean(final_by_layer[1:5]))
     # RQ1's statistics come at aggregation, as the experiment file declares, from the run's own records
     assert not [key for key in metrics if key.startswith("rq1/")]
-    rq1 = run_statistics(load_report_spec(EXPERIMENT).reporting_for("smoke"), records, seed=0)
+    declared = load_report_spec(EXPERIMENT).reporting_for("smoke").rq1
+    plan, _ = load_plan(EXPERIMENT.parent / "plan.yaml")
+    rq1 = cycle_statistics(records, time_constant=declared.time_constant, seed=0, plan=plan.rq1)
     assert rq1["rq1/smoothing_beta"] == pytest.approx(np.exp(-2 / 5))  # every 2 steps, smoke's tau of 5
-    assert rq1["rq1/points"] == 15 and 0 <= rq1["rq1/min_sign_fraction"] <= 0.5
+    assert rq1["rq1/points"] == 14 and 0 <= rq1["rq1/min_sign_fraction"] <= 0.5
     assert 0 < rq1["rq1/autocorr_p_persistent"] <= 1 and 0 < rq1["rq1/autocorr_p_alternating"] <= 1
     assert "rq1/excess_sign_changes" not in rq1  # no verdict rests on the noise baseline
     assert metrics["speed/tokens_per_s"] > 0

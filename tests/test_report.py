@@ -9,6 +9,7 @@ import pytest
 import yaml
 from scipy import stats as scipy_stats
 
+from replication.config.plan import content_hash, load_plan
 from replication.config.report import load_report_spec
 from replication.config.run import ExperimentSpec, resolve_run_config, write_run_config
 from replication.reporting import aggregate, claims, figures, report
@@ -39,31 +40,6 @@ EXPERIMENT = {
             {"key": "final/val/mbe", "label": "MBE"},
             {"key": "phase_changes", "label": "phase changes"},
         ],
-        "claims": [
-            {
-                "id": "C2",
-                "claim": "CE drops",
-                "metric": "final/val/ce",
-                "paper_value": "-4.8 %",
-                "figure": "curves.png",
-            },
-            {"id": "C3", "claim": "MBE drops", "metric": "final/val/mbe", "paper_value": "-50 %"},
-            {
-                "id": "C9",
-                "claim": "noise",
-                "metric": "final/val/noisy",
-                "direction": "increase",
-                "paper_value": "+1 %",
-            },
-            {
-                "id": "C7",
-                "claim": "phases alternate",
-                "kind": "at_least",
-                "metric": "phase_changes",
-                "threshold": 2,
-                "paper_value": ">= 2",
-            },
-        ],
     },
     "figures": [
         {
@@ -82,6 +58,60 @@ EXPERIMENT = {
     "methods": {"ce": {}, "gapt": {}},
     "scales": {"smoke": {"seeds": SEEDS}, "cpu": {"seeds": SEEDS, "description": "a small model"}},
 }
+COMMIT = "abc1234"  # the commit every fake run records
+# the demo's analysis plan: C2 reproduced, C3 opposite, C9 inconclusive (primary); C7 met (descriptive)
+PLAN = {
+    "experiment": "demo",
+    "claims": [
+        {
+            "id": "C2",
+            "kind": "primary",
+            "claim": "CE drops",
+            "metric": "final/val/ce",
+            "statistic": "relative",
+            "paper_value": "-4.8 %",
+            "paper": -0.048,
+            "sesoi": 0.01,
+            "figure": "curves.png",
+        },
+        {
+            "id": "C3",
+            "kind": "primary",
+            "claim": "MBE drops",
+            "metric": "final/val/mbe",
+            "statistic": "relative",
+            "paper_value": "-50 %",
+            "sesoi": 0.01,
+        },
+        {
+            "id": "C9",
+            "kind": "primary",
+            "claim": "noise",
+            "metric": "final/val/noisy",
+            "statistic": "relative",
+            "direction": "increase",
+            "paper_value": "+1 %",
+            "paper": 0.01,
+            "sesoi": 0.02,
+        },
+        {
+            "id": "C7",
+            "kind": "descriptive",
+            "claim": "phases alternate",
+            "statistic": "runs_at_least",
+            "metric": "phase_changes",
+            "threshold": 2,
+            "paper_value": ">= 2",
+        },
+    ],
+}
+
+
+def write_plan(folder, plan=PLAN, commit=COMMIT):
+    """plan.yaml beside an experiment's config, with a deviation covering the fake runs' commit
+    (which no git repository holds)."""
+    deviation = {"runs_commit": commit, "plan_sha256": content_hash(plan), "what": "test runs"}
+    (folder / "plan.yaml").write_text(yaml.safe_dump({**plan, "deviations": [deviation]}))
 
 
 def fake_run(folder, method, seed):
@@ -104,7 +134,7 @@ def fake_run(folder, method, seed):
         "tokens": 640,
         "wall_time_s": 1.5,
         "world_size": 1,
-        "provenance": {"git_commit": "abc123", "git_dirty": False},
+        "provenance": {"git_commit": COMMIT, "git_dirty": False},
         "config_digest": config.digest(),
         "config": config.to_dict(),
     }
@@ -154,6 +184,7 @@ def results(tmp_path):
     (tmp_path / "experiments" / "demo").mkdir(parents=True)
     config = tmp_path / "experiments" / "demo" / "config.yaml"
     config.write_text(yaml.safe_dump(EXPERIMENT))
+    write_plan(config.parent)
     for method in ("ce", "gapt"):
         for seed in SEEDS:
             fake_run(RunId("demo", "cpu", method, seed).folder(tmp_path / "runs"), method, seed)
@@ -281,11 +312,6 @@ def test_the_sign_test_counts_ties_against_rejection_and_agrees_with_the_interva
         assert (e.low > 0 or e.high < 0) == (e.p < 0.05)
 
 
-def test_a_threshold_claim_without_a_threshold_is_a_config_error():
-    with pytest.raises(ValueError, match="needs a threshold"):
-        claims.ClaimSpec(id="C7", claim="x", metric="phase_changes", kind="at_least", paper_value="q")
-
-
 def test_holm_adjusts_in_step_down_order():
     # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, then a running maximum: 0.02, 0.03, 0.06, 0.06
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
@@ -295,54 +321,6 @@ def test_holm_adjusts_in_step_down_order():
         pytest.approx(0.02),
     ]  # None: not in the family
     assert holm([0.4, 0.9]) == pytest.approx([0.8, 0.9])
-
-
-def test_a_relative_claim_on_a_zero_value_is_inconclusive_not_a_crash():
-    rows = [
-        {"method": m, "seed": s, "metric": "mbe", "value": v}
-        for m, values in (("gapt", [0.0, 0.2, 0.1]), ("ce", [1.0, 1.0, 1.0]))
-        for s, v in enumerate(values)
-    ]
-    claim = claims.ClaimSpec(id="X", claim="x", metric="mbe", paper_value="-50 %")
-    j = claims.judge(claim, pd.DataFrame(rows))
-    assert j.p is None and "undefined" in j.text and verdict(j.estimate, "decrease") == "inconclusive"
-
-
-def test_serial_dependence_claim_combines_the_runs_p_values_with_fisher():
-    rows = []
-    for seed, (p_hi, p_lo) in enumerate([(0.01, 0.99), (0.03, 0.97), (0.2, 0.8)]):
-        for key, value in (
-            ("rq1/autocorr", 0.5),
-            ("rq1/autocorr_shuffled", -0.02),
-            ("rq1/autocorr_p_persistent", p_hi),
-            ("rq1/autocorr_p_alternating", p_lo),
-        ):
-            rows.append({"method": "ce", "seed": seed, "metric": key, "value": value})
-    claim = claims.ClaimSpec(
-        id="C1c",
-        claim="cycles",
-        metric="rq1/autocorr",
-        kind="serial_dependence",
-        method="ce",
-        direction="increase",
-        paper_value="qualitative",
-    )
-    j = claims.judge(claim, pd.DataFrame(rows))
-    fisher = scipy_stats.combine_pvalues([0.01, 0.03, 0.2], method="fisher").pvalue
-    assert j.p == pytest.approx(2 * fisher) and verdict(j.estimate, "increase") == "reproduced"
-    assert "0.5 against -0.02 in shuffled order" in j.text and "n=3" in j.text
-    # the side is the side of the smaller combined p-value, not of the mean: strong alternation in one
-    # run outweighs mild persistence in two
-    rows = [r for r in rows if not r["metric"].endswith(("_p_persistent", "_p_alternating"))]
-    for seed, (p_hi, p_lo) in enumerate([(1.0, 0.001), (0.3, 0.75), (0.3, 0.75)]):
-        rows += [
-            {"method": "ce", "seed": seed, "metric": "rq1/autocorr_p_persistent", "value": p_hi},
-            {"method": "ce", "seed": seed, "metric": "rq1/autocorr_p_alternating", "value": p_lo},
-        ]
-    j = claims.judge(claim, pd.DataFrame(rows))
-    alternating = scipy_stats.combine_pvalues([0.001, 0.75, 0.75], method="fisher").pvalue
-    assert j.p == pytest.approx(2 * alternating) and "for alternation" in j.text
-    assert verdict(j.estimate, "increase") == ("opposite" if j.p < 0.05 else "inconclusive")
 
 
 def test_aggregate_writes_tidy_tables(results):
@@ -368,7 +346,7 @@ def test_aggregate_writes_tidy_tables(results):
     alignment = pd.read_csv(out / "alignment.csv")
     assert set(alignment.method) == {"ce"} and len(alignment) == 4 * 2 * 2  # seeds x evaluations x layers
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 8 and set(runs.git_commit) == {"abc123"}
+    assert len(runs) == 8 and set(runs.git_commit) == {COMMIT}
 
 
 def test_table_puts_the_paper_beside_ours_and_the_paired_change(results):
@@ -380,49 +358,6 @@ def test_table_puts_the_paper_beside_ours_and_the_paired_change(results):
     assert expected == "-2.0 % [-2.1, -1.9] (n=4)" and expected in table
     assert "| Δ +3.5 [+2.58, +4.42] (n=4) |" in table  # ce's 0 phase changes have no ratio: the difference
     assert "-4.8 %" in table and "a small model" in table and "abc123" in table
-
-
-def test_claims_verdicts(results, tmp_path):
-    config, out = results
-    claims_md = tmp_path / "CLAIMS.md"
-    assert (
-        claims.main([str(config), "--scale", "cpu", "--results", str(out.parent), "--out", str(claims_md)])
-        == 0
-    )
-    rows = {
-        line.split("|")[1].strip(): line
-        for line in claims_md.read_text().splitlines()
-        if line.startswith("| C")
-    }
-    assert "| reproduced" in rows["C2"] and "[curves.png](demo/curves.png)" in rows["C2"]
-    assert "| opposite" in rows["C3"]
-    assert "| inconclusive" in rows["C9"]
-    assert "| reproduced" in rows["C7"] and "3.5 [" in rows["C7"]
-    text = claims_md.read_text()
-    assert "**Multiplicity.** 4 verdicts are drawn here (demo 4)" in text
-    cells = {k: [c.strip() for c in line.split("|")[1:-1]] for k, line in rows.items()}
-    # the Holm column: each claim's verdict read at its p-value adjusted over the experiment's four claims
-    spec, summary = load_report_spec(config), pd.read_csv(out / "summary.csv")
-    judged = [claims.judge(c, summary) for c in spec.paper.claims]
-    for j, p_holm in zip(judged, holm([j.p for j in judged])):
-        assert cells[j.claim.id][8] == verdict(j.estimate, j.direction, p=p_holm)
-        assert cells[j.claim.id][6] == f"{j.p:.2g} / {p_holm:.2g}"
-    assert cells["C9"][7] == "inconclusive" and 0.05 < judged[2].p
-
-
-def test_smoke_claims_are_marked_not_evidence(results, tmp_path):
-    config, out = results
-    smoke = tmp_path / "results" / "smoke"
-    (smoke / "demo").mkdir(parents=True)
-    (smoke / "demo" / "summary.csv").write_text((out / "summary.csv").read_text())
-    assert (
-        claims.main(
-            [str(config), "--scale", "smoke", "--results", str(smoke), "--out", str(smoke / "CLAIMS.md")]
-        )
-        == 0
-    )
-    text = (smoke / "CLAIMS.md").read_text()
-    assert "not evidence" in text and "| reproduced" not in text
 
 
 def test_aggregate_names_missing_runs(tmp_path, capsys, results):
@@ -510,7 +445,8 @@ def test_the_html_report_shows_every_table_and_gives_every_figure_its_own_captio
     page = (tmp_path / "results" / "cpu" / "report.html").read_text()
     # CLAIMS.md and table.md are rendered into the page, not linked
     tables = sum(line.startswith("|-") for line in (out / "table.md").read_text().splitlines())
-    assert tables == 2 and page.count("<table>") == 1 + tables and "<td>reproduced</td>" in page
+    # CLAIMS.md: the plans, then one table per kind of claim
+    assert tables == 2 and page.count("<table>") == 4 + tables and "<td>reproduced</td>" in page
     assert (
         "<strong>Figure 1. Curves.</strong> Training and validation CE of <em>every</em> seed." in page
     )  # its own caption
@@ -663,26 +599,25 @@ def test_a_scale_overrides_the_declared_reporting_and_a_mistyped_key_is_named(tm
         load_report_spec(path)
 
 
-def test_aggregation_adds_exactly_the_declared_statistics(tmp_path):
-    """RQ1's statistics appear in summary.csv only where the experiment file declares them."""
-    records = [
-        {
-            "kind": "alignment",
-            "step": s,
-            "align/layers": [0, 1],
-            "align/cos": [c, -c],
-            "align/noise_cos": 0.1,
-            "align/norm_ce": 1.0,
-            "align/norm_mbe": [1.0, 1.0],
-        }
-        for s, c in zip(range(0, 40, 2), [0.3, -0.2] * 10)
-    ]
-    declared = load_report_spec(REPO / "experiments/fineweb_pretrain/config.yaml").reporting_for("cpu")
-    stats = aggregate.run_statistics(declared, records, seed=0)
-    assert stats["rq1/points"] == 20 and stats["rq1/frac_positive"] == 0.5
-    assert stats["rq1/smoothing_beta"] == pytest.approx(math.exp(-2 / 29))
-    assert "rq1/noise_cos_mean" in stats
-    no_noise = [{**r, "align/noise_cos": None} for r in records]  # one micro-batch a step: no noise baseline
-    assert "rq1/noise_cos_mean" not in aggregate.run_statistics(declared, no_noise, seed=0)  # not a NaN row
-    undeclared = load_report_spec(REPO / "experiments/arithmetic_ood/config.yaml").reporting_for("cpu")
-    assert aggregate.run_statistics(undeclared, records, seed=0) == {}
+def test_the_analysis_adds_exactly_the_declared_statistics_from_the_csvs(results):
+    """RQ1's statistics are derived from alignment.csv where the experiment file declares them (burn-in
+    and detrending as the plan says), and each gated run's median compress-phase length from
+    phases.csv; summary.csv itself holds only what the runs wrote."""
+    config, out = results
+    frames = aggregate.read_tables(out)
+    assert not frames["summary"].metric.str.startswith("rq1/").any()
+    spec, (plan, _) = load_report_spec(config), load_plan(config.parent / "plan.yaml")
+    declared = spec.model_copy(
+        update={"reporting": spec.reporting.model_validate({"rq1": {"time_constant": 29}})}
+    )
+    rows = aggregate.analysis_summary(declared, "cpu", plan, frames)
+    rq1 = rows[rows.metric.str.startswith("rq1/")]
+    assert set(rq1.method) == {"ce"} and set(rq1.seed) == set(SEEDS)
+    # the fake ce runs log alignment at steps 0 and 10: the burn-in of 1 step leaves one point
+    assert set(rq1[rq1.metric == "rq1/points"].value) == {1.0}
+    no_burn_in = plan.model_copy(update={"rq1": plan.rq1.model_copy(update={"burn_in_steps": 0})})
+    both = aggregate.analysis_summary(declared, "cpu", no_burn_in, frames)
+    assert set(both[both.metric == "rq1/points"].value) == {2.0}
+    assert not aggregate.analysis_summary(spec, "cpu", plan, frames).metric.str.startswith("rq1/").any()
+    lengths = rows[rows.metric == "phases/compress_median_steps"]
+    assert set(lengths.method) == {"gapt"} and set(lengths.value) == {5.0}  # steps 5 .. 9 of every gapt run

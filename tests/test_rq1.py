@@ -1,13 +1,16 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from replication.config.plan import RQ1Plan
 from replication.reporting.rq1 import (
     TEST_PERMUTATIONS,
     alignment_series,
     cycle_statistics,
     exponential_smoothing,
+    frame_statistics,
     lag1_autocorrelation,
     persistence_test,
     sign_changes,
@@ -63,7 +66,9 @@ def test_smoothing_removes_point_noise_but_keeps_a_cycle():
 def test_cycle_statistics_of_a_cycling_run():
     wave = square_wave(100, half_period=20)  # 4 flips
     cos = np.stack([wave, wave[::-1]])  # two layers
-    stats = cycle_statistics(alignment_records(cos, noise=np.full(100, 0.3)), time_constant=100.0)
+    stats = cycle_statistics(
+        alignment_records(cos, noise=np.full(100, 0.3)), time_constant=100.0, plan=RQ1Plan(burn_in_steps=0)
+    )
     assert stats["rq1/points"] == 100
     assert stats["rq1/frac_positive"] == pytest.approx(np.mean(cos > 0))
     assert stats["rq1/frac_negative"] == pytest.approx(np.mean(cos < 0))
@@ -89,7 +94,9 @@ def test_a_run_aligned_one_way_throughout_shows_no_cycle():
 
 def test_missing_cosines_are_skipped():
     cos = np.array([[0.1, np.nan, -0.1, -0.2], [0.1, 0.2, np.nan, -0.1]])
-    stats = cycle_statistics(alignment_records(cos, noise=[0.5, 0.4, 0.5, 0.3]), time_constant=1e-6)
+    stats = cycle_statistics(
+        alignment_records(cos, noise=[0.5, 0.4, 0.5, 0.3]), time_constant=1e-6, plan=RQ1Plan(burn_in_steps=0)
+    )
     assert stats["rq1/frac_positive"] == pytest.approx(3 / 6) and stats["rq1/sign_changes"] == 1
 
 
@@ -142,3 +149,60 @@ def test_a_cosine_that_only_drifts_is_not_persistence():
     result = persistence_test(drift, rng)
     assert lag1_autocorrelation(drift).mean() > 0.8  # without detrending it would look persistent
     assert result["rq1/autocorr_p_persistent"] > 0.05 and abs(result["rq1/autocorr"]) < 0.3
+
+
+def test_the_burn_in_drops_the_points_before_it():
+    cos = np.stack([square_wave(40, 5, seed=1), square_wave(40, 5, seed=2)])
+    records = alignment_records(cos, noise=np.full(40, 0.3))
+    kept = cycle_statistics(records, time_constant=50.0, plan=RQ1Plan(burn_in_steps=25))
+    later = [r for r in records if r.get("step", 0) >= 25 or r["kind"] != "alignment"]
+    assert kept["rq1/points"] == 37  # steps 30 .. 390
+    assert kept == cycle_statistics(later, time_constant=50.0, plan=RQ1Plan(burn_in_steps=0))
+
+
+def test_the_runs_test_counts_sign_changes_against_the_same_shared_permutations():
+    rng = np.random.default_rng(5)
+    cos = rng.standard_normal((30, 3))
+    result = persistence_test(cos, np.random.default_rng(3), n=50)
+    replay = np.random.default_rng(3)
+    orders = [replay.permutation(30) for _ in range(50)]
+    changes = lambda x: np.mean([sign_changes(x[:, j]) for j in range(3)])  # noqa: E731
+    shuffled = np.array([changes(cos[order]) for order in orders])
+    observed = changes(cos)
+    assert result["rq1/sign_runs"] == observed
+    assert result["rq1/sign_runs_shuffled"] == pytest.approx(shuffled.mean())
+    assert result["rq1/sign_runs_p_persistent"] == pytest.approx((1 + np.sum(shuffled <= observed)) / 51)
+    assert result["rq1/sign_runs_p_alternating"] == pytest.approx((1 + np.sum(shuffled >= observed)) / 51)
+    # a square wave keeps its sign for 5 points at a time: far fewer changes than in random order
+    wave = np.stack([square_wave(60, 5, noise=0.01, seed=s) for s in range(3)], axis=1)
+    assert persistence_test(wave, np.random.default_rng(0))["rq1/sign_runs_p_persistent"] < 0.01
+
+
+def test_without_detrending_a_drift_passes_as_persistence():
+    drift = np.linspace(-1, 1, 50)[:, None] + 0.05 * np.random.default_rng(0).standard_normal((50, 2))
+    assert (
+        persistence_test(drift, np.random.default_rng(1), detrend="none")["rq1/autocorr_p_persistent"] < 0.01
+    )
+    assert persistence_test(drift, np.random.default_rng(1))["rq1/autocorr_p_persistent"] > 0.05
+
+
+def test_the_csv_rows_give_the_statistics_of_the_records_they_were_written_from():
+    cos = np.stack([square_wave(30, 4, seed=3), square_wave(30, 6, seed=4)])
+    records = alignment_records(cos, noise=np.linspace(0.1, 0.4, 30))
+    rows = [
+        {
+            "method": "ce",
+            "seed": 7,
+            "step": r["step"],
+            "layer": layer,
+            "cos": c,
+            "noise_cos": r["align/noise_cos"],
+        }
+        for r in records
+        if r["kind"] == "alignment"
+        for layer, c in zip(r["align/layers"], r["align/cos"])
+    ]
+    frame = frame_statistics(pd.DataFrame(rows), time_constant=40.0, plan=RQ1Plan())
+    expected = cycle_statistics(records, time_constant=40.0, seed=7, plan=RQ1Plan())
+    assert dict(zip(frame.metric, frame.value)) == pytest.approx(expected)
+    assert set(frame.seed) == {7} and set(frame.method) == {"ce"}

@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 
+import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,11 +18,13 @@ from replication.dag.plan import STUDY_FILES, STUDY_PART_FILES, Plan
 from replication.dag.schema import defaults
 from replication.reporting import study as study_module
 from replication.reporting.study import (
+    METRICS,
     _settings_finding,
     loglinear_fit,
     scaling_table,
     sensitivity_table,
     settings_table,
+    size_blocks,
 )
 from replication.runtime.record import RunId
 from replication.science.errors import ConfigError
@@ -364,6 +367,41 @@ def test_the_study_figures_draw_each_method_in_its_own_style(tmp_path, monkeypat
     figures.plt.close(fig)
 
 
+def test_the_scaling_fit_is_drawn_over_the_sizes_run_and_a_size_of_another_depth_stands_apart(
+    tmp_path, monkeypatch
+):
+    from replication.reporting import figures
+
+    figs = []
+    monkeypatch.setattr(figures.plt, "close", figs.append)
+    sizes = {"w32": 1e5, "w64": 3e5, "reference": 1.6e6}
+    table = pd.DataFrame(
+        [
+            {"arm": arm, "parameters": n, "method": "gapt", "metric": metric, "change_percent": 2.0}
+            | {"low_percent": 1.0, "high_percent": 3.0}
+            for metric in METRICS
+            for arm, n in sizes.items()
+        ]
+    )
+    x = np.log10(np.repeat(list(sizes.values()), 3))
+    fit = loglinear_fit(x, 0.02 + 0.001 * np.arange(len(x)))
+    blocks = size_blocks(load_report_spec(FINEWEB), "cpu")
+    assert blocks == {"reference": 8, "w32": 6, "w64": 6, "w96": 6}
+    figures.study_scaling(table, {f"gapt {m}": fit for m in METRICS}, METRICS, tmp_path, blocks)
+    [fig] = figs
+    for ax in fig.axes:
+        [line] = [line for line in ax.lines if len(line.get_xdata()) > 10]  # the fit
+        assert (min(line.get_xdata()), max(line.get_xdata())) == pytest.approx((1e5, 1.6e6))
+        faces = {
+            tuple(c.lines[0].get_xdata()): matplotlib.colors.to_hex(c.lines[0].get_markerfacecolor())
+            for c in ax.containers
+        }
+        assert faces[(1.6e6,)] == "#ffffff" and faces[(1e5, 3e5)] != "#ffffff"
+    assert "gapt: 8 blocks; the others 6" in [t.get_text() for t in fig.legends[0].get_texts()]
+    monkeypatch.undo()
+    figures.plt.close(fig)
+
+
 def _fake_run(runs, spec, scale, method, seed, metrics, evals=(), **summary):
     """A finished run folder as the loop writes it: config.yaml, metrics.jsonl, and summary.json with
     the run's n_params; evals are the evaluation records, by step."""
@@ -390,6 +428,18 @@ def _fake_run(runs, spec, scale, method, seed, metrics, evals=(), **summary):
 def _write_study(config, runs, out):
     argv = [str(config), "--scale", "smoke", "--runs", str(runs), "--out", str(out)]
     return study_module.main(argv)
+
+
+def _redraw_from_csv(config, out):
+    """Redraws a study from its own CSVs (no runs): every table, the README and every figure (PNG) come
+    back byte for byte."""
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".csv", ".md", ".png")}
+    for name in files:
+        if name.endswith(".png"):
+            (out / name).unlink()
+    assert study_module.main([str(config), "--scale", "smoke", "--out", str(out), "--from-csv"]) == 0
+    assert any(name.endswith(".png") for name in files)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".csv", ".md", ".png")} == files
 
 
 def test_a_study_reads_its_runs_and_their_parameters_from_the_summaries(tmp_path, capsys):
@@ -422,6 +472,7 @@ def test_a_study_reads_its_runs_and_their_parameters_from_the_summaries(tmp_path
         *reported[2:],
     ]
     assert list(pd.read_csv(out / "scaling.csv").parameters.unique()) == [800, 5000]
+    _redraw_from_csv(FINEWEB, out)
     # a summary without n_params: the run is trained again, its model never rebuilt here
     folder = folders["w16", "gapt", 1]
     summary = json.loads((folder / "summary.json").read_text())
@@ -463,3 +514,4 @@ def test_the_settings_curves_hold_every_evaluation_in_the_order_of_the_studys_me
         "`ce` reaches a held-out ID answer CE (nats) of 0.05 (2 of 2 seeds below 0.1)"
         in (out / "README.md").read_text()
     )
+    _redraw_from_csv(ARITHMETIC, out)

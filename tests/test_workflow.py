@@ -211,6 +211,11 @@ def test_a_failed_job_shows_its_log_tail_and_the_other_experiments_still_finish(
             spec["datasets"]["fineweb_sample_bytes"]["path"] = "absent.jsonl"
         (tmp_path / "experiments" / name).mkdir(parents=True)
         (tmp_path / "experiments" / name / "config.yaml").write_text(yaml.safe_dump(spec))
+        plan = {
+            **yaml.safe_load((REPO / "experiments" / source / "plan.yaml").read_text()),
+            "experiment": name,
+        }
+        (tmp_path / "experiments" / name / "plan.yaml").write_text(yaml.safe_dump(plan))
     config = {
         "scale": "smoke",
         "experiments": ["broken", "good"],

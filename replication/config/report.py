@@ -1,4 +1,4 @@
-"""The reporting sections of an experiment file: its table, claims, figures and derived statistics.
+"""The reporting sections of an experiment file: its table, figures and derived statistics.
 
 ``ReportSpec`` is ``replication.config.run.ExperimentSpec`` with its ``paper``, ``figures`` and
 ``reporting`` sections validated; every reporting command loads experiments through
@@ -44,42 +44,6 @@ class TableMetric(StrictModel):
     change: Literal["relative", "difference", "robust_difference"] = "relative"
 
 
-class ClaimSpec(StrictModel):
-    """One row of CLAIMS.md (docs/SPEC.md section 8), judged from paired seeds
-    (``replication.reporting.stats``).
-
-    kind, by the quantity ``metric`` is:
-    - "relative" (positive): the paired log ratio of ``method`` against ``baseline``;
-    - "difference" (the baseline can be near zero): the paired difference, t interval;
-    - "robust_difference" (heavy-tailed): the median paired difference, sign test;
-    - "at_least" / "robust_at_least": ``method``'s values against ``threshold`` (mean and t, or median
-      and sign test), the interval cut at 0 for a quantity that cannot be negative;
-    - "serial_dependence": RQ1's permutation test; ``metric`` names the per-run statistic, whose
-      ``_shuffled``, ``_p_persistent`` and ``_p_alternating`` companions the run also reports.
-    A claim is reproduced when its p-value is below 0.05 with the estimate on the side of
-    ``direction`` (for a threshold claim: above it).
-    """
-
-    id: str
-    claim: str
-    metric: str
-    kind: Literal[
-        "relative", "difference", "robust_difference", "at_least", "robust_at_least", "serial_dependence"
-    ] = "relative"
-    method: str = "gapt"
-    baseline: str = BASELINE
-    direction: Literal["decrease", "increase"] = "decrease"
-    threshold: float | None = None
-    paper_value: str  # as the paper states it, e.g. "-4.8 %"
-    figure: str | None = None  # a file under results/<scale>/<experiment>/
-
-    @model_validator(mode="after")
-    def _threshold_claims_name_one(self) -> ClaimSpec:
-        if self.kind in ("at_least", "robust_at_least") and self.threshold is None:
-            raise ValueError(f"claim {self.id}: kind {self.kind} needs a threshold")
-        return self
-
-
 class FigureSpec(StrictModel):
     """One figure of an experiment, drawn from its CSVs alone (``replication.reporting.figures``).
 
@@ -89,7 +53,8 @@ class FigureSpec(StrictModel):
     ``rq1_alignment`` (alignment.csv: cosine against step per layer with the noise baseline),
     ``by_digits`` (summary metrics ``<prefix><digits>`` for every ``prefixes`` entry, taken to be
     shares in [0, 1]: their intervals are cut at 0 and 1),
-    ``by_method`` (summary ``metrics`` per method with the seed spread).
+    ``by_method`` (summary ``metrics`` per method: the seeds, and their mean with its t interval or, for
+    the ``medians``, their median with its order-statistic interval).
     """
 
     kind: Literal["curves", "mbe_by_layer", "rq1_alignment", "by_digits", "by_method"]
@@ -98,12 +63,17 @@ class FigureSpec(StrictModel):
     metrics: list[str] = []
     metric: str | None = None
     prefixes: list[str] = []
+    # of a by_method figure's ``metrics``, those drawn as the median with the sign test's order-statistic
+    # interval (``stats.median_interval``), as the claims judge a heavy-tailed metric
+    medians: list[str] = []
     caption: str = ""
 
 
 class PaperSpec(StrictModel):
+    """The paper's numbers beside ours in table.md; the claims are the analysis plan's
+    (``replication.config.plan``)."""
+
     table: list[TableMetric] = []
-    claims: list[ClaimSpec] = []
 
 
 class RQ1Spec(StrictModel):
@@ -149,19 +119,6 @@ class ReportSpec(ExperimentSpec):
         return ReportingSpec.model_validate(deep_merge(self.reporting.model_dump(), override))
 
     @model_validator(mode="after")
-    def _claims_point_at_drawn_figures(self) -> ReportSpec:
-        drawn = {f"{figure.file}.png" for figure in self.figures}
-        for claim in self.paper.claims:
-            if claim.figure is not None and claim.figure not in drawn:
-                raise ValueError(f"claim {claim.id} points at {claim.figure}, which figures: does not draw")
-            for name in (claim.method, claim.baseline):
-                if name not in self.methods:
-                    raise ValueError(
-                        f"claim {claim.id} names method {name!r}, which the experiment does not run"
-                    )
-        return self
-
-    @model_validator(mode="after")
     def _scale_reporting_is_valid(self) -> ReportSpec:
         for scale in self.scales:
             try:
@@ -172,6 +129,24 @@ class ReportSpec(ExperimentSpec):
                     "; ".join(f"scales.{scale}.reporting: {line.strip()}" for line in lines)
                 ) from None
         return self
+
+
+def token_unit(spec: ExperimentSpec, scale: str) -> str:
+    """What one token of a scale's data is: "byte" where the ``datasets:`` entry its ``task.dataset``
+    names is tokenized as bytes (a CE is then in nats per byte), else "token"."""
+    if scale not in spec.scales:
+        raise ConfigError(
+            f"experiment {spec.experiment} has no scale {scale!r}; it has {sorted(spec.scales)}"
+        )
+    task = deep_merge(spec.defaults.get("task", {}), spec.scales[scale].config.get("task", {}))
+    dataset = spec.datasets.get(task.get("dataset"), {})
+    return "byte" if dataset.get("tokenizer") == "bytes" else "token"
+
+
+def fill_units(text: str, spec: ExperimentSpec, scale: str) -> str:
+    """A label written once for every scale, its ``{token}`` made the scale's unit (``token_unit``):
+    "validation CE (nats/{token})" reads nats/byte at a scale of bytes, nats/token at one of GPT-2 tokens."""
+    return text.replace("{token}", token_unit(spec, scale))
 
 
 def load_report_spec(path: str | Path) -> ReportSpec:

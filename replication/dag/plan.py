@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from replication.config.base import ConfigError, load_yaml
+from replication.config.plan import load_plan
 from replication.config.report import ReportSpec, load_report_spec
 from replication.config.run import StudySpec, resolve_run_config
 from replication.dag.schema import check_experiment_name, defaults, resolve_global_config
@@ -53,6 +54,10 @@ class Plan:
 
     def experiment_config(self, experiment: str) -> str:
         return f"{self.config['experiments_dir']}/{experiment}/config.yaml"
+
+    def analysis_plan(self, experiment: str) -> str:
+        """The experiment's analysis plan (replication.config.plan), which its table and claims follow."""
+        return f"{self.config['experiments_dir']}/{experiment}/plan.yaml"
 
     @cached_property
     def specs(self) -> dict[str, ReportSpec]:
@@ -165,10 +170,13 @@ class Plan:
         return owners
 
     def check(self) -> Plan:
-        """Resolve every run now, so that a bad config fails before any job starts."""
+        """Resolve every run and read every analysis plan now, so that a bad config or plan fails before
+        any job starts."""
         for experiment in self.specs:
             self.runs(experiment)
         _ = self.run_datasets, self.dataset_experiment  # computed now: a bad data set fails here too
+        for experiment, spec in self.specs.items():
+            load_plan(self.analysis_plan(experiment), spec)
         return self
 
     # -- paths -----------------------------------------------------------------------------------

@@ -7,10 +7,9 @@ scale's seeds: their summary.json and metrics.jsonl (a summary must match the fo
 one written by a run of another config is an error naming the keys that differ), and writes into DIR
 (results/S/NAME in the DAG):
 - ``summary.csv``: one row per (experiment, scale, method, seed, metric): every headline metric of
-  summary.json, the statistics the experiment's ``reporting`` section declares (RQ1's cycle
-  statistics of a run's alignment records; metrics that pair a run with the baseline run of its seed;
-  ``replication.config.report``), and the run's top-level counts (phase_changes, compress_steps,
-  nonfinite_steps, ...);
+  summary.json, the metrics the experiment's ``reporting`` section pairs with the baseline run of
+  the same seed (``replication.config.report``), and the run's top-level counts (phase_changes,
+  compress_steps, nonfinite_steps, ...);
 - ``runs.csv``: one row per run with its provenance (git commit, versions, device, wall time);
 - ``curves.csv``: evaluation records (every scalar, per-layer values with a ``layer`` column) and
   training records thinned to at most MAX_TRAIN_POINTS per run, at 7 significant digits; this and
@@ -21,12 +20,22 @@ one written by a run of another config is an error naming the keys that differ),
   (``replication.reporting.stats.paired_change``, as each table row's ``change`` names it) with its 95 %
   interval and n.
 Nothing here reads logs or stdout: only what the runs wrote.
+
+Statistics the analysis derives from those files are not stored in them: ``analysis_summary`` adds
+them to summary.csv's rows wherever tables and claims are made, so that they follow the experiment's
+analysis plan (``experiments/NAME/plan.yaml``) and can be made again from the committed CSVs. They
+are RQ1's cycle statistics of each run's rows of alignment.csv (``replication.reporting.rq1``, where
+the ``reporting`` section declares ``rq1``) and the median length of each gated run's compress
+phases, from phases.csv (``phases/compress_median_steps``).
+
+    python -m replication.reporting.aggregate experiments/NAME/config.yaml --scale S --out DIR --from-csv
+
+writes table.md again from the CSVs already in DIR, reading no run.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,12 +43,13 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
-from replication.config.report import PairedMetricSpec, ReportingSpec, ReportSpec, load_report_spec
-from replication.reporting.rq1 import cycle_statistics
+from replication.config.plan import AnalysisPlan, load_plan, plan_path
+from replication.config.report import PairedMetricSpec, ReportSpec, fill_units, load_report_spec
+from replication.reporting.rq1 import frame_statistics
 from replication.reporting.stats import CHANGES, paired_change
 from replication.runtime import cli
 from replication.runtime.record import SUMMARY_NAME, FinishedRun, RunId, read_run
-from replication.science.errors import ConfigError
+from replication.science.errors import ConfigError, DataError
 from replication.science.methods import BASELINE
 from replication.tasks.forgetting.separation import alleviation_percent
 
@@ -104,11 +114,11 @@ def tables(spec: ReportSpec, scale: str, finished: list[FinishedRun]) -> dict[st
     reporting = spec.reporting_for(scale)
     summary_rows, run_rows, curve_rows, phase_rows, align_rows = [], [], [], [], []
     for run in finished:
-        summary, run_config = run.summary, run.config()
+        summary = run.summary
+        run.config()  # an error where the folder's config.yaml is not the one its summary was written by
         key = {"method": run.id.method, "seed": run.id.seed}
         records = run.metrics()
-        metrics = {**summary["metrics"], **run_statistics(reporting, records, run_config.seed)}
-        for metric, value in metrics.items():
+        for metric, value in summary["metrics"].items():
             if _is_number(value):
                 summary_rows.append({**key, "metric": metric, "value": float(value)})
         for metric in TOP_LEVEL:
@@ -152,12 +162,34 @@ def tables(spec: ReportSpec, scale: str, finished: list[FinishedRun]) -> dict[st
     return frames
 
 
-def run_statistics(reporting: ReportingSpec, records: list[dict], seed: int) -> dict[str, float]:
-    """The per-run statistics the reporting section declares, from the run's own records."""
-    if reporting.rq1 is None:
-        return {}
-    found = cycle_statistics(records, time_constant=reporting.rq1.time_constant, seed=seed)
-    return {k: v for k, v in found.items() if math.isfinite(v)}  # as summary.json, which holds no NaN
+DERIVED = ("rq1/", "phases/")  # the prefixes of the metrics analysis_summary derives
+
+
+def analysis_summary(
+    spec: ReportSpec, scale: str, plan: AnalysisPlan, frames: dict[str, pd.DataFrame]
+) -> pd.DataFrame:
+    """summary.csv's rows with the statistics the analysis derives from the other tables (the module
+    docstring names them)."""
+    summary = frames["summary"][["method", "seed", "metric", "value"]]
+    derived = [summary]
+    reporting = spec.reporting_for(scale)
+    alignment = frames.get("alignment")
+    if reporting.rq1 is not None and alignment is not None and len(alignment):
+        derived.append(frame_statistics(alignment, time_constant=reporting.rq1.time_constant, plan=plan.rq1))
+    phases = frames.get("phases")
+    if phases is not None and len(phases):
+        compress = phases[phases.phase == "compress"]
+        lengths = (compress.end_step - compress.start_step).groupby([compress.method, compress.seed]).median()
+        derived.append(
+            pd.DataFrame(
+                [
+                    {"method": m, "seed": int(s), "metric": "phases/compress_median_steps", "value": float(v)}
+                    for (m, s), v in lengths.items()
+                ],
+                columns=["method", "seed", "metric", "value"],
+            )
+        )
+    return pd.concat(derived, ignore_index=True)
 
 
 PAIRED_KINDS = {"alleviation_percent": alleviation_percent}  # f(baseline_after, after, baseline_before)
@@ -240,7 +272,9 @@ def _alignment_rows(key: dict, records: list[dict]) -> list[dict]:
     return rows
 
 
-def metric_table(spec: ReportSpec, summary: pd.DataFrame, methods: list[str]) -> tuple[str, str]:
+def metric_table(
+    spec: ReportSpec, plan: AnalysisPlan, summary: pd.DataFrame, methods: list[str], scale: str
+) -> tuple[str, str]:
     """The two markdown tables: values per method, and paired relative changes against ce."""
     values_rows, change_rows = [], []
     for row in spec.paper.table:
@@ -254,7 +288,7 @@ def metric_table(spec: ReportSpec, summary: pd.DataFrame, methods: list[str]) ->
                 else (f"{x.mean():.4g}" if len(x) else "n/a")
             )
         paper = ", ".join(f"{m} {v}" for m, v in row.paper.items()) or "—"
-        values_rows.append([row.label, paper, *cells])
+        values_rows.append([fill_units(row.label, spec, scale), paper, *cells])
         if BASELINE not in methods:
             continue
         by_seed = {m: dict(zip(data[data.method == m].seed, data[data.method == m].value)) for m in methods}
@@ -269,10 +303,12 @@ def metric_table(spec: ReportSpec, summary: pd.DataFrame, methods: list[str]) ->
             changes.append(change.format())
         claimed = [
             c.paper_value
-            for c in spec.paper.claims
-            if c.metric == row.key and c.baseline == BASELINE and c.kind in CHANGES
+            for c in plan.claims
+            if c.metric == row.key and c.baseline == BASELINE and c.statistic in CHANGES
         ]
-        change_rows.append([row.label, "; ".join(dict.fromkeys(claimed)) or "—", *changes])
+        change_rows.append(
+            [fill_units(row.label, spec, scale), "; ".join(dict.fromkeys(claimed)) or "—", *changes]
+        )
     values = tabulate(values_rows, headers=["metric", "paper", *methods], tablefmt="github")
     changes = tabulate(
         change_rows, headers=["metric", "paper", *[m for m in methods if m != BASELINE]], tablefmt="github"
@@ -281,10 +317,15 @@ def metric_table(spec: ReportSpec, summary: pd.DataFrame, methods: list[str]) ->
 
 
 def write_table(
-    spec: ReportSpec, scale: str, frames: dict[str, pd.DataFrame], methods: list[str], out: Path
+    spec: ReportSpec,
+    plan: AnalysisPlan,
+    scale: str,
+    frames: dict[str, pd.DataFrame],
+    methods: list[str],
+    out: Path,
 ) -> None:
     runs = frames["runs"]
-    values, changes = metric_table(spec, frames["summary"], methods)
+    values, changes = metric_table(spec, plan, analysis_summary(spec, scale, plan, frames), methods, scale)
     commits = sorted({str(c)[:12] for c in runs.git_commit.dropna()}) if "git_commit" in runs else []
     dirty = bool(runs.git_dirty.fillna(False).any()) if "git_dirty" in runs else False
     seeds = sorted(set(runs.seed)) if len(runs) else []
@@ -327,14 +368,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--methods", nargs="*", help="default: every method of the experiment")
     parser.add_argument("--seeds", nargs="*", type=int, help="default: the scale's seeds")
+    parser.add_argument(
+        "--from-csv", action="store_true", help="write table.md again from the CSVs in --out, reading no run"
+    )
     return cli.run(_main, parser.parse_args(argv))
+
+
+def read_tables(out: Path) -> dict[str, pd.DataFrame]:
+    """The summary, runs, phases and alignment tables aggregation wrote into ``out``."""
+    frames = {}
+    for name in ("summary", "runs", "phases", "alignment"):
+        path = out / f"{name}.csv"
+        if not path.is_file():
+            raise DataError(
+                f"{path} is missing: aggregate the experiment's runs first (the DAG's aggregate rule)"
+            )
+        try:
+            frames[name] = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            frames[name] = pd.DataFrame()
+    return frames
 
 
 def _main(args: argparse.Namespace) -> int:
     spec = load_report_spec(args.experiment)
     if args.scale not in spec.scales:
         raise ConfigError(f"{args.experiment} has no scale {args.scale!r}; it has {sorted(spec.scales)}")
+    plan, _ = load_plan(plan_path(args.experiment), spec)
     methods = args.methods or list(spec.methods)
+    if args.from_csv:
+        write_table(spec, plan, args.scale, read_tables(args.out), methods, args.out)
+        return 0
     seeds = args.seeds or spec.scales[args.scale].seeds
     frames = collect(spec, args.scale, args.runs, methods, seeds)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -343,7 +407,8 @@ def _main(args: argparse.Namespace) -> int:
         frame.to_csv(
             args.out / f"{name}.csv", index=False, float_format=None if name == "summary" else "%.7g"
         )
-    write_table(spec, args.scale, frames, methods, args.out)
+    # from the files just written, as --from-csv reads them: the table is the same either way
+    write_table(spec, plan, args.scale, read_tables(args.out), methods, args.out)
     return 0
 
 

@@ -1,15 +1,22 @@
-"""CLAIMS.md: one row per claim of every experiment, judged from paired seeds (docs/SPEC.md section 8).
+"""CLAIMS.md: every claim of every experiment, judged as its analysis plan says (docs/SPEC.md section 8).
 
     python -m replication.reporting.claims experiments/A/config.yaml experiments/B/config.yaml ... \\
         --scale S --results results/S --out results/S/CLAIMS.md
 
-reads ``results/S/<experiment>/summary.csv`` (written by ``replication.reporting.aggregate``). Each claim
-names the statistic fit to its quantity (``ClaimSpec.kind``; ``replication.reporting.stats`` defines them):
-the paired log ratio for a relative change of a positive quantity, the paired difference where the baseline
-can be near zero, the median paired difference with the sign test for heavy-tailed quantities, a
-threshold test for counts, and a permutation test of serial dependence for RQ1. The raw verdict
-reads the claim's own p-value at 0.05; the Holm verdict reads its p-value adjusted over every claim of
-the same experiment. At ``smoke`` scale the verdict columns say that smoke runs are not evidence.
+reads each experiment's plan (``experiments/NAME/plan.yaml``, ``replication.config.plan``) and the CSVs
+aggregation wrote under ``results/S/NAME`` (``replication.reporting.aggregate``, whose
+``analysis_summary`` adds the statistics the analysis derives from them). It first checks that the runs
+were made under the plan that judges them (``replication.reporting.preregistration``; not at ``smoke``
+scale, whose rows are not evidence), then judges each claim by its kind:
+
+- a *primary* claim reads its test's p-value adjusted by Holm's method over the testable primary
+  claims of its experiment: *reproduced* (p < 0.05 with the estimate on the claimed side),
+  *opposite* (p < 0.05 on the other side) or *inconclusive*; *not testable* where its precondition
+  fails, which also takes it out of the family. Beside it: whether the 95 % interval holds the
+  paper's value, and for a claim that is not significant, the equivalence test (TOST) against the
+  plan's smallest effect of interest and the effects its interval excludes;
+- a *manipulation check* (the treatment acted: an MBE penalty lowers MBE) and a *descriptive
+  condition* read *met* or *not met* with their numbers, at their own p < 0.05, outside the family.
 """
 
 from __future__ import annotations
@@ -23,123 +30,324 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from replication.config.report import ClaimSpec, ReportSpec, load_report_spec
-from replication.reporting.stats import Estimate, at_least, fisher_combined, holm, paired_change, verdict
+from replication.config.plan import PAIRED, AnalysisPlan, ClaimPlan, load_plan, plan_path
+from replication.config.report import ReportSpec, load_report_spec
+from replication.reporting import aggregate, preregistration
+from replication.reporting.stats import (
+    Estimate,
+    at_least,
+    equivalence,
+    fisher_combined,
+    holm,
+    paired_change,
+    per_seed_effects,
+    runs_at_least,
+    verdict,
+)
 from replication.runtime import cli
 from replication.science.errors import DataError
+
+NOT_EVIDENCE = "not evidence (would read: {})"
 
 
 @dataclass(frozen=True)
 class Judgement:
-    claim: ClaimSpec
-    estimate: Estimate
+    claim: ClaimPlan
+    estimate: Estimate | None
     text: str  # ours, as printed
     p: float | None
-    direction: str
+    met: bool | None = None  # a runs_at_least condition: whether every run reaches the threshold
+    untestable: str | None = None  # why a primary claim cannot be tested here
+    effects: tuple[float, ...] = ()  # the per-seed paired effects (log ratios or differences)
 
 
-def _serial_dependence(claim: ClaimSpec, data: pd.DataFrame) -> Judgement:
+def _by_seed(summary: pd.DataFrame, method: str, metric: str) -> dict[int, float]:
+    rows = summary[(summary.method == method) & (summary.metric == metric)]
+    return dict(zip(rows.seed.astype(int), rows.value.astype(float)))
+
+
+def _persistence(claim: ClaimPlan, summary: pd.DataFrame) -> Judgement:
     """RQ1: per run, one-sided permutation p-values of the lag-1 autocorrelation of the detrended
-    cosine series (the metric's ``_p_persistent`` and ``_p_alternating`` companions), each side
-    combined over runs (independent seeds) by Fisher's method. The smaller side decides the
-    direction, and its p-value is doubled for having looked at both (Bonferroni)."""
+    cosine (``replication.reporting.rq1``), each side combined over runs (independent seeds) by
+    Fisher's method; the smaller side decides the direction and its p-value is doubled for having
+    looked at both. The runs test on the signs is combined the same way and printed beside it."""
 
-    def per_seed(key: str) -> list[float]:
-        rows = data[(data.metric == key) & (data.method == claim.method)]
-        return [float(v) for v in rows.sort_values("seed").value]
+    def combined(test: str) -> tuple[float, float] | None:
+        sides = [
+            fisher_combined(list(_by_seed(summary, claim.method, f"rq1/{test}_p_{side}").values()))
+            for side in ("persistent", "alternating")
+        ]
+        if None in sides:
+            return None
+        persistent, alternating = sides
+        return (min(1.0, 2 * min(persistent, alternating)), 1.0 if persistent <= alternating else -1.0)
 
-    observed, shuffled = per_seed(claim.metric), per_seed(f"{claim.metric}_shuffled")
-    persistent = fisher_combined(per_seed(f"{claim.metric}_p_persistent"))
-    alternating = fisher_combined(per_seed(f"{claim.metric}_p_alternating"))
+    observed = list(_by_seed(summary, claim.method, claim.metric).values())
     n = len(observed)
-    if persistent is None or alternating is None or n < 2:
-        estimate = Estimate(math.nan, None, None, n, None)
-        return Judgement(claim, estimate, f"n/a (n={n})", None, claim.direction)
-    p = min(1.0, 2 * min(persistent, alternating))
-    side = 1.0 if persistent <= alternating else -1.0  # +: more persistent than chance
-    mean_obs, mean_null = sum(observed) / n, sum(shuffled) / n
-    estimate = Estimate(side, None, None, n, p, 0.0, "permutation")
+    autocorr, runs = combined("autocorr"), combined("sign_runs")
+    if autocorr is None or n < 2:
+        return Judgement(claim, Estimate(math.nan, None, None, n), f"n/a (n={n})", None)
+    p, side = autocorr
+    null = list(_by_seed(summary, claim.method, f"{claim.metric}_shuffled").values())
+    changes = list(_by_seed(summary, claim.method, "rq1/sign_runs").values())
+    changes_null = list(_by_seed(summary, claim.method, "rq1/sign_runs_shuffled").values())
     text = (
-        f"lag-1 autocorrelation {mean_obs:.3g} against {mean_null:.3g} in shuffled order; "
-        f"p = {p:.2g} for {'persistence' if side > 0 else 'alternation'} "
-        f"(permutation, Fisher over n={n} runs)"
+        f"lag-1 autocorrelation {_mean(observed):.3g} against {_mean(null):.3g} in random order, "
+        f"p = {p:.2g} for {'persistence' if side > 0 else 'alternation'}"
     )
-    return Judgement(claim, estimate, text, p, claim.direction)
-
-
-def judge(claim: ClaimSpec, summary: pd.DataFrame) -> Judgement:
-    data = summary[summary.metric.astype(str).str.startswith(claim.metric)]
-
-    def by_seed(method: str) -> dict[int, float]:
-        rows = data[(data.method == method) & (data.metric == claim.metric)]
-        return dict(zip(rows.seed.astype(int), rows.value))
-
-    if claim.kind == "serial_dependence":
-        return _serial_dependence(claim, data)
-    if claim.kind in ("at_least", "robust_at_least"):
-        estimate = at_least(
-            list(by_seed(claim.method).values()), claim.threshold, robust=claim.kind == "robust_at_least"
+    if runs is not None:
+        text += (
+            f"; runs test on the signs: {_mean(changes):.3g} sign changes per block against "
+            f"{_mean(changes_null):.3g}, p = {runs[0]:.2g} "
+            f"for {'persistence' if runs[1] > 0 else 'alternation'}"
         )
-        return Judgement(claim, estimate, estimate.format(), estimate.p, "increase")
+    text += f" (permutation, Fisher over n={n} runs)"
+    return Judgement(claim, Estimate(side, None, None, n, p, 0.0, "permutation"), text, p)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _median(values: list[float]) -> float:
+    return float(pd.Series(values, dtype=float).median()) if values else math.nan
+
+
+def judge(claim: ClaimPlan, summary: pd.DataFrame, labels: dict[str, str] | None = None) -> Judgement:
+    """The estimate of one claim from the (analysis) summary rows, before any multiplicity adjustment;
+    ``labels`` names the context metrics for a reader (the experiment's table labels)."""
+    if claim.statistic == "persistence":
+        return _persistence(claim, summary)
+    values = _by_seed(summary, claim.method, claim.metric)
+    context = "".join(
+        f"; {(labels or {}).get(key, key)}, median over runs "
+        f"{_median(list(_by_seed(summary, claim.method, key).values())):.3g}"
+        for key in claim.context
+    )
+    if claim.statistic == "runs_at_least":
+        k, n = runs_at_least(list(values.values()), claim.threshold)
+        ordered = [v for _, v in sorted(values.items())]
+        shown = (
+            ", ".join(f"{v:.3g}" for v in ordered)
+            if n <= 6
+            else f"from {min(ordered):.3g} to {max(ordered):.3g}"
+        )
+        text = f"{k} of {n} runs at least {claim.threshold:g} ({shown}){context}"
+        return Judgement(claim, None, text, None, met=n > 0 and k == n)
+    if claim.statistic == "robust_at_least":
+        estimate = at_least(list(values.values()), claim.threshold, robust=True)
+        return Judgement(claim, estimate, estimate.format() + context, estimate.p)
+    baseline = _by_seed(summary, claim.baseline, claim.metric)
     try:
-        estimate = paired_change(by_seed(claim.method), by_seed(claim.baseline), claim.kind)
+        estimate = paired_change(values, baseline, claim.statistic)
     except ValueError:  # a relative claim on a value <= 0: no ratio exists, so no verdict either
         estimate = Estimate(math.nan, None, None, 0)
-        return Judgement(claim, estimate, "n/a (a value <= 0: the ratio is undefined)", None, claim.direction)
-    return Judgement(claim, estimate, estimate.format(), estimate.p, claim.direction)
+        return Judgement(claim, estimate, "n/a (a value <= 0: the ratio is undefined)", None)
+    effects = tuple(per_seed_effects(values, baseline, claim.statistic))
+    return Judgement(claim, estimate, estimate.format() + context, estimate.p, effects=effects)
 
 
-MEASURES = {
-    "relative": "relative change (geometric mean of the paired ratio, t interval of its log)",
-    "difference": "paired difference (mean, t interval)",
-    "robust_difference": "paired difference (median, sign-test interval)",
-}
+def precondition_failure(plan: AnalysisPlan, claim: ClaimPlan, summary: pd.DataFrame) -> str | None:
+    """Why the claim's precondition fails on these runs (None where it holds or there is none)."""
+    if claim.precondition is None:
+        return None
+    need = plan.preconditions[claim.precondition]
+    values = _by_seed(summary, need.method, need.metric)
+    below = {s: v for s, v in values.items() if not v >= need.at_least}
+    if values and not below:
+        return None
+    shown = ", ".join(f"{v:.3g}" for _, v in sorted(values.items())) or "no runs"
+    return (
+        f"{claim.precondition}: {need.metric} of {need.method} is {shown}, the plan needs {need.at_least:g}"
+    )
 
 
-def measure(claim: ClaimSpec) -> str:
-    if claim.kind == "serial_dependence":
+def _direction(j: Judgement, p: float | None) -> str:
+    """reproduced / opposite / inconclusive at p (the estimate's own where None)."""
+    if j.estimate is None:
+        return "inconclusive"
+    return verdict(
+        j.estimate, "increase" if j.claim.statistic == "robust_at_least" else j.claim.direction, p=p
+    )
+
+
+def condition(j: Judgement) -> str:
+    """A manipulation check's or descriptive condition's verdict: met / not met at its own p."""
+    if j.met is not None:
+        return "met" if j.met else "not met"
+    read = _direction(j, None)
+    return {"reproduced": "met", "opposite": "not met (the other way)"}.get(read, "not met")
+
+
+def holds_paper(j: Judgement) -> str:
+    """Whether the estimate's 95 % interval holds the paper's value, where both exist."""
+    e = j.estimate
+    if j.claim.paper is None or e is None or e.low is None:
+        return "—"
+    return "yes" if e.low <= j.claim.paper <= e.high else "no"
+
+
+def _amount(claim: ClaimPlan, value: float) -> str:
+    return f"{100 * value:+.1f} %" if claim.statistic == "relative" else f"{value:+.3g}"
+
+
+def equivalence_text(j: Judgement, significant: bool) -> str:
+    """For a testable primary claim that is not significant: TOST against the smallest effect of
+    interest, and the effects its 95 % interval excludes."""
+    claim, e = j.claim, j.estimate
+    if significant or claim.statistic not in PAIRED or claim.sesoi is None or e is None or e.n < 2:
+        return "—"
+    bound = f"±{100 * claim.sesoi:g} %" if claim.statistic == "relative" else f"±{claim.sesoi:g}"
+    p = equivalence(list(j.effects), claim.sesoi, claim.statistic)
+    if p is None:
+        return "—"
+    text = f"{'equivalent' if p < 0.05 else 'not shown equivalent'} within {bound} (TOST p = {p:.2g})"
+    if e.low is not None:
+        text += f"; excludes changes below {_amount(claim, e.low)} and above {_amount(claim, e.high)}"
+    return text
+
+
+def figure_link(spec: ReportSpec, claim: ClaimPlan) -> str:
+    return f"[{claim.figure}]({spec.experiment}/{claim.figure})" if claim.figure else "—"
+
+
+def measure(claim: ClaimPlan) -> str:
+    if claim.statistic == "persistence":
         return (
-            f"`{claim.metric}` of {claim.method} runs: persistence of the detrended cosine beyond the same "
-            "values in random order"
+            f"`{claim.metric}` of {claim.method} runs: lag-1 autocorrelation of the detrended cosine against "
+            "the same values in random order; beside it, the runs test on its signs"
         )
-    if claim.kind in ("at_least", "robust_at_least"):
-        centre = "median, sign-test interval" if claim.kind == "robust_at_least" else "mean, t interval"
-        return (
-            f"`{claim.metric}` of {claim.method} runs, at least {claim.threshold:g} "
-            f"(tested: {centre} above it)"
-        )
-    return f"`{claim.metric}`: {claim.method} vs {claim.baseline}, {MEASURES[claim.kind]}"
+    if claim.statistic == "runs_at_least":
+        return f"`{claim.metric}` of each {claim.method} run, at least {claim.threshold:g}"
+    if claim.statistic == "robust_at_least":
+        return f"`{claim.metric}` of {claim.method} runs: median against {claim.threshold:g}, sign test"
+    how = {
+        "relative": "relative change (geometric mean of the paired ratio, t interval of its log)",
+        "difference": "paired difference (mean, t interval)",
+        "robust_difference": "paired difference (median, sign-test interval)",
+    }[claim.statistic]
+    return f"`{claim.metric}`: {claim.method} vs {claim.baseline}, {how}"
 
 
-def claim_rows(spec: ReportSpec, summary: pd.DataFrame, scale: str) -> list[list[str]]:
-    """The rows of one experiment: raw verdict at 0.05 and Holm verdict over the experiment's claims."""
-    judgements = [judge(claim, summary) for claim in spec.paper.claims]
-    adjusted = holm([j.p for j in judgements])
-    rows = []
-    for j, p_holm in zip(judgements, adjusted):
-        raw, corrected = (
-            verdict(j.estimate, j.direction),
-            verdict(j.estimate, j.direction, p=p_holm if p_holm is not None else math.nan),
-        )
-        if scale == "smoke":
-            raw, corrected = f"not evidence (would read: {raw})", f"not evidence (would read: {corrected})"
-        p_text = "—" if j.p is None else f"{j.p:.2g} / {p_holm:.2g}"
-        figure = f"[{j.claim.figure}]({spec.experiment}/{j.claim.figure})" if j.claim.figure else "—"
-        rows.append(
+@dataclass
+class Rows:
+    primary: list[list[str]]
+    manipulation: list[list[str]]
+    descriptive: list[list[str]]
+
+
+def claim_rows(spec: ReportSpec, plan: AnalysisPlan, summary: pd.DataFrame, scale: str) -> Rows:
+    """The rows of one experiment's three tables."""
+    smoke = scale == "smoke"
+    labels = {row.key: row.label for row in spec.paper.table}
+
+    def shown(read: str) -> str:
+        return NOT_EVIDENCE.format(read) if smoke else read
+
+    primary = []
+    judged = [(c, judge(c, summary, labels)) for c in plan.of_kind("primary")]
+    failures = [precondition_failure(plan, c, summary) for c, _ in judged]
+    adjusted = holm([None if why else j.p for (_, j), why in zip(judged, failures)])
+    for (claim, j), why, p_holm in zip(judged, failures, adjusted):
+        holds = holds_paper(j)
+        if why is not None:
+            headline, raw, p_text, equivalent, holds = f"not testable ({why})", "—", "—", "—", "—"
+        else:
+            headline = _direction(j, math.nan if p_holm is None else p_holm)
+            raw = _direction(j, None)
+            p_text = "—" if j.p is None else f"{j.p:.2g} / {p_holm:.2g}"
+            equivalent = equivalence_text(j, headline != "inconclusive")
+        primary.append(
             [
-                j.claim.id,
-                j.claim.claim,
+                claim.id,
                 spec.experiment,
-                measure(j.claim),
-                j.claim.paper_value,
+                claim.claim,
+                measure(claim),
+                claim.paper_value,
                 f"{j.text}, {scale}",
                 p_text,
-                raw,
-                corrected,
-                figure,
+                shown(headline),
+                shown(raw),
+                holds,
+                equivalent,
+                figure_link(spec, claim),
             ]
         )
-    return rows
+    manipulation = []
+    for claim in plan.of_kind("manipulation"):
+        j = judge(claim, summary, labels)
+        manipulation.append(
+            [
+                claim.id,
+                spec.experiment,
+                claim.claim,
+                measure(claim),
+                claim.paper_value,
+                f"{j.text}, {scale}",
+                "—" if j.p is None else f"{j.p:.2g}",
+                shown(condition(j)),
+                holds_paper(j),
+                figure_link(spec, claim),
+            ]
+        )
+    descriptive = []
+    for claim in plan.of_kind("descriptive"):
+        j = judge(claim, summary, labels)
+        descriptive.append(
+            [
+                claim.id,
+                spec.experiment,
+                claim.claim,
+                measure(claim),
+                claim.paper_value,
+                f"{j.text}, {scale}",
+                "—" if j.p is None else f"{j.p:.2g}",
+                shown(condition(j)),
+                figure_link(spec, claim),
+            ]
+        )
+    return Rows(primary, manipulation, descriptive)
+
+
+HEADERS = {
+    "primary": [
+        "id",
+        "experiment",
+        "claim",
+        "measure",
+        "paper",
+        "ours (scale)",
+        "p / Holm p",
+        "verdict",
+        "raw verdict",
+        "interval holds the paper's value",
+        "equivalence",
+        "figure",
+    ],
+    "manipulation": [
+        "id",
+        "experiment",
+        "check",
+        "measure",
+        "paper",
+        "ours (scale)",
+        "p",
+        "verdict",
+        "interval holds the paper's value",
+        "figure",
+    ],
+    "descriptive": [
+        "id",
+        "experiment",
+        "condition",
+        "measure",
+        "paper",
+        "ours (scale)",
+        "p",
+        "verdict",
+        "figure",
+    ],
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,58 +360,90 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    rows = []
+    tables = Rows([], [], [])
+    plans, problems = [], []
     for path in args.experiments:
         spec = load_report_spec(path)
-        csv = args.results / spec.experiment / "summary.csv"
-        if not csv.exists():
-            raise DataError(f"{csv} is missing: aggregate the experiment first")
-        rows += claim_rows(spec, pd.read_csv(csv), args.scale)
-    headers = [
-        "id",
-        "claim",
-        "experiment",
-        "measure",
-        "paper",
-        "ours (scale)",
-        "p / Holm p",
-        "verdict",
-        "verdict (Holm)",
-        "figure",
-    ]
-    experiments = sorted({row[2] for row in rows})
-    per_experiment = ", ".join(f"{e} {sum(r[2] == e for r in rows)}" for e in experiments)
+        plan_file = plan_path(path)
+        plan, plan_hash = load_plan(plan_file, spec)
+        results = args.results / spec.experiment
+        frames = aggregate.read_tables(results)
+        if args.scale != "smoke":
+            problems += preregistration.problems(
+                plan, plan_hash, plan_file, preregistration.run_commits(results / "runs.csv")
+            )
+        plans.append((spec.experiment, plan_file, plan_hash, plan))
+        rows = claim_rows(spec, plan, aggregate.analysis_summary(spec, args.scale, plan, frames), args.scale)
+        tables.primary += rows.primary
+        tables.manipulation += rows.manipulation
+        tables.descriptive += rows.descriptive
+    if problems:
+        raise DataError(
+            "the analysis plan does not match the runs it would judge:\n  " + "\n  ".join(problems)
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(args.scale, plans, tables))
+    return 0
+
+
+def render(scale: str, plans: list[tuple[str, Path, str, AnalysisPlan]], tables: Rows) -> str:
+    families = ", ".join(f"{e} {sum(r[1] == e and r[6] != '—' for r in tables.primary)}" for e, *_ in plans)
     text = [
-        f"# Claims at `{args.scale}` scale",
+        f"# Claims at `{scale}` scale",
         "",
-        "Each verdict comes from the seeds of this scale, paired (same seed, same data), with the statistic",
-        "fit to the quantity: a relative change of a positive quantity is the geometric mean of the paired",
-        "ratio with the t interval of its log (it cannot pass -100 %); a quantity whose baseline can be near",
-        "zero is a paired difference; a heavy-tailed one is the median paired difference with the sign "
-        "test's",
-        "distribution-free interval (none exists below 6 seeds); a count is tested for a mean above its",
-        "threshold, with an interval cut at 0 (seeds with no spread: the sign test, no interval); RQ1's",
-        "persistence is a permutation test of the lag-1 autocorrelation of the linearly detrended cosines",
-        "against the same residuals in random order. Intervals are 95 %.",
-        "*Reproduced*: p < 0.05 with the estimate on the claimed side; *opposite*: p < 0.05 on the other",
-        "side; *inconclusive*: neither, or fewer than two seeds.",
+        "Every row is judged as its experiment's analysis plan fixes it: the claim's kind, its statistic,",
+        "the paper's value, the smallest effect of interest and the precondition it needs. Comparisons are",
+        "paired (same seed, same data). A relative change of a positive quantity is the geometric mean of",
+        "the paired ratio with the t interval of its log; a paired difference has a t interval; a",
+        "heavy-tailed quantity has the median paired difference with the sign test's distribution-free",
+        "interval (none below 6 seeds). Intervals are 95 %.",
         "",
-        f"**Multiplicity.** {len(rows)} verdicts are drawn here ({per_experiment}). The raw verdict reads",
-        "each claim's own p-value; the Holm verdict reads its p-value adjusted by Holm's step-down method",
-        "over the claims of the same experiment, which keeps at most 5 % the chance that any claim of an",
-        "experiment without a real effect reads other than *inconclusive*.",
+        "| plan | content hash (SHA-256) | deviations |",
+        "|---|---|---|",
         *(
-            ["", "**Smoke runs prove the pipeline; they are not evidence for or against any claim.**"]
-            if args.scale == "smoke"
-            else []
+            f"| [{e}]({Path('..', '..', *Path(f).parts[-3:]).as_posix()}) | `{h}` | "
+            + ("; ".join(f"runs at `{d.runs_commit[:12]}`: {d.what}" for d in p.deviations) or "none")
+            + " |"
+            for e, f, h, p in plans
         ),
         "",
-        tabulate(rows, headers=headers, tablefmt="github"),
+        "## Primary claims",
+        "",
+        "One family per experiment: the verdict reads each claim's p-value adjusted by Holm's step-down",
+        "method over the testable primary claims of its experiment, which keeps at most 5 % the chance that",
+        "any claim of an experiment without a real effect reads other than *inconclusive*. *Reproduced*: the",
+        "adjusted p < 0.05 with the estimate on the claimed side; *opposite*: on the other side;",
+        "*inconclusive*: neither; *not testable*: the precondition the plan states failed, so the",
+        "comparison says nothing about the claim. The raw verdict reads the unadjusted p-value. Where the",
+        "verdict is *inconclusive*, the equivalence column tests (TOST) whether the effect lies within the",
+        "plan's smallest effect of interest and names the effects the interval excludes. RQ1 (C1) is a",
+        "permutation test, combined over runs by Fisher's method (the reported p is doubled for looking at",
+        f"both sides); it has no interval. Testable primary claims per family: {families}.",
+        "",
+        tabulate(tables.primary, headers=_named(HEADERS["primary"], scale), tablefmt="github"),
+        "",
+        "## Manipulation checks",
+        "",
+        "Whether the treatment acted (an MBE penalty lowers MBE): *met* at p < 0.05 in the expected",
+        "direction. They are not claims of the paper's benefit and are outside the families.",
+        "",
+        tabulate(tables.manipulation, headers=_named(HEADERS["manipulation"], scale), tablefmt="github"),
+        "",
+        "## Descriptive conditions",
+        "",
+        "What the runs did, read on their own: a per-run condition is *met* when every run meets it; a",
+        "comparison when p < 0.05 in the stated direction. None is evidence for a claim by itself.",
+        "",
+        tabulate(tables.descriptive, headers=_named(HEADERS["descriptive"], scale), tablefmt="github"),
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(text))
-    return 0
+    if scale == "smoke":
+        text[1:1] = ["", "**Smoke runs prove the pipeline; they are not evidence for or against any claim.**"]
+    return "\n".join(text)
+
+
+def _named(headers: list[str], scale: str) -> list[str]:
+    return [f"ours ({scale})" if h == "ours (scale)" else h for h in headers]
 
 
 if __name__ == "__main__":

@@ -7,10 +7,14 @@
    order, as the DAG's ``claims`` rule does) and must equal the committed file line for line.
 2. Every estimate the README's claims table quotes as ``mean [low, high]`` in its "ours at
    `<scale>` scale" column must be the estimate of a claim of ``CLAIMS.md`` whose id starts with the
-   row's id (the row C4 covers C4, C4e, C4j, C4b, ..., not C40), to the precision the README prints:
-   a value quoted with one decimal may differ by at most 0.05 from the claim's.
+   row's id (the row C4 covers C4, C4e, C4j, C4b, ..., not C40), or a change the scale's study reports
+   (``results/<scale>/study/*/sensitivity.csv`` and ``scaling.csv``), to the precision the README
+   prints: a value quoted with one decimal may differ by at most 0.05 from the claim's.
 3. Every run in the experiments' ``runs.csv`` was trained at one and the same commit, from a clean
    tree (``git_dirty`` false): the scale's numbers are those of one commit's code.
+4. Each experiment's ``table.md`` is made again from its committed CSVs
+   (``replication.reporting.aggregate --from-csv``) and must equal the committed file: no text of a
+   generated file outlives the config or the numbers it was made from.
 
 Exits 1 naming every difference, so that the README and CLAIMS.md cannot drift from the data.
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -34,7 +39,7 @@ import pandas as pd
 from replication.config.base import load_yaml
 from replication.dag.plan import Plan
 from replication.dag.schema import resolve_global_config
-from replication.reporting import claims
+from replication.reporting import aggregate, claims
 from replication.runtime import cli
 from replication.science.errors import DataError
 
@@ -64,9 +69,9 @@ class Quote:
         )
 
 
-def _table(text: str, header_marker: str) -> tuple[list[str], list[list[str]]]:
-    """The first markdown table whose header line contains header_marker: (header cells, rows of cells)."""
-    lines = text.splitlines()
+def _tables(text: str, header_marker: str) -> list[tuple[list[str], list[list[str]]]]:
+    """Every markdown table whose header line contains header_marker: (header cells, rows of cells)."""
+    lines, found = text.splitlines(), []
     for i, line in enumerate(lines):
         if line.startswith("|") and header_marker in line:
             header = [c.strip() for c in line.strip("|").split("|")]
@@ -75,15 +80,23 @@ def _table(text: str, header_marker: str) -> tuple[list[str], list[list[str]]]:
                 if not row.startswith("|"):
                     break
                 rows.append([c.strip() for c in re.split(r"(?<!\\)\|", row.strip().strip("|"))])
-            return header, rows
-    raise DataError(f"no table with {header_marker!r} in its header")
+            found.append((header, rows))
+    if not found:
+        raise DataError(f"no table with {header_marker!r} in its header")
+    return found
+
+
+def _table(text: str, header_marker: str) -> tuple[list[str], list[list[str]]]:
+    """The first markdown table whose header line contains header_marker."""
+    return _tables(text, header_marker)[0]
 
 
 def _claim_rows(claims_md: str) -> dict[tuple[str, str], dict[str, str]]:
-    """(id, experiment) -> the row's cells by header name, of a CLAIMS.md of any version."""
-    header, rows = _table(claims_md, "| id ")
+    """(id, experiment) -> the row's cells by header name, of every table of a CLAIMS.md of any
+    version."""
     return {
         (row[0], row[header.index("experiment")]): dict(zip(header, row))
+        for header, rows in _tables(claims_md, "| id ")
         for row in rows
         if len(row) == len(header)
     }
@@ -99,8 +112,25 @@ def claim_estimates(claims_md: str) -> dict[str, list[Quote]]:
     return found
 
 
-def readme_problems(readme: str, scale: str, estimates: dict[str, list[Quote]]) -> list[str]:
-    """Every quote of the README's claims table that no claim of its row's id has."""
+def study_estimates(results: Path) -> list[Quote]:
+    """The changes against ce the scale's studies report (``replication.reporting.study``), as quotes
+    at full precision: a README row may cite them beside its claims."""
+    found = []
+    for path in sorted(results.glob("study/*/*.csv")):
+        frame = pd.read_csv(path)
+        for prefix in ("", "ce_", "mbe_"):
+            columns = [f"{prefix}change_percent", f"{prefix}low_percent", f"{prefix}high_percent"]
+            if all(c in frame for c in columns):
+                for values in frame[columns].dropna().itertuples(index=False):
+                    text = "{:+} % [{:+}, {:+}]".format(*values)
+                    found.append(Quote(text, tuple(float(v) for v in values), (17, 17, 17)))
+    return found
+
+
+def readme_problems(
+    readme: str, scale: str, estimates: dict[str, list[Quote]], studies: list[Quote] = ()
+) -> list[str]:
+    """Every quote of the README's claims table that no claim of its row's id has, nor a study."""
     header, rows = _table(readme, f"ours at `{scale}` scale")
     ours = next(i for i, name in enumerate(header) if name.startswith("ours at"))
     problems = []
@@ -112,7 +142,7 @@ def readme_problems(readme: str, scale: str, estimates: dict[str, list[Quote]]) 
         candidates = [q for claim, quotes in estimates.items() if of_row.match(claim) for q in quotes]
         for match in ESTIMATE.finditer(row[ours]):
             quote = Quote.parse(match)
-            if not any(quote.quotes(exact) for exact in candidates):
+            if not any(quote.quotes(exact) for exact in [*candidates, *studies]):
                 nearest = ", ".join(q.text for q in candidates) or "none"
                 problems.append(
                     f"README row {row_id.group(1)} quotes {quote.text}, which no {row_id.group(1)}* "
@@ -132,11 +162,31 @@ def remade_claims(plan: Plan) -> str:
         return out.read_text()
 
 
+def table_problems(plan: Plan) -> list[str]:
+    """The committed table.md files that differ from those made again from their CSVs."""
+    problems = []
+    for experiment in plan.specs:
+        results = Path(plan.results_dir(experiment))
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("summary", "runs", "phases", "alignment"):
+                source = results / f"{name}.csv"
+                if source.is_file():
+                    shutil.copyfile(source, Path(tmp) / source.name)
+            argv = [plan.experiment_config(experiment), "--scale", plan.scale, "--out", tmp, "--from-csv"]
+            if aggregate.main(argv) != 0:
+                problems.append(
+                    f"{results}/table.md could not be made from its CSVs; the message above says why"
+                )
+                continue
+            problems += claims_problems(results / "table.md", (Path(tmp) / "table.md").read_text(), shown=2)
+    return problems
+
+
 def claims_problems(committed: Path, remade: str, shown: int = 5) -> list[str]:
-    """The committed CLAIMS.md's lines that differ from those made from the data (the first few, and
-    how many in all)."""
+    """The committed CLAIMS.md's (or table.md's) lines that differ from those made from the data (the
+    first few, and how many in all)."""
     if not committed.is_file():
-        return [f"{committed} is missing: make it with the DAG's claims rule"]
+        return [f"{committed} is missing: make it with the DAG"]
     ours, theirs = committed.read_text().splitlines(), remade.splitlines()
     differ = [
         i
@@ -209,35 +259,37 @@ def load_plan(config_path: Path) -> Plan:
 def check(config_path: Path, readme: Path) -> list[str]:
     plan = load_plan(config_path)
     remade = remade_claims(plan)
-    problems = claims_problems(Path(plan.claims_output()), remade)
-    problems += readme_problems(readme.read_text(), plan.scale, claim_estimates(remade))
+    problems = claims_problems(Path(plan.claims_output()), remade) + table_problems(plan)
+    studies = study_estimates(Path(plan.config["results_dir"]) / plan.scale)
+    problems += readme_problems(readme.read_text(), plan.scale, claim_estimates(remade), studies)
     return problems + provenance_problems(plan)
 
 
+def _headline(cells: dict[str, str]) -> str:
+    """A row's headline verdict: the Holm verdict where a table of an earlier version shows it beside
+    the raw one, else its verdict column."""
+    return cells.get("verdict (Holm)", cells["verdict"])
+
+
+def _reading(cells: dict[str, str]) -> str:
+    ours = next(text for name, text in cells.items() if name.startswith("ours"))
+    raw = cells["verdict"] if "verdict (Holm)" in cells else cells.get("raw verdict")
+    return f"{ours}: {_headline(cells)}" + (f" (raw: {raw})" if raw and raw != "—" else "")
+
+
 def verdict_changes(old_md: str, new_md: str) -> str:
-    """A markdown table of the claims whose verdict differs between two CLAIMS.md (raw verdicts, and
-    the Holm verdict where the new one has it), with both estimates: the rows of a "changes since"
-    section, read from the files rather than copied by hand."""
+    """A markdown table of the claims whose headline verdict differs between two CLAIMS.md, with both
+    estimates, and of the rows one has and the other not: the rows of a "changes since" section, read
+    from the files rather than copied by hand."""
     old, new = _claim_rows(old_md), _claim_rows(new_md)
     lines = ["| claim | experiment | before | after |", "|---|---|---|---|"]
     for key in [k for k in new if k in old] + [k for k in new if k not in old]:
-        after = new[key]
-        before = old.get(key)
-        ours = next(n for n in after if n.startswith("ours"))
-        verdicts = f"{after['verdict']}" + (
-            f" (Holm: {after['verdict (Holm)']})" if "verdict (Holm)" in after else ""
-        )
+        after, before = new[key], old.get(key)
         if before is None:
-            lines.append(f"| {key[0]} | {key[1]} | (new claim) | {after[ours]}: {verdicts} |")
-            continue
-        old_ours = next(n for n in before if n.startswith("ours"))
-        if before["verdict"] != after["verdict"] or before["verdict"] != after.get(
-            "verdict (Holm)", after["verdict"]
-        ):
-            lines.append(
-                f"| {key[0]} | {key[1]} | {before[old_ours]}: {before['verdict']} "
-                f"| {after[ours]}: {verdicts} |"
-            )
+            lines.append(f"| {key[0]} | {key[1]} | (no such row) | {_reading(after)} |")
+        elif _headline(before) != _headline(after):
+            lines.append(f"| {key[0]} | {key[1]} | {_reading(before)} | {_reading(after)} |")
+    lines += [f"| {k[0]} | {k[1]} | {_reading(old[k])} | (no such row) |" for k in old if k not in new]
     return "\n".join(lines) + "\n"
 
 

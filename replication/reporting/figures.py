@@ -2,9 +2,10 @@
 
     python -m replication.reporting.figures experiments/NAME/config.yaml --results results/SCALE/NAME
 
-draws every figure the experiment's ``figures:`` section lists (see ``config.FigureSpec``). The
-figures of a scale's study (``study_*``) are drawn by ``replication.reporting.study``, in the same
-styles.
+draws every figure the experiment's ``figures:`` section lists (see ``config.FigureSpec``), each
+label's ``{token}`` in the unit of the scale's data (``fill_units``: "byte" where the data set is
+tokenized as bytes). The figures of a scale's study (``study_*``) are drawn by
+``replication.reporting.study``, in the same styles.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import re
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from replication.config.base import ConfigError  # noqa: E402
-from replication.config.report import FigureSpec, ReportSpec, load_report_spec  # noqa: E402
-from replication.reporting.stats import t_errorbar  # noqa: E402
+from replication.config.report import FigureSpec, ReportSpec, fill_units, load_report_spec  # noqa: E402
+from replication.reporting.stats import median_interval, t_errorbar  # noqa: E402
 from replication.runtime import cli  # noqa: E402
 from replication.science.methods import BASELINE, METHOD_NAMES  # noqa: E402
 
@@ -72,6 +73,8 @@ def label(labels: dict[str, str], metric: str) -> str:
 
 
 def _save(fig: plt.Figure, results: Path, stem: str, title: str) -> list[Path]:
+    """PNG and PDF of ``fig``, cropped to what it draws: a constrained layout can leave an axis label
+    outside the page (its margins are set before the tick labels widen), and the crop keeps it."""
     if title:
         fig.suptitle(
             textwrap.fill(title, int(11 * fig.get_figwidth())), fontsize=10
@@ -80,7 +83,7 @@ def _save(fig: plt.Figure, results: Path, stem: str, title: str) -> list[Path]:
         fig.tight_layout()
     paths = [results / f"{stem}.png", results / f"{stem}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=200)
+        fig.savefig(path, dpi=200, bbox_inches="tight", pad_inches=0.04)
     plt.close(fig)
     return paths
 
@@ -140,6 +143,34 @@ def _robust_limits(values: pd.Series) -> tuple[float, float]:
     return lo - margin, hi + margin
 
 
+def floor_errorbar(values: Sequence[float]) -> tuple[float, float]:
+    """``t_errorbar`` cut at 0: the interval of a quantity that cannot be negative (CE, MBE, L1, a
+    count) drawn within the values it can take, as ``stats.at_least`` states it."""
+    low, high = t_errorbar(values)
+    return (max(low, 0.0), high)
+
+
+def share_errorbar(values: Sequence[float]) -> tuple[float, float]:
+    """``t_errorbar`` cut at 0 and 1: the interval of a share drawn within the values a share can take
+    (three seeds of 0, 0 and 1 give a t interval of -1.1 to 1.8)."""
+    low, high = floor_errorbar(values)
+    return (low, min(high, 1.0))
+
+
+def median_errorbar(values: Sequence[float]) -> tuple[float, float]:
+    """The median's order-statistic interval of ``stats.median_interval`` (the sign test's, which the
+    claims state for a heavy-tailed metric) as seaborn's ``errorbar`` callable; the point itself where no
+    interval exists (fewer than 6 seeds)."""
+    estimate = median_interval(list(values))
+    return (estimate.mean, estimate.mean) if estimate.low is None else (estimate.low, estimate.high)
+
+
+def mean_errorbar(values: pd.Series) -> Callable[[Sequence[float]], tuple[float, float]]:
+    """The errorbar callable of a mean over ``values`` (all that one panel draws): ``floor_errorbar`` where
+    none is negative, a quantity that cannot be; else ``t_errorbar`` (a cosine, a difference)."""
+    return floor_errorbar if (values >= 0).all() else t_errorbar
+
+
 def curves(
     spec: FigureSpec,
     curves_df: pd.DataFrame,
@@ -182,7 +213,7 @@ def curves(
             style="method",
             style_order=methods,
             dashes=method_dashes(methods),
-            errorbar=t_errorbar,
+            errorbar=mean_errorbar(panel.value),
             err_kws={"alpha": 0.12, "lw": 0},
             lw=1.4,
             ax=ax,
@@ -220,7 +251,7 @@ def curves(
             ncols=len(methods),
             frameon=False,
             fontsize=8,
-            title="mean over seeds, band: 95 % t interval",
+            title="mean over seeds, band: 95 % t interval (cut at 0 where no value is negative)",
             title_fontsize=7,
         )
     if gated:
@@ -253,17 +284,19 @@ def mbe_by_layer(
         style_order=methods,
         dashes=method_dashes(methods),
         markers=method_markers(methods),
-        errorbar=t_errorbar,
+        errorbar=mean_errorbar(last.value),
         ax=ax,
     )
     ax.legend(frameon=False, fontsize=7)
     ax.set_xlabel("block")
-    ax.set_ylabel(textwrap.fill(f"{label(labels or {}, spec.metric)}, last evaluation", 40), fontsize=8)
+    ax.set_ylabel(textwrap.fill(label(labels or {}, spec.metric), 34) + ",\nlast evaluation", fontsize=8)
     ax.set_xticks(sorted(last.layer.unique().astype(int)))
     return _save(fig, results, spec.file, spec.title)
 
 
 def rq1_alignment(spec: FigureSpec, alignment: pd.DataFrame, results: Path) -> list[Path]:
+    """Per block, the cosine of the CE and MBE gradients against the step beside the CE-CE noise baseline:
+    the mean over seeds with its t band, never cut (a cosine can be negative)."""
     if alignment.empty:
         raise ConfigError(f"figure {spec.file}: alignment.csv is empty (no run logged gradient alignment)")
     layers = sorted(alignment.layer.unique())
@@ -322,13 +355,6 @@ def rq1_alignment(spec: FigureSpec, alignment: pd.DataFrame, results: Path) -> l
     return _save(fig, results, spec.file, spec.title)
 
 
-def share_errorbar(values: Sequence[float]) -> tuple[float, float]:
-    """``t_errorbar`` cut at 0 and 1: the interval of a share drawn within the values a share can take
-    (three seeds of 0, 0 and 1 give a t interval of -1.1 to 1.8)."""
-    low, high = t_errorbar(values)
-    return (max(low, 0.0), min(high, 1.0))
-
-
 def by_digits(
     spec: FigureSpec, summary: pd.DataFrame, results: Path, labels: dict[str, str] | None = None
 ) -> list[Path]:
@@ -384,9 +410,13 @@ def by_digits(
 def by_method(
     spec: FigureSpec, summary: pd.DataFrame, results: Path, labels: dict[str, str] | None = None
 ) -> list[Path]:
+    """One panel per metric: each method's seeds as dots, and in black their mean with its t interval or,
+    for the figure's ``medians``, their median with the order-statistic interval the claims state."""
     data = summary[summary.metric.isin(spec.metrics)]
     if data.empty:
         raise ConfigError(f"figure {spec.file}: summary.csv has none of {spec.metrics}")
+    if set(spec.medians) - set(spec.metrics):
+        raise ConfigError(f"figure {spec.file}: medians {spec.medians} must be among its metrics")
     methods = _methods(data)
     metrics = [m for m in spec.metrics if m in set(data.metric)]
     cols = min(3, len(metrics))
@@ -409,13 +439,15 @@ def by_method(
             legend=False,
             ax=ax,
         )
+        median = metric in spec.medians
         sns.pointplot(
             panel,
             x="method",
             y="value",
             order=methods,
             color="k",
-            errorbar=t_errorbar,
+            estimator="median" if median else "mean",
+            errorbar=median_errorbar if median else mean_errorbar(panel.value),
             linestyle="none",
             markers="D",
             markersize=4,
@@ -423,7 +455,7 @@ def by_method(
         )
         ax.set_title(textwrap.fill(label(labels or {}, metric), 34), fontsize=8)
         ax.set_xlabel("")
-        ax.set_ylabel("")
+        ax.set_ylabel("median, 95 % sign-test interval" if median else "mean, 95 % t interval", fontsize=7)
         ax.tick_params(axis="x", rotation=30, labelsize=7)
         ax.tick_params(axis="y", labelsize=7)
     for ax in list(axes.flat)[len(metrics) :]:
@@ -435,33 +467,50 @@ def by_method(
 
 
 def study_scaling(
-    table: pd.DataFrame, fits: dict[str, dict], labels: dict[str, str], results: Path
+    table: pd.DataFrame,
+    fits: dict[str, dict],
+    labels: dict[str, str],
+    results: Path,
+    blocks: dict[str, int] | None = None,
 ) -> list[Path]:
     """One panel per metric (``labels``: metric -> name): each method's change against ce per model
-    size with its 95 % interval, and the log-linear fit of ``fits`` with its 95 % band."""
+    size with its 95 % interval, and the log-linear fit of ``fits`` with its 95 % band over the sizes
+    run. A size whose model has another number of blocks (``blocks``: arm -> blocks) than most is drawn
+    hollow and named in the legend, so that a change of depth is not read as one of width."""
     metrics = list(labels)
     fig, axes = plt.subplots(1, len(metrics), figsize=(PAGE_WIDTH, 2.9), constrained_layout=True)
     methods = list(table.method.unique())
     palette, markers = method_palette(methods), method_markers(methods)
+    depth = table.arm.map(blocks or {})
+    usual = depth.mode().iloc[:1]  # the most common number of blocks (none where blocks is not given)
+    unlike = depth.notna() & ~depth.isin(usual)
+    odd = ", ".join(str(int(d)) for d in sorted(depth[unlike].unique()))
     for ax, metric in zip(np.atleast_1d(axes), metrics):
         for method in methods:
             rows = table[(table.method == method) & (table.metric == metric)]
-            low = rows.change_percent - rows.low_percent.fillna(rows.change_percent)
-            high = rows.high_percent.fillna(rows.change_percent) - rows.change_percent
             color = palette[method]
-            ax.errorbar(
-                rows.parameters,
-                rows.change_percent,
-                yerr=[low, high],
-                fmt=markers[method],
-                capsize=3,
-                color=color,
-                label=f"{method} (mean, 95 % interval)",
-            )
+            for hollow in (False, True):
+                part = rows[unlike[rows.index] == hollow]
+                if part.empty:
+                    continue
+                ax.errorbar(
+                    part.parameters,
+                    part.change_percent,
+                    yerr=[
+                        part.change_percent - part.low_percent.fillna(part.change_percent),
+                        part.high_percent.fillna(part.change_percent) - part.change_percent,
+                    ],
+                    fmt=markers[method],
+                    mfc="white" if hollow else color,
+                    capsize=3,
+                    color=color,
+                    label=f"{method}: {odd} blocks; the others {int(usual.iloc[0])}"
+                    if hollow
+                    else f"{method} (mean, 95 % interval)",
+                )
             fit = fits.get(f"{method} {metric}", {})
             if "slope" in fit:
-                lo, hi = math.log10(rows.parameters.min()) - 0.3, math.log10(rows.parameters.max()) + 0.3
-                grid = np.linspace(lo, hi, 100)
+                grid = np.linspace(math.log10(rows.parameters.min()), math.log10(rows.parameters.max()), 100)
                 mean = fit["intercept"] + fit["slope"] * grid
                 half = fit["t"] * fit["s"] * np.sqrt(1 / fit["n"] + (grid - fit["x_mean"]) ** 2 / fit["sxx"])
                 ax.plot(10**grid, 100 * np.expm1(mean), lw=1, color=color, label="log-linear fit, 95 % band")
@@ -473,7 +522,8 @@ def study_scaling(
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("parameters")
         ax.set_ylabel(f"{labels[metric]}: change vs ce (%)", fontsize=8)
-        ax.legend(frameon=False, fontsize=7)
+    handles, names = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=len(names), frameon=False, fontsize=7)
     return _save(fig, results, "scaling", "")
 
 
@@ -574,8 +624,12 @@ def study_settings(
     return _save(fig, results, "settings", "")
 
 
-def draw(spec: ReportSpec, results: Path) -> list[Path]:
+def draw(spec: ReportSpec, results: Path, scale: str | None = None) -> list[Path]:
+    """Every figure of ``spec`` from the CSVs in ``results``, the labels in the units of ``scale`` (by
+    default the folder above ``results``: results/SCALE/NAME)."""
     sns.set_theme(style="whitegrid", context="paper")
+    scale = scale or results.resolve().parent.name
+    labels = {metric: fill_units(text, spec, scale) for metric, text in spec.labels.items()}
 
     def read(name: str) -> pd.DataFrame:
         return pd.read_csv(results / f"{name}.csv")
@@ -583,15 +637,15 @@ def draw(spec: ReportSpec, results: Path) -> list[Path]:
     written = []
     for figure in spec.figures:
         if figure.kind == "curves":
-            written += curves(figure, read("curves"), read("phases"), results, spec.labels)
+            written += curves(figure, read("curves"), read("phases"), results, labels)
         elif figure.kind == "mbe_by_layer":
-            written += mbe_by_layer(figure, read("curves"), results, spec.labels)
+            written += mbe_by_layer(figure, read("curves"), results, labels)
         elif figure.kind == "rq1_alignment":
             written += rq1_alignment(figure, read("alignment"), results)
         elif figure.kind == "by_digits":
-            written += by_digits(figure, read("summary"), results, spec.labels)
+            written += by_digits(figure, read("summary"), results, labels)
         else:
-            written += by_method(figure, read("summary"), results, spec.labels)
+            written += by_method(figure, read("summary"), results, labels)
     return written
 
 
@@ -599,11 +653,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("replication.reporting.figures", __doc__)
     parser.add_argument("experiment", type=Path, help="experiments/NAME/config.yaml")
     parser.add_argument("--results", type=Path, required=True, help="results/SCALE/NAME, holding the CSVs")
+    parser.add_argument("--scale", help="the scale of the results (default: SCALE of --results)")
     return cli.run(_main, parser.parse_args(argv))
 
 
 def _main(args: argparse.Namespace) -> int:
-    draw(load_report_spec(args.experiment), args.results)
+    draw(load_report_spec(args.experiment), args.results, args.scale)
     return 0
 
 

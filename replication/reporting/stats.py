@@ -175,6 +175,41 @@ def at_least(values: Sequence[float | None], threshold: float, robust: bool = Fa
     return replace(estimate, kind="robust_at_least" if robust else "at_least")
 
 
+def per_seed_effects(method: dict[int, float], baseline: dict[int, float], how: str) -> list[float]:
+    """The per-seed values ``paired_change`` summarizes: log ratios for ``relative``, differences
+    otherwise."""
+    pairs = paired_values(method, baseline)
+    if how == "relative":
+        return [math.log(m / b) for m, b in pairs]
+    return [m - b for m, b in pairs]
+
+
+def equivalence(effects: Sequence[float], sesoi: float, how: str) -> float | None:
+    """The p-value of two one-sided tests (TOST) that the paired effect lies within the smallest
+    effect of interest: -sesoi < effect < +sesoi (a relative change: log(1 - sesoi) < mean log ratio
+    < log(1 + sesoi)). Each side is scipy's one-sided t test (``robust_difference``: the exact sign
+    test, ties counted against rejection); the larger p decides. None below 2 seeds."""
+    x = _finite(effects)
+    if len(x) < 2:
+        return None
+    low, high = (math.log1p(-sesoi), math.log1p(sesoi)) if how == "relative" else (-sesoi, sesoi)
+    if how == "robust_difference":
+        above = stats.binomtest(int(np.sum(x > low)), len(x), 0.5, alternative="greater").pvalue
+        below = stats.binomtest(int(np.sum(x < high)), len(x), 0.5, alternative="greater").pvalue
+    else:
+        if float(x.std(ddof=1)) == 0:
+            return 0.0 if low < float(x.mean()) < high else 1.0
+        above = stats.ttest_1samp(x, low, alternative="greater").pvalue
+        below = stats.ttest_1samp(x, high, alternative="less").pvalue
+    return float(max(above, below))
+
+
+def runs_at_least(values: Sequence[float | None], threshold: float) -> tuple[int, int]:
+    """(how many of the finite values reach ``threshold``, how many there are): a per-run condition."""
+    x = _finite(values)
+    return int(np.sum(x >= threshold)), len(x)
+
+
 def verdict(estimate: Estimate, direction: str, p: float | None = None, alpha: float = ALPHA) -> str:
     """reproduced / opposite / inconclusive for a claimed 'decrease' or 'increase' of the estimate
     against its null (for a threshold claim, 'increase': at least the threshold). ``p`` replaces the

@@ -27,6 +27,10 @@ into DIR (``replication.dag.plan.study_files``):
   metrics; ``settings.png``/``.pdf``;
 - ``README.md``, which states the finding in sentences from these numbers and the study's measured
   cost.
+
+With ``--from-csv`` it reads no runs: the tables, figures and README are derived again from the
+study.csv (and settings_curves.csv) already in DIR, so that a clone holding only the committed results
+can redraw them.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from replication.config.report import ReportSpec, load_report_spec
-from replication.config.run import StudySpec
+from replication.config.run import StudySpec, resolve_run_config
 from replication.dag.plan import study_files
 from replication.reporting import figures
 from replication.reporting.aggregate import finished_runs, tables
@@ -542,11 +546,30 @@ def readme(
     return "\n".join(lines)
 
 
-def write_study(spec: ReportSpec, scale: str, runs_dir: Path, out: Path) -> None:
+def size_blocks(spec: ReportSpec, scale: str) -> dict[str, int]:
+    """The number of blocks of each size's model (the scale's own as ``reference``), as its runs resolve
+    it: the scaling figure marks a size whose depth differs from the others'."""
     study = spec.scales[scale].study
-    frame, curves = read_runs(spec, scale, runs_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / "study.csv", index=False)
+    return {
+        arm.name: resolve_run_config(spec, arm.scale, arm.methods[0], study.seeds[0]).model.n_blocks
+        for arm in arms(spec, scale)
+        if arm.knob in ("default", "model size")
+    }
+
+
+def write_study(spec: ReportSpec, scale: str, runs_dir: Path | None, out: Path) -> None:
+    """The study's files from the runs in ``runs_dir``; with None, from the study.csv and
+    settings_curves.csv already in ``out`` (the rest is derived from those two)."""
+    study = spec.scales[scale].study
+    if runs_dir is None:
+        frame = pd.read_csv(out / "study.csv", dtype={"commit": str})
+        curves = pd.read_csv(out / "settings_curves.csv") if study.settings else None
+    else:
+        frame, curves = read_runs(spec, scale, runs_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out / "study.csv", index=False)
+        if study.settings:
+            curves.to_csv(out / "settings_curves.csv", index=False)
     scaling, fits = scaling_table(frame, spec, scale)
     if study.sizes is not None:
         scaling.to_csv(out / "scaling.csv", index=False)
@@ -557,7 +580,7 @@ def write_study(spec: ReportSpec, scale: str, runs_dir: Path, out: Path) -> None
             ]
         )
         fit_rows.to_csv(out / "scaling_fit.csv", index=False)
-        figures.study_scaling(scaling, fits, METRICS, out)
+        figures.study_scaling(scaling, fits, METRICS, out, size_blocks(spec, scale))
     sensitivity = sensitivity_table(frame, spec, scale)
     if study.knobs:
         sensitivity.to_csv(out / "sensitivity.csv", index=False)
@@ -565,7 +588,6 @@ def write_study(spec: ReportSpec, scale: str, runs_dir: Path, out: Path) -> None
     settings = settings_table(frame, spec, scale)
     if study.settings:
         settings.to_csv(out / "settings.csv", index=False)
-        curves.to_csv(out / "settings_curves.csv", index=False)
         labels = {curve_metric(k): name for k, name in study_metrics(study).items() if curve_metric(k)}
         bar = study.baseline_learns
         about = {arm: setting.about for arm, setting in study.settings.items()}
@@ -580,8 +602,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", required=True)
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--from-csv",
+        action="store_true",
+        help="redraw from DIR's study.csv and settings_curves.csv, not runs",
+    )
     args = parser.parse_args(argv)
-    return cli.run(lambda a: write_study(load_report_spec(a.experiment), a.scale, a.runs, a.out), args)
+    return cli.run(
+        lambda a: write_study(load_report_spec(a.experiment), a.scale, None if a.from_csv else a.runs, a.out),
+        args,
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 rule aggregate:
     input:
         config=lambda w: PLAN.experiment_config(w.experiment),
+        plan=lambda w: PLAN.analysis_plan(w.experiment),
         summaries=lambda w: PLAN.summaries(w.experiment),
     output:
         [f"{config['results_dir']}/{{scale}}/{{experiment}}/{name}" for name in TABLE_FILES],

@@ -4,7 +4,8 @@
 rule claims:
     input:
         configs=[PLAN.experiment_config(e) for e in PLAN.specs],
-        summaries=[f"{PLAN.results_dir(e)}/summary.csv" for e in PLAN.specs],
+        plans=[PLAN.analysis_plan(e) for e in PLAN.specs],
+        tables=[t for e in PLAN.specs for t in PLAN.table_outputs(e) if not t.endswith(("curves.csv", ".md"))],
     output:
         PLAN.claims_output(),
     log:

@@ -1,0 +1,256 @@
+"""The analysis plan and the claims it judges: kinds, families, preconditions, magnitude, equivalence,
+and the check that runs are judged by the plan they were made under."""
+
+import math
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats as scipy_stats
+
+from replication.config.plan import AnalysisPlan, ClaimPlan, content_hash, load_plan
+from replication.config.report import load_report_spec
+from replication.reporting import aggregate, claims, preregistration
+from replication.reporting.stats import equivalence, holm, verdict
+from replication.science.errors import ConfigError
+
+from .test_report import COMMIT, PLAN, SEEDS, results, write_plan  # noqa: F401
+
+
+def _claims_md(config, out, tmp_path, scale="cpu"):
+    path = tmp_path / "CLAIMS.md"
+    code = claims.main([str(config), "--scale", scale, "--results", str(out.parent), "--out", str(path)])
+    return code, path
+
+
+def _rows(text):
+    """id -> cells of every table row of a CLAIMS.md."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| C"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0]] = cells
+    return rows
+
+
+def claim(**fields):
+    base = {"id": "X", "kind": "primary", "claim": "x", "metric": "m", "statistic": "relative"}
+    return ClaimPlan.model_validate({**base, "paper_value": "q", "sesoi": 0.01, **fields})
+
+
+def test_a_plan_holds_each_claim_to_what_its_statistic_and_kind_need():
+    with pytest.raises(ValueError, match="needs a threshold"):
+        claim(kind="descriptive", statistic="runs_at_least")
+    with pytest.raises(ValueError, match="smallest effect of interest"):
+        claim(sesoi=None)
+    claim(kind="manipulation", sesoi=None)  # only a primary claim is tested for equivalence
+    with pytest.raises(ValueError, match="does not declare"):
+        AnalysisPlan.model_validate(
+            {"experiment": "e", "claims": [{**PLAN["claims"][0], "precondition": "p"}]}
+        )
+    with pytest.raises(ValueError, match="repeat"):
+        AnalysisPlan.model_validate({"experiment": "e", "claims": [PLAN["claims"][0]] * 2})
+
+
+def test_a_plan_naming_what_its_experiment_lacks_is_a_config_error(results, tmp_path):  # noqa: F811
+    config, _ = results
+    spec = load_report_spec(config)
+    bad = {**PLAN, "claims": [{**PLAN["claims"][0], "baseline": "ce_mbe", "figure": "nowhere.png"}]}
+    write_plan(tmp_path, bad)
+    with pytest.raises(ConfigError) as error:
+        load_plan(tmp_path / "plan.yaml", spec)
+    assert "method 'ce_mbe', which the experiment does not run" in str(error.value)
+    assert "nowhere.png, which the experiment's figures: do not draw" in str(error.value)
+
+
+def test_the_content_hash_reads_values_not_formatting_or_deviations():
+    reordered = dict(reversed(list(PLAN.items())))
+    assert content_hash(reordered) == content_hash(PLAN)
+    assert content_hash({**PLAN, "deviations": [{"what": "x"}]}) == content_hash(PLAN)
+    changed = {**PLAN, "claims": [{**PLAN["claims"][0], "sesoi": 0.02}, *PLAN["claims"][1:]]}
+    assert content_hash(changed) != content_hash(PLAN)
+
+
+def test_primary_claims_form_the_family_and_the_others_are_met_or_not(results, tmp_path):  # noqa: F811
+    config, out = results
+    code, path = _claims_md(config, out, tmp_path)
+    assert code == 0
+    rows = _rows(path.read_text())
+    summary = aggregate.analysis_summary(
+        load_report_spec(config), "cpu", load_plan(config.parent / "plan.yaml")[0], aggregate.read_tables(out)
+    )
+    plan = load_plan(config.parent / "plan.yaml")[0]
+    judged = [claims.judge(c, summary) for c in plan.of_kind("primary")]
+    adjusted = holm([j.p for j in judged])
+    assert len(judged) == 3 and adjusted[0] != judged[0].p  # the family is the three primary claims
+    for j, p_holm in zip(judged, adjusted):
+        cells = rows[j.claim.id]
+        assert cells[6] == f"{j.p:.2g} / {p_holm:.2g}"
+        assert cells[7] == verdict(j.estimate, j.claim.direction, p=p_holm)
+    assert rows["C2"][7] == "reproduced" and rows["C3"][7] == "opposite" and rows["C9"][7] == "inconclusive"
+    # magnitude: C2's interval (about -2 %) does not hold the paper's -4.8 %; C9's wide one holds +1 %
+    assert rows["C2"][9] == "no" and rows["C9"][9] == "yes" and rows["C3"][9] == "—"
+    # equivalence only where the verdict is inconclusive
+    assert rows["C2"][10] == "—" and rows["C9"][10].startswith("not shown equivalent within ±2 % (TOST p = ")
+    assert rows["C9"][10].endswith("excludes changes below -8.0 % and above +7.9 %")
+    # a descriptive condition is per run: gapt's 3, 4, 3, 4 phase changes all reach 2
+    assert rows["C7"][5].startswith("4 of 4 runs at least 2 (3, 4, 3, 4)") and rows["C7"][7] == "met"
+
+
+def test_a_manipulation_check_stays_out_of_the_family(results, tmp_path):  # noqa: F811
+    config, out = results
+    _, before = _claims_md(config, out, tmp_path)
+    check = {**PLAN["claims"][1], "id": "C3m", "kind": "manipulation"}
+    write_plan(config.parent, {**PLAN, "claims": [*PLAN["claims"], check]})
+    (tmp_path / "again").mkdir()
+    _, after = _claims_md(config, out, tmp_path / "again")
+    old, new = _rows(before.read_text()), _rows(after.read_text())
+    assert all(old[c][6] == new[c][6] for c in ("C2", "C3", "C9"))  # the same Holm p-values
+    assert (
+        new["C3m"][7] == "not met (the other way)"
+        and new["C3m"][6] == f"{float(old['C3'][6].split()[0]):.2g}"
+    )
+
+
+def test_a_failed_precondition_makes_a_claim_not_testable_and_leaves_the_family(results, tmp_path):  # noqa: F811
+    config, out = results
+    needs = {"text": "ce learns", "metric": "final/val/ce", "method": "ce", "at_least": 3.1}  # seed 0 is 3.0
+    on_c9 = [*PLAN["claims"][:2], {**PLAN["claims"][2], "precondition": "learns"}, PLAN["claims"][3]]
+    plan = {**PLAN, "preconditions": {"learns": needs}, "claims": on_c9}
+    write_plan(config.parent, plan)
+    _, path = _claims_md(config, out, tmp_path)
+    rows = _rows(path.read_text())
+    assert (
+        rows["C9"][7] == "not testable (learns: final/val/ce of ce is 3, 3.1, 3.2, 3.3, the plan needs 3.1)"
+    )
+    assert rows["C9"][6] == rows["C9"][8] == rows["C9"][9] == rows["C9"][10] == "—"
+    # the family is C2 and C3 alone: C9's large p-value would raise their Holm p-values
+    spec, (loaded, _) = load_report_spec(config), load_plan(config.parent / "plan.yaml")
+    summary = aggregate.analysis_summary(spec, "cpu", loaded, aggregate.read_tables(out))
+    p2, p3 = (claims.judge(c, summary).p for c in loaded.claims[:2])
+    for row, p_holm in zip(("C2", "C3"), holm([p2, p3])):
+        assert rows[row][6].split(" / ")[1] == f"{p_holm:.2g}"
+    assert holm([p2, p3, 0.9])[:2] != holm([p2, p3])
+    write_plan(config.parent, {**plan, "preconditions": {"learns": {**needs, "at_least": 3.0}}})
+    _, path = _claims_md(config, out, tmp_path)
+    assert _rows(path.read_text())["C9"][7] == "inconclusive"
+
+
+def test_tost_is_two_one_sided_tests_of_the_library():
+    x = np.array([0.004, -0.003, 0.006, 0.001, -0.002])
+    expected = max(
+        scipy_stats.ttest_1samp(x, -0.01, alternative="greater").pvalue,
+        scipy_stats.ttest_1samp(x, 0.01, alternative="less").pvalue,
+    )
+    assert equivalence(x, 0.01, "difference") == pytest.approx(expected) and expected < 0.05
+    logs = np.log([1.004, 0.997, 1.006, 1.001, 0.998])
+    expected = max(
+        scipy_stats.ttest_1samp(logs, math.log(0.99), alternative="greater").pvalue,
+        scipy_stats.ttest_1samp(logs, math.log(1.01), alternative="less").pvalue,
+    )
+    assert equivalence(logs, 0.01, "relative") == pytest.approx(expected)
+    d = np.array([0.01] * 9 + [-0.2])  # 9 of 10 inside +-0.05 on each side
+    assert equivalence(d, 0.05, "robust_difference") == pytest.approx(
+        scipy_stats.binomtest(9, 10, 0.5, alternative="greater").pvalue
+    )
+    assert equivalence([0.2, 0.3, 0.25], 0.01, "difference") > 0.5  # far outside: not equivalent
+
+
+def test_c7_is_per_run_not_a_mean(results, tmp_path):  # noqa: F811
+    config, out = results
+    summary = pd.read_csv(out / "summary.csv")
+    low = (summary.method == "gapt") & (summary.metric == "phase_changes") & (summary.seed == 0)
+    summary.loc[low, "value"] = 1  # mean 3: above 2, but one run never alternates
+    summary.to_csv(out / "summary.csv", index=False)
+    _, path = _claims_md(config, out, tmp_path)
+    row = _rows(path.read_text())["C7"]
+    assert row[5].startswith("3 of 4 runs at least 2 (1, 4, 3, 4)") and row[7] == "not met"
+
+
+def test_rq1_persistence_combines_the_runs_with_fisher_and_prints_the_runs_test_beside():
+    rows = []
+    for seed, (p_hi, p_lo, r_hi, r_lo) in enumerate(
+        [(0.01, 0.99, 0.05, 0.95), (0.03, 0.97, 0.1, 0.9), (0.2, 0.8, 0.3, 0.7)]
+    ):
+        for key, value in (
+            ("rq1/autocorr", 0.5),
+            ("rq1/autocorr_shuffled", -0.02),
+            ("rq1/autocorr_p_persistent", p_hi),
+            ("rq1/autocorr_p_alternating", p_lo),
+            ("rq1/sign_runs", 10.0),
+            ("rq1/sign_runs_shuffled", 12.0),
+            ("rq1/sign_runs_p_persistent", r_hi),
+            ("rq1/sign_runs_p_alternating", r_lo),
+        ):
+            rows.append({"method": "ce", "seed": seed, "metric": key, "value": value})
+    c1 = claim(metric="rq1/autocorr", statistic="persistence", method="ce", direction="increase", sesoi=None)
+    j = claims.judge(c1, pd.DataFrame(rows))
+    fisher = scipy_stats.combine_pvalues([0.01, 0.03, 0.2], method="fisher").pvalue
+    assert j.p == pytest.approx(2 * fisher) and verdict(j.estimate, "increase") == "reproduced"
+    runs = scipy_stats.combine_pvalues([0.05, 0.1, 0.3], method="fisher").pvalue
+    assert f"10 sign changes per block against 12, p = {2 * runs:.2g} for persistence" in j.text
+    assert "0.5 against -0.02 in random order" in j.text and "n=3" in j.text
+
+
+def test_smoke_claims_are_not_evidence_and_skip_the_plan_check(results, tmp_path):  # noqa: F811
+    config, out = results
+    smoke = tmp_path / "results" / "smoke" / "demo"
+    smoke.mkdir(parents=True)
+    for name in ("summary", "runs", "phases", "alignment"):
+        (smoke / f"{name}.csv").write_text((out / f"{name}.csv").read_text())
+    write_plan(config.parent, commit="0000000")  # no deviation covers the runs' commit
+    code, path = _claims_md(config, smoke, tmp_path, scale="smoke")
+    text = path.read_text()
+    assert code == 0 and "not evidence" in text and "| reproduced" not in text
+
+
+def test_claims_refuse_runs_the_plan_does_not_cover(results, tmp_path, capsys):  # noqa: F811
+    config, out = results
+    changed = {**PLAN, "claims": [{**PLAN["claims"][0], "sesoi": 0.02}, *PLAN["claims"][1:]]}
+    stale = {"runs_commit": COMMIT, "plan_sha256": content_hash(PLAN), "what": "written against the old plan"}
+    (config.parent / "plan.yaml").write_text(yaml.safe_dump({**changed, "deviations": [stale]}))
+    code, path = _claims_md(config, out, tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2 and not path.exists()
+    assert f"plan_sha256 {content_hash(changed)}" in err and "does not cover the plan as it is now" in err
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def test_runs_are_judged_by_the_plan_of_their_commit_or_a_deviation_says_why(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "experiments" / "demo").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "t@t")
+    _git(repo, "config", "user.name", "t")
+    plan_file = repo / "experiments" / "demo" / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump(PLAN))
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "plan")
+    commit = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+    def problems(raw, commits=(commit,)):
+        plan_file.write_text(yaml.safe_dump(raw))
+        plan, plan_hash = load_plan(plan_file)
+        return preregistration.problems(plan, plan_hash, plan_file, list(commits))
+
+    assert problems(PLAN) == []  # the runs' own plan
+    changed = {**PLAN, "claims": [{**PLAN["claims"][0], "sesoi": 0.02}, *PLAN["claims"][1:]]}
+    [found] = problems(changed)
+    assert f"at commit {commit[:12]}, where the runs were made, differs from the plan now" in found
+    assert f"runs_commit {commit[:12]}, plan_sha256 {content_hash(changed)}" in found
+    deviation = {"runs_commit": commit[:12], "plan_sha256": content_hash(changed), "what": "sesoi doubled"}
+    assert problems({**changed, "deviations": [deviation]}) == []
+    again = {**changed, "claims": [{**changed["claims"][0], "sesoi": 0.03}, *changed["claims"][1:]]}
+    [found] = problems({**again, "deviations": [deviation]})
+    assert "does not cover the plan as it is now" in found
+    [found] = problems(PLAN, commits=["f" * 40])
+    assert "is absent or cannot be read" in found
+    [found] = problems(PLAN, commits=[""])
+    assert "outside a git clone" in found
