@@ -14,8 +14,9 @@ from replication.config.plan import AnalysisPlan, ClaimPlan, content_hash, load_
 from replication.config.report import load_report_spec
 from replication.reporting import aggregate, claims, preregistration
 from replication.reporting.stats import equivalence, holm, verdict
-from replication.science.errors import ConfigError
+from replication.science.errors import ConfigError, DataError
 
+from .conftest import REPO
 from .test_report import COMMIT, PLAN, SEEDS, results, write_plan  # noqa: F401
 
 
@@ -93,10 +94,30 @@ def test_primary_claims_form_the_family_and_the_others_are_met_or_not(results, t
     # magnitude: C2's interval (about -2 %) does not hold the paper's -4.8 %; C9's wide one holds +1 %
     assert rows["C2"][9] == "no" and rows["C9"][9] == "yes" and rows["C3"][9] == "—"
     # equivalence only where the verdict is inconclusive
-    assert rows["C2"][10] == "—" and rows["C9"][10].startswith("not shown equivalent within ±2 % (TOST p = ")
+    assert rows["C2"][10].startswith("the whole interval lies beyond") and rows["C9"][10].startswith(
+        "not shown equivalent within ±2 % (TOST p = "
+    )
     assert rows["C9"][10].endswith("excludes changes below -8.0 % and above +7.9 %")
     # a descriptive condition is per run: gapt's 3, 4, 3, 4 phase changes all reach 2
     assert rows["C7"][5].startswith("4 of 4 runs at least 2 (3, 4, 3, 4)") and rows["C7"][7] == "met"
+
+
+def test_a_significant_effect_within_the_smallest_effect_of_interest_says_so(results, tmp_path):  # noqa: F811
+    config, out = results
+    wide = {**PLAN["claims"][0], "sesoi": 0.05}  # C2's -2 % [-2.1, -1.9] lies within +-5 %
+    write_plan(config.parent, {**PLAN, "claims": [wide, *PLAN["claims"][1:]]})
+    _, path = _claims_md(config, out, tmp_path)
+    row = _rows(path.read_text())["C2"]
+    assert row[7] == "reproduced (smaller than the smallest effect of interest)" and row[8] == "reproduced"
+    assert row[10].startswith("the whole effect lies within ±5 %, the smallest effect of interest (TOST p = ")
+    (tmp_path / "narrow").mkdir()
+    write_plan(config.parent)  # +-1 %: the whole interval lies beyond it
+    _, path = _claims_md(config, out, tmp_path / "narrow")
+    row = _rows(path.read_text())["C2"]
+    assert (
+        row[7] == "reproduced"
+        and row[10] == "the whole interval lies beyond ±1 %, the smallest effect of interest"
+    )
 
 
 def test_a_manipulation_check_stays_out_of_the_family(results, tmp_path):  # noqa: F811
@@ -251,6 +272,78 @@ def test_runs_are_judged_by_the_plan_of_their_commit_or_a_deviation_says_why(tmp
     [found] = problems({**again, "deviations": [deviation]})
     assert "does not cover the plan as it is now" in found
     [found] = problems(PLAN, commits=["f" * 40])
-    assert "is absent or cannot be read" in found
+    assert "is absent or git cannot show it" in found
     [found] = problems(PLAN, commits=[""])
     assert "outside a git clone" in found
+
+
+def test_a_copy_of_a_plan_outside_any_checkout_is_read_from_the_suites_history(tmp_path):
+    """The GPU check copies the experiment files to a scratch folder: their plan's history is the
+    suite's own (experiments/<name>/plan.yaml at the runs' commit)."""
+    shown = subprocess.run(
+        ["git", "-C", str(REPO), "show", "HEAD:experiments/fineweb_pretrain/plan.yaml"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    copy = tmp_path / "fineweb_pretrain" / "plan.yaml"
+    copy.parent.mkdir()
+    copy.write_text(shown)
+    plan, plan_hash = load_plan(copy)
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout
+    assert preregistration.plan_at_commit(copy, "fineweb_pretrain", head.strip()) == plan_hash
+    assert preregistration.problems(plan, plan_hash, copy, [head.strip()]) == []
+
+
+def test_a_plan_naming_a_metric_no_run_has_is_an_error_with_a_hint(results, tmp_path, capsys):  # noqa: F811
+    config, out = results
+    typo = {**PLAN["claims"][0], "metric": "final/val/cee"}
+    write_plan(config.parent, {**PLAN, "claims": [typo, *PLAN["claims"][1:]]})
+    code, _ = _claims_md(config, out, tmp_path)
+    err = capsys.readouterr().err
+    assert (
+        code == 2 and "C2 names 'final/val/cee', which no gapt run has (did you mean 'final/val/ce'?)" in err
+    )
+
+
+def test_a_precondition_needs_every_seed_of_the_runs(results, tmp_path):  # noqa: F811
+    config, out = results
+    summary = pd.read_csv(out / "summary.csv")
+    gone = (summary.method == "ce") & (summary.metric == "final/val/mbe") & (summary.seed == 2)
+    summary[~gone].to_csv(out / "summary.csv", index=False)
+    needs = {"text": "t", "metric": "final/val/mbe", "method": "ce", "at_least": 0.5}
+    plan = {**PLAN, "preconditions": {"p": needs}, "claims": [{**PLAN["claims"][0], "precondition": "p"}]}
+    write_plan(config.parent, plan)
+    _, path = _claims_md(config, out, tmp_path)
+    assert "none for seed 2" in _rows(path.read_text())["C2"][7]
+
+
+def test_runs_without_a_commit_column_are_refused(tmp_path):
+    (tmp_path / "runs.csv").write_text("method,seed\nce,0\n")
+    with pytest.raises(DataError, match="has no column git_commit"):
+        preregistration.run_commits(tmp_path / "runs.csv")
+    (tmp_path / "runs.csv").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        preregistration.run_commits(tmp_path / "runs.csv")
+
+
+def test_derived_rows_of_an_older_summary_are_replaced_not_doubled(results):  # noqa: F811
+    config, out = results
+    frames = aggregate.read_tables(out)
+    stale = pd.DataFrame(
+        [{"method": "gapt", "seed": 0, "metric": "phases/compress_median_steps", "value": 99.0}]
+    )
+    frames["summary"] = pd.concat([frames["summary"], stale], ignore_index=True)
+    rows = aggregate.analysis_summary(
+        load_report_spec(config), "cpu", load_plan(config.parent / "plan.yaml")[0], frames
+    )
+    lengths = rows[(rows.metric == "phases/compress_median_steps") & (rows.seed == 0)]
+    assert list(lengths.value) == [5.0]
+
+
+def test_seeds_with_no_spread_are_judged_by_the_sign_tests():
+    assert equivalence([0.001, 0.001, 0.001], 0.01, "difference") == pytest.approx(
+        scipy_stats.binomtest(3, 3, 0.5, alternative="greater").pvalue
+    )

@@ -181,3 +181,15 @@ def test_the_committed_results_say_what_the_readme_quotes(monkeypatch):
             f"README quotes {scale}, which has no results"
         )
         assert crosscheck.check(root / "config" / f"{scale}.yaml", root / "README.md") == []
+
+
+def test_the_readme_quotes_each_plans_hash_as_claims_md_gives_it():
+    claims_md = (
+        "| plan | content hash (SHA-256) | deviations |\n|---|---|---|\n"
+        f"| [demo](../../experiments/demo/plan.yaml) | `{'ab' * 32}` | none |\n"
+    )
+    assert crosscheck.plan_hash_problems("plans: `demo` abababababab.", claims_md) == []
+    [problem] = crosscheck.plan_hash_problems("plans: `demo` abababababac.", claims_md)
+    assert problem == f"README quotes demo's plan hash abababababac, where CLAIMS.md has {'ab' * 32}"
+    [problem] = crosscheck.plan_hash_problems("plans: `other` abababababab.", claims_md)
+    assert "where CLAIMS.md has none" in problem

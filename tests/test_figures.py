@@ -213,6 +213,35 @@ def test_a_heavy_tailed_metric_is_drawn_as_its_median_with_the_sign_tests_interv
         figures.by_method(spec.model_copy(update={"medians": ["val/other"]}), pd.DataFrame(rows), tmp_path)
 
 
+def test_a_paired_difference_is_drawn_against_the_baseline_run_of_the_same_seed(tmp_path, monkeypatch):
+    ce = [0.4, 0.1, 0.3, 0.2, 0.9, 0.5, 0.6, 0.2, 0.3, 0.7]
+    gapt = [0.3, 0.2, 0.1, 0.2, 0.5, 0.6, 0.1, 0.1, 0.4, 0.2]  # lower medians per method than per seed
+    rows = [
+        {"method": method, "seed": seed, "metric": "forgetting/interference", "value": value}
+        for method, values in (("ce", ce), ("gapt", gapt))
+        for seed, value in enumerate(values)
+    ]
+    drawn = _drawn(monkeypatch)
+    spec = FigureSpec(
+        kind="by_method",
+        file="d",
+        metrics=["forgetting/interference"],
+        medians=["forgetting/interference"],
+        differences=["forgetting/interference"],
+    )
+    shuffled = rows[:10] + rows[10:][::-1]  # the runs in another seed order than their baselines
+    figures.by_method(spec, pd.DataFrame(shuffled), tmp_path)
+    [ax] = drawn["d"].axes[:1]
+    paired = median_interval([g - c for g, c in zip(gapt, ce)])
+    [points] = [line for line in ax.lines if line.get_marker() == "D"]
+    assert list(points.get_ydata()) == pytest.approx([paired.mean]) and _bars(ax) == [
+        (pytest.approx(paired.low), pytest.approx(paired.high))
+    ]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["gapt"]
+    assert "minus ce's" in ax.get_title().replace("\n", " ")
+    plt.close(drawn["d"])
+
+
 def _band_bottom(ax) -> float:
     return min(c.get_paths()[0].vertices[:, 1].min() for c in ax.collections if c.get_paths())
 

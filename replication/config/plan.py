@@ -61,6 +61,8 @@ class ClaimPlan(StrictModel):
     - "robust_at_least": the median of ``method``'s values against ``threshold``, sign test;
     - "persistence": RQ1's permutation test of the cosine's serial dependence
       (``replication.reporting.rq1``), with the runs test on its signs beside it.
+    ``direction`` is the claimed side of a paired change; a persistence or threshold test claims an
+    increase (``runs_at_least`` has no side: every run meets its threshold or not).
     ``paper`` is the paper's value in the statistic's units (a relative change as a fraction), where
     the paper gives one in them; ``sesoi`` the smallest effect of interest in the same units, which a
     primary claim that is not significant is tested for equivalence against. ``context`` names
@@ -95,6 +97,11 @@ class ClaimPlan(StrictModel):
             )
         if self.statistic == "persistence" and self.kind != "primary":
             raise ValueError(f"claim {self.id}: RQ1's persistence test is the primary claim C1")
+        if self.statistic in ("persistence", "robust_at_least") and self.direction != "increase":
+            raise ValueError(
+                f"claim {self.id}: statistic {self.statistic} claims an increase (more persistence than "
+                "chance, a median above the threshold): set direction: increase"
+            )
         return self
 
 

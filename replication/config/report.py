@@ -54,7 +54,8 @@ class FigureSpec(StrictModel):
     ``by_digits`` (summary metrics ``<prefix><digits>`` for every ``prefixes`` entry, taken to be
     shares in [0, 1]: their intervals are cut at 0 and 1),
     ``by_method`` (summary ``metrics`` per method: the seeds, and their mean with its t interval or, for
-    the ``medians``, their median with its order-statistic interval).
+    the ``medians``, their median with its order-statistic interval; the ``differences`` as each
+    seed's difference from its ``ce`` run).
     """
 
     kind: Literal["curves", "mbe_by_layer", "rq1_alignment", "by_digits", "by_method"]
@@ -66,6 +67,9 @@ class FigureSpec(StrictModel):
     # of a by_method figure's ``metrics``, those drawn as the median with the sign test's order-statistic
     # interval (``stats.median_interval``), as the claims judge a heavy-tailed metric
     medians: list[str] = []
+    # of a by_method figure's ``metrics``, those drawn as each seed's difference from the ``ce`` run of
+    # the same seed (``ce`` itself not drawn), as a claim of a paired difference judges them
+    differences: list[str] = []
     caption: str = ""
 
 

@@ -171,7 +171,8 @@ def analysis_summary(
     """summary.csv's rows with the statistics the analysis derives from the other tables (the module
     docstring names them)."""
     summary = frames["summary"][["method", "seed", "metric", "value"]]
-    derived = [summary]
+    # a summary.csv aggregated by earlier code may hold such rows, computed another way: never both
+    derived = [summary[~summary.metric.astype(str).str.startswith(DERIVED)]]
     reporting = spec.reporting_for(scale)
     alignment = frames.get("alignment")
     if reporting.rq1 is not None and alignment is not None and len(alignment):
@@ -302,7 +303,7 @@ def metric_table(
                 change = paired_change(by_seed[method], by_seed[BASELINE], "difference")
             changes.append(change.format())
         claimed = [
-            c.paper_value
+            f"{c.method} {c.paper_value}"
             for c in plan.claims
             if c.metric == row.key and c.baseline == BASELINE and c.statistic in CHANGES
         ]
@@ -387,6 +388,10 @@ def read_tables(out: Path) -> dict[str, pd.DataFrame]:
             frames[name] = pd.read_csv(path)
         except pd.errors.EmptyDataError:
             frames[name] = pd.DataFrame()
+        if name in ("summary", "runs") and frames[name].empty:
+            raise DataError(
+                f"{path} holds no rows: aggregate the experiment's runs again (the DAG's aggregate rule)"
+            )
     return frames
 
 

@@ -45,7 +45,7 @@ from replication.reporting.stats import (
     verdict,
 )
 from replication.runtime import cli
-from replication.science.errors import DataError
+from replication.science.errors import DataError, did_you_mean
 
 NOT_EVIDENCE = "not evidence (would read: {})"
 
@@ -105,6 +105,14 @@ def _persistence(claim: ClaimPlan, summary: pd.DataFrame) -> Judgement:
     return Judgement(claim, Estimate(side, None, None, n, p, 0.0, "permutation"), text, p)
 
 
+def _context(name: str, values: dict[int, float]) -> str:
+    """'; name: median m (from a to b over runs)', of one context metric of the claim's runs."""
+    if not values:
+        return f"; {name}: no runs"
+    ordered = sorted(values.values())
+    return f"; {name}: median {_median(ordered):.3g} (from {ordered[0]:.3g} to {ordered[-1]:.3g} over runs)"
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
@@ -120,9 +128,7 @@ def judge(claim: ClaimPlan, summary: pd.DataFrame, labels: dict[str, str] | None
         return _persistence(claim, summary)
     values = _by_seed(summary, claim.method, claim.metric)
     context = "".join(
-        f"; {(labels or {}).get(key, key)}, median over runs "
-        f"{_median(list(_by_seed(summary, claim.method, key).values())):.3g}"
-        for key in claim.context
+        _context((labels or {}).get(key, key), _by_seed(summary, claim.method, key)) for key in claim.context
     )
     if claim.statistic == "runs_at_least":
         k, n = runs_at_least(list(values.values()), claim.threshold)
@@ -148,27 +154,40 @@ def judge(claim: ClaimPlan, summary: pd.DataFrame, labels: dict[str, str] | None
 
 
 def precondition_failure(plan: AnalysisPlan, claim: ClaimPlan, summary: pd.DataFrame) -> str | None:
-    """Why the claim's precondition fails on these runs (None where it holds or there is none)."""
+    """Why the claim's precondition fails on these runs (None where it holds or there is none): a seed
+    of the runs below the bar, or without the metric."""
     if claim.precondition is None:
         return None
     need = plan.preconditions[claim.precondition]
     values = _by_seed(summary, need.method, need.metric)
-    below = {s: v for s, v in values.items() if not v >= need.at_least}
-    if values and not below:
+    seeds = sorted(set(summary.seed.astype(int)))
+    if seeds and all(s in values and values[s] >= need.at_least for s in seeds):
         return None
-    shown = ", ".join(f"{v:.3g}" for _, v in sorted(values.items())) or "no runs"
+    shown = ", ".join(f"{values[s]:.3g}" if s in values else f"none for seed {s}" for s in seeds) or "no runs"
     return (
         f"{claim.precondition}: {need.metric} of {need.method} is {shown}, the plan needs {need.at_least:g}"
     )
+
+
+def unknown_metrics(plan: AnalysisPlan, summary: pd.DataFrame) -> list[str]:
+    """Each metric the plan names that no run of its method has: a typo in the plan, or an analysis
+    statistic the experiment file does not declare; named with the nearest metrics the runs have."""
+    found = []
+    named = [(c.id, c.method, m) for c in plan.claims for m in (c.metric, *c.context)]
+    named += [(c.id, c.baseline, c.metric) for c in plan.claims if c.statistic in PAIRED]
+    named += [(k, p.method, p.metric) for k, p in plan.preconditions.items()]
+    for owner, method, metric in dict.fromkeys(named):
+        have = set(summary.metric[summary.method == method])
+        if metric not in have:
+            found.append(f"{owner} names {metric!r}, which no {method} run has" + did_you_mean(metric, have))
+    return found
 
 
 def _direction(j: Judgement, p: float | None) -> str:
     """reproduced / opposite / inconclusive at p (the estimate's own where None)."""
     if j.estimate is None:
         return "inconclusive"
-    return verdict(
-        j.estimate, "increase" if j.claim.statistic == "robust_at_least" else j.claim.direction, p=p
-    )
+    return verdict(j.estimate, j.claim.direction, p=p)
 
 
 def condition(j: Judgement) -> str:
@@ -191,16 +210,28 @@ def _amount(claim: ClaimPlan, value: float) -> str:
     return f"{100 * value:+.1f} %" if claim.statistic == "relative" else f"{value:+.3g}"
 
 
+def equivalence_p(j: Judgement) -> float | None:
+    """TOST of a paired primary claim against its smallest effect of interest (None where none applies)."""
+    if j.claim.statistic not in PAIRED or j.claim.sesoi is None or j.estimate is None or j.estimate.n < 2:
+        return None
+    return equivalence(list(j.effects), j.claim.sesoi, j.claim.statistic)
+
+
 def equivalence_text(j: Judgement, significant: bool) -> str:
-    """For a testable primary claim that is not significant: TOST against the smallest effect of
-    interest, and the effects its 95 % interval excludes."""
-    claim, e = j.claim, j.estimate
-    if significant or claim.statistic not in PAIRED or claim.sesoi is None or e is None or e.n < 2:
-        return "—"
-    bound = f"±{100 * claim.sesoi:g} %" if claim.statistic == "relative" else f"±{claim.sesoi:g}"
-    p = equivalence(list(j.effects), claim.sesoi, claim.statistic)
+    """A testable primary claim against the smallest effect of interest (TOST), and for one that is not
+    significant, the effects its 95 % interval excludes."""
+    claim, e, p = j.claim, j.estimate, equivalence_p(j)
+    if claim.statistic == "persistence":
+        return "no bound: a permutation test gives no interval of the effect"
     if p is None:
         return "—"
+    bound = f"±{100 * claim.sesoi:g} %" if claim.statistic == "relative" else f"±{claim.sesoi:g}"
+    if significant:
+        if p < 0.05:
+            return f"the whole effect lies within {bound}, the smallest effect of interest (TOST p = {p:.2g})"
+        if e.low is not None and (e.low > claim.sesoi or e.high < -claim.sesoi):
+            return f"the whole interval lies beyond {bound}, the smallest effect of interest"
+        return f"the interval reaches both within and beyond {bound}, the smallest effect of interest"
     text = f"{'equivalent' if p < 0.05 else 'not shown equivalent'} within {bound} (TOST p = {p:.2g})"
     if e.low is not None:
         text += f"; excludes changes below {_amount(claim, e.low)} and above {_amount(claim, e.high)}"
@@ -240,6 +271,9 @@ def claim_rows(spec: ReportSpec, plan: AnalysisPlan, summary: pd.DataFrame, scal
     """The rows of one experiment's three tables."""
     smoke = scale == "smoke"
     labels = {row.key: row.label for row in spec.paper.table}
+    unknown = unknown_metrics(plan, summary)
+    if unknown:
+        raise DataError(f"{spec.experiment}'s plan: " + "; ".join(unknown))
 
     def shown(read: str) -> str:
         return NOT_EVIDENCE.format(read) if smoke else read
@@ -257,6 +291,9 @@ def claim_rows(spec: ReportSpec, plan: AnalysisPlan, summary: pd.DataFrame, scal
             raw = _direction(j, None)
             p_text = "—" if j.p is None else f"{j.p:.2g} / {p_holm:.2g}"
             equivalent = equivalence_text(j, headline != "inconclusive")
+            tost = equivalence_p(j)
+            if headline != "inconclusive" and tost is not None and tost < 0.05:
+                headline += " (smaller than the smallest effect of interest)"
         primary.append(
             [
                 claim.id,
@@ -321,7 +358,7 @@ HEADERS = {
         "verdict",
         "raw verdict",
         "interval holds the paper's value",
-        "equivalence",
+        "against the smallest effect of interest",
         "figure",
     ],
     "manipulation": [
@@ -414,11 +451,14 @@ def render(scale: str, plans: list[tuple[str, Path, str, AnalysisPlan]], tables:
         "any claim of an experiment without a real effect reads other than *inconclusive*. *Reproduced*: the",
         "adjusted p < 0.05 with the estimate on the claimed side; *opposite*: on the other side;",
         "*inconclusive*: neither; *not testable*: the precondition the plan states failed, so the",
-        "comparison says nothing about the claim. The raw verdict reads the unadjusted p-value. Where the",
-        "verdict is *inconclusive*, the equivalence column tests (TOST) whether the effect lies within the",
-        "plan's smallest effect of interest and names the effects the interval excludes. RQ1 (C1) is a",
-        "permutation test, combined over runs by Fisher's method (the reported p is doubled for looking at",
-        f"both sides); it has no interval. Testable primary claims per family: {families}.",
+        "comparison says nothing about the claim. The raw verdict reads the unadjusted p-value. The last",
+        "columns set the estimate against the paper's value (does the 95 % interval hold it?) and against",
+        "the plan's smallest effect of interest: for an inconclusive claim, the two one-sided tests (TOST)",
+        "of equivalence within it and the effects the interval excludes; for a significant one, whether the",
+        "effect lies wholly within it (TOST; the verdict then says the effect is smaller than that) or its",
+        "interval wholly beyond it. RQ1 (C1) is a permutation test, combined over runs by Fisher's method",
+        f"(the p-value doubled for looking at both sides); it has no interval. Testable primary claims per "
+        f"family: {families}.",
         "",
         tabulate(tables.primary, headers=_named(HEADERS["primary"], scale), tablefmt="github"),
         "",

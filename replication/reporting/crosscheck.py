@@ -12,7 +12,9 @@
    prints: a value quoted with one decimal may differ by at most 0.05 from the claim's.
 3. Every run in the experiments' ``runs.csv`` was trained at one and the same commit, from a clean
    tree (``git_dirty`` false): the scale's numbers are those of one commit's code.
-4. Each experiment's ``table.md`` is made again from its committed CSVs
+4. Every analysis-plan hash the README quotes (`` `experiment` `` and the first 12 hex digits) starts
+   the hash CLAIMS.md gives for that experiment's plan.
+5. Each experiment's ``table.md`` is made again from its committed CSVs
    (``replication.reporting.aggregate --from-csv``) and must equal the committed file: no text of a
    generated file outlives the config or the numbers it was made from.
 
@@ -151,6 +153,21 @@ def readme_problems(
     return problems
 
 
+PLAN_HASH = re.compile(r"`(\w+)`\s+([0-9a-f]{12})\b")
+
+
+def plan_hash_problems(readme: str, claims_md: str) -> list[str]:
+    """Every analysis plan hash the README quotes (`` `experiment` 0123456789ab ``) that is not the
+    start of the hash CLAIMS.md gives for that experiment's plan."""
+    hashes = {row[0].split("]")[0].lstrip("["): row[1].strip("`") for row in _table(claims_md, "| plan ")[1]}
+    return [
+        f"README quotes {experiment}'s plan hash {quoted}, where CLAIMS.md has "
+        f"{hashes.get(experiment, 'none')}"
+        for experiment, quoted in PLAN_HASH.findall(readme)
+        if not hashes.get(experiment, "").startswith(quoted)
+    ]
+
+
 def remade_claims(plan: Plan) -> str:
     """CLAIMS.md as replication.reporting.claims makes it from the committed summaries."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -262,6 +279,7 @@ def check(config_path: Path, readme: Path) -> list[str]:
     problems = claims_problems(Path(plan.claims_output()), remade) + table_problems(plan)
     studies = study_estimates(Path(plan.config["results_dir"]) / plan.scale)
     problems += readme_problems(readme.read_text(), plan.scale, claim_estimates(remade), studies)
+    problems += plan_hash_problems(readme.read_text(), remade)
     return problems + provenance_problems(plan)
 
 

@@ -415,8 +415,8 @@ def by_method(
     data = summary[summary.metric.isin(spec.metrics)]
     if data.empty:
         raise ConfigError(f"figure {spec.file}: summary.csv has none of {spec.metrics}")
-    if set(spec.medians) - set(spec.metrics):
-        raise ConfigError(f"figure {spec.file}: medians {spec.medians} must be among its metrics")
+    if set(spec.medians + spec.differences) - set(spec.metrics):
+        raise ConfigError(f"figure {spec.file}: medians and differences must be among its metrics")
     methods = _methods(data)
     metrics = [m for m in spec.metrics if m in set(data.metric)]
     cols = min(3, len(metrics))
@@ -425,12 +425,18 @@ def by_method(
         rows, cols, figsize=(PAGE_WIDTH, 2.5 * rows + 0.5), squeeze=False, layout="constrained"
     )
     for ax, metric in zip(axes.flat, metrics):
-        panel = data[data.metric == metric]
+        panel, order = data[data.metric == metric], methods
+        if metric in spec.differences:  # each seed against the ce run of the same seed
+            baseline = panel[panel.method == BASELINE].set_index("seed").value
+            panel = panel[panel.method != BASELINE]
+            panel = panel.assign(value=panel.value - panel.seed.map(baseline))
+            panel, order = panel.dropna(subset=["value"]), [m for m in methods if m != BASELINE]
+            ax.axhline(0, color="0.3", lw=0.8)
         sns.stripplot(
             panel,
             x="method",
             y="value",
-            order=methods,
+            order=order,
             hue="method",
             hue_order=methods,
             palette=method_palette(methods),
@@ -444,7 +450,7 @@ def by_method(
             panel,
             x="method",
             y="value",
-            order=methods,
+            order=order,
             color="k",
             estimator="median" if median else "mean",
             errorbar=median_errorbar if median else mean_errorbar(panel.value),
@@ -453,7 +459,8 @@ def by_method(
             markersize=4,
             ax=ax,
         )
-        ax.set_title(textwrap.fill(label(labels or {}, metric), 34), fontsize=8)
+        against = f" minus {BASELINE}'s, same seed" if metric in spec.differences else ""
+        ax.set_title(textwrap.fill(label(labels or {}, metric) + against, 34), fontsize=8)
         ax.set_xlabel("")
         ax.set_ylabel("median, 95 % sign-test interval" if median else "mean, 95 % t interval", fontsize=7)
         ax.tick_params(axis="x", rotation=30, labelsize=7)

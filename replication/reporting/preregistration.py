@@ -10,6 +10,7 @@ clone name no commit, so nothing can vouch for their plan: they are refused.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 
@@ -17,29 +18,57 @@ import pandas as pd
 import yaml
 
 from replication.config.plan import AnalysisPlan, content_hash
+from replication.runtime.record import SOURCE_ROOT
+from replication.science.errors import DataError
 
 
-def plan_at_commit(plan_file: Path, commit: str) -> str | None:
-    """The content hash of ``plan_file`` as committed at ``commit``; None where git cannot show it
-    (no such file then, an unknown commit, no git)."""
+def plan_at_commit(plan_file: Path, experiment: str, commit: str) -> str | None:
+    """The content hash of the plan as committed at ``commit``: ``plan_file``'s own history where it
+    lies in a git checkout, else (a copy outside one) ``experiments/<experiment>/plan.yaml`` of the
+    suite's checkout. None where git cannot show it (no such file then, an unknown commit, no git);
+    a committed plan that is not a YAML mapping hashes as its text, so it differs from any plan."""
+    inside = plan_file.resolve().is_relative_to(SOURCE_ROOT.resolve())
+    where, name = (
+        (plan_file.parent, f"{commit}:./{plan_file.name}")
+        if inside or _in_git(plan_file.parent)
+        else (SOURCE_ROOT, f"{commit}:experiments/{experiment}/{plan_file.name}")
+    )
     try:
         shown = subprocess.run(
-            ["git", "-C", str(plan_file.parent), "show", f"{commit}:./{plan_file.name}"],
-            capture_output=True,
-            text=True,
-            check=False,
+            ["git", "-C", str(where), "show", name], capture_output=True, text=True, check=False
         )
     except OSError:
         return None
     if shown.returncode != 0:
         return None
-    return content_hash(yaml.safe_load(shown.stdout) or {})
+    try:
+        raw = yaml.safe_load(shown.stdout)
+    except yaml.YAMLError:
+        raw = None
+    if not isinstance(raw, dict):
+        return hashlib.sha256(shown.stdout.encode()).hexdigest()
+    return content_hash(raw)
+
+
+def _in_git(folder: Path) -> bool:
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "--is-inside-work-tree"], capture_output=True, check=False
+        )
+    except OSError:
+        return False
+    return found.returncode == 0
 
 
 def run_commits(runs_csv: Path) -> list[str]:
     """The commits that runs.csv records, in order of first appearance ('' for a run without one)."""
-    runs = pd.read_csv(runs_csv, dtype={"git_commit": str}, keep_default_na=False)
-    return list(dict.fromkeys(runs.get("git_commit", pd.Series(dtype=str)).astype(str)))
+    try:
+        runs = pd.read_csv(runs_csv, dtype={"git_commit": str}, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{runs_csv} is empty: make it again with the DAG's aggregate rule") from None
+    if "git_commit" not in runs:
+        raise DataError(f"{runs_csv} has no column git_commit: make it again with the DAG's aggregate rule")
+    return list(dict.fromkeys(runs.git_commit.astype(str)))
 
 
 def problems(plan: AnalysisPlan, plan_hash: str, plan_file: Path, commits: list[str]) -> list[str]:
@@ -55,7 +84,7 @@ def problems(plan: AnalysisPlan, plan_hash: str, plan_file: Path, commits: list[
         listed = [d for d in plan.deviations if commit.startswith(d.runs_commit)]
         if any(d.plan_sha256 == plan_hash for d in listed):
             continue
-        then = plan_at_commit(plan_file, commit)
+        then = plan_at_commit(plan_file, plan.experiment, commit)
         if then == plan_hash:
             continue
         what = (
@@ -64,7 +93,7 @@ def problems(plan: AnalysisPlan, plan_hash: str, plan_file: Path, commits: list[
             if listed
             else f"{plan_file} at commit {commit[:12]}, where the runs were made, "
             + (
-                "is absent or cannot be read (a shallow clone?)"
+                "is absent or git cannot show it (a shallow clone, or no git checkout here?)"
                 if then is None
                 else "differs from the plan now"
             )

@@ -20,7 +20,7 @@ Also reported, as context for the counts: the count expected with the same cosin
 (no temporal structure; mean over seeded permutations). Cycles show as fewer smoothed sign changes
 than that, yet at least a few.
 
-The test of persistence (claim C1c) is a permutation test of serial dependence: each block's
+The test of persistence (claim C1) is a permutation test of serial dependence: each block's
 (unsmoothed) cosine series is detrended by its least-squares line over the logged points, and the
 statistic is the lag-1 autocorrelation of the residuals, averaged over blocks. Its null distribution
 comes from reordering the residuals at random, the same order for every block so that the blocks'

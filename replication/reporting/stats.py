@@ -13,10 +13,13 @@ initialization). What is estimated depends on the quantity:
   difference, its median with the distribution-free order-statistic interval of the sign test
   (coverage >= 95 % whatever the distribution; none exists below 6 seeds) and the exact sign test,
   ties with the null counted against rejection.
-- ``at_least`` (one method's values against a threshold, e.g. phase changes per run): the mean with a
-  t interval, cut at 0 when no value is negative (a count, a fraction: cutting keeps the coverage);
+- ``at_least`` (one method's values against a threshold, e.g. alleviation % against 0): the mean with
+  a t interval, cut at 0 when no value is negative (a count, a fraction: cutting keeps the coverage);
   ``robust_at_least`` the same with the median and the sign test. The test is of a mean (median)
-  above the threshold: values sitting exactly at it read inconclusive.
+  above the threshold: values sitting exactly at it read inconclusive. A condition every run must
+  meet is ``runs_at_least``: how many runs reach the threshold, not their mean.
+- ``equivalence``: two one-sided tests (TOST) of whether a paired effect lies within a smallest
+  effect of interest.
 
 Each estimate carries a two-sided p-value against its null (0 change, or the threshold) from the
 test the interval inverts, so an interval that excludes the null and p < 0.05 are the same event.
@@ -188,17 +191,16 @@ def equivalence(effects: Sequence[float], sesoi: float, how: str) -> float | Non
     """The p-value of two one-sided tests (TOST) that the paired effect lies within the smallest
     effect of interest: -sesoi < effect < +sesoi (a relative change: log(1 - sesoi) < mean log ratio
     < log(1 + sesoi)). Each side is scipy's one-sided t test (``robust_difference``: the exact sign
-    test, ties counted against rejection); the larger p decides. None below 2 seeds."""
+    test, ties counted against rejection, as for seeds with no spread); the larger p decides. None below
+    2 seeds."""
     x = _finite(effects)
     if len(x) < 2:
         return None
     low, high = (math.log1p(-sesoi), math.log1p(sesoi)) if how == "relative" else (-sesoi, sesoi)
-    if how == "robust_difference":
+    if how == "robust_difference" or float(x.std(ddof=1)) == 0:  # no spread: the sign tests, as t_interval
         above = stats.binomtest(int(np.sum(x > low)), len(x), 0.5, alternative="greater").pvalue
         below = stats.binomtest(int(np.sum(x < high)), len(x), 0.5, alternative="greater").pvalue
     else:
-        if float(x.std(ddof=1)) == 0:
-            return 0.0 if low < float(x.mean()) < high else 1.0
         above = stats.ttest_1samp(x, low, alternative="greater").pvalue
         below = stats.ttest_1samp(x, high, alternative="less").pvalue
     return float(max(above, below))
