@@ -170,15 +170,18 @@ def precondition_failure(plan: AnalysisPlan, claim: ClaimPlan, summary: pd.DataF
 
 
 def unknown_metrics(plan: AnalysisPlan, summary: pd.DataFrame) -> list[str]:
-    """Each metric the plan names that no run of its method has: a typo in the plan, or an analysis
-    statistic the experiment file does not declare; named with the nearest metrics the runs have."""
+    """Each metric the plan names that no run of its method has, where the method ran: a typo in the
+    plan, or an analysis statistic the experiment file does not declare; named with the nearest
+    metrics the runs have. A method the scale did not run (the global config's ``methods``) leaves its
+    claims n/a instead."""
     found = []
     named = [(c.id, c.method, m) for c in plan.claims for m in (c.metric, *c.context)]
     named += [(c.id, c.baseline, c.metric) for c in plan.claims if c.statistic in PAIRED]
     named += [(k, p.method, p.metric) for k, p in plan.preconditions.items()]
+    ran = set(summary.method)
     for owner, method, metric in dict.fromkeys(named):
         have = set(summary.metric[summary.method == method])
-        if metric not in have:
+        if method in ran and metric not in have:  # a method the DAG left out: its claims read n/a
             found.append(f"{owner} names {metric!r}, which no {method} run has" + did_you_mean(metric, have))
     return found
 
