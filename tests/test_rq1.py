@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from replication.config.plan import RQ1Plan
 from replication.reporting.rq1 import (
@@ -113,11 +114,14 @@ def test_lag1_autocorrelation_is_the_textbook_formula_per_column():
     assert lag1_autocorrelation(np.ones((5, 1)))[0] == 0.0  # a constant series: no dependence, no NaN
 
 
-def test_permutation_p_values_are_exact_counts_over_the_shuffled_statistics():
-    cos = square_wave(40, half_period=5).reshape(-1, 1) + np.linspace(0, 0.3, 40)[:, None]
-    residuals = cos - np.polyval(np.polyfit(np.arange(40), cos[:, 0], 1), np.arange(40))[:, None]
+def test_permutation_p_values_are_exact_counts_over_one_shared_order_of_the_blocks():
+    trend = np.linspace(0, 0.3, 40)[:, None]
+    cos = np.stack([square_wave(40, half_period=5, seed=s) for s in range(3)], axis=1) + trend
+    t = np.arange(40)
+    residuals = np.column_stack([cos[:, j] - np.polyval(np.polyfit(t, cos[:, j], 1), t) for j in range(3)])
     rng = np.random.default_rng(3)
     result = persistence_test(cos, np.random.default_rng(3), n=50)
+    # one permutation of the time points per draw, applied to every block alike
     shuffled = np.array([lag1_autocorrelation(residuals[rng.permutation(40)]).mean() for _ in range(50)])
     observed = lag1_autocorrelation(residuals).mean()  # the autocorrelation after the linear trend is removed
     assert result["rq1/autocorr"] == pytest.approx(observed)
@@ -127,13 +131,58 @@ def test_permutation_p_values_are_exact_counts_over_the_shuffled_statistics():
     assert persistence_test(cos[:3], rng) is None  # too few points for a test
 
 
-def test_noise_without_order_is_not_called_a_cycle_and_alternation_is_the_opposite():
+# The level of the permutation tests. Under the null (no serial dependence) a correct test rejects
+# with probability at most LEVEL: with PERMUTATIONS = 99, p = (1 + #{shuffled at least as extreme}) /
+# 100 is at most 0.05 for at most 5 of the 100 equally likely ranks of the observed statistic. The
+# rejections in TRIALS independent trials are then Binomial(TRIALS, <= LEVEL), and a correct test
+# leaves the bounds below with probability under 2e-6 whatever its random stream; a wrong null
+# leaves them for good.
+LEVEL, TRIALS, PERMUTATIONS = 0.05, 500, 99
+LOW, HIGH = scipy_stats.binom.ppf(1e-6, TRIALS, LEVEL), scipy_stats.binom.isf(1e-6, TRIALS, LEVEL)
+TESTS = ("rq1/autocorr_p_persistent", "rq1/sign_runs_p_persistent")
+
+
+def _rejections(series, seed: int) -> dict[str, int]:
+    """How often each test rejects at LEVEL over TRIALS series drawn by ``series(rng)``."""
+    rng = np.random.default_rng(seed)
+    found = dict.fromkeys(TESTS, 0)
+    for _ in range(TRIALS):
+        result = persistence_test(series(rng), rng, n=PERMUTATIONS)
+        for key in TESTS:
+            found[key] += result[key] <= LEVEL
+    return found
+
+
+def co_moving(rng, points: int = 60, blocks: int = 8, spread: float = 0.2):
+    """Blocks that move together (one shared value a point, as the real cosines at a step), with no
+    serial dependence: every point independent of the others."""
+    return rng.standard_normal((points, 1)) + spread * rng.standard_normal((points, blocks))
+
+
+def test_the_null_keeps_its_level_on_blocks_that_move_together():
+    """A null that shuffled each block on its own would average out the blocks' common movement,
+    shrinking the spread of the shuffled mean and rejecting far more often than LEVEL (about 19 % on
+    8 co-moving blocks); one shared order keeps the movement in the null."""
+    assert 2 * scipy_stats.binom.cdf(HIGH, TRIALS, 0.19) < 1e-6  # such a null cannot pass
+    for key, count in _rejections(co_moving, seed=0).items():
+        assert LOW <= count <= HIGH, (key, count, (LOW, HIGH))
+
+
+def test_the_null_keeps_its_level_on_independent_blocks_and_detects_a_shared_persistence():
+    for key, count in _rejections(lambda rng: rng.standard_normal((60, 3)), seed=1).items():
+        assert LOW <= count <= HIGH, (key, count, (LOW, HIGH))
+
+    def persistent(rng):  # each block's sign holds for 6 points at a time, at a random phase
+        phase = rng.integers(12)
+        signs = np.where(((np.arange(60) + phase) // 6) % 2 == 0, 1.0, -1.0)[:, None]
+        return 0.3 * signs + 0.5 * rng.standard_normal((60, 3))
+
+    found = _rejections(persistent, seed=2)
+    assert all(count > TRIALS / 2 for count in found.values()), found  # a test with power, not a constant
+
+
+def test_strict_alternation_is_the_opposite_of_persistence():
     rng = np.random.default_rng(0)
-    p_values = [
-        persistence_test(rng.standard_normal((60, 3)), rng, n=199)["rq1/autocorr_p_persistent"]
-        for _ in range(200)
-    ]
-    assert 0.02 < np.mean(np.array(p_values) < 0.05) < 0.09  # the test holds its 5 % level under the null
     flipping = np.tile([0.2, -0.2], 30).reshape(-1, 1) + 0.01 * rng.standard_normal((60, 1))
     result = persistence_test(flipping, rng)
     assert result["rq1/autocorr"] < -0.9 and result["rq1/autocorr_p_alternating"] == pytest.approx(
