@@ -113,6 +113,69 @@ def _comparable(records):
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in kept]
 
 
+def test_a_repeated_sigterm_keeps_the_checkpoint_and_only_a_second_ctrl_c_stops_at_once():
+    """SLURM signals every process of a step and torchrun passes the signal on: a worker sees SIGTERM
+    twice. That is still one request to checkpoint after the step; a second SIGINT means now."""
+    from replication.training.stop import StopRequest
+
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signal == signal.SIGTERM and stop.stops_after_step()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    with StopRequest() as stop, pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_workers_and_then_torchrun_still_ends_in_a_checkpoint(tmp_path):
+    """What SLURM does at a preemption or time limit: SIGTERM to every process of the job step (both
+    workers, then torchrun, which passes it on once more). The workers agree on a step, checkpoint
+    after it, and the same command resumes."""
+    config_path = tmp_path / "config.yaml"
+    write_run_config(
+        tiny_config(  # steps of some 0.1 s, so that both signals land within one step
+            "ce",
+            task={"seq_len": 256, "micro_batch_size": 8},
+            model={
+                "d_model": 128,
+                "head_dim": 64,
+                "window_start": 128,
+                "window_end": 256,
+                "window_multiple": 128,
+            },
+            train={"steps": 60, "eval_every": 0, "checkpoint_every": 0},
+        ),
+        config_path,
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "replication.training.train", str(config_path), "--progress", "lines"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (
+        not metrics.exists() or metrics.read_text().count('"kind": "train"') < 5
+    ):
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    for pid in workers:
+        os.kill(int(pid), signal.SIGTERM)
+    time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and (tmp_path / CHECKPOINT_NAME).exists(), out[-3000:]
+    stopped_at = load_checkpoint(tmp_path)["next_step"]
+    assert 0 < stopped_at < 60 and not (tmp_path / "summary.json").exists()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming from step {stopped_at}" in done.stdout + done.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
+
+
 def test_a_distributed_stop_request_lets_the_final_evaluation_finish():
     """at_once raises only in a single process: one process raising alone would leave the others
     blocked in the evaluation's all-reduces; a distributed run finishes the evaluation instead."""

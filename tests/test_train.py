@@ -329,7 +329,10 @@ def test_cli_reports_a_mistyped_key(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path):
+@pytest.mark.parametrize("signals", [1, 2], ids=["one SIGTERM", "SIGTERM twice, 50 ms apart"])
+def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path, signals):
+    """One SIGTERM, or two in quick succession as a scheduler and its launcher send them, end in a
+    checkpoint from which the same command resumes the same run."""
     config = tiny_config(
         "gapt", train={"steps": 120, "checkpoint_every": 0, "eval_every": 40}, **QUICK_PLATEAU
     )
@@ -350,7 +353,9 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path):
         not metrics.exists() or metrics.read_text().count('"kind": "train"') < 20
     ):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    for i in range(signals):
+        time.sleep(0.05 * i)
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()
     assert b"resumes the run" in err

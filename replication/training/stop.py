@@ -34,9 +34,14 @@ class StopRequest:
     stop request during the final evaluation (or after the last step's all-reduce) is not acted on:
     every process finishes the evaluation, which is short next to training, and the run finishes,
     unless the launcher's own deadline ends it first (torchrun kills its workers 30 s after passing
-    on a signal). A second signal still stops a process at once (``KeyboardInterrupt``), leaving the
-    teardown of the others to the launcher. Either way the checkpoint of the last step resumes into
-    the evaluation."""
+    on a signal). Either way the checkpoint of the last step resumes into the evaluation.
+
+    Schedulers repeat themselves: SLURM signals every process of a job step and torchrun passes the
+    signal on, so a worker sees SIGTERM twice within milliseconds, and a preemption notice can be
+    followed by another at the time limit. A repeated SIGTERM therefore changes nothing: the run still
+    checkpoints after the current step. Only a second SIGINT (a deliberate second Ctrl-C) stops at once
+    (``KeyboardInterrupt``), leaving the teardown of other processes to the launcher; SIGKILL cannot be
+    caught at all."""
 
     def __init__(self, distributed: bool = False) -> None:
         self.signal: int | None = None
@@ -65,8 +70,10 @@ class StopRequest:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # a second signal: stop at once
-            raise KeyboardInterrupt
+        if self.signal is not None:
+            if signum == signal.SIGINT:  # a second Ctrl-C: the user means now
+                raise KeyboardInterrupt
+            return  # a repeated SIGTERM (scheduler, launcher): the checkpoint after this step stands
         self.signal = signum
         if self._at_once is not None:
             raise TrainingInterrupted(f"stopped by signal {signum} {self._at_once}")

@@ -23,7 +23,8 @@ trains the run whose resolved config sits in RUN_DIR and writes into RUN_DIR:
 A stop request during training checkpoints at the end of the current step (under torchrun: the same
 step on every process, which agree on it in the step's all-reduce); during the final evaluation,
 whose checkpoint is already written, a single process stops at once, and a distributed run finishes
-the evaluation. A second request stops at once.
+the evaluation. A second Ctrl-C stops at once; a repeated SIGTERM (a scheduler and its launcher
+both signalling) does not.
 
 ``train.dtype`` is decided once (``replication.runtime.precision``) for training, evaluation and RQ1;
 ``train.compile`` compiles each block (``ReplicationModel.compile_blocks``), never the whole model.
