@@ -104,9 +104,11 @@ def test_the_mini_dag_is_a_valid_snakemake_plan(tmp_path):
     done = subprocess.run([*snakemake, "-n"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = dict(
-        line.split()[:2] for line in done.stdout.splitlines() if line.split()[:1] in (["train"], ["claims"])
+        line.split()[:2]
+        for line in done.stdout.splitlines()
+        if line.split()[:1] in (["train"], ["train_gpu"], ["claims"])
     )
-    assert jobs == {"train": "8", "claims": "1"}, done.stdout[-3000:]
+    assert jobs == {"train_gpu": "8", "claims": "1"}, done.stdout[-3000:]  # multiplication needs a GPU
 
 
 @pytest.mark.gpu

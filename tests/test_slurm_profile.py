@@ -2,6 +2,8 @@
 extra), without a cluster: what a training job of each scale would ask for. The real submission runs
 in `make test-slurm` (tests/cluster/)."""
 
+import re
+
 import pytest
 import yaml
 
@@ -11,6 +13,7 @@ plugin = pytest.importorskip(
 
 from snakemake_executor_plugin_slurm.submit_string import get_submit_command  # noqa: E402
 from snakemake_executor_plugin_slurm.utils import set_gres_string  # noqa: E402
+from snakemake_executor_plugin_slurm.validation import validate_slurm_extra  # noqa: E402
 
 from replication.dag.plan import Plan  # noqa: E402
 from replication.dag.schema import resolve_global_config  # noqa: E402
@@ -21,7 +24,8 @@ PROFILE = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text
 
 
 class Resources(dict):
-    __getattr__ = dict.__getitem__
+    def __getattr__(self, name):  # the plugin reads resources as attributes, a missing one as None
+        return self.get(name)
 
 
 class Job:
@@ -31,16 +35,19 @@ class Job:
 
 
 def sbatch_arguments(scale: str, rule: str, experiment: str = "fineweb_pretrain") -> str:
-    """The sbatch line of one job of `rule`: the profile's default and rule resources, and the
-    rule's own `gpu` (the scale's gpus_per_run), as the plugin builds it."""
+    """The sbatch line of one job of `rule` for `experiment`: the profile's default and rule resources,
+    and a training rule's own threads and `gpu` (the scale's threads_per_run and gpus_per_run,
+    workflow/rules/train.smk), as the plugin builds it."""
     config = yaml.safe_load((REPO / "config" / f"{scale}.yaml").read_text())
     plan = Plan(resolve_global_config(config))
     resources = {**PROFILE["default-resources"], **PROFILE["set-resources"].get(rule, {})}
     threads = 1
-    if rule == "train":  # the rule's own: threads and gpu from the scale's file (workflow/rules/train.smk)
+    if rule in ("train", "train_gpu"):
+        assert re.fullmatch(plan.experiments_pattern(gpu=rule == "train_gpu"), experiment), (rule, experiment)
         resources["gpu"] = plan.job(experiment, "gpus_per_run")
         threads = plan.job(experiment, "threads_per_run")
     job = Job(resources, threads)
+    validate_slurm_extra(job)
     params = {
         "run_uuid": "x",
         "slurm_logfile": "x.log",
@@ -49,20 +56,39 @@ def sbatch_arguments(scale: str, rule: str, experiment: str = "fineweb_pretrain"
         "account": f"-A {resources['slurm_account']}",
         "partition": f"-p {resources['slurm_partition']}",
     }
-    return get_submit_command(job, params) + set_gres_string(job)
+    line = get_submit_command(job, params) + set_gres_string(job)
+    return line.split("--comment x ")[1]  # what the job asks for
 
 
-def test_a_paper_scale_training_job_asks_for_one_node_with_eight_gpus_once():
-    line = sbatch_arguments("paper", "train")
-    print(line)
-    assert " --gpus=8" in line and "--gres" not in line  # requested once, the plugin's way
-    assert "-p gpu" in line and "--nodes=1" in line and "--mem 512000" in line and "--cpus-per" in line
+def training_rule(scale: str, experiment: str) -> str:
+    plan = Plan(resolve_global_config(yaml.safe_load((REPO / "config" / f"{scale}.yaml").read_text())))
+    return "train_gpu" if plan.job(experiment, "gpus_per_run") > 0 else "train"
 
 
-def test_a_light_job_and_a_cpu_scale_job_ask_for_no_gpu():
-    assert "--gpus" not in sbatch_arguments("paper", "aggregate")
-    assert "--gpus" not in sbatch_arguments("cpu", "train")
-    assert " --gpus=1" in sbatch_arguments("gpu1", "train")
+EXPERIMENTS = ("fineweb_pretrain", "arithmetic_ood", "forgetting_separation")
+
+
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "gpu1", "paper"])
+def test_every_rule_of_every_scale_asks_for_what_its_job_is(scale):
+    """The submit line of each training job and of each light rule, per scale (printed with -s)."""
+    for experiment in EXPERIMENTS:
+        rule = training_rule(scale, experiment)
+        line = sbatch_arguments(scale, rule, experiment)
+        print(f"{scale:6} {rule:9} {experiment:22} {line}")
+        gpus = {"gpu1": 1, "paper": 8}.get(scale, 0) if experiment != "forgetting_separation" else 0
+        if gpus:
+            assert rule == "train_gpu" and f" --gpus={gpus}" in line and "-p gpu" in line
+            assert "--cpus-per-gpu=8" in line and "--mem-per-cpu 8000" in line and "--nodes=1" in line
+            assert "--signal=TERM@300" in line and "-t 720" in line
+        else:  # a CPU job: no GPU, not on the GPU partition, the CPUs of its threads
+            assert rule == "train" and "--gpus" not in line and "-p cpu" in line
+            threads = 1 if scale == "smoke" or experiment == "forgetting_separation" else None
+            assert "--cpus-per-task=" in line and (threads is None or "--cpus-per-task=1" in line)
+            assert "--mem 4000" in line and "-t 120" in line and "--signal=TERM@60" in line
+    for rule in ("configure_run", "aggregate", "claims", "figures_fineweb_pretrain", "prepare_data"):
+        line = sbatch_arguments(scale, rule)
+        print(f"{scale:6} {rule:9} {'':22} {line}")
+        assert "--gpus" not in line and "-p cpu" in line and "--signal" not in line
 
 
 def test_the_profile_names_the_cluster_only_by_account_and_partitions():
@@ -70,5 +96,6 @@ def test_the_profile_names_the_cluster_only_by_account_and_partitions():
     named = {k: v for k, v in PROFILE["default-resources"].items() if k.startswith("slurm_")}
     assert named == {"slurm_account": "YOUR_ACCOUNT", "slurm_partition": "cpu"}
     for rule, resources in PROFILE["set-resources"].items():
-        assert {k for k in resources if k.startswith("slurm_")} <= {"slurm_partition"}, rule
+        assert {k for k in resources if k.startswith("slurm_")} <= {"slurm_partition", "slurm_extra"}, rule
+        assert set(resources.get("slurm_extra", "--signal").split("=")[:1]) == {"--signal"}, rule
     assert PROFILE["show-failed-logs"] is True

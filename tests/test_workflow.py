@@ -39,7 +39,12 @@ def test_dry_run_of_every_scale_lists_every_run(scale, tmp_path):
     paths = [f"runs_dir={tmp_path}/runs", f"data_dir={tmp_path}/data", f"results_dir={tmp_path}/results"]
     jobs = dry_run("--configfile", f"config/{scale}.yaml", "--config", *paths)
     runs = expected_runs(f"config/{scale}.yaml")
-    assert jobs["train"] == jobs["configure_run"] == sum(runs.values())
+    # the runs that need GPUs train in train_gpu, the others in train (workflow/rules/train.smk)
+    assert jobs.get("train", 0) + jobs.get("train_gpu", 0) == jobs["configure_run"] == sum(runs.values())
+    gpu_runs = (
+        sum(n for e, n in runs.items() if e != "forgetting_separation") if scale in ("gpu1", "paper") else 0
+    )
+    assert jobs.get("train_gpu", 0) == gpu_runs
     assert jobs["aggregate"] == len(runs) and jobs["claims"] == 1
     assert all(jobs[f"figures_{e}"] == 1 for e in runs)
     if scale in ("smoke", "cpu", "paper"):
@@ -51,7 +56,11 @@ def test_dry_run_of_every_scale_lists_every_run(scale, tmp_path):
 @pytest.mark.slow
 def test_default_config_is_the_paper_scale(tmp_path):
     jobs = dry_run("--config", f"runs_dir={tmp_path}/runs", f"results_dir={tmp_path}/results")
-    assert jobs["train"] == sum(expected_runs("config/paper.yaml").values())
+    runs = expected_runs("config/paper.yaml")
+    assert (
+        jobs["train"] == runs["forgetting_separation"]
+        and jobs["train_gpu"] == sum(runs.values()) - jobs["train"]
+    )
 
 
 def snakemake_fails(*args: str, cwd=REPO) -> str:
@@ -272,13 +281,16 @@ def test_launcher_uses_torchrun_for_several_processes_and_the_training_command_o
     }
     plan = Plan(config)
     torchrun = "py -m torch.distributed.run --standalone --nproc-per-node 8 -m replication.training.train"
-    assert plan.launcher("py", "fineweb_pretrain") == torchrun
-    assert plan.launcher("py", "forgetting_separation") == "py -m replication.training.train"
-    assert plan.launcher("py", "arithmetic_ood") == "py -m replication.training.train"
+    devices = "py -m replication.dag.devices"  # each job under its own GPUs (none for 0)
+    assert plan.launcher("py", "fineweb_pretrain") == f"{devices} 8 -- {torchrun}"
+    assert plan.launcher("py", "forgetting_separation") == f"{devices} 0 -- py -m replication.training.train"
+    assert plan.launcher("py", "arithmetic_ood") == f"{devices} 1 -- py -m replication.training.train"
     assert (
         Plan({**defaults(), "scale": "cpu", "experiments": []}).launcher("py", "x")
-        == "py -m replication.training.train"
+        == f"{devices} 0 -- py -m replication.training.train"
     )
+    given = Plan({**config, "gpus": 4})  # the machine's GPUs, given once
+    assert given.launcher("py", "arithmetic_ood") == f"{devices} 1 --of 4 -- py -m replication.training.train"
 
 
 def test_output_check_names_what_is_missing(tmp_path, capsys):
@@ -334,3 +346,16 @@ def test_a_run_that_names_an_undeclared_data_set_fails_the_plan_naming_the_decla
         Plan({**config, "experiments_dir": str(tmp_path)}).check()
     declared = ", ".join(sorted(spec["datasets"]))
     assert f"data set 'fineweb_typo' is not in fineweb_pretrain's datasets: {declared}" in str(error.value)
+
+
+def test_the_plan_refuses_ranks_sharing_a_gpu_and_jobs_larger_than_the_machine():
+    base = {"scale": "gpu1", "experiments": ["arithmetic_ood"], "gpus_per_run": 1}
+    base["experiments_dir"] = str(REPO / "experiments")
+    Plan(resolve_global_config({**base, "gpus": 1})).check()  # one GPU, one job at a time: fine
+    with pytest.raises(ConfigError, match="gpus_per_run 1 is more than the 0 GPUs the config gives"):
+        Plan(resolve_global_config({**base, "gpus": 0})).check()
+    with pytest.raises(
+        ConfigError, match="nproc_per_run 2 is more than gpus_per_run 1, so ranks would share"
+    ):
+        Plan(resolve_global_config({**base, "nproc_per_run": 2})).check()
+    Plan(resolve_global_config({**base, "nproc_per_run": 2, "gpus_per_run": 0})).check()  # CPU ranks (gloo)

@@ -177,7 +177,26 @@ class Plan:
         _ = self.run_datasets, self.dataset_experiment  # computed now: a bad data set fails here too
         for experiment, spec in self.specs.items():
             load_plan(self.analysis_plan(experiment), spec)
+            self._check_devices(experiment)
         return self
+
+    def _check_devices(self, experiment: str) -> None:
+        """A job's ranks each need a GPU of their own, and no job more GPUs than the config gives."""
+        gpus, ranks, machine = (
+            self.job(experiment, "gpus_per_run"),
+            self.job(experiment, "nproc_per_run"),
+            self.config.get("gpus"),
+        )
+        if gpus and ranks > gpus:
+            raise ConfigError(
+                f"{experiment}: nproc_per_run {ranks} is more than gpus_per_run {gpus}, so ranks would "
+                "share a GPU; give each rank its own (per_experiment sets them per experiment)"
+            )
+        if machine is not None and gpus > machine:
+            raise ConfigError(
+                f"{experiment}: gpus_per_run {gpus} is more than the {machine} GPUs the config gives (gpus); "
+                "lower gpus_per_run and nproc_per_run, or run the scale on a larger machine or a cluster"
+            )
 
     # -- paths -----------------------------------------------------------------------------------
     def summary(self, run: RunId) -> str:
@@ -215,13 +234,25 @@ class Plan:
         override = (self.config.get("per_experiment") or {}).get(experiment, {})
         return int(override.get(key, self.config.get(key, defaults()[key])))
 
+    def experiments_pattern(self, gpu: bool) -> str:
+        """A regular expression of the experiments whose training jobs need GPUs (``gpu``) or none:
+        the two training rules' wildcard constraint; one that matches nothing where there are none."""
+        chosen = [e for e in self.specs if (self.job(e, "gpus_per_run") > 0) == gpu]
+        return "|".join(chosen) if chosen else "(?!)"
+
     def launcher(self, python: str, experiment: str) -> str:
         """The command line that trains one run of experiment, up to the run's arguments: the training
-        command itself, or torchrun around it for several processes per run."""
+        command itself, or torchrun around it for several processes per run, under
+        ``replication.dag.devices``, which gives the job its own gpus_per_run GPUs (none for 0)."""
         n = self.job(experiment, "nproc_per_run")
+        gpus = self.config.get("gpus")
+        devices = f"{python} -m replication.dag.devices {self.job(experiment, 'gpus_per_run')}"
+        devices += "" if gpus is None else f" --of {gpus}"
         if n > 1:
-            return f"{python} -m torch.distributed.run --standalone --nproc-per-node {n} -m {TRAIN_MODULE}"
-        return f"{python} -m {TRAIN_MODULE}"
+            train = f"{python} -m torch.distributed.run --standalone --nproc-per-node {n} -m {TRAIN_MODULE}"
+        else:
+            train = f"{python} -m {TRAIN_MODULE}"
+        return f"{devices} -- {train}"
 
 
 def logged(command: str) -> str:

@@ -68,7 +68,10 @@ class GlobalConfig(StrictModel):
     results_dir: str = "results"
     logs_dir: str = "logs"
     threads_per_run: Count = 1  # CPU threads of one training job
-    gpus_per_run: NonNegativeCount = 0  # GPUs one training job takes from the `gpu` resource
+    gpus_per_run: NonNegativeCount = 0  # GPUs one training job takes (replication.dag.devices)
+    # the GPUs of this machine the DAG may use; None: those CUDA_VISIBLE_DEVICES names, or all of
+    # nvidia-smi -L. A job waits for free ones, so no more ranks run on them than they hold.
+    gpus: NonNegativeCount | None = None
     nproc_per_run: Count = 1  # processes per training job; more than one launches torchrun (one per GPU)
     per_experiment: dict[str, JobSettings] = {}  # job settings that differ for one experiment, by its name
 

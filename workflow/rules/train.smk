@@ -20,23 +20,33 @@ rule configure_run:
         )
 
 
-rule train:
-    input:
-        config=f"{RUNS}/{RUN}/config.yaml",
-        data=lambda w: PLAN.data_inputs(w.experiment, w.scale, w.method, w.seed),
-    output:
-        f"{RUNS}/{RUN}/summary.json",
-    log:
-        f"{LOGS}/{RUN}/train.log",
-    threads: lambda w: PLAN.job(w.experiment, "threads_per_run")
-    resources:
-        gpu=lambda w: PLAN.job(w.experiment, "gpus_per_run"),
-    params:
-        launcher=lambda w: PLAN.launcher(PYTHON, w.experiment),
-        data=DATA,
-        compile_cache=COMPILE_CACHE,
-    shell:
-        logged(
-            "TORCHINDUCTOR_CACHE_DIR={params.compile_cache} {params.launcher} {input.config} "
-            "--data-root {params.data} --threads {threads} --progress lines"
-        )
+# Two rules with one command: `train` for the runs of experiments that need no GPU, `train_gpu` for
+# the others (gpus_per_run > 0), so that a cluster profile can give each kind its own partition, CPUs,
+# memory and time (profiles/slurm). Every job runs under replication.dag.devices (PLAN.launcher),
+# which gives it its own GPUs on this machine, or none.
+for _name, _gpu in (("train", False), ("train_gpu", True)):
+
+    rule:
+        name:
+            _name
+        input:
+            config=f"{RUNS}/{RUN}/config.yaml",
+            data=lambda w: PLAN.data_inputs(w.experiment, w.scale, w.method, w.seed),
+        output:
+            f"{RUNS}/{RUN}/summary.json",
+        log:
+            f"{LOGS}/{RUN}/train.log",
+        wildcard_constraints:
+            experiment=PLAN.experiments_pattern(gpu=_gpu),
+        threads: lambda w: PLAN.job(w.experiment, "threads_per_run")
+        resources:
+            gpu=lambda w: PLAN.job(w.experiment, "gpus_per_run"),
+        params:
+            launcher=lambda w: PLAN.launcher(PYTHON, w.experiment),
+            data=DATA,
+            compile_cache=COMPILE_CACHE,
+        shell:
+            logged(
+                "TORCHINDUCTOR_CACHE_DIR={params.compile_cache} {params.launcher} {input.config} "
+                "--data-root {params.data} --threads {threads} --progress lines"
+            )
