@@ -266,3 +266,31 @@ def test_a_compiled_run_that_logs_rq1_compiles_without_donated_buffers(
     before = functorch_config.donated_buffer
     loop.Trainer(config, tmp_path, show_progress=False).run()
     assert seen == [donated] and functorch_config.donated_buffer == before
+
+
+def test_greedy_decoding_through_compiled_blocks_compiles_a_bounded_number_of_graphs(dynamo):
+    """Each decoded token is a new sequence length: through the compiled blocks that would be one
+    graph per length, past dynamo's recompile limit (an error here, as in a compiled run). Decoding
+    runs eagerly, and its tokens are those of the uncompiled model."""
+    from replication.models import build_model
+
+    from .test_arithmetic import small_task
+
+    task = small_task()
+    torch.manual_seed(0)
+    model = build_model(task.config.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    prompts = torch.randint(5, 15, (4, 6))
+    expected = task.greedy_continuation(model, prompts, new_tokens=12, window=64)
+    model.compile_blocks(backend="eager")
+    assert torch.equal(task.greedy_continuation(model, prompts, new_tokens=12, window=64), expected)
+    assert dynamo["stats"].get("unique_graphs", 0) == 0  # nothing compiled while decoding
+
+
+def test_a_compiled_run_makes_a_recompile_limit_hit_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", False)
+    loop.Trainer(tiny_config("ce", train={"compile": True}), tmp_path, show_progress=False)
+    assert torch._dynamo.config.fail_on_recompile_limit_hit  # no silent fall back to eager

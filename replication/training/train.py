@@ -152,6 +152,9 @@ class Trainer:
         self.controller = PhaseController(config.gapt) if self.method.gated else None
         if tcfg.compile:  # per block: gapt's upto never reaches a compiled frame (compile_blocks)
             self.model.compile_blocks(backend=COMPILE_BACKEND)
+            # a recompile limit hit is an error, not a silent fall back to eager (at the paper's shapes
+            # eager attention runs out of memory): every path compiles a bounded number of graphs
+            torch._dynamo.config.fail_on_recompile_limit_hit = True
         # the run's precision, decided here once for training, evaluation and RQ1
         self.autocast = autocast_for(tcfg.dtype, device)
         # train.grad_accum counts a step's micro-batches over all processes; each runs an equal share,

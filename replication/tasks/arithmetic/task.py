@@ -212,7 +212,15 @@ class Task(LanguageTask):
 
     @torch.no_grad()
     def greedy_continuation(self, model, prompts: Tensor, new_tokens: int, window: int | None) -> Tensor:
-        """Greedy decoding: (N, P) prompts -> (N, new_tokens) generated tokens, batched, no cache."""
+        """Greedy decoding: (N, P) prompts -> (N, new_tokens) generated tokens, batched, no cache.
+
+        Every new token is a new sequence length, and compiled blocks would compile once per length
+        until dynamo's recompile limit (an error under ``train.compile``, replication.training.train).
+        Decoding runs its short sequences eagerly instead (``torch.compiler.set_stance``)."""
+        with torch.compiler.set_stance("force_eager"):
+            return self._greedy_continuation(model, prompts, new_tokens, window)
+
+    def _greedy_continuation(self, model, prompts: Tensor, new_tokens: int, window: int | None) -> Tensor:
         generated = []
         for chunk in prompts.split(self.cfg.decode_batch):
             sequence = chunk.to(self.device)
