@@ -357,7 +357,9 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path, signals):
         time.sleep(0.05 * i)
         proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err.decode()
+    # a second SIGTERM that comes after the checkpoint, once the run has handed the signal back, ends
+    # the exiting process by the default action (-15): the checkpoint is written either way
+    assert proc.returncode == 130 or (signals == 2 and proc.returncode == -signal.SIGTERM), err.decode()
     assert b"resumes the run" in err
     assert (tmp_path / "stopped" / "checkpoint.pt").exists() and not (
         tmp_path / "stopped" / "summary.json"

@@ -39,7 +39,9 @@ class StopRequest:
     Schedulers repeat themselves: SLURM signals every process of a job step and torchrun passes the
     signal on, so a worker sees SIGTERM twice within milliseconds, and a preemption notice can be
     followed by another at the time limit. A repeated SIGTERM therefore changes nothing: the run still
-    checkpoints after the current step. Only a second SIGINT (a deliberate second Ctrl-C) stops at once
+    checkpoints after the current step (one that arrives after the checkpoint, when the exiting process
+    has handed its signals back, ends it by the default action). Only a second SIGINT (a deliberate
+    second Ctrl-C) stops at once
     (``KeyboardInterrupt``), leaving the teardown of other processes to the launcher; SIGKILL cannot be
     caught at all."""
 
