@@ -291,6 +291,7 @@ def test_greedy_decoding_through_compiled_blocks_compiles_a_bounded_number_of_gr
 
 def test_a_compiled_run_makes_a_recompile_limit_hit_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "COMPILE_BACKEND", "eager")
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", False)
-    loop.Trainer(tiny_config("ce", train={"compile": True}), tmp_path, show_progress=False)
-    assert torch._dynamo.config.fail_on_recompile_limit_hit  # no silent fall back to eager
+    # dynamo's own patch, which restores the setting (monkeypatch's undo would delete the option)
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=False):
+        loop.Trainer(tiny_config("ce", train={"compile": True}), tmp_path, show_progress=False)
+        assert torch._dynamo.config.fail_on_recompile_limit_hit  # no silent fall back to eager
