@@ -231,6 +231,9 @@ def _stop_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str, s
         outcome = {"interrupted": str(error)}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(outcome))
     torch.distributed.destroy_process_group()
+    # the outcome is written: leave without the interpreter's teardown, where gloo's threads can
+    # abort the process ("terminate called without an active exception") under load
+    os._exit(0)
 
 
 def _two_processes(run_dir, out_dir, signal_at=None, timeout=120.0) -> list[dict]:
