@@ -16,10 +16,14 @@ from replication.runtime.record import now, provenance
 
 
 def interleaved(variants: dict[str, Callable[[], None]], rounds: int, repeats: int = 1) -> dict[str, float]:
-    """Median seconds per call of each variant, the variants taking turns round after round."""
+    """Median seconds per call of each variant, the variants taking turns round after round, each
+    round starting one further along, so that no variant is always measured last, or right after the
+    same one."""
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
+    names = list(variants)
+    for round_ in range(rounds):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            fn = variants[name]
             gc.collect()
             start = time.perf_counter()
             for _ in range(repeats):
