@@ -397,13 +397,16 @@ def write_mini_dag_experiments(folder: Path) -> Path:
     return folder
 
 
-def mini_dag_overrides(scratch: Path) -> list[str]:
+def mini_dag_overrides(scratch: Path, slots: int = 1) -> list[str]:
+    """The mini-DAG's global config over gpu1.yaml: ``slots`` of its small runs share the one GPU
+    (``jobs_per_gpu``, replication.dag.devices), each with two threads."""
     paths = {key: scratch / key.split("_")[0] for key in ("runs_dir", "results_dir", "logs_dir", "data_dir")}
     return [
         "experiments=[arithmetic_ood]",
         f"seeds=[{','.join(map(str, MINI_DAG_SEEDS))}]",
         f"experiments_dir={scratch / 'experiments'}",
         "threads_per_run=2",
+        f"jobs_per_gpu={slots}",
         *[f"{key}={value}" for key, value in paths.items()],
     ]
 
@@ -435,7 +438,7 @@ def mini_dag_slots(run_peak_bytes: int | None) -> int:
 
 def mini_dag_commands(scratch: Path, slots: int = 1) -> tuple[list[str], list[str]]:
     """The Snakemake command of the mini-DAG (run from the repository root) and the check of its outputs."""
-    overrides = mini_dag_overrides(scratch)
+    overrides = mini_dag_overrides(scratch, slots)
     snakemake = [
         sys.executable,
         "-m",

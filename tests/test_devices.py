@@ -83,3 +83,19 @@ def test_the_devices_are_free_again_once_the_job_ends(tmp_path, needed):
     for _ in range(2):
         assert _wrapped(tmp_path, needed, "--of", "2").wait(timeout=60) == 0
     assert time.time() - start < 10  # no wait for locks a finished job held
+
+
+def test_small_jobs_may_share_a_gpu_in_as_many_slots_as_the_config_gives(tmp_path):
+    """jobs_per_gpu: 2 lets two one-GPU jobs run together on the only GPU, and a third waits."""
+    jobs = [_wrapped(tmp_path, 1, "--of", "1", "--per-gpu", "2") for _ in range(3)]
+    for job in jobs:
+        assert job.wait(timeout=60) == 0
+    events = sorted(
+        (float(at), kind)
+        for kind, _, at, _ in (line.split() for line in (tmp_path / "log").read_text().splitlines())
+    )
+    running, most = 0, 0
+    for _, kind in events:
+        running += 1 if kind == "start" else -1
+        most = max(most, running)
+    assert most == 2 and all(line.split()[1] == "0" for line in (tmp_path / "log").read_text().splitlines())

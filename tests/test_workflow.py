@@ -291,6 +291,11 @@ def test_launcher_uses_torchrun_for_several_processes_and_the_training_command_o
     )
     given = Plan({**config, "gpus": 4})  # the machine's GPUs, given once
     assert given.launcher("py", "arithmetic_ood") == f"{devices} 1 --of 4 -- py -m replication.training.train"
+    shared = Plan({**config, "jobs_per_gpu": 3})
+    assert (
+        shared.launcher("py", "arithmetic_ood")
+        == f"{devices} 1 --per-gpu 3 -- py -m replication.training.train"
+    )
 
 
 def test_output_check_names_what_is_missing(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """The GPUs of one training job on this machine.
 
-    python -m replication.dag.devices N [--of M] -- COMMAND [ARG ...]
+    python -m replication.dag.devices N [--of M] [--per-gpu K] -- COMMAND [ARG ...]
 
 Snakemake counts the GPUs a job holds (its ``gpu`` resource) but neither limits them to the machine's
 nor says which ones a job gets, so every job of a local DAG would land on GPU 0. Every training job
@@ -16,6 +16,8 @@ file, the one-GPU profile, an 8-GPU node), no more ranks run on the GPUs than th
 has its own.
 
 - N = 0: ``CUDA_VISIBLE_DEVICES`` is set empty, so the job cannot take a GPU from those that need one.
+- K (the global config's ``jobs_per_gpu``, 1 unless given) jobs may share a GPU, each holding one of
+  its K slots: for small jobs that fit together on one device, as the GPU check's mini-DAG does.
 - Under a cluster scheduler (``SLURM_JOB_ID`` is set), the scheduler has already given the job its
   devices: COMMAND runs as it is.
 - M is the global config's ``gpus`` where it gives one; otherwise the devices ``CUDA_VISIBLE_DEVICES``
@@ -71,22 +73,26 @@ def _listed_gpus() -> int:
     )
 
 
-def take(needed: int, devices: list[str], folder: Path) -> tuple[list[str], list[int]] | None:
-    """``needed`` of ``devices`` whose locks were free, with the open lock files that hold them; None
-    (and nothing held) where fewer are free."""
+def take(
+    needed: int, devices: list[str], folder: Path, per_gpu: int = 1
+) -> tuple[list[str], list[int]] | None:
+    """``needed`` of ``devices`` with a free slot (one of ``per_gpu`` locks each), with the open lock
+    files that hold them; None (and nothing held) where fewer are free."""
     taken: list[str] = []
     held: list[int] = []
     for device in devices:
         if len(taken) == needed:
             break
-        fd = os.open(folder / f"gpu{device}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        taken.append(device)
-        held.append(fd)
+        for slot in range(per_gpu):
+            fd = os.open(folder / f"gpu{device}.{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            taken.append(device)
+            held.append(fd)
+            break
     if len(taken) < needed:
         for fd in held:
             os.close(fd)
@@ -100,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("replication.dag.devices", __doc__)
     parser.add_argument("needed", type=int, help="GPUs the job needs (0: none, and it may see none)")
     parser.add_argument("--of", type=int, default=None, help="the GPUs of this machine the DAG may use")
+    parser.add_argument("--per-gpu", type=int, default=1, help="jobs that may share one GPU")
     args = parser.parse_args(ours)
     args.command = command
     return cli.run(_main, args)
@@ -126,7 +133,7 @@ def _main(args: argparse.Namespace) -> int:
                 "or a cluster (profiles/slurm)"
             )
         folder, said = lock_folder(), False
-        while (found := take(args.needed, devices, folder)) is None:
+        while (found := take(args.needed, devices, folder, max(1, args.per_gpu))) is None:
             if not said:
                 print(
                     f"waiting for {args.needed} of {len(devices)} GPUs, held by other jobs", file=sys.stderr

@@ -248,6 +248,8 @@ class Plan:
         gpus = self.config.get("gpus")
         devices = f"{python} -m replication.dag.devices {self.job(experiment, 'gpus_per_run')}"
         devices += "" if gpus is None else f" --of {gpus}"
+        per_gpu = self.config.get("jobs_per_gpu", 1)
+        devices += "" if per_gpu == 1 else f" --per-gpu {per_gpu}"
         if n > 1:
             train = f"{python} -m torch.distributed.run --standalone --nproc-per-node {n} -m {TRAIN_MODULE}"
         else:

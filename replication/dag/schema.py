@@ -72,6 +72,7 @@ class GlobalConfig(StrictModel):
     # the GPUs of this machine the DAG may use; None: those CUDA_VISIBLE_DEVICES names, or all of
     # nvidia-smi -L. A job waits for free ones, so no more ranks run on them than they hold.
     gpus: NonNegativeCount | None = None
+    jobs_per_gpu: Count = 1  # training jobs that may share one GPU (small ones that fit together)
     nproc_per_run: Count = 1  # processes per training job; more than one launches torchrun (one per GPU)
     per_experiment: dict[str, JobSettings] = {}  # job settings that differ for one experiment, by its name
 
