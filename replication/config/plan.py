@@ -33,7 +33,6 @@ from replication.science.errors import ConfigError
 from replication.science.methods import BASELINE
 
 PLAN_NAME = "plan.yaml"  # beside the experiment's config.yaml
-KINDS = ("primary", "manipulation", "descriptive")
 # statistics of replication.reporting.stats, by what they compare: two methods paired by seed, one
 # method's runs against a threshold, or (RQ1) a permutation test of serial dependence
 PAIRED = ("relative", "difference", "robust_difference")
@@ -166,9 +165,8 @@ def mismatches(plan: AnalysisPlan, experiment: str, methods: list[str], figures:
         [] if plan.experiment == experiment else [f"the plan is of {plan.experiment!r}, not {experiment!r}"]
     )
     for claim in plan.claims:
-        needs = [claim.method, claim.baseline] + [
-            p.method for k, p in plan.preconditions.items() if k == claim.precondition
-        ]
+        needs = [claim.method, claim.baseline]
+        needs += [plan.preconditions[claim.precondition].method] if claim.precondition else []
         found += [
             f"claim {claim.id} names method {m!r}, which the experiment does not run"
             for m in needs

@@ -57,7 +57,6 @@ class Judgement:
     text: str  # ours, as printed
     p: float | None
     met: bool | None = None  # a runs_at_least condition: whether every run reaches the threshold
-    untestable: str | None = None  # why a primary claim cannot be tested here
     effects: tuple[float, ...] = ()  # the per-seed paired effects (log ratios or differences)
 
 
@@ -281,6 +280,17 @@ def claim_rows(spec: ReportSpec, plan: AnalysisPlan, summary: pd.DataFrame, scal
     def shown(read: str) -> str:
         return NOT_EVIDENCE.format(read) if smoke else read
 
+    def row(claim: ClaimPlan, j: Judgement, *cells: str) -> list[str]:
+        first = [
+            claim.id,
+            spec.experiment,
+            claim.claim,
+            measure(claim),
+            claim.paper_value,
+            f"{j.text}, {scale}",
+        ]
+        return [*first, *cells, figure_link(spec, claim)]
+
     primary = []
     judged = [(c, judge(c, summary, labels)) for c in plan.of_kind("primary")]
     failures = [precondition_failure(plan, c, summary) for c, _ in judged]
@@ -297,55 +307,15 @@ def claim_rows(spec: ReportSpec, plan: AnalysisPlan, summary: pd.DataFrame, scal
             tost = equivalence_p(j)
             if headline != "inconclusive" and tost is not None and tost < 0.05:
                 headline += " (smaller than the smallest effect of interest)"
-        primary.append(
-            [
-                claim.id,
-                spec.experiment,
-                claim.claim,
-                measure(claim),
-                claim.paper_value,
-                f"{j.text}, {scale}",
-                p_text,
-                shown(headline),
-                shown(raw),
-                holds,
-                equivalent,
-                figure_link(spec, claim),
-            ]
-        )
-    manipulation = []
-    for claim in plan.of_kind("manipulation"):
-        j = judge(claim, summary, labels)
-        manipulation.append(
-            [
-                claim.id,
-                spec.experiment,
-                claim.claim,
-                measure(claim),
-                claim.paper_value,
-                f"{j.text}, {scale}",
-                "—" if j.p is None else f"{j.p:.2g}",
-                shown(condition(j)),
-                holds_paper(j),
-                figure_link(spec, claim),
-            ]
-        )
-    descriptive = []
-    for claim in plan.of_kind("descriptive"):
-        j = judge(claim, summary, labels)
-        descriptive.append(
-            [
-                claim.id,
-                spec.experiment,
-                claim.claim,
-                measure(claim),
-                claim.paper_value,
-                f"{j.text}, {scale}",
-                "—" if j.p is None else f"{j.p:.2g}",
-                shown(condition(j)),
-                figure_link(spec, claim),
-            ]
-        )
+        primary.append(row(claim, j, p_text, shown(headline), shown(raw), holds, equivalent))
+    others: dict[str, list[list[str]]] = {"manipulation": [], "descriptive": []}
+    for kind, rows in others.items():
+        for claim in plan.of_kind(kind):
+            j = judge(claim, summary, labels)
+            p_text = "—" if j.p is None else f"{j.p:.2g}"
+            magnitude = [holds_paper(j)] if kind == "manipulation" else []  # only that table has the column
+            rows.append(row(claim, j, p_text, shown(condition(j)), *magnitude))
+    manipulation, descriptive = others["manipulation"], others["descriptive"]
     return Rows(primary, manipulation, descriptive)
 
 
