@@ -5,7 +5,7 @@
 #   make study       the scale's studies: model size, GAPT's knobs, settings (SCALE=cpu; results/<scale>/study/)
 #   make crosscheck  do CLAIMS.md and the README's claims table say what the committed summaries say, from runs of one clean commit?
 #   make mutation    mutation testing of the core with mutmut (not part of CI; docs/testing.md)
-#   make gpu-check   the GPU path on one CUDA device in at most 8 minutes, no network (docs/running.md, "Before a GPU scale")
+#   make gpu-check   the GPU path's acceptance run on one CUDA device in at most 10 minutes, no network (docs/running.md, "Before a GPU scale")
 #   make test-slurm  the smoke DAG through a real one-node SLURM started for it (root; docs/testing.md, "The SLURM path")
 # TORCH=cpu installs PyTorch's CPU-only build from PyTorch's own wheel index (TORCH_CPU_INDEX) instead
 # of the default build of the package index (on Linux x86_64, a CUDA build with its CUDA wheels).
@@ -94,10 +94,13 @@ test-slurm: install
 	$(BIN)/python -m pip install --quiet -e '.[test,hf,slurm]'
 	bash tests/cluster/slurm.sh bash tests/cluster/smoke_on_slurm.sh
 
-# the GPU path in at most 8 minutes with no network: every method at the paper's shape, bf16 and compiled,
-# timed against ce with MFU, memory and compile counts, then a two-seed arithmetic mini-DAG at a shortened
-# gpu1 scale; writes results/benchmarks/gpu.json (python -m benchmarks.gpu_check --help for the options,
-# passed in GPU_CHECK_ARGS; --tiny runs it on CPU at a tiny shape)
+# the GPU path's acceptance run in at most 10 minutes with no network, its stages most important first, each
+# skipped when the budget left cannot carry it: pre-flight (driver, torch wheel, C compiler, Python.h); every
+# method at the paper's shape, bf16 and compiled, timed against ce with MFU; SIGTERM twice, then resume; the
+# arithmetic paper path with recompiles fatal; two ranks on the one GPU against one process; pytest -m gpu;
+# a mini-DAG of arithmetic and forgetting through profiles/local-gpu. Writes results/benchmarks/gpu.json
+# (python -m benchmarks.gpu_check --help for the options, passed in GPU_CHECK_ARGS; --tiny runs every
+# stage on CPU at a tiny shape)
 GPU_CHECK_ARGS ?=
 gpu-check: install
 	$(BIN)/python -m benchmarks.gpu_check $(GPU_CHECK_ARGS)

@@ -1,6 +1,7 @@
 """python -m benchmarks [SECTION ...] [--out results/benchmarks]
 
-Sections: cpu_step, gapt_overhead, loop_efficiency, mbe_kernel, data_prep, evaluation, smoke_dag
+Sections: cpu_step, gapt_overhead, loop_efficiency, mbe_kernel, data_prep, evaluation, smoke_dag,
+step_costs
 (default: all); bf16_parity (about 30 minutes of real cpu-scale runs) only when named.
 Each prints a table and writes results/benchmarks/<section>.json with its provenance. Run it on a
 quiet machine: the ratios compare variants measured side by side, but other load still adds noise.
@@ -269,6 +270,36 @@ def run_section(name: str, out: Path) -> None:
                 f"bf16 {effect['bfloat16']['text']}"
             )
         write_result(out, name, result)
+    elif name == "step_costs":
+        from benchmarks.steps import step_costs
+
+        result = step_costs()
+        ce, ckpt = result["cross_entropy"], result["checkpoint"]
+        print(f"\nCross-entropy and its backward over {ce['shape']} float32 logits (CPU)")
+        print(
+            tabulate(
+                [[k, f"{1000 * v:.0f}"] for k, v in ce["seconds"].items()],
+                headers=["loss", "ms"],
+                tablefmt="github",
+            )
+        )
+        print(
+            f"compiled / eager: {ce['compiled_over_eager']:.2f}; "
+            f"loss differs by {ce['loss_difference']:.1e}, "
+            f"gradient by at most {ce['max_gradient_difference']:.1e}"
+        )
+        print(
+            f"\nA checkpoint of the {ckpt['shape']} model ({ckpt['bytes'] / 1e9:.2f} GB) "
+            "holds the step up for"
+        )
+        print(
+            tabulate(
+                [[k, f"{v:.3f}"] for k, v in ckpt["seconds_holding_the_step"].items()],
+                headers=["written", "seconds"],
+                tablefmt="github",
+            )
+        )
+        write_result(out, name, result)
     else:
         raise SystemExit(f"unknown section {name!r}; choose from {SECTIONS + LONG_SECTIONS}")
 
@@ -281,6 +312,7 @@ SECTIONS = [
     "data_prep",
     "evaluation",
     "smoke_dag",
+    "step_costs",
 ]
 LONG_SECTIONS = ["bf16_parity"]  # trains real runs (about 30 minutes): only when named
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from benchmarks.common import interleaved
 from replication.config.base import deep_merge
@@ -396,4 +397,76 @@ def cpu_step(method: str = "ce", rounds: int = 7) -> dict[str, Any]:
         "matmul_peak_flops": peak,
         "variants": rows,
         "target": "the shipped step >= 1.5 x float32 eager, at parity",
+    }
+
+
+def step_costs(tokens: int = 2048, vocab: int = 50304, rounds: int = 5) -> dict[str, Any]:
+    """What two of the GPU path's remedies save, measured on CPU at scaled-down shapes.
+
+    - ``cross_entropy``: the main loss and its backward over (1, ``tokens``, ``vocab``) float32
+      logits, eager against compiled (``LanguageTask.compile_loss``): seconds, and the largest
+      difference of the loss and of the gradient.
+    - ``checkpoint``: the seconds a periodic checkpoint of the paper's model and its optimizer state
+      holds up the training thread, written in the step against written in the background
+      (``training.checkpoint.Checkpointer``: on a GPU the background write is the default).
+    """
+    from replication.tasks.lm import token_cross_entropy
+    from replication.training.checkpoint import LoopState
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, tokens, vocab, generator=generator).requires_grad_()
+    targets = torch.randint(0, vocab, (1, tokens), generator=generator)
+    compiled = torch.compile(token_cross_entropy)
+
+    def loss_and_grad(fn: Callable[[Tensor, Tensor], Tensor]) -> tuple[float, Tensor]:
+        logits.grad = None
+        loss = fn(logits, targets)
+        loss.backward()
+        return loss.item(), logits.grad
+
+    start = time.perf_counter()
+    compiled_loss, compiled_grad = loss_and_grad(compiled)
+    compile_s = time.perf_counter() - start
+    eager_loss, eager_grad = loss_and_grad(token_cross_entropy)
+    loss_diff = abs(compiled_loss - eager_loss)
+    grad_diff = (compiled_grad - eager_grad).abs().max().item()
+    ce_seconds = interleaved(
+        {"eager": lambda: loss_and_grad(token_cross_entropy), "compiled": lambda: loss_and_grad(compiled)},
+        rounds=rounds,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(shape_config("gpt2_small", "ce"), Path(tmp), show_progress=False)
+        optimizer_step(trainer, {"ce": 0}, "ce")()  # the optimizer state exists after a first step
+        checkpoint = trainer.checkpoint
+        trainer.writer.open(truncate_to=None)
+
+        held: dict[str, list[float]] = {"in the step": [], "background": []}
+        for round_ in range(rounds):
+            for name in sorted(held, reverse=round_ % 2 == 1):
+                checkpoint.background = name == "background"
+                start = time.perf_counter()
+                checkpoint.save(LoopState(next_step=1), wait=not checkpoint.background)
+                held[name].append(time.perf_counter() - start)
+                checkpoint.wait()  # the write goes on after the call: not the step's time
+        held = {name: statistics.median(times) for name, times in held.items()}
+        checkpoint.wait()
+        size = (Path(tmp) / "checkpoint.pt").stat().st_size
+        trainer.writer.close()
+    return {
+        "cross_entropy": {
+            "shape": [1, tokens, vocab],
+            "seconds": ce_seconds,
+            "compiled_over_eager": ce_seconds["compiled"] / ce_seconds["eager"],
+            "compile_s": compile_s,
+            "loss_difference": loss_diff,
+            "max_gradient_difference": grad_diff,
+        },
+        "checkpoint": {
+            "shape": "gpt2_small",
+            "bytes": size,
+            "seconds_holding_the_step": held,
+            "background_over_in_step": held["background"] / held["in the step"],
+        },
+        "statistic": "median over interleaved rounds",
     }

@@ -295,3 +295,29 @@ def test_a_compiled_run_makes_a_recompile_limit_hit_an_error(tmp_path, monkeypat
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=False):
         loop.Trainer(tiny_config("ce", train={"compile": True}), tmp_path, show_progress=False)
         assert torch._dynamo.config.fail_on_recompile_limit_hit  # no silent fall back to eager
+
+
+def test_the_compiled_cross_entropy_is_the_eager_one_with_ignored_targets_and_both_shapes(dynamo):
+    """``LanguageTask.compile_loss`` (a GPU run under train.compile): the loss and its gradient are the
+    eager ones, -100 targets ignored, and a second shape (evaluation's) traces no third graph."""
+    from replication.tasks.registry import build_task
+
+    task = build_task(tiny_config("ce"), torch.device("cpu"))  # the synthetic language
+    eager = task.main_loss
+    task.compile_loss(backend="inductor")
+    generator = torch.Generator().manual_seed(0)
+    for rows in (2, 3):
+        logits = torch.randn(rows, 16, 50, generator=generator)
+        targets = torch.randint(0, 50, (rows, 16), generator=generator)
+        targets[:, :3] = -100
+        batch = type("Batch", (), {"targets": targets})()
+        grads = []
+        for loss_fn in (eager, task.main_loss):
+            x = logits.clone().requires_grad_()
+            loss = loss_fn(x, batch)
+            loss.backward()
+            grads.append((loss.detach(), x.grad))
+        (a, ga), (b, gb) = grads
+        assert torch.allclose(a, b, rtol=1e-6) and torch.allclose(ga, gb, rtol=1e-5, atol=1e-8)
+        assert ga[:, :3].abs().sum() == 0
+    assert dynamo["stats"]["unique_graphs"] <= 2, dict(dynamo["stats"])  # static, then dynamic

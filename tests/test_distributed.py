@@ -75,6 +75,110 @@ def test_two_gloo_ranks_end_with_identical_weights_and_phases(tmp_path):
     assert [r["tokens"] for r in records if r["kind"] == "train"][0] == 2 * 4 * 32  # micro-batches x batch
 
 
+RQ1_CONFIG = dict(
+    train={"steps": 3, "grad_accum": 4, "eval_every": 0, "checkpoint_every": 0},
+    alignment={"every": 2, "layers": [1, 2, 3]},
+)
+
+
+def _rq1_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    from replication.training.train import Trainer
+
+    Trainer(tiny_config("ce", **RQ1_CONFIG), run_dir, show_progress=False).run()
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_share_rq1s_layers_and_each_layer_is_the_record_of_its_own_micro_batch(tmp_path):
+    """Under torchrun each process takes its share of RQ1's layers on its own first micro-batch (no
+    process waits while one runs every layer's backward): rank 0's layers and the noise baseline are
+    the one-process record's, rank 1's are the record the separate pass takes on micro-batches 2
+    and 3 of the same step."""
+    from replication.training.alignment import gradient_alignment
+    from replication.training.train import Trainer, train
+
+    mp.spawn(_rq1_worker, args=(2, free_port(), str(tmp_path / "two"), str(tmp_path)), nprocs=2, join=True)
+    two = [r for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if r["kind"] == "alignment"]
+    train(tiny_config("ce", **RQ1_CONFIG), tmp_path / "one", show_progress=False)
+    one = [r for r in read_metrics(tmp_path / "one" / "metrics.jsonl") if r["kind"] == "alignment"]
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [0, 2]
+    # step 2 (step 0's cosines are 0: the head starts at zero); two processes sum the gradients in
+    # another order, so the weights after two steps differ in the sixth digit
+    at = two[1]
+    assert at["align/layers"] == [1, 2, 3] and at["align/micro_by_layer"] == [0, 2, 0]
+    for key in ("align/noise_cos", "align/norm_ce", "align/ce"):
+        assert at[key] == pytest.approx(one[1][key], rel=1e-4), key
+    for j in (0, 2):  # layers 1 and 3: rank 0, micro-batch 0
+        assert at["align/cos"][j] == pytest.approx(one[1]["align/cos"][j], abs=1e-5)
+        assert at["align/mbe"][j] == pytest.approx(one[1]["align/mbe"][j], rel=1e-5)
+        blocks, alone = at["align/cos_by_block"][j], one[1]["align/cos_by_block"][j]
+        assert [c is None for c in blocks] == [c is None for c in alone]  # blocks above the layer: none
+        assert [c for c in blocks if c is not None] == pytest.approx(
+            [c for c in alone if c is not None], abs=1e-4
+        )
+
+    # layer 2, taken by rank 1 on micro-batch 2: the separate pass on micro-batches 2 and 3 of step 2
+    config = tiny_config("ce", **{**RQ1_CONFIG, "alignment": {"every": 0}})
+    trainer = Trainer(config, tmp_path / "check", show_progress=False)
+    for step in (0, 1):
+        trainer._train_step(step, lambda: 0.0)
+    batch = trainer.task.train_batch
+    trainer.task.train_batch = lambda step, micro: batch(step, micro + 2)
+    window = trainer.model.attention_window(2 / config.train.steps)
+    check = gradient_alignment(trainer.model, trainer.task, step=2, layers=[2], window=window)
+    assert at["align/cos"][1] == pytest.approx(check["align/cos"][0], abs=1e-5)
+    assert at["align/norm_mbe"][1] == pytest.approx(check["align/norm_mbe"][0], rel=1e-4)
+    assert at["align/mbe"][1] == pytest.approx(check["align/mbe"][0], rel=1e-5)
+    assert at["align/cos"][1] != pytest.approx(one[1]["align/cos"][1], abs=1e-3)  # another batch's
+
+
+ONE_VALIDATION_BATCH = dict(
+    task={"val_batches": 1}, train={"steps": 2, "grad_accum": 2, "eval_every": 0, "checkpoint_every": 0}
+)
+
+
+def _one_batch_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    from replication.training.train import Trainer
+
+    Trainer(tiny_config("ce", **ONE_VALIDATION_BATCH), run_dir, show_progress=False).run()
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_rank_without_a_validation_batch_still_takes_part_in_the_evaluation(tmp_path):
+    """One validation batch, two processes: the second holds none, and the evaluation is the one
+    process's evaluation of that batch."""
+    from replication.training.train import train
+
+    mp.spawn(_one_batch_worker, args=(2, free_port(), str(tmp_path / "two"), ""), nprocs=2, join=True)
+    train(tiny_config("ce", **ONE_VALIDATION_BATCH), tmp_path / "one", show_progress=False)
+    two, one = (
+        [r for r in read_metrics(tmp_path / name / "metrics.jsonl") if r["kind"] == "eval"]
+        for name in ("two", "one")
+    )
+    assert two[0]["val/ce"] == pytest.approx(one[0]["val/ce"], rel=1e-6)
+    assert two[0]["val/mbe_by_layer"] == pytest.approx(one[0]["val/mbe_by_layer"], rel=1e-6)
+
+
+def test_processes_that_share_a_gpu_wrap_around_the_visible_ones_and_use_gloo(monkeypatch):
+    from replication.runtime import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.select_device("cuda") == torch.device("cuda", 0)
+    cuda = torch.device("cuda", 0)
+    assert distributed.backend_for(cuda, local_world_size=2, visible_gpus=1) == "gloo"  # NCCL refuses
+    assert distributed.backend_for(cuda, local_world_size=8, visible_gpus=8) == "nccl"
+    assert distributed.backend_for(torch.device("cpu"), local_world_size=2, visible_gpus=0) == "gloo"
+
+
 @pytest.mark.slow
 def test_torchrun_launches_the_same_command(tmp_path):
     config_path = tmp_path / "config.yaml"

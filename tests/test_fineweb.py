@@ -16,11 +16,14 @@ from replication.config.run import load_experiment, resolve_run_config
 from replication.reporting.rq1 import cycle_statistics
 from replication.runtime.record import read_metrics
 from replication.science.errors import DataError
+from replication.tasks.fineweb import data as fineweb_data
 from replication.tasks.fineweb.data import (
+    PROGRESS_NAME,
     DatasetOptions,
     NoSourceError,
     SourceHashError,
     content_sha256,
+    hub_reachable,
     load_manifest,
     prepare,
 )
@@ -34,7 +37,7 @@ from replication.tasks.fineweb.shards import (
     write_shard,
 )
 from replication.tasks.fineweb.task import TokenStream
-from replication.tasks.fineweb.tokenization import file_sha256, get_tokenizer
+from replication.tasks.fineweb.tokenization import ByteTokenizer, file_sha256, get_tokenizer
 from replication.training.train import train
 
 from .conftest import REPO
@@ -145,6 +148,181 @@ def test_a_finished_preparation_is_not_redone_and_shards_are_never_rewritten(jso
     write_shard(out / "train_000000.bin", np.arange(5))
     with pytest.raises(DataError, match="delete"):
         prepare("toy", options(jsonl), out, progress=False)
+
+
+# documents of 12 to 42 bytes: with 16-token shards, most documents end one shard and start the next
+MANY = [f"document {i:02d} " + "word " * (i % 7) for i in range(40)]
+
+
+def interrupt_after(monkeypatch, documents):
+    """Make the next preparations stop (KeyboardInterrupt) once they have taken that many documents."""
+    real = fineweb_data.iter_documents
+
+    def stopping(*args, **kwargs):
+        for taken, document in enumerate(real(*args, **kwargs)):
+            if taken == documents:
+                raise KeyboardInterrupt
+            yield document
+
+    monkeypatch.setattr(fineweb_data, "iter_documents", stopping)
+
+
+def same_output(a, b):
+    """The two folders hold the same files, byte for byte; the manifests differ only in their date."""
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    for path in a.glob("*.bin"):
+        assert path.read_bytes() == (b / path.name).read_bytes(), path.name
+    manifests = [json.loads((folder / "manifest.json").read_text()) for folder in (a, b)]
+    assert [{**m, "prepared_at": None} for m in manifests] == [{**manifests[0], "prepared_at": None}] * 2
+
+
+def test_an_interrupted_preparation_continues_without_tokenizing_again_and_ends_byte_for_byte_the_same(
+    tmp_path, monkeypatch
+):
+    source = tmp_path / "many.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in MANY))
+    opts = options(source, val_tokens=50, shard_tokens=16)
+    whole = tmp_path / "whole"
+    prepare("toy", opts, whole, progress=False)
+    monkeypatch.setattr(fineweb_data, "ENCODE_BATCH_DOCUMENTS", 3)  # batches that straddle the skipped ones
+    encoded = []
+    encode = ByteTokenizer.encode_batch
+    monkeypatch.setattr(
+        ByteTokenizer, "encode_batch", lambda self, texts: encoded.extend(texts) or encode(self, texts)
+    )
+    carried = set()
+    for stop in (2, 3, 9, 25, 39):  # in the validation split, at its end, then in the training split
+        out = tmp_path / f"stopped_{stop}"
+        with monkeypatch.context() as patch:
+            interrupt_after(patch, stop)
+            with pytest.raises(KeyboardInterrupt):
+                prepare("toy", opts, out, progress=False)
+        assert not (out / "manifest.json").exists()
+        progress = json.loads((out / PROGRESS_NAME).read_text())
+        read = progress["position"]["documents"]
+        assert 0 < read <= stop and progress["splits"]["val"]["shards"]
+        # the document read last, when its tail is in no finished shard yet, is the one read again
+        tail = any(s["tokens"] > sum(f["tokens"] for f in s["shards"]) for s in progress["splits"].values())
+        carried.add(tail)
+        if stop == 25:  # a shard written after the last progress record is written again
+            write_shard(out / f"train_{len(progress['splits']['train']['shards']):06d}.bin", np.arange(5))
+        encoded.clear()
+        prepare("toy", opts, out, progress=False)
+        assert encoded == MANY[read - tail :]  # the documents before were not tokenized again
+        same_output(out, whole)
+        assert not (out / PROGRESS_NAME).exists()  # removed once the manifest is written
+    assert carried == {True, False}  # both ways of continuing were taken
+
+
+def test_an_interrupted_preparation_of_the_authors_shards_continues_from_the_file_it_stopped_in(
+    tmp_path, monkeypatch
+):
+    import huggingface_hub
+
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    write_shard(hub / "fineweb_val_000000.bin", np.arange(30))
+    for index in range(1, 5):
+        write_shard(hub / f"fineweb_train_{index:06d}.bin", np.arange(25) + 100 * index)
+    downloaded = []
+
+    def download(repo_id, filename, repo_type):
+        if not (hub / filename).exists():
+            raise FileNotFoundError(filename)
+        downloaded.append(filename)
+        return str(hub / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(fineweb_data, "hub_reachable", lambda: True)
+    real = fineweb_data.iter_pretokenized
+    for val_tokens in (20, 40):  # less than the author's validation file holds, and more
+        opts = DatasetOptions(
+            pretokenized="author/shards", val_tokens=val_tokens, train_tokens=90, shard_tokens=8
+        )
+        whole = tmp_path / f"whole_{val_tokens}"
+        prepare("toy", opts, whole, progress=False)
+        for stop in (1, 2, 3, 4):  # files taken before the interruption, over both splits
+            taken = []
+
+            def stopping(*args, stop=stop, taken=taken):
+                for tokens in real(*args):
+                    if len(taken) == stop:
+                        raise KeyboardInterrupt
+                    taken.append(1)
+                    yield tokens
+
+            out = tmp_path / f"stopped_{val_tokens}_{stop}"
+            with monkeypatch.context() as patch:
+                patch.setattr(fineweb_data, "iter_pretokenized", stopping)
+                with pytest.raises(KeyboardInterrupt):
+                    prepare("toy", opts, out, progress=False)
+            files = json.loads((out / PROGRESS_NAME).read_text())["position"]["files"]
+            downloaded.clear()
+            prepare("toy", opts, out, progress=False)
+            assert files and not set(downloaded) & set(files[:-1])  # at most the last file is read again
+            same_output(out, whole)
+
+
+def test_an_interrupted_preparation_is_not_continued_with_other_options(tmp_path, monkeypatch):
+    source = tmp_path / "many.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in MANY))
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 10)
+        with pytest.raises(KeyboardInterrupt):
+            prepare("toy", options(source, val_tokens=50, shard_tokens=16), out, progress=False)
+    assert (out / PROGRESS_NAME).exists()
+    with pytest.raises(ConfigError, match="interrupted preparation") as error:
+        prepare("toy", options(source, val_tokens=50, shard_tokens=32), out, progress=False)
+    assert f"delete {out} (or choose another --out)" in str(error.value)
+    with pytest.raises(ConfigError, match="interrupted preparation"):
+        prepare("other", options(source, val_tokens=50, shard_tokens=16), out, progress=False)
+
+
+def test_the_hub_check_asks_through_huggingface_hubs_own_session(monkeypatch):
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    asked = []
+
+    def session_answering(outcome):
+        class Session:
+            def head(self, url, timeout):
+                asked.append((url, timeout))
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                return outcome
+
+        return lambda: Session()
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    for outcome, reachable in [
+        (httpx2.Response(200), True),
+        (httpx2.Response(407), False),  # a proxy that wants credentials
+        (httpx2.Response(502), False),  # a proxy with no route to the hub
+        (httpx2.ConnectError("no route"), False),
+        (httpx2.ConnectTimeout("timed out"), False),
+        (OSError("network unreachable"), False),
+    ]:
+        monkeypatch.setattr(huggingface_hub, "get_session", session_answering(outcome))
+        assert hub_reachable(timeout=2.5) is reachable, outcome
+    assert asked == [(constants.ENDPOINT, 2.5)] * 6
+    asked.clear()
+    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        with monkeypatch.context() as patch:
+            patch.setenv(variable, "1")
+            patch.setattr(huggingface_hub, "get_session", session_answering(httpx2.Response(200)))
+            assert hub_reachable() is False
+    assert asked == []  # offline mode asks nothing
+
+
+def test_prepare_takes_only_a_positive_thread_count(capsys):
+    for bad, message in (("0", "must be at least 1, got 0"), ("two", "must be a whole number, got 'two'")):
+        with pytest.raises(SystemExit):
+            main([str(EXPERIMENT), "--dataset", "x", "--out", "x", "--threads", bad])
+        assert f"argument --threads: {message}" in capsys.readouterr().err
 
 
 def test_without_a_local_file_or_the_hub_the_preparation_fails_at_once_naming_both_ways(

@@ -101,11 +101,19 @@ def test_same_seed_same_data_same_memorize_steps(method_runs):
     assert ce[first_change + 2]["train/ce"] != gapt[first_change + 2]["train/ce"]
 
 
-def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("background", [False, True], ids=["written-in-step", "written-in-background"])
+def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, monkeypatch, background):
+    """Also with the periodic checkpoints written from a thread, as on a GPU."""
     config = tiny_config("gapt", train={"steps": 30, "checkpoint_every": 4}, **QUICK_PLATEAU)
     train(config, tmp_path / "whole", show_progress=False)
 
     import replication.training.train as loop
+
+    class Checkpointer(loop.Checkpointer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "background": background})
+
+    monkeypatch.setattr(loop, "Checkpointer", Checkpointer)
 
     real = loop.accumulate_gradients
 
@@ -124,6 +132,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, monkeypatch)
     assert max(r["step"] for r in killed_records if r["kind"] == "train") == 25  # steps after the checkpoint
 
     monkeypatch.setattr(loop, "accumulate_gradients", real)
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)["next_step"] == 24
     summary = train(config, tmp_path / "killed", show_progress=False)
     assert summary["resumes"] == 1
     whole = read_metrics(tmp_path / "whole" / "metrics.jsonl")
@@ -391,3 +400,73 @@ def test_a_run_is_dirty_when_the_code_changed_but_not_when_only_results_did(tmp_
     assert git_state(tmp_path)["git_dirty"] is False and len(git_state(tmp_path)["git_commit"]) == 40
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_state(tmp_path)["git_dirty"] is True
+
+
+def test_a_background_checkpoint_holds_the_state_of_its_step_and_reports_a_failed_write(
+    tmp_path, monkeypatch
+):
+    """The thread writes a host copy: parameters changed while it writes do not reach the file; a
+    write that fails raises in the training thread at the next wait."""
+    import replication.training.checkpoint as checkpoint
+
+    trainer = Trainer(tiny_config("ce"), tmp_path, show_progress=False)
+    ckpt = trainer.checkpoint
+    ckpt.background = True
+    trainer.writer.open(truncate_to=None)
+    started, release = __import__("threading").Event(), __import__("threading").Event()
+    real_save = checkpoint.save_checkpoint
+
+    def slow_save(run_dir, state):
+        started.set()
+        release.wait(10)
+        real_save(run_dir, state)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", slow_save)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    ckpt.save(checkpoint.LoopState(next_step=3), wait=False)
+    assert started.wait(10)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(1.0)  # training goes on while the file is written
+    release.set()
+    ckpt.wait()
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["next_step"] == 3
+    assert all(torch.equal(saved["model"][k], before[k]) for k in before)
+
+    def full_disk(run_dir, state):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", full_disk)
+    ckpt.save(checkpoint.LoopState(next_step=6), wait=False)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.wait()
+    ckpt.wait()  # reported once
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["next_step"] == 3
+    trainer.writer.close()
+
+
+def test_a_checkpoint_holds_the_cuda_generator_of_its_own_device_only(monkeypatch):
+    """Each process sees its own GPUs, so a run resumes on another number of them: the checkpoint
+    holds the current device's CUDA generator, and one that held every visible device's restores the
+    first's (not device by device, which fails where fewer devices are visible now)."""
+    import replication.training.checkpoint as checkpoint
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7]))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.tensor([7])] * 8)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state))
+
+    def only_one_device(states):
+        if len(states) > 1:
+            raise RuntimeError("CUDA error: invalid device ordinal")
+        restored.append(states[0])
+
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", only_one_device)
+    state = checkpoint.rng_state()
+    assert torch.equal(state["cuda_device"], torch.tensor([7])) and "cuda" not in state
+    checkpoint.set_rng_state(state)
+    old = {k: v for k, v in state.items() if k != "cuda_device"}
+    checkpoint.set_rng_state({**old, "cuda": [torch.tensor([1]), torch.tensor([2])]})
+    assert [int(s) for s in restored] == [7, 1]

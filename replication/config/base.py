@@ -201,6 +201,9 @@ class TrainConfig(StrictModel):
     # controller monitors (train/mbe_monitored; none for a method without a controller) and the ones
     # the objective regularizes
     block_mbe_every: PositiveInt = 1
+    # torch's CPU threads in each process of the run: part of the run because on CPU the thread count
+    # changes the order of float sums, and so every number the run produces
+    threads: PositiveInt = 1
 
 
 class AlignmentConfig(StrictModel):

@@ -33,11 +33,22 @@ class DistContext:
 
 
 def select_device(preference: str) -> torch.device:
+    """The device of this process: CPU, or the visible GPU of its local rank (local ranks beyond the
+    visible GPUs wrap around, so that several share one)."""
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def backend_for(device: torch.device, local_world_size: int, visible_gpus: int) -> str:
+    """NCCL where each process has a GPU of its own; gloo on CPU, and where processes share a GPU,
+    which NCCL refuses. The DAG never shares one (``dag.plan`` refuses nproc_per_run above
+    gpus_per_run); the GPU check does, to run two ranks on a one-GPU machine."""
+    if device.type == "cuda" and local_world_size <= visible_gpus:
+        return "nccl"
+    return "gloo"
 
 
 def init_distributed(device_preference: str) -> DistContext:
@@ -47,9 +58,12 @@ def init_distributed(device_preference: str) -> DistContext:
     if world_size <= 1:
         return DistContext(0, 1, device)
     if not dist.is_initialized():
+        visible = 0
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            visible = torch.cuda.device_count()
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        dist.init_process_group(backend=backend_for(device, local_world, visible))
     return DistContext(dist.get_rank(), dist.get_world_size(), device)
 
 

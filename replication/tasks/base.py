@@ -119,6 +119,10 @@ class Task(ABC):
             summary[f"best/{key}"] = min(values)
         return summary
 
+    def compile_loss(self, **options: Any) -> None:  # noqa: B027 - optional hook, no-op by default
+        """``torch.compile`` the main loss (``options``: torch.compile's), where that saves passes over
+        a large output; the loop calls it on a GPU under ``train.compile``."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

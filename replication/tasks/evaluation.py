@@ -36,7 +36,9 @@ def evaluate_lm(
     model.eval()
     ce_sum = torch.zeros((), dtype=torch.float64, device=task.device)
     tokens = torch.zeros((), dtype=torch.float64, device=task.device)
-    mbe_sum = None
+    # zeros, not None: a process may hold no validation batch (fewer batches than processes) and still
+    # takes part in the all-reduce
+    mbe_sum = torch.zeros(model.n_blocks, dtype=torch.float64, device=task.device)
     patches = torch.zeros((), dtype=torch.float64, device=task.device)
     for batch in batches:
         with autocast():
@@ -46,7 +48,7 @@ def evaluate_lm(
         tokens += batch.targets.numel()
         n_patches = batch.inputs.numel() // options["patch_size"]
         per_layer = layer_mbe(out.hidden, **options).double() * n_patches
-        mbe_sum = per_layer if mbe_sum is None else mbe_sum + per_layer
+        mbe_sum = mbe_sum + per_layer
         patches += n_patches
     model.train(was_training)
     totals = all_reduce_sum(torch.cat([ce_sum[None], tokens[None], patches[None], mbe_sum]))

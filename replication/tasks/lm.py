@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any, ClassVar
 
@@ -13,6 +14,11 @@ from replication.models import ModelOutput, ReplicationModel
 from replication.runtime.precision import Autocast
 from replication.tasks.base import Batch, Task
 from replication.tasks.evaluation import evaluate_lm
+
+
+def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean next-token CE in float32 over the targets that are not -100: (B, T, V), (B, T) -> ()."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
 def document_ids(tokens: Tensor, separator: int) -> Tensor:
@@ -31,8 +37,17 @@ class LanguageTask(Task):
     ) -> ModelOutput:
         return model(batch.inputs, docs=document_ids(batch.inputs, self.separator), window=window, upto=upto)
 
+    _cross_entropy: Callable[[Tensor, Tensor], Tensor] = staticmethod(token_cross_entropy)
+
     def main_loss(self, output: Tensor, batch: Batch) -> Tensor:
-        return F.cross_entropy(output.float().flatten(0, 1), batch.targets.flatten())
+        return self._cross_entropy(output, batch.targets)
+
+    def compile_loss(self, **options: Any) -> None:
+        """Compiled, the loss reads the (B, T, V) logits for its log-sum-exp and writes no log-softmax
+        (6.6 GB in float32 at 32 k tokens of a 50 k vocabulary), and its backward is one pass too: on
+        CPU at 2048 tokens of that vocabulary it takes 0.47 x the eager time, with the same loss and
+        gradient bit for bit (``python -m benchmarks cross_entropy``)."""
+        self._cross_entropy = torch.compile(token_cross_entropy, **options)
 
     def validation_batches(self) -> list[Batch]:
         """This process's share of the validation batches."""

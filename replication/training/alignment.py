@@ -122,6 +122,11 @@ class InStepAlignment:
     So the step's micro-batches are not run a second time. The values equal the separate pass's up to
     floating-point rounding (the difference of two sums stands for micro-batch 1's gradient).
     ``seconds`` is the time spent on the record, which the loop keeps out of the step's time.
+
+    Under torchrun each process takes its share of the layers (``layers``) on its own first
+    micro-batch (``first``), and only the main process the noise baseline (``noise``), so that no
+    process waits while one runs every layer's backward; ``merge_records`` puts the shares together.
+    Each layer's cosine is then measured on a micro-batch of its own, all of the same step.
     """
 
     def __init__(
@@ -131,11 +136,15 @@ class InStepAlignment:
         layers: Sequence[int],
         micro_batches: int,
         autocast: Callable[[], AbstractContextManager] = nullcontext,
+        *,
+        first: int = 0,
+        noise: bool = True,
     ):
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.blocks = _block_index(model, self.params)
         self.n_blocks = model.n_blocks
         self.task, self.layers, self.scale, self.autocast = task, list(layers), float(micro_batches), autocast
+        self.first, self.noise = first, noise
         self.record: dict[str, Any] | None = None
         self.seconds = 0.0
         self._first: list[Tensor | None] = []
@@ -143,26 +152,31 @@ class InStepAlignment:
 
     def retain_graph(self, micro: int) -> bool:
         """Whether the step's backward of this micro-batch must keep its graph for the MBE gradients."""
-        return micro == 0
+        return micro == self.first and bool(self.layers)
 
     def after_backward(self, micro: int, hidden: Sequence[Tensor], main: Tensor | None) -> None:
         start = time.perf_counter()
-        if micro == 0:
+        if micro == self.first:
             self._first = [None if p.grad is None else p.grad.detach() * self.scale for p in self.params]
-            with self.autocast():
-                mbes = layer_mbe(list(hidden), self.layers, **mbe_kwargs(self.task))
-            cos_global, cos_blocks, norm_mbe = _mbe_cosines(
-                self._first, mbes, self.params, self.blocks, self.n_blocks
-            )
+            cos_global, cos_blocks, norm_mbe, values = [], [], [], []
+            if self.layers:
+                with self.autocast():
+                    mbes = layer_mbe(list(hidden), self.layers, **mbe_kwargs(self.task))
+                cos_global, cos_blocks, norm_mbe = _mbe_cosines(
+                    self._first, mbes, self.params, self.blocks, self.n_blocks
+                )
+                values = mbes.detach().tolist()
             self._partial = {
                 "align/layers": list(self.layers),
                 "align/cos": cos_global,
                 "align/cos_by_block": cos_blocks,
                 "align/norm_mbe": norm_mbe,
                 "align/ce": float(main) if main is not None else None,
-                "align/mbe": mbes.detach().tolist(),
+                "align/mbe": values,
             }
-        elif micro == 1 and self._first:
+            if not self.noise:
+                self.record, self._first = self._partial, []
+        elif micro == self.first + 1 and self._first:
             second = [
                 None if p.grad is None else p.grad.detach() * self.scale - (0 if g is None else g)
                 for p, g in zip(self.params, self._first)
@@ -182,3 +196,39 @@ class InStepAlignment:
             }
             self._first = []
         self.seconds += time.perf_counter() - start
+
+
+def merge_records(
+    probe: InStepAlignment, layers: Sequence[int], all_reduce_sum: Callable[[Tensor], Tensor]
+) -> dict[str, Any] | None:
+    """The record of a step whose layers the processes shared (``InStepAlignment``), put together on
+    every process by one all-reduce (``all_reduce_sum``); the main process's record (the one with
+    the noise baseline) gets every layer's values, in the order of ``layers``, and
+    ``align/micro_by_layer``, the micro-batch each layer's values come from. None elsewhere."""
+    n_blocks = probe.n_blocks
+    width = 5 + n_blocks  # owned, cos, norm_mbe, mbe, micro, per-block cosines
+    packed = torch.zeros(len(layers), width, dtype=torch.float64)
+    mine = probe.record or {}
+    for j, layer in enumerate(mine.get("align/layers", [])):
+        slot = list(layers).index(layer)
+        row = [1.0, mine["align/cos"][j], mine["align/norm_mbe"][j], mine["align/mbe"][j], probe.first]
+        row += mine["align/cos_by_block"][j]
+        packed[slot] = torch.tensor([math.nan if v is None else float(v) for v in row], dtype=torch.float64)
+    total = all_reduce_sum(packed.to(probe.task.device)).cpu()
+    if not probe.noise:
+        return None
+    if not bool((total[:, 0] == 1.0).all()):
+        raise RuntimeError(f"RQ1's layers {list(layers)} were not each taken by exactly one process")
+
+    def value(x: Tensor) -> float | None:
+        return None if math.isnan(x.item()) else x.item()
+
+    return {
+        **mine,
+        "align/layers": list(layers),
+        "align/cos": [value(x) for x in total[:, 1]],
+        "align/cos_by_block": [[value(x) for x in row] for row in total[:, 5:]],
+        "align/norm_mbe": [value(x) for x in total[:, 2]],
+        "align/mbe": [value(x) for x in total[:, 3]],
+        "align/micro_by_layer": [int(x) for x in total[:, 4]],
+    }

@@ -26,6 +26,9 @@ whose checkpoint is already written, a single process stops at once, and a distr
 the evaluation. A second Ctrl-C stops at once; a repeated SIGTERM (a scheduler and its launcher
 both signalling) does not.
 
+``train.threads`` sets torch's CPU threads: the thread count changes a CPU run's numbers, so it is part
+of the run's config (and of its digest), and a checkpoint resumes only with the same one.
+
 ``train.dtype`` is decided once (``replication.runtime.precision``) for training, evaluation and RQ1;
 ``train.compile`` compiles each block (``ReplicationModel.compile_blocks``), never the whole model.
 
@@ -48,6 +51,7 @@ from typing import Any
 
 import torch
 
+from replication.config.base import ConfigError
 from replication.config.run import RunConfig, load_run_config
 from replication.models import build_model
 from replication.runtime import cli
@@ -67,7 +71,7 @@ from replication.science.errors import ReplicationError
 from replication.science.gapt import Phase, PhaseController
 from replication.science.methods import METHODS
 from replication.tasks.registry import build_task
-from replication.training.alignment import InStepAlignment, gradient_alignment
+from replication.training.alignment import InStepAlignment, gradient_alignment, merge_records
 from replication.training.checkpoint import Checkpointer, LoopState, seed_everything
 from replication.training.monitor import BlockMonitor
 from replication.training.objectives import (
@@ -102,6 +106,7 @@ def train(
     trainer of it refuses, and one that starts after the first finished finds its summary.
     """
     run_dir = Path(run_dir)
+    torch.set_num_threads(config.train.threads)  # the run's own thread count (train.threads)
     with RunLock(run_dir, enabled=int(os.environ.get("RANK", "0")) == 0) as lock:
         if lock.took_over:
             print(
@@ -155,6 +160,8 @@ class Trainer:
             # a recompile limit hit is an error, not a silent fall back to eager (at the paper's shapes
             # eager attention runs out of memory): every path compiles a bounded number of graphs
             torch._dynamo.config.fail_on_recompile_limit_hit = True
+            if device.type == "cuda":  # the fused CE; on CPU the runs keep the eager one they were run with
+                self.task.compile_loss(backend=COMPILE_BACKEND)
         # the run's precision, decided here once for training, evaluation and RQ1
         self.autocast = autocast_for(tcfg.dtype, device)
         # train.grad_accum counts a step's micro-batches over all processes; each runs an equal share,
@@ -177,6 +184,7 @@ class Trainer:
             task=self.task,
             writer=self.writer,
             is_main=ctx.is_main,
+            background=device.type == "cuda",  # periodic checkpoints written while training goes on
         )
         self.state = LoopState()  # next_step and elapsed: where this process starts; the counters: now
 
@@ -190,8 +198,17 @@ class Trainer:
             with self.stop, self._compiled_backward_keeps_its_graph():
                 return self._run()
         finally:
+            self._checkpoint_written()
             self.progress.close()
             self.writer.close()
+
+    def _checkpoint_written(self) -> None:
+        """Wait for a checkpoint being written in the background, whichever way the run ends; a failed
+        write is reported, and the checkpoint before it stays."""
+        try:
+            self.checkpoint.wait()
+        except Exception as error:
+            print(f"warning: {self.run_dir}: a periodic checkpoint was not written: {error}", file=sys.stderr)
 
     def _compiled_backward_keeps_its_graph(self) -> AbstractContextManager:
         """RQ1's record takes gradients of graphs a backward has kept (retain_graph), which a compiled
@@ -219,7 +236,9 @@ class Trainer:
             interrupted = self.stop.stops_after_step()
             # the last step is always checkpointed: an interrupted final evaluation resumes into itself
             if last or interrupted or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
-                self.checkpoint.save(replace(self.state, next_step=done, elapsed=elapsed()))
+                self.checkpoint.save(
+                    replace(self.state, next_step=done, elapsed=elapsed()), wait=last or interrupted
+                )
             if interrupted:
                 if self.ctx.enabled:  # no process exits (and has the launcher stop the rest) before the save
                     all_reduce_sum(torch.zeros(1, device=self.ctx.device)).item()
@@ -312,15 +331,25 @@ class Trainer:
             )
 
     def _alignment(self, step: int, phase: Phase, window: int | None) -> InStepAlignment | None:
-        """RQ1's record of this step (main process, every ``alignment.every`` steps): the probe that
-        takes it from the step's own passes where they allow it, else written now from a pass of its own."""
+        """RQ1's record of this step (every ``alignment.every`` steps): the probe that takes it from
+        the step's own passes where they allow it, each process taking its share of the layers; else
+        written now by the main process from a pass of its own."""
         every = self.config.alignment.every
-        if not (every and step % every == 0 and self.ctx.is_main):
+        if not (every and step % every == 0):
             return None
         if self._alignment_in_step(phase):
+            rank, world = self.ctx.rank, self.ctx.world_size
             return InStepAlignment(
-                self.model, self.task, self.alignment_layers, len(self.micro_batches), autocast=self.autocast
+                self.model,
+                self.task,
+                self.alignment_layers[rank::world],
+                len(self.micro_batches),
+                autocast=self.autocast,
+                first=self.micro_batches[0],
+                noise=self.ctx.is_main,
             )
+        if not self.ctx.is_main:
+            return None
         record = gradient_alignment(
             self.model,
             self.task,
@@ -333,18 +362,26 @@ class Trainer:
         return None
 
     def _alignment_in_step(self, phase: Phase) -> bool:
-        """Whether this process's step runs micro-batches 0 and 1, first and in that order, each on the
-        main loss alone: then RQ1's record comes from the step's own passes."""
-        first = list(self.micro_batches[:2])
-        kinds = {micro_batch_kind(self.method, phase, m) for m in (0, 1)}
-        return first == [0, 1] and kinds == {"main"}
+        """Whether the step's own passes give RQ1's record: the main process runs micro-batches 0
+        and 1, first and in that order, and every process's first micro-batch computes the main loss
+        alone (a decision every process takes alike)."""
+        share = len(self.micro_batches)
+        firsts = [rank * share for rank in range(self.ctx.world_size)]
+        kinds = {micro_batch_kind(self.method, phase, m) for m in (0, 1, *firsts)}
+        return share >= 2 and kinds == {"main"}
 
     def _write_probe(self, step: int, probe: InStepAlignment | None) -> float:
-        """Write the record the step's probe took, if any; the seconds it took."""
-        if probe is None or probe.record is None:
+        """Write the record the step's probe took, if any (put together from every process's share
+        under torchrun); the seconds it took."""
+        if probe is None:
             return 0.0
-        self.writer.write({"kind": "alignment", "step": step, **probe.record})
-        return probe.seconds
+        start = time.perf_counter()
+        record = probe.record
+        if self.ctx.enabled:
+            record = merge_records(probe, self.alignment_layers, all_reduce_sum)
+        if record is not None:
+            self.writer.write({"kind": "alignment", "step": step, **record})
+        return probe.seconds + time.perf_counter() - start
 
     def _reduce(self, result: StepResult) -> StepResult:
         """Sums and counts over every process: all ranks then feed the controller the same numbers.
@@ -450,7 +487,10 @@ def main(argv: list[str] | None = None) -> int:
         help="where prepared data sets live (default: $REPLICATION_DATA_ROOT or ./data)",
     )
     parser.add_argument(
-        "--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="only as a check: the run's threads are its config's train.threads",
     )
     parser.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
     args = parser.parse_args(argv)
@@ -458,10 +498,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     show = {"auto": None, "bar": True, "lines": False}[args.progress]
     config = load_run_config(args.config)
+    if args.threads is not None and args.threads != config.train.threads:
+        raise ConfigError(
+            f"--threads {args.threads}, but {args.config} sets train.threads: {config.train.threads}. The "
+            "thread count changes a CPU run's numbers, so it is part of the run's config: configure a run "
+            f"with --threads {args.threads} (python -m replication.training.configure ... --threads "
+            f"{args.threads}), or leave --threads out"
+        )
     train(config, args.config.parent, data_root=args.data_root, show_progress=show)
     return 0
 

@@ -6,6 +6,12 @@ output folder, ``val_000000.bin``, ``train_000000.bin``, ... and, last, ``manife
 document counts, the source, the tokenizer and the sha256 of every shard. The manifest marks the preparation
 finished; running the command again with the same options does nothing.
 
+After each finished shard, ``progress.json`` records the options, the source, how far the source was
+read (documents, or the author's files) and the shards of each split. An interrupted preparation,
+run again with the same options, keeps those shards, passes over the documents already read without
+tokenizing them and continues, so that it ends with the same bytes as a preparation never
+interrupted; the manifest is written last and ``progress.json`` then removed.
+
 Sources, in this order:
 - ``pretokenized``: the author's GPT-2 shards of FineWeb on the Hugging Face hub (modded-nanogpt's
   ``fineweb_val_000000.bin``, ``fineweb_train_000001.bin``, ...), cut to the token counts asked for;
@@ -26,16 +32,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import os
-import socket
 import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -54,6 +59,7 @@ from replication.tasks.fineweb.shards import (
 from replication.tasks.fineweb.tokenization import file_sha256, get_tokenizer
 
 MANIFEST_NAME = "manifest.json"
+PROGRESS_NAME = "progress.json"  # an interrupted preparation's state, removed once the manifest is written
 PRETOKENIZED_SHARD_TOKENS = 100_000_000  # the author's shards: 100 M tokens each
 ENCODE_BATCH_DOCUMENTS = 512
 
@@ -99,18 +105,21 @@ class SourceHashError(DataError):
 
 
 def hub_reachable(timeout: float = 5.0) -> bool:
-    """False in offline mode (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE) or when the hub host does not answer."""
+    """False in offline mode (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE), else whether the hub answers a HEAD
+    request without an error status.
+
+    The request goes through huggingface_hub's own HTTP session, the one its downloads use, so it
+    takes the same route: through the proxy that HTTPS_PROXY / HTTP_PROXY / NO_PROXY name, if any.
+    """
     for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         if os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on"):
             return False
-    from huggingface_hub import constants
+    from huggingface_hub import constants, get_session
 
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
+        return not get_session().head(constants.ENDPOINT, timeout=timeout).is_error
+    except Exception:  # no route, refused, timed out, a proxy or TLS failure: all mean "not from here"
         return False
-    return True
 
 
 def _no_source_message(name: str, options: DatasetOptions, local: Path | None) -> str:
@@ -226,23 +235,28 @@ def _with_separator(encoded: list[list[int]], separator: int) -> Iterator[np.nda
         yield document
 
 
-def iter_documents(source: dict[str, Any], options: DatasetOptions, threads: int) -> Iterator[np.ndarray]:
-    """Each document as separator + tokens, (n,) int64, in source order, encoded in batches.
+def iter_documents(
+    source: dict[str, Any], options: DatasetOptions, threads: int, skip: int = 0
+) -> Iterator[np.ndarray]:
+    """Each document as separator + tokens, (n,) int64, in source order, encoded in batches; the first
+    ``skip`` documents (those an interrupted preparation already wrote) are read but not tokenized.
 
     Reading and encoding take turns: the encoder already keeps ``threads`` cores busy, and on a
     machine with no core to spare, reading in parallel only adds contention (measured).
     """
     tokenizer = get_tokenizer(options.tokenizer, threads)
-    for batch in _batches(iter_texts(source, options), ENCODE_BATCH_DOCUMENTS):
+    texts = itertools.islice(iter_texts(source, options), skip, None)
+    for batch in _batches(texts, ENCODE_BATCH_DOCUMENTS):
         yield from _with_separator(tokenizer.encode_batch(batch), tokenizer.separator)
 
 
 def iter_pretokenized(repo: str, split: str, files: list[str]) -> Iterator[np.ndarray]:
-    """Tokens of the author's shards of one split, downloaded (and cached) by huggingface_hub."""
+    """Tokens of the author's shards of one split, downloaded (and cached) by huggingface_hub, after
+    those of the split that ``files`` already names (the files an interrupted preparation read)."""
     from huggingface_hub import hf_hub_download
 
     start = 0 if split == "val" else 1  # modded-nanogpt numbers the validation shard 0
-    index = start
+    index = start + sum(name.startswith(f"fineweb_{split}_") for name in files)
     while True:
         filename = f"fineweb_{split}_{index:06d}.bin"
         try:
@@ -261,7 +275,12 @@ def iter_pretokenized(repo: str, split: str, files: list[str]) -> Iterator[np.nd
 
 @dataclass
 class SplitWriter:
-    """Cuts a token stream into shards of ``shard_tokens``; a finished shard is never rewritten."""
+    """Cuts a token stream into shards of ``shard_tokens``; a finished shard is never rewritten.
+
+    ``state()`` is what a rerun needs to go on after the last finished shard (``SplitWriter(...,
+    **state)``). Right after a shard is finished, the tokens not yet in a shard are the tail of the
+    document (or file) taken last; the rerun reads that one again and hands it to ``carry``.
+    """
 
     out: Path
     split: str
@@ -270,12 +289,37 @@ class SplitWriter:
     tokens: int = 0
     documents: int = 0
     shards: list[dict[str, Any]] = field(default_factory=list)
+    finished: bool = False
     _buffer: list[np.ndarray] = field(default_factory=list)
     _buffered: int = 0
 
     @property
     def full(self) -> bool:
         return self.limit is not None and self.tokens >= self.limit
+
+    @property
+    def pending(self) -> int:
+        """Tokens taken but not yet in a finished shard."""
+        return self.tokens - sum(shard["tokens"] for shard in self.shards)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "tokens": self.tokens,
+            "documents": self.documents,
+            "shards": self.shards,
+            "finished": self.finished,
+        }
+
+    def carry(self, tokens: np.ndarray | None) -> None:
+        """Take back, after a rerun restored the state, the pending tail of ``tokens``: the document (or
+        file) taken last before the interruption, read again."""
+        pending = self.pending
+        if tokens is None or tokens.size < pending:
+            raise DataError(
+                f"{self.out}: the source no longer holds the tokens its interrupted preparation recorded; "
+                f"delete {self.out} to prepare the data set again"
+            )
+        self._buffer, self._buffered = [tokens[tokens.size - pending :]], pending
 
     def add(self, tokens: np.ndarray, *, document: bool = True) -> int:
         """Append tokens (cut at the limit); returns how many were taken."""
@@ -292,8 +336,10 @@ class SplitWriter:
         return tokens.size
 
     def finish(self) -> dict[str, Any]:
-        if self._buffered or not self.shards:
+        """Write the last, partial shard (an empty one for an empty split); the split takes nothing more."""
+        if not self.finished and (self._buffered or not self.shards):
             self._flush(self._buffered)
+        self.finished = True
         return {"tokens": self.tokens, "documents": self.documents, "shards": self.shards}
 
     def _flush(self, count: int) -> None:
@@ -335,7 +381,11 @@ def prepare(
     threads: int = 1,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Prepare one data set into ``out``; returns its manifest (the existing one if already done)."""
+    """Prepare one data set into ``out``; returns its manifest (the existing one if already done).
+
+    An interrupted preparation of the same data set with the same options and source continues from
+    its ``progress.json``; one with others is refused.
+    """
     out = Path(out)
     manifest_path = out / MANIFEST_NAME
     wanted = options.model_dump(mode="json")
@@ -350,8 +400,25 @@ def prepare(
     source = resolve_source(name, options, Path(root))
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = get_tokenizer(options.tokenizer, threads)
-    val = SplitWriter(out, "val", options.shard_tokens, options.val_tokens)
-    train = SplitWriter(out, "train", options.shard_tokens, options.train_tokens)
+    progress_path = out / PROGRESS_NAME
+    identity = {"dataset": name, "options": wanted, "source": dict(source)}
+    position: dict[str, Any] = {}  # how far the source was read when the last shard was finished
+    states: dict[str, dict[str, Any]] = {}
+    if progress_path.exists():
+        recorded = read_json(progress_path)
+        if {key: recorded.get(key) for key in identity} != identity:
+            raise ConfigError(
+                f"{out} holds an interrupted preparation of data set {recorded.get('dataset')!r} with other "
+                f"options or another source ({progress_path}); delete {out} (or choose another --out) "
+                f"to prepare {name!r}"
+            )
+        position, states = recorded["position"], recorded["splits"]
+        recorded_files = {shard["file"] for state in states.values() for shard in state["shards"]}
+        for path in [*out.glob("val_??????.bin"), *out.glob("train_??????.bin")]:
+            if path.name not in recorded_files:
+                path.unlink()  # written after the last progress record: written again below
+    val = SplitWriter(out, "val", options.shard_tokens, options.val_tokens, **states.get("val", {}))
+    train = SplitWriter(out, "train", options.shard_tokens, options.train_tokens, **states.get("train", {}))
     total = None if options.train_tokens is None else options.val_tokens + options.train_tokens
     bar_mode = sys.stderr.isatty() if progress is None else progress  # a log file gets a line every 30 s
     bar = tqdm(
@@ -361,19 +428,47 @@ def prepare(
         desc=f"prepare {name}",
         file=sys.stderr,
         mininterval=1.0 if bar_mode else 30.0,
+        initial=val.tokens + train.tokens,
     )
+
+    def take(writer: SplitWriter, tokens: np.ndarray, document: bool) -> None:
+        """Add tokens to a split, finish it once full, and record the progress after a finished shard."""
+        before = len(writer.shards)
+        bar.update(writer.add(tokens, document=document))
+        if writer.full:
+            writer.finish()
+        if len(writer.shards) > before:
+            write_json_atomic(
+                progress_path,
+                {**identity, "position": position, "splits": {"val": val.state(), "train": train.state()}},
+            )
+
     if source["kind"] == "pretokenized":
-        source["files"] = []
-        for split, writer in (("val", val), ("train", train)):
-            for tokens in iter_pretokenized(source["repo"], split, source["files"]):
-                bar.update(writer.add(tokens, document=False))
-                if writer.full:
+        source["files"] = position["files"] = list(position.get("files", []))
+        for writer in (val, train):
+            if writer.finished:
+                continue
+            stream = iter_pretokenized(source["repo"], writer.split, source["files"])
+            if writer.pending:  # the file whose tail the last finished shard left over: read it again
+                source["files"].pop()
+                writer.carry(next(stream, None))
+            for tokens in stream:
+                take(writer, tokens, document=False)
+                if writer.finished:
                     break
+            if writer is val:
+                val.finish()  # the validation split ends with its files, the training split below
     else:
-        for document in iter_documents(source, options, threads):
-            writer = val if not val.full else train
-            bar.update(writer.add(document))
-            if train.full:
+        position.setdefault("documents", 0)
+        active = train if val.finished else val
+        carried = int(active.pending > 0)  # the last document read has tokens in no finished shard
+        documents = iter_documents(source, options, threads, skip=position["documents"] - carried)
+        if carried:
+            active.carry(next(documents, None))
+        for document in documents:
+            position["documents"] += 1
+            take(train if val.finished else val, document, document=True)
+            if train.finished:
                 break
     bar.close()
     splits = {"val": val.finish(), "train": train.finish()}
@@ -390,6 +485,7 @@ def prepare(
         "prepared_at": now(),
     }
     write_json_atomic(manifest_path, manifest)
+    progress_path.unlink(missing_ok=True)
     return manifest
 
 

@@ -5,7 +5,8 @@
 
 reads the options of ``datasets.DATASET`` in the experiment file and writes the data set into the
 output folder (``replication.tasks.fineweb.data``: its sources, layout and manifest); running the
-command again with the same options does nothing.
+command again with the same options does nothing once it has finished, and continues an interrupted
+preparation from its last finished shard.
 """
 
 from __future__ import annotations
@@ -31,9 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--root", type=Path, default=Path("."), help="relative source paths start here (default: .)"
     )
-    parser.add_argument("--threads", type=int, default=1, help="tokenizer threads (default: 1)")
+    parser.add_argument("--threads", type=_positive_int, default=1, help="tokenizer threads (default: 1)")
     parser.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
     return cli.run(_main, parser.parse_args(argv))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _main(args: argparse.Namespace) -> int:
