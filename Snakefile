@@ -56,3 +56,7 @@ rule all:
     default_target: True
     input:
         PLAN.final_outputs(),
+
+
+onsuccess:
+    print(PLAN.written())

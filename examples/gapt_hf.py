@@ -2,12 +2,15 @@
 with this repository, and print each phase change as it happens.
 
     pip install -e '.[hf]'
-    python examples/gapt_hf.py [--steps 300] [--out /tmp/gapt-hf]
+    python examples/gapt_hf.py [--steps 300] [--out /tmp/gapt-hf] [--threads 1]
 
 A randomly initialized 6-block GPT-2 (width 64) reads the sample as UTF-8 bytes in rows of 128
-tokens; 2 micro-batches of 8 rows make a step. It takes under a minute on two CPU cores. The
-controller's patiences are short (10 steps) so that a short run shows several cycles; the paper's
-are 125 steps of a million tokens each.
+tokens; 2 micro-batches of 8 rows make a step. The controller's patiences are short (10 steps) so
+that a short run shows several cycles (25 phase changes in 300 steps); the paper's are 125 steps of
+a million tokens each. It runs torch on one CPU thread (``--threads``): where the cores are shared
+with other work, torch's default of one thread per core can make a model this small many times
+slower. 300 steps take about 50 s of CPU time (measured: 75 and 82 s of wall time on a busy shared
+two-core machine).
 """
 
 from __future__ import annotations
@@ -63,7 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--out", default="/tmp/gapt-hf")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = GPT2Config(
         vocab_size=SEPARATOR + 1,

@@ -1,7 +1,9 @@
 """The analysis plan and the claims it judges: kinds, families, preconditions, magnitude, equivalence,
 and the check that runs are judged by the plan they were made under."""
 
+import json
 import math
+import shutil
 import subprocess
 
 import numpy as np
@@ -17,7 +19,7 @@ from replication.reporting.stats import equivalence, holm, verdict
 from replication.science.errors import ConfigError, DataError
 
 from .conftest import REPO
-from .test_report import COMMIT, PLAN, SEEDS, results, write_plan  # noqa: F401
+from .test_report import COMMIT, EXPERIMENT, PLAN, SEEDS, results, write_plan  # noqa: F401
 
 
 def _claims_md(config, out, tmp_path, scale="cpu"):
@@ -359,3 +361,114 @@ def test_claims_of_a_method_the_scale_did_not_run_read_na_not_an_error(results, 
     code, path = _claims_md(config, out, tmp_path)
     rows = _rows(path.read_text())
     assert code == 0 and rows["C2"][7] == "inconclusive" and rows["C2"][5].startswith("n/a")
+
+
+def _table_rows(text):
+    """(id, experiment, verdict, ours) of every claim row of a CLAIMS.md, in the tables' order."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("| C"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows.append((cells[0], cells[1], cells[7], cells[5]))
+    return rows
+
+
+def test_claims_json_holds_the_rows_of_claims_md_with_the_numbers_behind_them(results, tmp_path):  # noqa: F811
+    config, out = results
+    code, path = _claims_md(config, out, tmp_path)
+    assert code == 0
+    document = json.loads((tmp_path / "claims.json").read_text(encoding="utf-8"))
+    records = document["claims"]
+    # one record per table row, in CLAIMS.md's order, with the row's verdict and estimate as printed
+    assert [(r["id"], r["experiment"], r["verdict"], r["ours"]) for r in records] == _table_rows(
+        path.read_text()
+    )
+    assert [r["kind"] for r in records] == ["primary"] * 3 + ["descriptive"]
+    plan_hash = content_hash(PLAN)
+    assert document["plans"]["demo"] == {
+        "file": "experiments/demo/plan.yaml",
+        "sha256": plan_hash,
+        "deviations": [{"runs_commit": COMMIT, "plan_sha256": plan_hash, "what": "test runs"}],
+    }
+    assert document["scale"] == "cpu" and document["experiments"] == ["demo"] and document["schema"] == 1
+    assert document["run_commits"] == [COMMIT]
+    assert all(r["plan_sha256"] == plan_hash and r["run_commits"] == [COMMIT] for r in records)
+    assert all(r["scale"] == "cpu" for r in records)
+    # the numbers are the judgement's, Holm's adjustment over the family of the three primary claims
+    summary = aggregate.analysis_summary(
+        load_report_spec(config), "cpu", load_plan(config.parent / "plan.yaml")[0], aggregate.read_tables(out)
+    )
+    plan = load_plan(config.parent / "plan.yaml")[0]
+    judged = [claims.judge(c, summary) for c in plan.of_kind("primary")]
+    adjusted = holm([j.p for j in judged])
+    by_id = {r["id"]: r for r in records}
+    for j, p_holm in zip(judged, adjusted):
+        r = by_id[j.claim.id]
+        assert (r["estimate"], r["low"], r["high"], r["n"]) == pytest.approx(
+            (j.estimate.mean, j.estimate.low, j.estimate.high, j.estimate.n), rel=1e-11
+        )
+        assert r["p"] == pytest.approx(j.p, rel=1e-11) and r["p_holm"] == pytest.approx(p_holm, rel=1e-11)
+        assert r["sesoi"] == j.claim.sesoi and r["paper_value"] == j.claim.paper_value
+    # the magnitude and equivalence columns: C2's -2 % misses the paper's -4.8 %, C9's interval holds +1 %
+    assert by_id["C2"]["interval_holds_paper"] is False and by_id["C9"]["interval_holds_paper"] is True
+    assert by_id["C3"]["interval_holds_paper"] is None and by_id["C2"]["paper"] == -0.048
+    assert by_id["C9"]["against_sesoi"].startswith("not shown equivalent within ±2 %")
+    assert 0 < by_id["C9"]["tost_p"] < 1 and by_id["C2"]["raw_verdict"] == "reproduced"
+    # a per-run condition: how many runs reach the threshold, of how many; no Holm p outside the family
+    c7 = by_id["C7"]
+    assert (c7["estimate"], c7["n"], c7["threshold"], c7["p_holm"], c7["verdict"]) == (4, 4, 2, None, "met")
+    assert c7["figure"] is None and by_id["C2"]["figure"] == "demo/curves.png"
+
+
+def test_claims_json_is_the_same_bytes_on_every_build_and_says_where_it_goes(results, tmp_path):  # noqa: F811
+    config, out = results
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    _claims_md(config, out, first)
+    elsewhere = second / "deep" / "named.json"
+    argv = [str(config), "--scale", "cpu", "--results", str(out.parent), "--out", str(second / "CLAIMS.md")]
+    assert claims.main([*argv, "--json", str(elsewhere)]) == 0
+    text = (first / "claims.json").read_bytes()
+    assert text == elsewhere.read_bytes() and not (second / "claims.json").exists()
+    assert (first / "CLAIMS.md").read_bytes() == (second / "CLAIMS.md").read_bytes()
+    document = json.loads(text)  # keys sorted, so that a rebuild cannot reorder them
+    assert text.decode() == json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def test_claims_json_keeps_the_tables_order_across_experiments(results, tmp_path):  # noqa: F811
+    """Two experiments: every primary claim first, then the descriptive conditions, as CLAIMS.md's
+    tables list them, not one experiment's claims after the other's."""
+    config, out = results
+    other = {**EXPERIMENT, "experiment": "other"}
+    (config.parent.parent / "other").mkdir()
+    (config.parent.parent / "other" / "config.yaml").write_text(yaml.safe_dump(other))
+    write_plan(config.parent.parent / "other", {**PLAN, "experiment": "other"})
+    shutil.copytree(out, out.parent / "other")
+    path = tmp_path / "CLAIMS.md"
+    argv = [str(config), str(config.parent.parent / "other" / "config.yaml"), "--scale", "cpu"]
+    assert claims.main([*argv, "--results", str(out.parent), "--out", str(path)]) == 0
+    records = json.loads((tmp_path / "claims.json").read_text())["claims"]
+    assert [(r["id"], r["experiment"], r["verdict"], r["ours"]) for r in records] == _table_rows(
+        path.read_text()
+    )
+    assert [(r["experiment"], r["kind"]) for r in records] == [
+        *[("demo", "primary")] * 3,
+        *[("other", "primary")] * 3,
+        ("demo", "descriptive"),
+        ("other", "descriptive"),
+    ]
+
+
+def test_a_not_testable_claim_has_no_p_values_and_a_condition_counts_its_runs(results, tmp_path):  # noqa: F811
+    config, out = results
+    need = {"learns": {"text": "ce learns", "method": "ce", "metric": "final/val/ce", "at_least": 99.0}}
+    first = {**PLAN["claims"][0], "precondition": "learns"}
+    four = {**PLAN["claims"][3], "threshold": 4}  # gapt changes phase 3, 4, 3, 4 times
+    write_plan(config.parent, {**PLAN, "preconditions": need, "claims": [first, *PLAN["claims"][1:3], four]})
+    code, _ = _claims_md(config, out, tmp_path)
+    by_id = {r["id"]: r for r in json.loads((tmp_path / "claims.json").read_text())["claims"]}
+    c2, c7 = by_id["C2"], by_id["C7"]
+    assert code == 0 and c2["verdict"].startswith("not testable (learns")
+    assert (c2["p"], c2["p_holm"], c2["raw_verdict"], c2["tost_p"], c2["interval_holds_paper"]) == (None,) * 5
+    assert c2["estimate"] is not None  # the estimate is still shown, as in the table
+    assert (c7["estimate"], c7["n"], c7["verdict"]) == (2, 4, "not met")

@@ -110,6 +110,28 @@ def test_documents_that_quote_the_data_pass_and_each_drift_is_named(results, tmp
     assert problem.startswith(f"{table}:3: committed ") and "a model that learns" in problem
 
 
+def test_a_scale_the_readme_does_not_quote_is_checked_without_its_table_and_a_scale_without_results_is_named(
+    results,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    """make crosscheck works at every scale: the README quotes one scale's numbers, so at another the
+    claims, tables and provenance are checked and the README's table is not, saying so; a scale with
+    no results is one line naming the missing file and the way out."""
+    config, _ = results
+    global_config, claims_md, estimate = _setup(tmp_path, config)
+    readme = tmp_path / "README.md"
+    readme.write_text("# no claims table here\n")
+    notes = []
+    assert crosscheck.check(global_config, readme, notes) == []
+    assert notes == [f"{readme} quotes no numbers of the cpu scale: its claims table is not checked"]
+    assert crosscheck.main([str(global_config), "--readme", str(readme)]) == 0
+    assert "note: " in capsys.readouterr().err
+    claims_md.unlink()
+    assert crosscheck.main([str(global_config), "--readme", str(readme)]) == 2
+    assert f"error: {claims_md} does not exist" in capsys.readouterr().err
+
+
 def test_the_changed_verdicts_are_read_from_the_two_claims_files(results, tmp_path):  # noqa: F811
     config, _ = results
     _, claims_md, _ = _setup(tmp_path, config)

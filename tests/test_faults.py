@@ -292,6 +292,8 @@ def test_a_damaged_checkpoint_names_the_file_and_the_ways_out(two_checkpoints, c
     assert code == 2
     lines = error_lines(err)
     assert len(lines) == 2 and lines[0].startswith(f"error: {checkpoint} ")
+    # torch's reason, when it is long, ends with its first sentence, never inside a word
+    assert lines[0].endswith(").") and "If ..." not in lines[0] and len(lines[0]) < len(str(folder)) + 200
     assert lines[1] == (
         f"  Ways out: resume from the previous checkpoint (step 4): mv {previous} {checkpoint}; "
         f"or delete {checkpoint} to train the run from the start"
@@ -334,7 +336,11 @@ def test_a_checkpoint_interrupted_while_written_leaves_the_last_complete_one(
 
     monkeypatch.setattr(torch, "save", dies_half_way)
     code, err = run_main([two_checkpoints], capsys)
-    assert code == 2 and error_lines(err) == ["error: [Errno 28] No space left on device"]
+    (line,) = error_lines(err)
+    assert code == 2 and line.startswith(
+        f"error: cannot write {folder / CHECKPOINT_NAME}: no space left on device. Free space there"
+    )
+    assert line.endswith("a training run resumes from its last checkpoint")
     monkeypatch.setattr(torch, "save", real_save)
     code, err = run_main([two_checkpoints], capsys)
     assert code == 0 and "resuming from step 8 of 30" in err
@@ -631,3 +637,58 @@ def test_stop_requests_in_a_subprocess_during_the_final_evaluation(tmp_path):
         "interrupted: stopped by signal 15 during the final evaluation"
     )
     assert checkpoint.exists() and not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (
+            OSError(30, "Read-only file system", "/runs/a/train.lock"),
+            "cannot write /runs/a/train.lock: read-only file system. Make its folder writable, or write "
+            "elsewhere (runs_dir= in the DAG's global config, --out by hand)",
+        ),
+        (
+            OSError(13, "Permission denied", "/runs/a/metrics.jsonl"),
+            "cannot write /runs/a/metrics.jsonl: permission denied. Make its folder writable",
+        ),
+        (OSError(2, "No such file or directory", "/x.yaml"), "/x.yaml: No such file or directory"),
+    ],
+)
+def test_a_file_system_error_names_the_file_the_problem_and_the_way_out(error, expected):
+    from replication.runtime.cli import os_error_message
+
+    assert os_error_message(error).startswith(expected)
+
+
+def test_a_full_disk_while_metrics_are_written_names_metrics_jsonl(tmp_path, monkeypatch, capsys):
+    """A write to an open file raises an OSError that names no file: the writer adds its own."""
+    config = write(tiny_config("ce"), tmp_path)
+    from replication.runtime import record
+
+    real = record.MetricsWriter.write
+
+    def full_at_step_3(self, entry):
+        if entry.get("kind") == "train" and entry["step"] == 3:
+            with record.naming(self.path):
+                raise OSError(28, "No space left on device")
+        return real(self, entry)
+
+    monkeypatch.setattr(record.MetricsWriter, "write", full_at_step_3)
+    code, err = run_main([config], capsys)
+    (line,) = error_lines(err)
+    assert code == 2 and line.startswith(f"error: cannot write {tmp_path / 'metrics.jsonl'}: no space left")
+
+
+def test_a_long_reason_is_cut_at_a_word():
+    from replication.runtime.record import _short_reason
+
+    reason = _short_reason(ValueError("word " * 40 + "\nsecond line"))
+    assert reason.endswith("word ...") and len(reason) <= 124
+    assert _short_reason(ValueError("short\nmore")) == "short"
+    zip_error = (
+        "PytorchStreamReader failed reading zip archive: failed finding central directory. This is an "
+        "internal miniz error. If you are seeing this, the file may be damaged."
+    )
+    assert _short_reason(RuntimeError(zip_error)) == (
+        "PytorchStreamReader failed reading zip archive: failed finding central directory"
+    )

@@ -1,3 +1,4 @@
+import base64
 import json
 import math
 import re
@@ -621,3 +622,41 @@ def test_the_analysis_adds_exactly_the_declared_statistics_from_the_csvs(results
     assert not aggregate.analysis_summary(spec, "cpu", plan, frames).metric.str.startswith("rq1/").any()
     lengths = rows[rows.metric == "phases/compress_median_steps"]
     assert set(lengths.method) == {"gapt"} and set(lengths.value) == {5.0}  # steps 5 .. 9 of every gapt run
+
+
+def test_the_html_report_shows_the_scales_study_after_the_experiments(results, tmp_path, capsys):
+    config, out = results
+    study = out.parent / "study" / "demo"
+    study.mkdir(parents=True)
+    (study / "README.md").write_text(
+        "# Why the demo does what it does (cpu scale, demo)\n\n## Model size\n\n"
+        "| method | parameters | change vs ce [95 %] | n |\n| --- | --- | --- | --- |\n"
+        "| gapt | 94,229 | +2.4 % [+1.7, +3.1] | 3 |\n\n"
+        "![scaling](scaling.png)\n\n![knobs](sensitivity.png)\n"
+    )
+    (study / "scaling.png").write_bytes(b"\x89PNG scaling")
+    args = [
+        "--scale",
+        "cpu",
+        "--results",
+        str(tmp_path / "results"),
+        "--experiments-dir",
+        str(tmp_path / "experiments"),
+    ]
+    assert report.main(args) == 0
+    page = (tmp_path / "results" / "cpu" / "report.html").read_text()
+    section = page[page.index('<section id="study-demo">') :]
+    assert page.index('<section id="demo">') < page.index(
+        '<section id="study-demo">'
+    )  # after the experiments
+    assert "<h2>Why the demo does what it does (cpu scale, demo)</h2>" in section  # one level below the title
+    assert "<td>+2.4 % [+1.7, +3.1]</td>" in section and '<a href="#study-demo">study: demo</a>' in page
+    data = base64.b64encode(b"\x89PNG scaling").decode("ascii")
+    assert f'<img alt="scaling" src="data:image/png;base64,{data}">' in section  # embedded, not linked
+    assert f"missing: {study / 'sensitivity.png'}" in section and "(sensitivity.png)" not in section
+    err = capsys.readouterr().err
+    assert f"missing: {study / 'sensitivity.png'}" in err and "1 studies" in err
+    (study / "README.md").unlink()  # a scale without a study: no section, no link
+    assert report.main(args) == 0
+    page = (tmp_path / "results" / "cpu" / "report.html").read_text()
+    assert "study-demo" not in page and "0 studies" in capsys.readouterr().err

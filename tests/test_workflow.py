@@ -339,6 +339,8 @@ def test_two_smoke_dags_in_one_clone_run_side_by_side_without_touching_each_othe
     )
     for folder in folders:
         assert (folder / "results" / "smoke" / "CLAIMS.md").is_file()
+        # the DAG ends by naming what it wrote
+        assert f"The smoke scale is done. Its results are in {folder}/results/smoke/:" in "".join(outputs)
 
 
 def test_a_run_that_names_an_undeclared_data_set_fails_the_plan_naming_the_declared_ones(tmp_path):

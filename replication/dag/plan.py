@@ -9,6 +9,7 @@ repository path comes from the global config.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -228,6 +229,23 @@ class Plan:
         for experiment in self.specs:
             outputs += self.table_outputs(experiment) + self.figure_outputs(experiment)
         return outputs
+
+    def written(self) -> str:
+        """What a finished DAG wrote, for its last lines: where the claims, tables and figures are."""
+        scale_dir = f"{self.config['results_dir']}/{self.scale}"
+        lines = [
+            f"The {self.scale} scale is done. Its results are in {scale_dir}/:",
+            f"  {self.claims_output()}: every claim with its verdict",
+        ]
+        for experiment in self.specs:
+            tables = ", ".join(os.path.basename(p) for p in self.table_outputs(experiment))
+            figures = len(self.figure_outputs(experiment)) // 2
+            lines.append(f"  {self.results_dir(experiment)}/: {tables} and {figures} figures (PNG and PDF)")
+        lines.append(
+            f"  the runs themselves: {self.config['runs_dir']}/<experiment>/{self.scale}/<method>/seed<N>/"
+        )
+        lines.append(f"  one page with all of it: make report SCALE={self.scale}")
+        return "\n".join(lines)
 
     def job(self, experiment: str, key: str) -> int:
         """threads_per_run, gpus_per_run or nproc_per_run of one experiment's training jobs."""

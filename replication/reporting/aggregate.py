@@ -62,7 +62,17 @@ TOP_LEVEL = (
     "steps",
     "peak_memory_bytes",
 )
-PROVENANCE = ("git_commit", "git_dirty", "torch", "python", "device", "device_name", "torch_threads")
+PROVENANCE = (
+    "git_commit",
+    "git_dirty",
+    "torch",
+    "python",
+    "device",
+    "device_name",
+    "cpu_model",
+    "cpu_capability",
+    "torch_threads",
+)
 # bookkeeping and controller internals: phases.csv and metrics.jsonl hold what matters of them
 TRAIN_KEYS_SKIPPED = {
     "kind",

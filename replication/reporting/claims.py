@@ -17,15 +17,25 @@ scale, whose rows are not evidence), then judges each claim by its kind:
   plan's smallest effect of interest and the effects its interval excludes;
 - a *manipulation check* (the treatment acted: an MBE penalty lowers MBE) and a *descriptive
   condition* read *met* or *not met* with their numbers, at their own p < 0.05, outside the family.
+
+Beside CLAIMS.md it writes the same rows for programs, ``claims.json`` (``--json``, by default in
+CLAIMS.md's folder; ``replication.reporting.published`` loads it): an object with ``schema``
+(``SCHEMA``), ``scale``, ``experiments`` (in the tables' order), ``plans`` (per experiment: its
+``file``, content ``sha256`` and ``deviations``), ``run_commits`` (every commit the scale's runs were
+trained at: the numbers come from those runs) and ``claims``, one record per table row in the tables'
+order (``record`` names its keys). Keys are sorted and the file holds no time of its own, so that
+making it again from the same CSVs gives the same bytes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from tabulate import tabulate
@@ -48,6 +58,8 @@ from replication.runtime import cli
 from replication.science.errors import DataError, did_you_mean
 
 NOT_EVIDENCE = "not evidence (would read: {})"
+SCHEMA = 1  # claims.json's layout: raised when a key changes meaning or goes away
+KINDS = ("primary", "manipulation", "descriptive")  # the order of CLAIMS.md's tables
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,7 @@ class Judgement:
     text: str  # ours, as printed
     p: float | None
     met: bool | None = None  # a runs_at_least condition: whether every run reaches the threshold
+    runs: tuple[int, int] | None = None  # a runs_at_least condition: (runs reaching the threshold, runs)
     effects: tuple[float, ...] = ()  # the per-seed paired effects (log ratios or differences)
 
 
@@ -138,7 +151,7 @@ def judge(claim: ClaimPlan, summary: pd.DataFrame, labels: dict[str, str] | None
             else f"from {min(ordered):.3g} to {max(ordered):.3g}"
         )
         text = f"{k} of {n} runs at least {claim.threshold:g} ({shown}){context}"
-        return Judgement(claim, None, text, None, met=n > 0 and k == n)
+        return Judgement(claim, None, text, None, met=n > 0 and k == n, runs=(k, n))
     if claim.statistic == "robust_at_least":
         estimate = at_least(list(values.values()), claim.threshold, robust=True)
         return Judgement(claim, estimate, estimate.format() + context, estimate.p)
@@ -262,11 +275,91 @@ def measure(claim: ClaimPlan) -> str:
     return f"`{claim.metric}`: {claim.method} vs {claim.baseline}, {how}"
 
 
+def _number(value: float | None) -> float | None:
+    """A statistic as claims.json holds it: to 12 significant digits, far beyond what the tables print,
+    so that the last bits, which another machine's libraries may round differently, seldom change the
+    file; None where there is none or it is not finite (JSON has no NaN)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(f"{value:.12g}")
+
+
+def _cell(text: str) -> str | None:
+    """A table cell for claims.json: None where the table prints a dash (nothing applies)."""
+    return None if text == "—" else text
+
+
+def record(
+    claim: ClaimPlan,
+    j: Judgement,
+    experiment: str,
+    scale: str,
+    cells: list[str],
+    *,
+    p: float | None,
+    p_holm: float | None = None,
+    tost_p: float | None = None,
+) -> dict[str, Any]:
+    """One claims.json record: the table row ``cells`` (as ``claim_rows`` prints it) with the numbers
+    behind it. ``estimate``, ``low``, ``high``, ``paper`` and ``sesoi`` are in the statistic's units
+    (a relative change as a fraction: 0.038 is +3.8 %); ``low`` and ``high`` bound the 95 % interval
+    where there is one. ``estimate`` is the paired change, the median of a ``robust_at_least``
+    statistic, the number of runs that reach ``threshold`` of ``runs_at_least`` (of ``n`` runs), and
+    None for ``persistence`` (a permutation p-value; its text is in ``ours``). ``p`` is the test's own
+    p-value and ``p_holm`` the Holm-adjusted one (a testable primary claim only; a claim that is not
+    testable has neither); ``verdict``, ``raw_verdict``, ``ours`` and ``against_sesoi`` are the
+    table's text, None where the table prints a dash. ``interval_holds_paper`` is whether the 95 %
+    interval holds the paper's value (None where either is missing). ``plan_sha256`` and
+    ``run_commits`` are added by ``main``, which knows the plan and the runs."""
+    header = dict(zip(HEADERS[claim.kind], cells))
+    e = j.estimate
+    if j.runs is not None:
+        estimate, n = j.runs
+    else:
+        estimate = None if e is None or claim.statistic == "persistence" else _number(e.mean)
+        n = None if e is None else e.n
+    return {
+        "experiment": experiment,
+        "id": claim.id,
+        "kind": claim.kind,
+        "claim": claim.claim,
+        "statistic": claim.statistic,
+        "metric": claim.metric,
+        "method": claim.method,
+        "baseline": claim.baseline if claim.statistic in PAIRED else None,
+        "direction": None if claim.statistic == "runs_at_least" else claim.direction,
+        "threshold": claim.threshold,
+        "estimate": estimate,
+        "low": None if e is None else _number(e.low),
+        "high": None if e is None else _number(e.high),
+        "n": n,
+        "p": _number(p),
+        "p_holm": _number(p_holm),
+        "ours": cells[5],
+        "verdict": header["verdict"],
+        "raw_verdict": _cell(header.get("raw verdict", "—")),
+        "paper_value": claim.paper_value,
+        "paper": claim.paper,
+        "interval_holds_paper": {"yes": True, "no": False}.get(
+            header.get("interval holds the paper's value")
+        ),
+        "sesoi": claim.sesoi,
+        "tost_p": _number(tost_p),
+        "against_sesoi": _cell(header.get("against the smallest effect of interest", "—")),
+        "figure": f"{experiment}/{claim.figure}" if claim.figure else None,
+        "scale": scale,
+    }
+
+
 @dataclass
 class Rows:
+    """The rows of CLAIMS.md's three tables, and their claims.json records (in the same order within
+    a kind)."""
+
     primary: list[list[str]]
     manipulation: list[list[str]]
     descriptive: list[list[str]]
+    records: list[dict[str, Any]] = field(default_factory=list)
 
 
 def claim_rows(spec: ReportSpec, plan: AnalysisPlan, summary: pd.DataFrame, scale: str) -> Rows:
@@ -291,12 +384,12 @@ def claim_rows(spec: ReportSpec, plan: AnalysisPlan, summary: pd.DataFrame, scal
         ]
         return [*first, *cells, figure_link(spec, claim)]
 
-    primary = []
+    primary, records = [], []
     judged = [(c, judge(c, summary, labels)) for c in plan.of_kind("primary")]
     failures = [precondition_failure(plan, c, summary) for c, _ in judged]
     adjusted = holm([None if why else j.p for (_, j), why in zip(judged, failures)])
     for (claim, j), why, p_holm in zip(judged, failures, adjusted):
-        holds = holds_paper(j)
+        holds, tost = holds_paper(j), None
         if why is not None:
             headline, raw, p_text, equivalent, holds = f"not testable ({why})", "—", "—", "—", "—"
         else:
@@ -307,16 +400,32 @@ def claim_rows(spec: ReportSpec, plan: AnalysisPlan, summary: pd.DataFrame, scal
             tost = equivalence_p(j)
             if headline != "inconclusive" and tost is not None and tost < 0.05:
                 headline += " (smaller than the smallest effect of interest)"
-        primary.append(row(claim, j, p_text, shown(headline), shown(raw), holds, equivalent))
+        cells = row(claim, j, p_text, shown(headline), shown(raw), holds, equivalent)
+        primary.append(cells)
+        tested = why is None
+        records.append(
+            record(
+                claim,
+                j,
+                spec.experiment,
+                scale,
+                cells,
+                p=j.p if tested else None,
+                p_holm=p_holm if tested else None,
+                tost_p=tost,
+            )
+        )
     others: dict[str, list[list[str]]] = {"manipulation": [], "descriptive": []}
     for kind, rows in others.items():
         for claim in plan.of_kind(kind):
             j = judge(claim, summary, labels)
             p_text = "—" if j.p is None else f"{j.p:.2g}"
             magnitude = [holds_paper(j)] if kind == "manipulation" else []  # only that table has the column
-            rows.append(row(claim, j, p_text, shown(condition(j)), *magnitude))
+            cells = row(claim, j, p_text, shown(condition(j)), *magnitude)
+            rows.append(cells)
+            records.append(record(claim, j, spec.experiment, scale, cells, p=j.p))
     manipulation, descriptive = others["manipulation"], others["descriptive"]
-    return Rows(primary, manipulation, descriptive)
+    return Rows(primary, manipulation, descriptive, records)
 
 
 HEADERS = {
@@ -366,34 +475,70 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", required=True)
     parser.add_argument("--results", type=Path, required=True, help="results/SCALE")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--json", type=Path, default=None, help="claims.json's path (default: claims.json beside --out)"
+    )
     return cli.run(_main, parser.parse_args(argv))
 
 
 def _main(args: argparse.Namespace) -> int:
     tables = Rows([], [], [])
-    plans, problems = [], []
+    plans, problems, run_commits = [], [], {}
     for path in args.experiments:
         spec = load_report_spec(path)
         plan_file = plan_path(path)
         plan, plan_hash = load_plan(plan_file, spec)
         results = args.results / spec.experiment
         frames = aggregate.read_tables(results)
+        commits = preregistration.run_commits(results / "runs.csv")  # '' for a run without one
         if args.scale != "smoke":
-            problems += preregistration.problems(
-                plan, plan_hash, plan_file, preregistration.run_commits(results / "runs.csv")
-            )
+            problems += preregistration.problems(plan, plan_hash, plan_file, commits)
+        run_commits[spec.experiment] = sorted(filter(None, commits))
         plans.append((spec.experiment, plan_file, plan_hash, plan))
         rows = claim_rows(spec, plan, aggregate.analysis_summary(spec, args.scale, plan, frames), args.scale)
         tables.primary += rows.primary
         tables.manipulation += rows.manipulation
         tables.descriptive += rows.descriptive
+        tables.records += [
+            {**r, "plan_sha256": plan_hash, "run_commits": run_commits[spec.experiment]} for r in rows.records
+        ]
     if problems:
         raise DataError(
             "the analysis plan does not match the runs it would judge:\n  " + "\n  ".join(problems)
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(args.scale, plans, tables))
+    json_path = args.json or args.out.parent / "claims.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(render_json(args.scale, plans, tables, run_commits), encoding="utf-8")
     return 0
+
+
+def render_json(
+    scale: str,
+    plans: list[tuple[str, Path, str, AnalysisPlan]],
+    tables: Rows,
+    run_commits: dict[str, list[str]],
+) -> str:
+    """claims.json (the module docstring names its keys): the records in CLAIMS.md's order, primary
+    claims first, then the manipulation checks and the descriptive conditions; ``run_commits`` holds
+    the commits of each experiment's runs."""
+    document = {
+        "schema": SCHEMA,
+        "scale": scale,
+        "experiments": [e for e, *_ in plans],
+        "plans": {
+            e: {
+                "file": Path(*Path(f).parts[-3:]).as_posix(),
+                "sha256": h,
+                "deviations": [d.model_dump() for d in p.deviations],
+            }
+            for e, f, h, p in plans
+        },
+        "run_commits": sorted({c for commits in run_commits.values() for c in commits}),
+        "claims": sorted(tables.records, key=lambda r: KINDS.index(r["kind"])),  # stable within a kind
+    }
+    return json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def render(scale: str, plans: list[tuple[str, Path, str, AnalysisPlan]], tables: Rows) -> str:

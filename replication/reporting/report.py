@@ -1,13 +1,16 @@
-"""One self-contained HTML page of a scale's results: the claims, every table, every figure.
+"""One self-contained HTML page of a scale's results: the claims, every table, every figure, and the
+scale's studies.
 
     python -m replication.reporting.report --scale cpu     # writes results/cpu/report.html
 
 The page is built from the files under ``results/<scale>/`` alone (``CLAIMS.md``, each experiment's
-``table.md`` and figure PNGs) and from the experiments' ``config.yaml`` (each figure's title and
-caption), so it is the same on the machine that ran the DAG and on a fresh clone holding only the
-committed results. Tables are rendered into the page (Python-Markdown), figures are embedded as data
-URIs, and a claim's link to a figure jumps to that figure. Snakemake's own ``--report`` is not used:
-it needs the run metadata of the machine that executed each job, which a clone never has.
+``table.md`` and figure PNGs, and after the experiments each study's ``study/<experiment>/README.md``
+with its figures, where the scale has one: ``replication.reporting.study``) and from the experiments'
+``config.yaml`` (each figure's title and caption), so it is the same on the machine that ran the DAG
+and on a fresh clone holding only the committed results. Tables are rendered into the page
+(Python-Markdown), figures are embedded as data URIs, and a claim's link to a figure jumps to that
+figure. Snakemake's own ``--report`` is not used: it needs the run metadata of the machine that
+executed each job, which a clone never has.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Page:
     missing: list[str] = field(default_factory=list)
     experiments: int = 0
     figures: int = 0
+    studies: int = 0
 
 
 def _anchor(experiment: str, stem: str) -> str:
@@ -99,6 +103,28 @@ def _figure_html(spec: ReportSpec, number: int, results: Path, page: Page, link_
     return out
 
 
+def _study_html(experiment: str, results: Path, page: Page) -> str | None:
+    """The study of one experiment at this scale (``results/study/<experiment>/README.md``) with its
+    figures embedded, or None where the scale has no such study. Its headings sit one level below the
+    page's title, as the experiments' do."""
+    folder = results / "study" / experiment
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return None
+
+    def embed(match: re.Match) -> str:
+        alt, path = match.group(1), folder / match.group(2)
+        if not path.is_file():
+            page.missing.append(str(path))
+            return f'<p class="missing">missing: {html.escape(str(path))}</p>'
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+    text = re.sub(r"!\[([^\]]*)\]\(([A-Za-z0-9_.-]+\.png)\)", embed, readme.read_text(encoding="utf-8"))
+    page.studies += 1
+    return f'<section id="study-{experiment}">' + _markdown(text, shift_headings=1) + "</section>"
+
+
 def build(
     scale: str,
     results_root: Path,
@@ -125,6 +151,8 @@ def build(
     specs = [load_report_spec(experiments_dir / name / "config.yaml") for name in experiments]
     claims = results / "CLAIMS.md"
     nav = [f'<a href="#{s.experiment}">{s.experiment}</a>' for s in specs]
+    studies = [s.experiment for s in specs if (results / "study" / s.experiment / "README.md").is_file()]
+    nav += [f'<a href="#study-{e}">study: {e}</a>' for e in studies]
     page.sections.append(f"<h1>GAPT replication: results at <code>{html.escape(scale)}</code> scale</h1>")
     page.sections.append(
         "<nav>" + " ".join((['<a href="#claims">claims</a>'] if claims.is_file() else []) + nav) + "</nav>"
@@ -152,6 +180,7 @@ def build(
         section.append("</section>")
         page.sections.append("\n".join(section))
     page.figures = figure_number
+    page.sections += [section for e in studies if (section := _study_html(e, results, page))]
     return page
 
 
@@ -181,7 +210,10 @@ def _main(args: argparse.Namespace) -> int:
     out.write_text(render(page), encoding="utf-8")
     for path in page.missing:
         print(f"warning: not in the report, missing: {path}", file=sys.stderr)
-    print(f"{out}: {page.experiments} experiments, {page.figures} figures", file=sys.stderr)
+    print(
+        f"{out}: {page.experiments} experiments, {page.figures} figures, {page.studies} studies",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -3,14 +3,15 @@
 A ``ReplicationError`` (bad config, damaged run folder, missing data) prints its message after
 ``error:`` (one line, or one per problem for a config with several) and exits with its code: 2 unless
 the error names another (3: non-finite losses, 130: interrupted). An ``OSError`` (no space, no
-permission) is the file system's one-line answer, code 2; running out of device memory says what to
-lower, code 2. Anything else is a bug: two lines, code 1. ``--debug`` or ``REPLICATION_DEBUG=1`` adds
-the traceback and keeps the exit code.
+permission, a read-only folder) names the file and the way out, code 2; running out of device
+memory says what to lower, code 2. Anything else is a bug: two lines, code 1. ``--debug`` or
+``REPLICATION_DEBUG=1`` adds the traceback and keeps the exit code.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import traceback
@@ -56,6 +57,24 @@ def run(body: Callable[[argparse.Namespace], int | None], args: argparse.Namespa
         return code
 
 
+def os_error_message(error: OSError) -> str:
+    """The file system's answer in the user's words: the file, the problem and the way out."""
+    where = error.filename if error.filename is not None else "a file"
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"cannot write {where}: {reason.lower()}. Free space there, or write elsewhere (runs_dir= in the "
+            "DAG's global config, --out by hand); then run the same command again: what was already written "
+            "stays, and a training run resumes from its last checkpoint"
+        )
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (
+            f"cannot write {where}: {reason.lower()}. Make its folder writable, or write elsewhere "
+            "(runs_dir= in the DAG's global config, --out by hand)"
+        )
+    return f"{where}: {reason}" if error.filename is not None else str(error)
+
+
 def _describe(error: BaseException, debug: bool) -> tuple[str, int]:
     """The message and exit code of what a command raised."""
     if isinstance(error, KeyboardInterrupt):
@@ -63,7 +82,7 @@ def _describe(error: BaseException, debug: bool) -> tuple[str, int]:
     if isinstance(error, ReplicationError):
         return f"{error.prefix}: {error}", error.exit_code
     if isinstance(error, OSError):
-        return f"error: {error}", 2
+        return f"error: {os_error_message(error)}", 2
     if type(error).__name__ == "OutOfMemoryError":  # torch's, without importing torch here
         return f"error: {OUT_OF_MEMORY}", 2
     message = f"error: unexpected {type(error).__name__}: {_first_line(error)}"

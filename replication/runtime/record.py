@@ -19,6 +19,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,7 +125,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write to a temporary file, flushed to disk, and rename: a reader never sees half a file, and a
     crash of the machine leaves the old file or the new one."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as handle:
+    with naming(path), tmp.open("w") as handle:
         handle.write(json.dumps(_clean(data), indent=2, sort_keys=False) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
@@ -165,14 +167,16 @@ class MetricsWriter:
     def write(self, record: dict[str, Any]) -> None:
         if self._handle is None:
             return
-        self._handle.write(json.dumps(_clean(record)) + "\n")
-        self._handle.flush()
+        with naming(self.path):
+            self._handle.write(json.dumps(_clean(record)) + "\n")
+            self._handle.flush()
 
     def sync(self) -> None:
         """Put every record written so far on disk (before a checkpoint that points past them)."""
         if self._handle is not None:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
+            with naming(self.path):
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
 
     def offset(self) -> int:
         return self._handle.tell() if self._handle is not None else 0
@@ -236,14 +240,32 @@ def git_state(root: Path = SOURCE_ROOT) -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_description(device: torch.device) -> dict[str, Any]:
+    """The device, and the CPU with the instruction set torch's kernels use on it (``cpu_capability``):
+    float32 results are bit-identical only between machines that run the same kernels."""
     import torch
 
-    info: dict[str, Any] = {"device": device.type, "torch_threads": torch.get_num_threads()}
+    info: dict[str, Any] = {
+        "device": device.type,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
     else:
-        info["device_name"] = platform.processor() or platform.machine()
+        info["device_name"] = info["cpu_model"]
         info["cpu_count"] = os.cpu_count()
     return info
 
@@ -287,7 +309,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     path = run_dir / CHECKPOINT_NAME
     tmp = path.with_suffix(".pt.tmp")
     try:
-        with tmp.open("wb") as handle:
+        with naming(path), tmp.open("wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -316,12 +338,35 @@ def _read_checkpoint(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
     except (OSError, MemoryError):
         raise  # the machine's answer (no permission, an I/O error, no memory), not a damaged file
     except Exception as error:  # noqa: BLE001 - whatever else torch.load raises on this file, it is unreadable
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RunFolderError(f"cannot be read ({reason[:120]})") from None
+        raise RunFolderError(f"cannot be read ({_short_reason(error)})") from None
     if not isinstance(state, dict) or any(key not in state for key in required):
         missing = [key for key in required if not isinstance(state, dict) or key not in state]
         raise RunFolderError(f"is not a checkpoint of this trainer (it lacks {', '.join(missing[:4])})")
     return state
+
+
+def _short_reason(error: BaseException, limit: int = 120) -> str:
+    """The first sentence of an error's message, cut at a word within ``limit`` characters (with
+    "...")."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    if ". " in line:
+        line = line[: line.index(". ")]
+    if len(line) <= limit:
+        return line
+    return line[: line.rfind(" ", 0, limit)].rstrip(" ,;:(") + " ..."
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Re-raise an OSError that names no file (a write to an open file) with ``path`` as its file, so
+    that its message says where the disk was full or read-only."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
 
 
 def load_checkpoint(run_dir: Path, required: tuple[str, ...] = ()) -> dict[str, Any] | None:

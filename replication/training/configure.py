@@ -1,12 +1,20 @@
 """Resolve one run of an experiment and write its config into the run folder.
 
     python -m replication.training.configure experiments/NAME/config.yaml --scale S --method M --seed N \\
-        --out runs/NAME/S/M/seedN/config.yaml
+        --out scratch/NAME-M-N/
 
 The written file is the whole resolved config (every default filled in); ``python -m
-replication.training.train`` reads nothing else. An existing file with the same content is left untouched,
-so its timestamp only moves when the run's config really changed. An ``--out`` that ends in ``/`` or
-names an existing folder is the run folder: the config goes into ``config.yaml`` there.
+replication.training.train`` reads nothing else. ``--threads`` sets ``train.threads``, torch's CPU
+threads, which are part of the run because they change a CPU run's numbers (default 1, as every
+committed CPU run). An ``--out`` that ends in ``/`` or names an existing folder is the run folder:
+the config goes into ``config.yaml`` there.
+
+An existing file with the same content is left untouched, so its timestamp only moves when the run's
+config really changed; one with another config is refused, naming the keys that differ, unless
+``--force`` (a damaged one is written again). The DAG's runs folder (``runs/`` of the checkout)
+takes configs only from the DAG, which passes ``--dag``: a run configured there by hand would be
+newer than the committed results, and the next ``make replicate`` would aggregate again, training
+every run it lacks.
 """
 
 from __future__ import annotations
@@ -18,9 +26,17 @@ from pathlib import Path
 
 import yaml
 
-from replication.config.run import resolve_run_config, write_run_config
+from replication.config.base import ConfigError, deep_merge
+from replication.config.run import (
+    config_differences,
+    resolve_run_config,
+    validate_run_config,
+    write_run_config,
+)
 from replication.runtime import cli
-from replication.runtime.record import CONFIG_NAME
+from replication.runtime.record import CONFIG_NAME, SOURCE_ROOT
+
+DAG_RUNS = SOURCE_ROOT / "runs"  # the DAG's runs folder (dag.schema.GlobalConfig.runs_dir's default)
 
 
 def output_path(out: str) -> Path:
@@ -38,6 +54,16 @@ def _existing(path: Path) -> object:
         return None  # damaged: written again
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("replication.training.configure", __doc__)
     parser.add_argument("experiment", type=Path, help="experiments/NAME/config.yaml")
@@ -45,15 +71,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", required=True)
     parser.add_argument("--seed", required=True, type=int)
     parser.add_argument("--out", required=True, help="RUN_DIR/config.yaml, or the folder RUN_DIR/")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="train.threads (default: 1)")
+    parser.add_argument("--force", action="store_true", help="replace an existing config that differs")
+    parser.add_argument("--dag", action="store_true", help="write into the DAG's runs folder (the DAG does)")
     return cli.run(_main, parser.parse_args(argv))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def _main(args: argparse.Namespace) -> int:
     config = resolve_run_config(args.experiment, args.scale, args.method, args.seed)
+    if args.threads is not None:
+        config = validate_run_config(deep_merge(config.to_dict(), {"train": {"threads": args.threads}}))
     out = output_path(args.out)
-    if out.is_file() and _existing(out) == config.to_dict():
-        return 0
+    if not args.dag and _inside(out, DAG_RUNS):
+        raise ConfigError(
+            f"{out} is in {DAG_RUNS}, the DAG's runs folder: a run configured there by hand makes the next "
+            "`make replicate` aggregate again and train every run it lacks. Configure it elsewhere (e.g. "
+            f"--out scratch/{args.method}-seed{args.seed}/), or pass --dag to write there on purpose"
+        )
+    if out.is_file():
+        existing = _existing(out)
+        if existing == config.to_dict():
+            print(f"{out}: already this config (digest {config.digest()}); left untouched", file=sys.stderr)
+            return 0
+        if isinstance(existing, dict) and not args.force:  # a damaged file is written again
+            what = config_differences(existing, config.to_dict())
+            raise ConfigError(
+                f"{out} holds another config ({what}); pass --force to replace it (the run folder's "
+                "metrics and checkpoint then belong to the old config: train refuses them), or choose "
+                "another --out"
+            )
     write_run_config(config, out)
+    print(
+        f"{out}: wrote {config.experiment} {config.scale} {config.method} seed {config.seed} "
+        f"(digest {config.digest()})",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -1,7 +1,9 @@
 # One folder per run: RUNS/RUN/, RUN being replication.runtime.record.RunId.pattern() (the run's
-# wildcards). The resolved config is written first; training writes metrics.jsonl and checkpoints as
-# it goes and summary.json last, so a failed or interrupted job leaves no output Snakemake would take
-# as finished, and the checkpoint (not an output) survives for the rerun to resume from.
+# wildcards). The resolved config is written first, with the job's threads as train.threads (the
+# thread count changes a CPU run's numbers, so the run's config holds it); training writes
+# metrics.jsonl and checkpoints as it goes and summary.json last, so a failed or interrupted job
+# leaves no output Snakemake would take as finished, and the checkpoint (not an output) survives for
+# the rerun to resume from.
 
 
 rule configure_run:
@@ -13,10 +15,12 @@ rule configure_run:
         f"{LOGS}/{RUN}/configure.log",
     params:
         python=PYTHON,
+        threads=lambda w: PLAN.job(w.experiment, "threads_per_run"),
     shell:
         logged(
             "{params.python} -m replication.training.configure {input} --scale {wildcards.scale} "
-            "--method {wildcards.method} --seed {wildcards.seed} --out {output}"
+            "--method {wildcards.method} --seed {wildcards.seed} --threads {params.threads} "
+            "--out {output} --dag --force"
         )
 
 
@@ -48,5 +52,5 @@ for _name, _gpu in (("train", False), ("train_gpu", True)):
         shell:
             logged(
                 "TORCHINDUCTOR_CACHE_DIR={params.compile_cache} {params.launcher} {input.config} "
-                "--data-root {params.data} --threads {threads} --progress lines"
+                "--data-root {params.data} --progress lines"
             )
