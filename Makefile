@@ -1,7 +1,12 @@
-# Two entry points, each installing what it needs into .venv first:
+# Two entry points, make replicate and make test; every target installs what it needs into .venv first:
+#   make help        this list: each target with its one-line description
 #   make test        the test suite (lint included), then the smoke DAG end to end (what CI runs)
+#   make test-fast   the test suite without the tests marked slow
 #   make lint        ruff check, ruff format --check and snakemake --lint alone (tests/test_lint.py)
+#   make smoke       the whole DAG at smoke scale in a scratch folder under .smoke/ (KEEP=1 keeps it)
 #   make replicate   the replication at the scale this machine can carry (SCALE=cpu by default)
+#   make report      one self-contained HTML page of a scale's results (results/<scale>/report.html)
+#   make bench       the CPU benchmarks (python -m benchmarks; results/benchmarks/)
 #   make study       the scale's studies: model size, GAPT's knobs, settings (SCALE=cpu; results/<scale>/study/)
 #   make crosscheck  do CLAIMS.md and the README's claims table say what the committed summaries say, from runs of one clean commit?
 #   make mutation    mutation testing of the core with mutmut (not part of CI; docs/testing.md)
@@ -21,7 +26,7 @@ SMOKE ?= .smoke
 SCALES := $(sort $(patsubst config/%.yaml,%,$(wildcard config/*.yaml)))
 TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: install test test-fast lint smoke replicate study report crosscheck bench check-scale mutation gpu-check test-slurm
+.PHONY: help install test test-fast lint smoke replicate study report crosscheck bench check-scale mutation gpu-check test-slurm
 
 # a wrong SCALE stops make before anything runs, with one line naming the valid scales
 ifneq ($(filter replicate study report crosscheck check-scale,$(MAKECMDGOALS)),)
@@ -30,12 +35,15 @@ $(error SCALE=$(SCALE) is not a scale; choose one of: $(SCALES))
 endif
 endif
 
+help:
+	@awk '!/^#/ {exit} sub(/^#   make /, "") {name = $$1; sub(/^[^ ]+ +/, ""); printf "make %-12s %s\n", name, $$0}' $(firstword $(MAKEFILE_LIST))
+
 $(BIN)/.installed: pyproject.toml
 	@case "$(TORCH)" in ""|cpu) ;; *) echo "error: TORCH=$(TORCH): leave it unset (the index's default build) or set TORCH=cpu" >&2; exit 2;; esac
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(if $(filter cpu,$(TORCH)),$(BIN)/python -m pip install --quiet --index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)")
-	$(BIN)/python -m pip install --quiet -e '.[test,hf,slurm]'
+	$(BIN)/python -m pip install --quiet -e '.[suite,test,hf,slurm]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -91,7 +99,7 @@ bench: install
 # the smoke DAG through profiles/slurm on a one-node SLURM that tests/cluster/slurm.sh installs (apt),
 # starts and stops; checked against a local run of the same DAG, then a failing job and its rerun
 test-slurm: install
-	$(BIN)/python -m pip install --quiet -e '.[test,hf,slurm]'
+	$(BIN)/python -m pip install --quiet -e '.[suite,test,hf,slurm]'
 	bash tests/cluster/slurm.sh bash tests/cluster/smoke_on_slurm.sh
 
 # the GPU path's acceptance run in at most 10 minutes with no network, its stages most important first, each
@@ -123,7 +131,7 @@ MUTATION_SCOPE ?= replication.science.mbe.* replication.science.gapt.* replicati
 MUTATION_ARGS = $(foreach p,$(MUTATION_SCOPE),'$(p)')
 
 $(BIN)/.installed-mutation: $(BIN)/.installed pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test,mutation]'
+	$(BIN)/python -m pip install --quiet -e '.[suite,test,mutation]'
 	touch $@
 
 mutation: install $(BIN)/.installed-mutation

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback, TrainingArguments
 
-from replication.integrations.hf import GAPTTrainer
-from replication.science.gapt import GaptConfig
+from gapt import GaptConfig
+from gapt.hf import GAPTTrainer
 
 SAMPLE = (
     Path(__file__).resolve().parent.parent

@@ -32,8 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from replication.integrations.dropin import GAPT, StepReport
-from replication.science.gapt import GaptConfig
+from gapt import GAPT, GaptConfig, StepReport
 
 IN_DIM, WIDTH, BLOCKS = 16, 64, 4
 MICRO_BATCH, MICRO_BATCHES = 64, 2  # 64 rows: 8 MBE patches of 8

@@ -287,7 +287,7 @@ def test_a_wheel_installed_on_its_own_imports_every_module_and_runs(tmp_path):
         capture_output=True,
         text=True,
     )
-    (wheel,) = wheels.glob("replication-*.whl")
+    (wheel,) = wheels.glob("gapt_replication-*.whl")
     site = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],

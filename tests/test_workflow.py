@@ -200,10 +200,10 @@ def test_torch_cpu_installs_the_pinned_release_from_pytorchs_cpu_index_and_only_
     cpu = f'pip install --quiet --index-url https://download.pytorch.org/whl/cpu "torch=={pin}"'
     assert any(line.endswith(cpu) for line in lines)
     assert lines.index(next(line for line in lines if line.endswith(cpu))) < lines.index(
-        next(line for line in lines if "-e '.[test,hf,slurm]'" in line)
+        next(line for line in lines if "-e '.[suite,test,hf,slurm]'" in line)
     )
     default = subprocess.run(["make", "-n", "install", venv], cwd=REPO, capture_output=True, text=True).stdout
-    assert "download.pytorch.org" not in default and "-e '.[test,hf,slurm]'" in default
+    assert "download.pytorch.org" not in default and "-e '.[suite,test,hf,slurm]'" in default
     bad = subprocess.run(
         ["make", "-s", "install", venv, "TORCH=cuda"], cwd=REPO, capture_output=True, text=True
     )

@@ -42,8 +42,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from replication.config.base import ConfigError, ObjectiveConfig
 from replication.integrations.dropin import GAPT, StepReport
+from replication.science.errors import NonFiniteLossError
 from replication.science.gapt import GaptConfig, Phase
-from replication.training.train import NonFiniteLossError
 
 STATE_NAME = "gapt_state.json"
 

@@ -30,6 +30,12 @@ class DataError(ReplicationError):
     """Input data that is missing, damaged or not what its config names."""
 
 
+class NonFiniteLossError(ReplicationError):
+    """Training met non-finite losses in too many steps in a row. Exit code 3."""
+
+    exit_code = 3
+
+
 def did_you_mean(name: object, choices: Iterable[object]) -> str:
     """`` (did you mean 'x'?)`` for the choice closest to a mistyped name, or "" when none is close.
     A name is never its own hint."""

@@ -67,7 +67,7 @@ from replication.runtime.record import (
     provenance,
     read_metrics,
 )
-from replication.science.errors import ReplicationError
+from replication.science.errors import NonFiniteLossError
 from replication.science.gapt import Phase, PhaseController
 from replication.science.methods import METHODS
 from replication.tasks.registry import build_task
@@ -87,10 +87,6 @@ from replication.training.summary import finished_summary, write_summary
 from replication.training.toolchain import check_config
 
 COMPILE_BACKEND = "inductor"  # torch.compile's backend under train.compile (tests use "eager")
-
-
-class NonFiniteLossError(ReplicationError):
-    exit_code = 3
 
 
 def train(
