@@ -45,7 +45,7 @@ class LanguageTask(Task):
     def compile_loss(self, **options: Any) -> None:
         """Compiled, the loss reads the (B, T, V) logits for its log-sum-exp and writes no log-softmax
         (6.6 GB in float32 at 32 k tokens of a 50 k vocabulary), and its backward is one pass too: on
-        CPU at 2048 tokens of that vocabulary it takes 0.47 x the eager time, with the same loss and
+        CPU at 2048 tokens of that vocabulary it takes 0.48 x the eager time, with the same loss and
         gradient bit for bit (``python -m benchmarks cross_entropy``)."""
         self._cross_entropy = torch.compile(token_cross_entropy, **options)
 
