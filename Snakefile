@@ -59,4 +59,5 @@ rule all:
 
 
 onsuccess:
-    print(PLAN.written())
+    if all(os.path.exists(path) for path in PLAN.final_outputs()):  # the whole scale, not a single target
+        print(PLAN.written())

@@ -648,8 +648,8 @@ def test_stop_requests_in_a_subprocess_during_the_final_evaluation(tmp_path):
             "elsewhere (runs_dir= in the DAG's global config, --out by hand)",
         ),
         (
-            OSError(13, "Permission denied", "/runs/a/metrics.jsonl"),
-            "cannot write /runs/a/metrics.jsonl: permission denied. Make its folder writable",
+            OSError(13, "Permission denied", "/runs/a/checkpoint.pt"),  # reading it
+            "cannot access /runs/a/checkpoint.pt: permission denied. Check its permissions",
         ),
         (OSError(2, "No such file or directory", "/x.yaml"), "/x.yaml: No such file or directory"),
     ],
@@ -658,6 +658,19 @@ def test_a_file_system_error_names_the_file_the_problem_and_the_way_out(error, e
     from replication.runtime.cli import os_error_message
 
     assert os_error_message(error).startswith(expected)
+
+
+def test_a_refused_write_says_write_and_a_refused_read_says_access(tmp_path):
+    from replication.runtime.cli import os_error_message
+    from replication.runtime.record import naming
+
+    target = tmp_path / "metrics.jsonl"
+    with pytest.raises(OSError) as raised, naming(target):
+        raise OSError(13, "Permission denied")
+    assert os_error_message(raised.value).startswith(f"cannot write {target}: permission denied. Make")
+    with pytest.raises(OSError) as raised, naming(target):
+        raise PermissionError(13, "Permission denied", str(target))  # open() names its file itself
+    assert os_error_message(raised.value).startswith(f"cannot write {target}")
 
 
 def test_a_full_disk_while_metrics_are_written_names_metrics_jsonl(tmp_path, monkeypatch, capsys):
@@ -684,6 +697,10 @@ def test_a_long_reason_is_cut_at_a_word():
 
     reason = _short_reason(ValueError("word " * 40 + "\nsecond line"))
     assert reason.endswith("word ...") and len(reason) <= 124
+    assert len(_short_reason(ValueError("x" * 300))) == 124  # no space to cut at: cut at the limit
+    assert _short_reason(ValueError("a file, e.g. the checkpoint, is damaged")) == (
+        "a file, e.g. the checkpoint, is damaged"
+    )
     assert _short_reason(ValueError("short\nmore")) == "short"
     zip_error = (
         "PytorchStreamReader failed reading zip archive: failed finding central directory. This is an "

@@ -83,6 +83,19 @@ def test_configure_says_what_it_wrote_and_refuses_to_replace_another_config(tmp_
     assert configure.main([*argv, "--force"]) == 0 and yaml.safe_load(path.read_text())["seed"] == 1
 
 
+def test_a_config_written_before_train_threads_existed_is_the_same_run(tmp_path, capsys):
+    """A run folder configured before a field was added holds a file without it: the same run, left
+    untouched, as training's own comparison (config.run.config_mismatch) takes it."""
+    path = configure_run(tmp_path / "run")
+    old = yaml.safe_load(path.read_text())
+    del old["train"]["threads"]
+    path.write_text(yaml.safe_dump(old, sort_keys=False))
+    capsys.readouterr()
+    configure_run(tmp_path / "run")
+    assert "already this config" in capsys.readouterr().err
+    assert "threads" not in yaml.safe_load(path.read_text())["train"]
+
+
 def test_configure_keeps_by_hand_runs_out_of_the_dags_runs_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(configure, "DAG_RUNS", tmp_path / "runs")
     argv = [str(FORGETTING), "--scale", "cpu", "--method", "gapt", "--seed", "0"]
@@ -91,6 +104,11 @@ def test_configure_keeps_by_hand_runs_out_of_the_dags_runs_folder(tmp_path, caps
     assert "the DAG's runs folder" in err and "--out scratch/gapt-seed0/" in err
     assert not (tmp_path / "runs").exists()
     assert configure.main([*argv, "--out", f"{tmp_path / 'runs' / 'x'}/", "--dag"]) == 0
+    # the runs folder of the directory the DAG runs from, for an installed copy of the package
+    monkeypatch.setattr(configure, "DAG_RUNS", tmp_path / "elsewhere")
+    monkeypatch.chdir(tmp_path)
+    assert configure.main([*argv, "--out", "runs/y/"]) == 2
+    assert "the DAG's runs folder" in capsys.readouterr().err
 
 
 def _committed_run(method: str, seed: int) -> tuple[dict, dict]:
@@ -109,8 +127,10 @@ def _committed_run(method: str, seed: int) -> tuple[dict, dict]:
 def test_a_committed_run_comes_back_bit_for_bit_on_the_kind_of_cpu_that_made_it(tmp_path):
     """The by-hand command of docs/running.md against the committed forgetting run (gapt, seed 0): every
     summary metric equal to its last digit, where this machine runs the kernels the committed run ran
-    (its recorded CPU model, instruction set, torch and thread count)."""
+    (its recorded CPU model, instruction set and torch; the thread count is the config's). Runs made
+    before runs.csv recorded the CPU cannot be matched to a machine: the test says so and skips."""
     run, committed = _committed_run("gapt", 0)
+    assert run["torch_threads"] == "1"  # what the by-hand command's config sets
     here = device_description(torch.device("cpu"))
     wanted = {
         "cpu_model": run.get("cpu_model") or None,

@@ -244,7 +244,8 @@ class Plan:
         lines.append(
             f"  the runs themselves: {self.config['runs_dir']}/<experiment>/{self.scale}/<method>/seed<N>/"
         )
-        lines.append(f"  one page with all of it: make report SCALE={self.scale}")
+        if self.config["results_dir"] == defaults()["results_dir"]:  # where make report looks
+            lines.append(f"  one page with all of it: make report SCALE={self.scale}")
         return "\n".join(lines)
 
     def job(self, experiment: str, key: str) -> int:

@@ -8,7 +8,8 @@
 them, which ``replication.reporting.claims`` writes beside CLAIMS.md (its ``record`` names every key
 and its unit). ``load_summary`` reads ``results/<scale>/<experiment>/summary.csv``, one row per
 method, seed and metric of what the runs wrote, the source of every table. ``root`` is the results
-folder, by default this checkout's ``results/``.
+folder, by default this checkout's ``results/`` (where the package runs from a checkout), else
+``results/`` of the working directory: an installed copy of the package holds no results.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parents[2] / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "results"  # in a checkout; not in an installed copy
 SCHEMA = 1  # the claims.json layout this module reads (replication.reporting.claims.SCHEMA)
 CLAIMS_COMMAND = "`make replicate SCALE={scale}` makes it (the DAG's claims rule, beside CLAIMS.md)"
 SUMMARY_COMMAND = "`make replicate SCALE={scale}` makes it (the DAG's aggregate rule)"
 
 
 def _results(scale: str, root: Path | str | None) -> Path:
-    return (RESULTS if root is None else Path(root)) / scale
+    if root is None:
+        root = RESULTS if RESULTS.is_dir() else Path.cwd() / "results"
+    return Path(root) / scale
 
 
 def load_document(scale: str = "cpu", root: Path | str | None = None) -> dict[str, Any]:

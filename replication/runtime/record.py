@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import socket
 import subprocess
@@ -350,23 +351,31 @@ def _short_reason(error: BaseException, limit: int = 120) -> str:
     "...")."""
     text = str(error).strip()
     line = text.splitlines()[0] if text else type(error).__name__
-    if ". " in line:
-        line = line[: line.index(". ")]
+    sentence = re.search(r"\.\s+(?=[A-Z])", line)  # the end of the first sentence ("e.g. the" is none)
+    if sentence:
+        line = line[: sentence.start()]
     if len(line) <= limit:
         return line
-    return line[: line.rfind(" ", 0, limit)].rstrip(" ,;:(") + " ..."
+    cut = line.rfind(" ", 0, limit)
+    return line[: cut if cut > 0 else limit].rstrip(" ,;:(") + " ..."
 
 
 @contextmanager
 def naming(path: Path) -> Iterator[None]:
-    """Re-raise an OSError that names no file (a write to an open file) with ``path`` as its file, so
-    that its message says where the disk was full or read-only."""
+    """Around a write: re-raise an OSError that names no file (a write to an open file) with ``path``
+    as its file, so that its message says where the disk was full or read-only, and mark it as raised
+    while writing."""
     try:
         yield
     except OSError as error:
-        if error.filename is not None or error.errno is None:
+        if error.errno is None:
             raise
-        raise OSError(error.errno, error.strerror, str(path)) from error
+        if error.filename is None:
+            named = OSError(error.errno, error.strerror, str(path))
+            named.writing = True  # type: ignore[attr-defined]  # read by runtime.cli's message
+            raise named from error
+        error.writing = True  # type: ignore[attr-defined]
+        raise
 
 
 def load_checkpoint(run_dir: Path, required: tuple[str, ...] = ()) -> dict[str, Any] | None:

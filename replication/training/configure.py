@@ -28,9 +28,11 @@ import yaml
 
 from replication.config.base import ConfigError, deep_merge
 from replication.config.run import (
+    RunConfig,
     config_differences,
     resolve_run_config,
     validate_run_config,
+    without_moved_keys,
     write_run_config,
 )
 from replication.runtime import cli
@@ -77,6 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run(_main, parser.parse_args(argv))
 
 
+def _same_run(existing: object, config: RunConfig) -> bool:
+    """Whether a config file already holds this run: the same dict, or one written before a field was
+    added (absent there, at its default now), as ``config.run.config_mismatch`` compares them."""
+    if existing == config.to_dict():
+        return True
+    if not isinstance(existing, dict):
+        return False
+    try:
+        return validate_run_config(without_moved_keys(existing)[0]).digest() == config.digest()
+    except ConfigError:
+        return False
+
+
 def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
@@ -86,7 +101,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.threads is not None:
         config = validate_run_config(deep_merge(config.to_dict(), {"train": {"threads": args.threads}}))
     out = output_path(args.out)
-    if not args.dag and _inside(out, DAG_RUNS):
+    if not args.dag and any(_inside(out, runs) for runs in (DAG_RUNS, Path.cwd() / "runs")):
         raise ConfigError(
             f"{out} is in {DAG_RUNS}, the DAG's runs folder: a run configured there by hand makes the next "
             "`make replicate` aggregate again and train every run it lacks. Configure it elsewhere (e.g. "
@@ -94,7 +109,7 @@ def _main(args: argparse.Namespace) -> int:
         )
     if out.is_file():
         existing = _existing(out)
-        if existing == config.to_dict():
+        if _same_run(existing, config):
             print(f"{out}: already this config (digest {config.digest()}); left untouched", file=sys.stderr)
             return 0
         if isinstance(existing, dict) and not args.force:  # a damaged file is written again

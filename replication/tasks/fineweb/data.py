@@ -117,7 +117,7 @@ def hub_reachable(timeout: float = 5.0) -> bool:
     from huggingface_hub import constants, get_session
 
     try:
-        return not get_session().head(constants.ENDPOINT, timeout=timeout).is_error
+        return get_session().head(constants.ENDPOINT, timeout=timeout).status_code < 400  # httpx or requests
     except Exception:  # no route, refused, timed out, a proxy or TLS failure: all mean "not from here"
         return False
 
