@@ -81,13 +81,14 @@ RQ1_CONFIG = dict(
 )
 
 
-def _rq1_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
+def _ce_worker(rank: int, world: int, port: int, run_dir: str, overrides: dict) -> None:
+    """One rank of a tiny ce run with ``overrides``."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     from replication.training.train import Trainer
 
-    Trainer(tiny_config("ce", **RQ1_CONFIG), run_dir, show_progress=False).run()
+    Trainer(tiny_config("ce", **overrides), run_dir, show_progress=False).run()
     torch.distributed.destroy_process_group()
 
 
@@ -100,7 +101,7 @@ def test_two_ranks_share_rq1s_layers_and_each_layer_is_the_record_of_its_own_mic
     from replication.training.alignment import gradient_alignment
     from replication.training.train import Trainer, train
 
-    mp.spawn(_rq1_worker, args=(2, free_port(), str(tmp_path / "two"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ce_worker, args=(2, free_port(), str(tmp_path / "two"), RQ1_CONFIG), nprocs=2, join=True)
     two = [r for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if r["kind"] == "alignment"]
     train(tiny_config("ce", **RQ1_CONFIG), tmp_path / "one", show_progress=False)
     one = [r for r in read_metrics(tmp_path / "one" / "metrics.jsonl") if r["kind"] == "alignment"]
@@ -140,23 +141,15 @@ ONE_VALIDATION_BATCH = dict(
 )
 
 
-def _one_batch_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    from replication.training.train import Trainer
-
-    Trainer(tiny_config("ce", **ONE_VALIDATION_BATCH), run_dir, show_progress=False).run()
-    torch.distributed.destroy_process_group()
-
-
 @pytest.mark.slow
 def test_a_rank_without_a_validation_batch_still_takes_part_in_the_evaluation(tmp_path):
     """One validation batch, two processes: the second holds none, and the evaluation is the one
     process's evaluation of that batch."""
     from replication.training.train import train
 
-    mp.spawn(_one_batch_worker, args=(2, free_port(), str(tmp_path / "two"), ""), nprocs=2, join=True)
+    mp.spawn(
+        _ce_worker, args=(2, free_port(), str(tmp_path / "two"), ONE_VALIDATION_BATCH), nprocs=2, join=True
+    )
     train(tiny_config("ce", **ONE_VALIDATION_BATCH), tmp_path / "one", show_progress=False)
     two, one = (
         [r for r in read_metrics(tmp_path / name / "metrics.jsonl") if r["kind"] == "eval"]

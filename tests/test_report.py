@@ -197,6 +197,12 @@ def results(tmp_path):
     return config, out
 
 
+def _report_args(tmp_path):
+    """The report command of the cpu scale over tmp_path's results and experiments."""
+    results, experiments = str(tmp_path / "results"), str(tmp_path / "experiments")
+    return ["--scale", "cpu", "--results", results, "--experiments-dir", experiments]
+
+
 def test_aggregation_refuses_a_summary_of_another_config(results, tmp_path, capsys):
     """A run folder whose config.yaml changed after its summary was written (say, a method edited by
     hand) is not aggregated: the error names the folder and the keys that differ."""
@@ -434,15 +440,7 @@ def test_the_html_report_shows_every_table_and_gives_every_figure_its_own_captio
         == 0
     )
     (out / "rq1.png").unlink()
-    args = [
-        "--scale",
-        "cpu",
-        "--results",
-        str(tmp_path / "results"),
-        "--experiments-dir",
-        str(tmp_path / "experiments"),
-    ]
-    assert report.main(args) == 0
+    assert report.main(_report_args(tmp_path)) == 0
     page = (tmp_path / "results" / "cpu" / "report.html").read_text()
     # CLAIMS.md and table.md are rendered into the page, not linked
     tables = sum(line.startswith("|-") for line in (out / "table.md").read_text().splitlines())
@@ -459,7 +457,7 @@ def test_the_html_report_shows_every_table_and_gives_every_figure_its_own_captio
     err = capsys.readouterr().err
     assert f"missing: {out / 'rq1.png'}" in err and "1 experiments, 4 figures" in err
     elsewhere = tmp_path / "a" / "b" / "page.html"  # the PDF links still lead to the figures
-    assert report.main([*args, "--out", str(elsewhere)]) == 0
+    assert report.main([*_report_args(tmp_path), "--out", str(elsewhere)]) == 0
     pdf = re.search(r'<a href="([^"#]+curves\.pdf)">PDF</a>', elsewhere.read_text()).group(1)
     assert (elsewhere.parent / pdf).resolve() == (out / "curves.pdf").resolve()
     assert report.main(["--scale", "gpu1", "--results", str(tmp_path / "results")]) == 2
@@ -635,15 +633,7 @@ def test_the_html_report_shows_the_scales_study_after_the_experiments(results, t
         "![scaling](scaling.png)\n\n![knobs](sensitivity.png)\n"
     )
     (study / "scaling.png").write_bytes(b"\x89PNG scaling")
-    args = [
-        "--scale",
-        "cpu",
-        "--results",
-        str(tmp_path / "results"),
-        "--experiments-dir",
-        str(tmp_path / "experiments"),
-    ]
-    assert report.main(args) == 0
+    assert report.main(_report_args(tmp_path)) == 0
     page = (tmp_path / "results" / "cpu" / "report.html").read_text()
     section = page[page.index('<section id="study-demo">') :]
     assert page.index('<section id="demo">') < page.index(
@@ -657,6 +647,6 @@ def test_the_html_report_shows_the_scales_study_after_the_experiments(results, t
     err = capsys.readouterr().err
     assert f"missing: {study / 'sensitivity.png'}" in err and "1 studies" in err
     (study / "README.md").unlink()  # a scale without a study: no section, no link
-    assert report.main(args) == 0
+    assert report.main(_report_args(tmp_path)) == 0
     page = (tmp_path / "results" / "cpu" / "report.html").read_text()
     assert "study-demo" not in page and "0 studies" in capsys.readouterr().err

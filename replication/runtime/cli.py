@@ -33,6 +33,17 @@ def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     return result
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1, or a message saying what was given."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def debugging(args: argparse.Namespace | None = None) -> bool:
     return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 

@@ -56,16 +56,6 @@ def _existing(path: Path) -> object:
         return None  # damaged: written again
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("replication.training.configure", __doc__)
     parser.add_argument("experiment", type=Path, help="experiments/NAME/config.yaml")
@@ -73,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", required=True)
     parser.add_argument("--seed", required=True, type=int)
     parser.add_argument("--out", required=True, help="RUN_DIR/config.yaml, or the folder RUN_DIR/")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="train.threads (default: 1)")
+    parser.add_argument("--threads", type=cli.positive_int, default=None, help="train.threads (default: 1)")
     parser.add_argument("--force", action="store_true", help="replace an existing config that differs")
     parser.add_argument("--dag", action="store_true", help="write into the DAG's runs folder (the DAG does)")
     return cli.run(_main, parser.parse_args(argv))

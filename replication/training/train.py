@@ -463,16 +463,6 @@ class Trainer:
         return summary
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("replication.training.train", __doc__)
     parser.add_argument("config", type=Path, help="RUN_DIR/config.yaml, a resolved run config")
@@ -484,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=cli.positive_int,
         default=None,
         help="only as a check: the run's threads are its config's train.threads",
     )

@@ -32,19 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--root", type=Path, default=Path("."), help="relative source paths start here (default: .)"
     )
-    parser.add_argument("--threads", type=_positive_int, default=1, help="tokenizer threads (default: 1)")
+    parser.add_argument("--threads", type=cli.positive_int, default=1, help="tokenizer threads (default: 1)")
     parser.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
     return cli.run(_main, parser.parse_args(argv))
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _main(args: argparse.Namespace) -> int:
