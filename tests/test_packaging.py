@@ -196,3 +196,12 @@ def test_the_version_is_pyprojects():
 def test_both_import_packages_are_in_the_distribution():
     assert PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"] == ["replication*", "gapt*"]
     assert PROJECT["name"] == gapt.DISTRIBUTION == "gapt-replication"
+
+
+def test_a_console_script_names_itself_in_its_usage_line(monkeypatch):
+    from replication.runtime import cli
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/gapt-train", "--help"])
+    assert cli.parser("replication.training.train", "doc").prog == "gapt-train"
+    monkeypatch.setattr(sys, "argv", ["/repo/replication/training/train.py"])
+    assert cli.parser("replication.training.train", "doc").prog == "python -m replication.training.train"

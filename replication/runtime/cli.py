@@ -27,8 +27,11 @@ OUT_OF_MEMORY = (
 
 
 def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
-    """An ArgumentParser whose description is the module docstring's first paragraph, with --debug."""
-    result = argparse.ArgumentParser(prog=f"python -m {prog}", description=(doc or "").split("\n\n")[0])
+    """An ArgumentParser whose description is the module docstring's first paragraph, with --debug;
+    its usage line names the command as it was called (``gapt-train``, or ``python -m ...``)."""
+    script = os.path.basename(sys.argv[0]) if sys.argv else ""
+    name = script if script.startswith("gapt-") else f"python -m {prog}"
+    result = argparse.ArgumentParser(prog=name, description=(doc or "").split("\n\n")[0])
     result.add_argument("--debug", action="store_true", help=f"show tracebacks (also: {DEBUG_ENV}=1)")
     return result
 
