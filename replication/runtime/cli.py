@@ -71,11 +71,6 @@ def run(body: Callable[[argparse.Namespace], int | None], args: argparse.Namespa
         return code
 
 
-def writing(error: OSError) -> bool:
-    """Whether the error was raised writing a file (``runtime.record.naming`` marks those)."""
-    return bool(getattr(error, "writing", False))
-
-
 def os_error_message(error: OSError) -> str:
     """The file system's answer in the user's words: the file, the problem and the way out."""
     where = error.filename if error.filename is not None else "a file"
@@ -86,7 +81,8 @@ def os_error_message(error: OSError) -> str:
             "DAG's global config, --out by hand); then run the same command again: what was already written "
             "stays, and a training run resumes from its last checkpoint"
         )
-    if error.errno == errno.EROFS or (error.errno in (errno.EACCES, errno.EPERM) and writing(error)):
+    writing = getattr(error, "writing", False)  # set by runtime.record.naming, around every write
+    if error.errno == errno.EROFS or (error.errno in (errno.EACCES, errno.EPERM) and writing):
         return (
             f"cannot write {where}: {reason.lower()}. Make its folder writable, or write elsewhere "
             "(runs_dir= in the DAG's global config, --out by hand)"
