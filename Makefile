@@ -4,7 +4,7 @@
 #   make test-fast   the test suite without the tests marked slow
 #   make lint        ruff check, ruff format --check and snakemake --lint alone (tests/test_lint.py)
 #   make smoke       the whole DAG at smoke scale in a scratch folder under .smoke/ (KEEP=1 keeps it)
-#   make replicate   the replication at the scale this machine can carry (SCALE=cpu by default)
+#   make replicate   the replication at the scale this machine can carry (SCALE=cpu by default; PART=<experiment> for one)
 #   make report      one self-contained HTML page of a scale's results (results/<scale>/report.html)
 #   make bench       the CPU benchmarks (python -m benchmarks; results/benchmarks/)
 #   make study       the scale's studies: model size, GAPT's knobs, settings (SCALE=cpu; results/<scale>/study/)
@@ -20,6 +20,10 @@ SCALE ?= cpu
 TORCH ?=
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 KEEP ?= 0
+# PART=<experiment>: one experiment of the scale alone (a part of about 150 minutes or less on 2 cores at
+# cpu); its claims join those of the experiments whose results the scale already holds
+PART ?=
+PART_CONFIG := $(if $(PART),--config 'experiments=[$(PART)]')
 SMOKE_CONFIG ?= config/smoke.yaml
 BIN := $(VENV)/bin
 SMOKE ?= .smoke
@@ -77,12 +81,12 @@ check-scale:
 	@:
 
 replicate: check-scale install
-	$(BIN)/snakemake --profile profiles/local-cpu --configfile config/$(SCALE).yaml
+	$(BIN)/snakemake --profile profiles/local-cpu --configfile config/$(SCALE).yaml $(PART_CONFIG)
 
 # the studies the experiments declare under scales.<scale>.study (sizes, knobs, settings); it reuses
 # (sizes and knobs) the scale's own runs of the methods they compare, training them first when missing
 study: check-scale install
-	$(BIN)/snakemake study --profile profiles/local-cpu --configfile config/$(SCALE).yaml
+	$(BIN)/snakemake study --profile profiles/local-cpu --configfile config/$(SCALE).yaml $(PART_CONFIG)
 
 # one self-contained page: CLAIMS.md, every experiment's table and every figure with its caption
 report: check-scale install

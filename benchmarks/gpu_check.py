@@ -89,10 +89,10 @@ from benchmarks.common import write_result
 from replication.config.base import deep_merge
 from replication.config.run import RunConfig, resolve_run_config, validate_run_config, write_run_config
 from replication.runtime.record import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, read_metrics
-from replication.science.methods import METHOD_NAMES, METHODS
+from replication.science.methods import BASE_METHODS, METHODS
 from replication.training.toolchain import cxx_compiler
 
-GATED = tuple(m for m in METHOD_NAMES if METHODS[m].gated)  # the methods the controller drives
+GATED = tuple(m for m in BASE_METHODS if METHODS[m].gated)  # the methods the controller drives
 
 REPO = Path(__file__).resolve().parent.parent
 FINEWEB = REPO / "experiments" / "fineweb_pretrain" / "config.yaml"
@@ -1352,7 +1352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per method (GPU: 30)")
     parser.add_argument("--warmup", type=int, default=None, help="steps left out of the timing (GPU: 10)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
-    parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES)
+    parser.add_argument("--methods", nargs="+", default=list(BASE_METHODS), choices=BASE_METHODS)
     parser.add_argument(
         "--skip",
         nargs="+",

@@ -513,7 +513,7 @@ def test_summary_reports_ood_ce_where_the_control_split_stops_and_ignores_step_0
 
 def test_every_scale_and_method_of_the_experiment_resolves():
     spec = load_report_spec(EXPERIMENT)
-    assert set(spec.methods) == {"ce", "ce_mbe", "gapt", "gapt_joint"}
+    assert set(spec.methods) == {"ce", "ce_mbe", "gapt", "gapt_joint", "gapt_matched", "gapt_joint_matched"}
     for scale, scale_spec in spec.scales.items():
         for method in (
             scale_spec.methods if scale_spec.study_of else spec.methods

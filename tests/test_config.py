@@ -292,7 +292,10 @@ def test_an_unknown_key_without_a_close_one_lists_the_sections_keys():
 
 def test_a_value_outside_a_fixed_set_names_the_set_and_the_closest():
     message = _invalid(method="gapt2")
-    assert "method: 'gapt2' is not one of ce, ce_mbe, gapt, gapt_joint (did you mean 'gapt'?)" in message
+    assert (
+        "method: 'gapt2' is not one of ce, ce_mbe, gapt, gapt_joint, gapt_smoothed, gapt_matched, " in message
+    )
+    assert "(did you mean 'gapt'?)" in message
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from replication.integrations.dropin import GAPT
 from replication.models import build_model
 from replication.runtime.record import read_metrics
 from replication.science.gapt import GaptConfig, Phase
-from replication.science.methods import METHODS
+from replication.science.methods import BASE_METHODS, METHODS
 from replication.tasks.registry import build_task
 from replication.training.checkpoint import seed_everything
 from replication.training.optim import Optimizers
@@ -60,7 +60,7 @@ def plain_loop(config):
     return model, reports, gapt
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", BASE_METHODS)
 def test_a_plain_loop_around_the_drop_in_trains_exactly_as_the_suite(tmp_path, method):
     """Bit-identical on CPU: the same losses, MBE, phases and phase changes at every step."""
     config = tiny_config(method, **PHASES)
@@ -81,7 +81,7 @@ def test_a_plain_loop_around_the_drop_in_trains_exactly_as_the_suite(tmp_path, m
         assert len(changes) >= 2 and {r.phase for r in reports} == {Phase.MEMORIZE, Phase.COMPRESS}
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", BASE_METHODS)
 def test_the_drop_in_weights_equal_the_suites(tmp_path, method):
     """The weights after 40 steps, through the checkpoint the suite keeps: every micro-batch's
     gradient, MBE micro-batches included, was the same."""
@@ -144,6 +144,8 @@ def test_misuse_is_named():
         GAPT(model.blocks, method="gapt", micro_batches=1)
     with pytest.raises(ConfigError, match="unknown method"):
         GAPT(model.blocks, method="gpt")
+    with pytest.raises(ConfigError, match="gapt_matched is a matched-dose control"):
+        GAPT(model.blocks, method="gapt_matched")
     gapt = GAPT(model.blocks, method="ce")
     with pytest.raises(RuntimeError, match="set mb.main_loss"):
         with gapt.micro_batch(0, 0):

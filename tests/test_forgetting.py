@@ -13,6 +13,7 @@ from replication.config.run import resolve_run_config, validate_run_config
 from replication.models import build_model
 from replication.reporting.aggregate import DERIVED
 from replication.runtime.record import read_metrics
+from replication.science.methods import METHODS
 from replication.tasks.forgetting.separation import (
     alleviation_percent,
     interference,
@@ -21,9 +22,11 @@ from replication.tasks.forgetting.separation import (
     unit_selectivity,
 )
 from replication.tasks.forgetting.task import Task, base_parameters, sample_inputs, teacher_shift
+from replication.training.configure import matched_schedule
 from replication.training.train import Trainer, train
 
 from .conftest import REPO
+from .test_train import strip_timing
 
 EXPERIMENT = REPO / "experiments" / "forgetting_separation" / "config.yaml"
 CPU = torch.device("cpu")
@@ -200,7 +203,8 @@ def test_protocol_b_trains_only_on_group_a_in_its_second_stage(tmp_path):
     assert sorted(seen) == list(range(config.train.steps))
     for step, groups in seen.items():
         if step < mix_steps:
-            assert groups.count(0) == groups.count(1) == 16, step  # 2 micro-batches x 8 of each group
+            # 2 micro-batches x 8 of each group, twice: the run's mix stage and the ce pre-train's
+            assert groups.count(0) == groups.count(1) == 32, step
         else:
             assert groups == [0] * 32, step  # group A alone
     a_inputs = trainer.task.train_data["a"][0]
@@ -237,7 +241,16 @@ def test_one_stage_is_protocol_a_alone(tmp_path):
 
 def test_every_scale_resolves_and_the_paper_scale_is_the_paper_size():
     spec = load_report_spec(EXPERIMENT)
-    assert set(spec.methods) == {"ce", "ce_mbe", "gapt", "gapt_joint"}
+    assert set(spec.methods) == {
+        "ce",
+        "ce_mbe",
+        "gapt",
+        "gapt_joint",
+        "gapt_smoothed",
+        "gapt_matched",
+        "gapt_joint_matched",
+        "gapt_smoothed_matched",
+    }
     assert {"smoke", "cpu", "gpu1", "paper"} <= set(spec.scales)
     assert len(spec.scales["paper"].seeds) >= 20
     for scale in spec.scales:
@@ -246,22 +259,41 @@ def test_every_scale_resolves_and_the_paper_scale_is_the_paper_size():
             assert sum(s.steps for s in config.task.stages) == config.train.steps
             assert config.train.grad_accum * config.task.micro_batch_size == 32
     paper = resolve_run_config(spec, "paper", "gapt_joint", 0)
-    assert [(s.steps, s.groups) for s in paper.task.stages] == [(1000, ["a", "b"]), (1000, ["a"])]
+    assert [(s.steps, s.groups, s.start) for s in paper.task.stages] == [
+        (1000, ["a", "b"], "previous"),
+        (1000, ["a"], "ce_pretrain"),  # the paper's protocol: fine-tuned from the seed's ce pre-train
+    ]
     assert paper.optim.lr == 0.01 and paper.objective.lambda_mbe == 10.0
     assert (paper.gapt.patience_memorize, paper.gapt.patience_compress) == (125, 75)
+
+
+SMOKE_METHODS = [
+    "ce",
+    "ce_mbe",
+    "gapt",
+    "gapt_joint",
+    "gapt_smoothed",
+    "gapt_matched",
+    "gapt_joint_matched",
+    "gapt_smoothed_matched",
+]
 
 
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory):
     torch.set_num_threads(1)
     runs = {}
-    for method in ("ce", "ce_mbe", "gapt", "gapt_joint"):
+    for method in SMOKE_METHODS:  # a gated method before its matched-dose control
         run_dir = tmp_path_factory.mktemp(method)
-        runs[method] = (run_dir, train(smoke_config(method), run_dir, show_progress=False))
+        config = smoke_config(method)
+        if METHODS[method].matches:
+            schedule = matched_schedule(config, runs[METHODS[method].matches][0])
+            config = validate_run_config({**config.to_dict(), "schedule": schedule.model_dump(mode="json")})
+        runs[method] = (run_dir, train(config, run_dir, show_progress=False))
     return runs
 
 
-@pytest.mark.parametrize("method", ["ce", "ce_mbe", "gapt", "gapt_joint"])
+@pytest.mark.parametrize("method", SMOKE_METHODS)
 def test_a_smoke_run_reports_every_metric_the_claims_and_table_name(smoke_runs, method):
     run_dir, summary = smoke_runs[method]
     spec = load_report_spec(EXPERIMENT)
@@ -280,7 +312,17 @@ def test_a_smoke_run_reports_every_metric_the_claims_and_table_name(smoke_runs, 
     metrics = summary["metrics"]
     assert metrics["mix/separation_ratio"] == evals[120]["val/separation_ratio"]  # protocol A: end of mix
     assert metrics["mix/mbe"] == pytest.approx((evals[120]["val/a/mbe"] + evals[120]["val/b/mbe"]) / 2)
-    assert metrics["forgetting/l1_before"] == evals[120]["val/b/l1"]  # protocol B: B before and after
+    # protocol B: B where fine-tuning started (the seed's ce pre-train: the ce run's state at the end
+    # of the mix, bit for bit) and after
+    ce_evals = {
+        r["step"]: r for r in read_metrics(smoke_runs["ce"][0] / "metrics.jsonl") if r["kind"] == "eval"
+    }
+    (start,) = [r for r in records if r["kind"] == "stage_start"]
+    assert start["step"] == 120 and start["stage"] == "finetune"
+    assert {k: v for k, v in start.items() if k.startswith("val/")} == {
+        k: v for k, v in ce_evals[120].items() if k.startswith("val/")
+    }
+    assert metrics["forgetting/l1_before"] == metrics["pretrain/b/l1"] == ce_evals[120]["val/b/l1"]
     assert metrics["forgetting/l1_after"] == evals[180]["val/b/l1"]
     rise = metrics["forgetting/l1_after"] - metrics["forgetting/l1_before"]
     assert metrics["forgetting/interference"] == pytest.approx(rise)
@@ -313,3 +355,54 @@ def test_alleviation_is_paired_with_the_ce_run_of_the_same_seed():
     assert out[("gapt", 0)] == 50.0  # avoided half of ce's rise from 1.0 to 3.0
     assert out[("gapt", 1)] == -50.0  # forgot more than ce did
     assert out[("ce", 0)] == 0.0
+
+
+def test_the_paper_protocol_fine_tunes_with_a_fresh_optimizer_and_the_alternative_carries_it(tmp_path):
+    """start: ce_pretrain restarts Adam at the stage (its step count at the end is the stage's
+    steps); start: previous, the own_pretrain protocol, carries it through both stages."""
+    counts = {}
+    for start in ("ce_pretrain", "previous"):
+        stages = [
+            {"name": "mix", "steps": 120, "groups": ["a", "b"]},
+            {"name": "finetune", "steps": 60, "groups": ["a"], "start": start},
+        ]
+        trainer = Trainer(
+            smoke_config("gapt", task={"stages": stages}), tmp_path / start, show_progress=False
+        )
+        trainer.run()
+        (adam,) = trainer.optimizers.optimizers
+        counts[start] = {int(state["step"]) for state in adam.state.values()}
+    assert counts == {"ce_pretrain": {60}, "previous": {180}}
+
+
+def test_a_stage_starts_from_the_ce_pretrain_only_after_another():
+    stages = [{"name": "mix", "steps": 180, "groups": ["a", "b"], "start": "ce_pretrain"}]
+    with pytest.raises(ConfigError, match="nothing before it"):
+        smoke_config(task={"stages": stages})
+
+
+@pytest.mark.parametrize("kill_at", [125, 135], ids=["checkpoint-before-the-start", "checkpoint-after-it"])
+def test_a_run_killed_around_the_fresh_start_resumes_into_the_uninterrupted_one(
+    tmp_path, monkeypatch, kill_at
+):
+    """Killed after a checkpoint taken before the stage that starts from the ce pre-train (step 120),
+    or after one taken within it (step 130): resumed, the same records as one uninterrupted run."""
+    import replication.training.train as loop
+
+    config = smoke_config("gapt", train={"checkpoint_every": 10})
+    train(config, tmp_path / "whole", show_progress=False)
+    real = loop.accumulate_gradients
+
+    def dies(*args, **kwargs):
+        if kwargs["step"] == kill_at:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "accumulate_gradients", dies)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "killed", show_progress=False)
+    monkeypatch.setattr(loop, "accumulate_gradients", real)
+    assert train(config, tmp_path / "killed", show_progress=False)["resumes"] == 1
+    whole, resumed = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("whole", "killed"))
+    assert strip_timing(resumed) == strip_timing(whole)
+    assert sum(r["kind"] == "stage_start" for r in resumed) == 1

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_check
-from replication.science.methods import METHOD_NAMES
+from replication.science.methods import BASE_METHODS
 
 METHOD_KEYS = {
     "status",
@@ -69,7 +69,7 @@ def test_the_tiny_check_runs_every_stage_and_writes_gpu_json(tmp_path, capsys):
     shape = result["shape"]
     assert shape["dtype"] == "bfloat16" and shape["compile"] and shape["compile_backend"] == "eager"
     # stage 2: every method
-    assert list(result["methods"]) == list(METHOD_NAMES)
+    assert list(result["methods"]) == list(BASE_METHODS)
     for name, method in result["methods"].items():
         assert method["status"] == "ok", (name, method["error"])
         assert METHOD_KEYS <= set(method) and GRAPH_KEYS <= set(method["graphs"]), name
@@ -116,7 +116,7 @@ def test_the_tiny_check_runs_every_stage_and_writes_gpu_json(tmp_path, capsys):
     assert stages["pytest_gpu"]["status"] == "skipped" and "--tiny" in stages["pytest_gpu"]["reason"]
     dag = stages["mini_dag"]
     assert dag["status"] == "ok" and dag["dry_run"] and "--profile profiles/local-gpu" in dag["command"]
-    assert dag["runs"] == {"arithmetic_ood": 8, "forgetting_separation": 8}
+    assert dag["runs"] == {"arithmetic_ood": 12, "forgetting_separation": 16}  # every method, controls too
     assert dag["steps"] == {"arithmetic_ood": 6, "forgetting_separation": 90}
     # forgetting's runs are CPU jobs (train), arithmetic's GPU jobs (train_gpu)
     assert dag["planned_jobs"] == {"train": 8, "train_gpu": 8, "claims": 1}
@@ -139,7 +139,7 @@ def test_flops_per_token_counts_matmuls_and_the_windowed_attention():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("method", list(METHOD_NAMES))
+@pytest.mark.parametrize("method", BASE_METHODS)
 def test_compiled_bf16_steps_of_every_method_on_cuda(tmp_path, method):
     """A few steps of the tiny model on the GPU with inductor and bf16: finite, a bounded number of
     graphs, the recompile limit an error."""

@@ -125,7 +125,7 @@ def test_joint_step_gradient_is_main_plus_lambda_times_mean_joint_mbe(tmp_path, 
         main, per_block = micro_batch_terms(trainer, 0, micro)
         terms += [(1 / GRAD_ACCUM, main)] + [(lam / (len(joint) * GRAD_ACCUM), per_block[i]) for i in joint]
     expected = combine(*terms)
-    actual = step_gradient(trainer, 0, trainer.phase)
+    actual = step_gradient(trainer, 0, trainer.phase_at(0))
     assert_same(actual, expected)
     main_only = combine(*[t for t in terms if t[0] == 1 / GRAD_ACCUM])
     assert_differs(actual, main_only)  # lambda does something at this size
@@ -360,7 +360,7 @@ def test_rq1_from_the_steps_own_passes_equals_the_separate_pass_and_leaves_the_s
             trainer.config.objective,
             trainer.plan,
             step=2,
-            phase=trainer.phase,
+            phase=trainer.phase_at(2),
             micro_batches=range(grad_accum),
             window=window,
             autocast=nullcontext,

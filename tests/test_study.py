@@ -19,7 +19,9 @@ from replication.dag.schema import defaults
 from replication.reporting import study as study_module
 from replication.reporting.study import (
     METRICS,
+    _crossing,
     _settings_finding,
+    dose_table,
     loglinear_fit,
     scaling_table,
     sensitivity_table,
@@ -39,7 +41,7 @@ def test_a_study_derives_one_scale_per_arm_whose_runs_differ_from_the_scales_onl
     spec = load_experiment(FINEWEB)
     assert spec.study_arms("cpu")["w64"] == "cpu_study_w64"
     base, small = (resolve_run_config(spec, s, "gapt", 1).to_dict() for s in ("cpu", "cpu_study_w64"))
-    assert small["model"] == {**base["model"], "n_layer": 6, "d_model": 64, "n_head": 1, "head_dim": 64}
+    assert small["model"] == {**base["model"], "d_model": 64, "n_head": 1, "head_dim": 64}  # the same depth
     assert {k: v for k, v in small.items() if k not in ("model", "scale")} == {
         k: v for k, v in base.items() if k not in ("model", "scale")
     }
@@ -157,6 +159,7 @@ def test_the_plan_of_a_study_is_its_arms_runs_and_the_scales_own_runs_it_compare
     assert plan.run_datasets["fineweb_pretrain/smoke_study_w16/ce/seed0"] == "fineweb_sample_bytes"
     names = [o.rsplit("/", 1)[1] for o in plan.study_outputs("fineweb_pretrain")]
     assert set(names) == set(STUDY_FILES) | set(STUDY_PART_FILES["sizes"]) | set(STUDY_PART_FILES["knobs"])
+    assert len(names) == len(set(names))  # the dose figure, of sizes and knobs alike, once
     # a study of settings alone compares each arm with its own ce: no reference runs, settings' files only
     assert plan.study_reference_runs("arithmetic_ood") == []
     assert {r.path for r in plan.study_runs("arithmetic_ood")} == {
@@ -168,9 +171,10 @@ def test_the_plan_of_a_study_is_its_arms_runs_and_the_scales_own_runs_it_compare
 
 def test_the_loglinear_fit_is_least_squares_with_its_t_band_and_finds_where_it_crosses_zero():
     rng = np.random.default_rng(0)
-    x = np.repeat([5.0, 5.5, 6.0, 6.5], 3)
-    y = 0.02 * (x - 7.0) + rng.normal(0, 0.004, len(x))  # crosses zero near 10^7 parameters
+    x = np.array([5.0, 5.5, 6.0, 6.5])  # one point per size
+    y = 0.02 * (x - 5.8) + rng.normal(0, 0.002, len(x))  # crosses zero near 10^5.8 parameters
     fit = loglinear_fit(x, y)
+    assert fit["n"] == 4
     reference = scipy_stats.linregress(x, y)
     t = scipy_stats.t.ppf(0.975, len(x) - 2)
     assert fit["slope"] == pytest.approx(reference.slope) and fit["intercept"] == pytest.approx(
@@ -183,17 +187,52 @@ def test_the_loglinear_fit_is_least_squares_with_its_t_band_and_finds_where_it_c
     s = math.sqrt(residual @ residual / (len(x) - 2))
     assert fit["s"] == pytest.approx(s) and fit["sxx"] == pytest.approx(((x - x.mean()) ** 2).sum())
     lo, hi = fit["band_holds_zero_from_log10"], fit["band_holds_zero_to_log10"]
-    assert lo < fit["zero_at_log10_parameters"] < hi
+    assert 5.0 < lo < fit["zero_at_log10_parameters"] < hi < 6.5
     for edge in (lo, hi):  # where the band's edge touches zero: |line| = t s sqrt(1/n + (x - mean)^2 / Sxx)
         line = abs(reference.intercept + reference.slope * edge)
         half = t * s * math.sqrt(1 / len(x) + (edge - x.mean()) ** 2 / fit["sxx"])
         assert line == pytest.approx(half, abs=2e-4)
     assert loglinear_fit(np.array([6.0, 6.0, 6.0]), np.array([0.1, 0.2, 0.3])) == {"n": 3}  # one size: no fit
+    assert loglinear_fit(np.array([6.0]), np.array([0.1])) == {"n": 1}
+
+
+def test_the_loglinear_fit_reports_no_crossing_outside_the_sizes_run():
+    x = np.array([5.0, 5.5, 6.0, 6.5])
+    y = 0.02 * (x - 7.0) + np.array([0.001, -0.002, 0.002, -0.001])  # the line crosses zero near 10^7
+    fit = loglinear_fit(x, y)
+    assert -fit["intercept"] / fit["slope"] > 6.5 and fit["zero_at_log10_parameters"] is None
+    assert fit["band_holds_zero_from_log10"] is None and fit["band_holds_zero_to_log10"] is None
+    assert _crossing(fit).endswith(
+        "; the fitted line has no crossing within the sizes run, and its 95 % band excludes zero over all "
+        "the sizes run"
+    )
+    # where the band holds zero up to the largest size, it says so, and not beyond
+    wide = loglinear_fit(x, 0.02 * (x - 7.0) + np.array([0.004, -0.008, 0.008, -0.004]))
+    assert wide["zero_at_log10_parameters"] is None and wide["band_holds_zero_to_log10"] == 6.5
+    assert 5.0 < wide["band_holds_zero_from_log10"] < 6.5
+    assert _crossing(wide).endswith(
+        f"holds zero only from {10 ** wide['band_holds_zero_from_log10']:.3g} parameters to the largest size"
+    )
+
+
+def test_a_fit_over_two_sizes_has_a_slope_and_no_interval():
+    fit = loglinear_fit(np.array([5.0, 6.0]), np.array([0.03, 0.01]))
+    assert fit["n"] == 2 and fit["slope"] == pytest.approx(-0.02) and fit["intercept"] == pytest.approx(0.13)
+    assert all(math.isnan(fit[k]) for k in ("slope_low", "slope_high", "slope_p"))
+    assert fit["zero_at_log10_parameters"] is None and fit["band_holds_zero_from_log10"] is None
+    assert _crossing(fit) == (
+        "-2.0 % per tenfold in parameters (n=2 sizes: no interval exists, a t interval of the slope needs "
+        "three); the fitted line has no crossing within the sizes run"
+    )
+    crossing = loglinear_fit(np.array([5.0, 6.0]), np.array([0.01, -0.01]))
+    assert crossing["zero_at_log10_parameters"] == pytest.approx(5.5)
+
+
+PARAMETERS = {"reference": 1_650_000, "w16": 800, "w32": 94_000, "w64": 336_000, "w96": 725_000}
 
 
 def _frame(values):
     """study.csv rows from {(arm, method, seed): (ce, mbe)}; parameters by arm."""
-    params = {"reference": 1_650_000, "w64": 336_000}
     rows = []
     for (arm, method, seed), (ce, mbe) in values.items():
         for metric, value in (("final/val/ce", ce), ("final/val/mbe", mbe)):
@@ -202,7 +241,7 @@ def _frame(values):
                     "arm": arm,
                     "method": method,
                     "seed": seed,
-                    "parameters": params.get(arm, 1_650_000),
+                    "parameters": PARAMETERS.get(arm, 1_650_000),
                     "metric": metric,
                     "value": value,
                 }
@@ -227,7 +266,10 @@ def test_each_arm_is_paired_with_ce_of_its_own_size_and_each_knob_with_the_scale
     assert ce_rows.loc["reference", "change_percent"] == pytest.approx(4.0)
     logs = [math.log(1.01), math.log(1.02), math.log(1.03)]  # w64 against w64's own ce, seed by seed
     assert ce_rows.loc["w64", "change_percent"] == pytest.approx(100 * math.expm1(sum(logs) / 3))
-    assert fits["gapt final/val/ce"]["n"] == 6
+    # two sizes: the line through their changes, and no interval
+    fit = fits["gapt final/val/ce"]
+    two_points = (math.log(1.04) - sum(logs) / 3) / (math.log10(1_650_000) - math.log10(336_000))
+    assert fit["n"] == 2 and fit["slope"] == pytest.approx(two_points) and math.isnan(fit["slope_low"])
     sensitivity = sensitivity_table(_frame(values), spec, "cpu").set_index(["method", "arm"])
     patience = [math.log(0.96), math.log(0.97), math.log(0.98)]
     assert sensitivity.loc[("gapt", "patience_x2"), "ce_change_percent"] == pytest.approx(
@@ -237,6 +279,36 @@ def test_each_arm_is_paired_with_ce_of_its_own_size_and_each_knob_with_the_scale
     assert sensitivity.loc[("gapt", "reference"), "mbe_change_percent"] == pytest.approx(-50.0)
     assert sensitivity.loc[("gapt_joint", "lambda_10"), "ce_change_percent"] == pytest.approx(2.0)
     assert not sensitivity.loc[("gapt_joint", "lambda_10"), "gapt_lowers_ce"]
+
+
+def test_the_scaling_fit_has_one_point_per_size_the_mean_log_ratio_scaling_csv_reports():
+    spec = load_report_spec(FINEWEB)
+    factors = {
+        "w32": [1.01, 1.02, 1.06],
+        "w64": [1.03, 1.02, 1.04],
+        "w96": [1.0, 1.05, 1.03],
+        "reference": [1.04, 1.05, 1.02],
+    }
+    values = {}
+    for arm, per_seed in factors.items():
+        for seed, factor in enumerate(per_seed):
+            values[(arm, "ce", seed)] = (2.0 + 0.1 * seed, 1.0)
+            values[(arm, "gapt", seed)] = ((2.0 + 0.1 * seed) * factor, 0.5)
+    scaling, fits = scaling_table(_frame(values), spec, "cpu")
+    x = np.log10([PARAMETERS[arm] for arm in factors])
+    y = [np.mean(np.log(per_seed)) for per_seed in factors.values()]
+    reference = scipy_stats.linregress(x, y)
+    fit = fits["gapt final/val/ce"]
+    assert fit["n"] == 4  # sizes, not 12 seeds
+    assert (fit["slope"], fit["intercept"], fit["slope_p"]) == pytest.approx(
+        (reference.slope, reference.intercept, reference.pvalue)
+    )
+    half = scipy_stats.t.ppf(0.975, 2) * reference.stderr  # n - 2 = 2 degrees of freedom
+    assert (fit["slope_low"], fit["slope_high"]) == pytest.approx(
+        (reference.slope - half, reference.slope + half)
+    )
+    ce = scaling[scaling.metric == "final/val/ce"].set_index("arm")
+    assert list(np.log1p(ce.loc[list(factors), "change_percent"] / 100)) == pytest.approx(y)
 
 
 @pytest.mark.slow
@@ -367,9 +439,9 @@ def test_the_study_figures_draw_each_method_in_its_own_style(tmp_path, monkeypat
     figures.plt.close(fig)
 
 
-def test_the_scaling_fit_is_drawn_over_the_sizes_run_and_a_size_of_another_depth_stands_apart(
-    tmp_path, monkeypatch
-):
+def test_the_scaling_fit_and_its_band_are_drawn_over_the_sizes_run_only(tmp_path, monkeypatch):
+    import matplotlib.collections
+
     from replication.reporting import figures
 
     figs = []
@@ -383,23 +455,99 @@ def test_the_scaling_fit_is_drawn_over_the_sizes_run_and_a_size_of_another_depth
             for arm, n in sizes.items()
         ]
     )
-    x = np.log10(np.repeat(list(sizes.values()), 3))
-    fit = loglinear_fit(x, 0.02 + 0.001 * np.arange(len(x)))
-    blocks = size_blocks(load_report_spec(FINEWEB), "cpu")
-    assert blocks == {"reference": 8, "w32": 6, "w64": 6, "w96": 6}
-    figures.study_scaling(table, {f"gapt {m}": fit for m in METRICS}, METRICS, tmp_path, blocks)
+    fit = loglinear_fit(np.log10(list(sizes.values())), np.array([0.02, 0.025, 0.021]))
+    two = loglinear_fit(np.log10([1e5, 3e5]), np.array([0.02, 0.025]))  # no band
+    fits = {"gapt final/val/ce": fit, "gapt final/val/mbe": two}
+    figures.study_scaling(table, fits, METRICS, tmp_path)
     [fig] = figs
-    for ax in fig.axes:
+    for ax, end in zip(fig.axes, (1.6e6, 3e5)):
         [line] = [line for line in ax.lines if len(line.get_xdata()) > 10]  # the fit
-        assert (min(line.get_xdata()), max(line.get_xdata())) == pytest.approx((1e5, 1.6e6))
-        faces = {
-            tuple(c.lines[0].get_xdata()): matplotlib.colors.to_hex(c.lines[0].get_markerfacecolor())
-            for c in ax.containers
-        }
-        assert faces[(1.6e6,)] == "#ffffff" and faces[(1e5, 3e5)] != "#ffffff"
-    assert "gapt: 8 blocks; the others 6" in [t.get_text() for t in fig.legends[0].get_texts()]
+        assert (min(line.get_xdata()), max(line.get_xdata())) == pytest.approx((1e5, end))
+        bands = [c for c in ax.collections if isinstance(c, matplotlib.collections.PolyCollection)]
+        spans = [
+            (c.get_paths()[0].vertices[:, 0].min(), c.get_paths()[0].vertices[:, 0].max()) for c in bands
+        ]
+        assert spans == ([pytest.approx((1e5, 1.6e6))] if end == 1.6e6 else [])
     monkeypatch.undo()
     figures.plt.close(fig)
+
+
+def test_the_dose_figure_sets_each_arms_ce_change_against_its_mean_compress_share(tmp_path, monkeypatch):
+    from replication.reporting import figures
+    from replication.reporting.figures import METHOD_STYLE
+
+    spec = load_report_spec(FINEWEB)  # smoke: sizes w16 and the scale's own, the knob patience_x2, seeds 0-1
+    values, shares = {}, {("reference", "gapt"): 0.25, ("w16", "gapt"): 0.5, ("patience_x2", "gapt"): 0.75}
+    for seed in range(2):
+        for arm in ("reference", "w16"):
+            values[(arm, "ce", seed)] = (2.0, 1.0)
+        values[("reference", "gapt", seed)] = (2.0 * 1.02, 0.5)
+        values[("w16", "gapt", seed)] = (2.0 * 1.04, 0.5)
+        values[("patience_x2", "gapt", seed)] = (2.0 * 0.99, 0.5)
+    frame = _frame(values)
+    share_rows = [
+        {
+            "arm": arm,
+            "method": method,
+            "seed": seed,
+            "metric": "compress_share",
+            "value": share + 0.1 * (seed - 0.5),
+        }
+        for (arm, method), share in shares.items()
+        for seed in range(2)
+    ]
+    frame = pd.concat([frame, pd.DataFrame(share_rows)], ignore_index=True)
+    scaling, _ = scaling_table(frame, spec, "smoke")
+    sensitivity = sensitivity_table(frame, spec, "smoke")
+    assert scaling.set_index(["arm", "metric"]).loc[
+        ("w16", "final/val/ce"), "compress_share"
+    ] == pytest.approx(0.5)
+    assert sensitivity.set_index("arm").compress_share.to_dict() == pytest.approx(
+        {"reference": 0.25, "patience_x2": 0.75}
+    )
+    table = dose_table(scaling, sensitivity)  # the scale's own model once, though both tables hold it
+    assert sorted(table.arm) == ["patience_x2", "reference", "w16"]
+    figs = []
+    monkeypatch.setattr(figures.plt, "close", figs.append)
+    figures.study_dose(table, tmp_path)
+    [fig] = figs
+    [ax] = fig.axes
+    [points] = ax.containers
+    drawn = dict(zip(points.lines[0].get_xdata(), points.lines[0].get_ydata()))
+    assert drawn == pytest.approx({0.25: 2.0, 0.5: 4.0, 0.75: -1.0})
+    assert (matplotlib.colors.to_hex(points.lines[0].get_color()), points.lines[0].get_marker()) == (
+        matplotlib.colors.to_hex(METHOD_STYLE["gapt"][0]),
+        METHOD_STYLE["gapt"][2],
+    )
+    assert {t.get_text(): t.xy for t in ax.texts} == {
+        "reference": pytest.approx((0.25, 2.0)),
+        "w16": pytest.approx((0.5, 4.0)),
+        "patience_x2": pytest.approx((0.75, -1.0)),
+    }
+    assert (tmp_path / "dose.png").is_file() and (tmp_path / "dose.pdf").is_file()
+    monkeypatch.undo()
+    figures.plt.close(fig)
+
+
+def test_a_size_study_is_at_the_depth_of_the_scales_model(tmp_path):
+    text = FINEWEB.read_text()
+    line = "w16: {n_layer: 6, d_model: 16"
+    assert line in text
+    bad = tmp_path / "config.yaml"
+    bad.write_text(text.replace(line, "w16: {n_layer: 8, d_model: 16", 1))
+    spec = load_report_spec(bad)
+    assert size_blocks(spec, "smoke") == {"reference": 6, "w16": 8}
+    with pytest.raises(
+        ConfigError,
+        match="the sizes of scales.smoke.study differ in depth \\(blocks: reference: 6, w16: 8\\): give "
+        "every size the scale's depth, 6 blocks",
+    ):
+        study_module.write_study(spec, "smoke", tmp_path / "runs", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    load = load_report_spec  # the experiments' own size studies are each at one depth
+    assert set(size_blocks(load(FINEWEB), "cpu").values()) == {8} and set(
+        size_blocks(load(FINEWEB), "smoke").values()
+    ) == {6}
 
 
 def _fake_run(runs, spec, scale, method, seed, metrics, evals=(), **summary):
@@ -415,6 +563,7 @@ def _fake_run(runs, spec, scale, method, seed, metrics, evals=(), **summary):
         "metrics": metrics,
         "steps": 4,
         "phase_changes": 2,
+        "compress_steps": 0,
         "wall_time_s": 60.0,
         "provenance": {"git_commit": "0123456789abcdef"},
         "config": config.to_dict(),
@@ -455,8 +604,16 @@ def test_a_study_reads_its_runs_and_their_parameters_from_the_summaries(tmp_path
                 metrics = {"final/val/ce": ce, "final/val/mbe": 0.5, "final/val/other": 1.0}
                 if (arm, seed) == ("patience_x2", 1):
                     del metrics["final/val/mbe"]  # a metric the run lacks has no row
+                compress = (seed + 1 + {"w16": 2, "patience_x2": 1}.get(arm, 0)) * (method == "gapt")  # of 4
                 folders[arm, method, seed] = _fake_run(
-                    runs, spec, arms[arm], method, seed, metrics, n_params=n_params[arm]
+                    runs,
+                    spec,
+                    arms[arm],
+                    method,
+                    seed,
+                    metrics,
+                    n_params=n_params[arm],
+                    compress_steps=compress,
                 )
     out = tmp_path / "out"
     assert _write_study(FINEWEB, runs, out) == 0
@@ -464,14 +621,33 @@ def test_a_study_reads_its_runs_and_their_parameters_from_the_summaries(tmp_path
     assert frame.groupby("arm").parameters.unique().map(list).to_dict() == {
         k: [v] for k, v in n_params.items()
     }
-    assert set(frame.commit) == {"0123456789ab"} and len(frame) == 10 * 4 - 1
-    reported = ["final/val/ce", "final/val/mbe", "phase_changes", "wall_time_s"]
+    assert set(frame.commit) == {"0123456789ab"} and len(frame) == 10 * 6 - 1
+    reported = [
+        "final/val/ce",
+        "final/val/mbe",
+        "phase_changes",
+        "compress_steps",
+        "wall_time_s",
+        "compress_share",
+    ]
     assert list(frame[(frame.arm == "w16") & (frame.seed == 1) & (frame.method == "gapt")].metric) == reported
     assert list(frame[(frame.arm == "patience_x2") & (frame.seed == 1)].metric) == [
         reported[0],
         *reported[2:],
     ]
-    assert list(pd.read_csv(out / "scaling.csv").parameters.unique()) == [800, 5000]
+    share = frame[frame.metric == "compress_share"].set_index(["arm", "method", "seed"]).value
+    assert share[("w16", "gapt", 1)] == 1.0 and share[("patience_x2", "gapt", 0)] == 0.5  # 4, 2 of 4 steps
+    assert share[("reference", "ce", 0)] == 0.0
+    scaling = pd.read_csv(out / "scaling.csv")
+    assert list(scaling.parameters.unique()) == [800, 5000]
+    assert list(scaling.compress_share) == [0.875, 0.375, 0.875, 0.375]  # w16 (3 + 4) / 8, then (1 + 2) / 8
+    assert pd.read_csv(out / "sensitivity.csv").set_index("arm").compress_share.to_dict() == {
+        "reference": 0.375,
+        "patience_x2": 0.625,
+    }
+    readme = (out / "README.md").read_text()
+    assert "(n=2 sizes: no interval exists, a t interval of the slope needs three)" in readme
+    assert "\n![dose](dose.png)\n" in readme and (out / "dose.png").is_file()
     _redraw_from_csv(FINEWEB, out)
     # a summary without n_params: the run is trained again, its model never rebuilt here
     folder = folders["w16", "gapt", 1]

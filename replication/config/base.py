@@ -226,6 +226,12 @@ class TaskConfig(StrictModel):
         """Length of the sequence MBE patches are cut from (tokens of a row, or samples of a batch)."""
         return None if self.mbe_sequence_key is None else int(getattr(self, self.mbe_sequence_key))
 
+    def segments(self, train: TrainConfig) -> list[tuple[int, int]]:
+        """The run's segments as half-open step ranges: stretches trained on one kind of data, within
+        which a matched-dose schedule moves the gated run's phases (``replication.science.schedule``).
+        One segment, the whole run, unless a task has stages."""
+        return [(0, train.steps)]
+
     def check_fit(self, model: Any, train: TrainConfig, objective: ObjectiveConfig) -> None:
         """Raise ValueError when this task cannot run with these sections of the run config (a model
         without the vocabulary it needs, stages that do not add up to train.steps, ...). RunConfig

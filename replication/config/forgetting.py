@@ -18,15 +18,30 @@ from replication.config.base import (
 
 GROUPS = ("a", "b")
 Group = Literal["a", "b"]
-RESERVED_STAGE_NAMES = {"val", "final", "best", "forgetting", "phase_changes"}  # other summary prefixes
+RESERVED_STAGE_NAMES = {
+    "val",
+    "final",
+    "best",
+    "forgetting",
+    "phase_changes",
+    "pretrain",
+}  # other summary prefixes
 
 
 class Stage(StrictModel):
-    """``steps`` optimizer steps on the mix of ``groups`` (an equal share of each per micro-batch)."""
+    """``steps`` optimizer steps on the mix of ``groups`` (an equal share of each per micro-batch).
+
+    ``start`` says what a stage after the first starts from. ``previous``: the run's own state at the
+    end of the stage before, optimizer state and controller carried on (each method pre-trains with
+    itself: the ``own_pretrain`` protocol). ``ce_pretrain``: the weights that plain ``ce`` training
+    of the same seed reaches through the stages before (the paper's protocol: one ``ce`` pre-train
+    per seed, every method fine-tuned from it), with fresh optimizer state and a fresh controller.
+    """
 
     name: str
     steps: int = Field(ge=1)
     groups: list[Group]
+    start: Literal["previous", "ce_pretrain"] = "previous"
 
     @field_validator("groups")
     @classmethod
@@ -77,10 +92,24 @@ class Config(TaskConfig):
                     f"train_per_group ({self.train_per_group}) is below the {share} examples per group "
                     f"of a micro-batch of stage {stage.name!r}"
                 )
+        if self.stages[0].start != "previous":
+            raise ValueError(
+                f"the first stage ({names[0]!r}) has nothing before it to start from: start: previous"
+            )
         lo, hi = self.shift_scale
         if not 0 < lo <= hi:
             raise ValueError(f"shift_scale must be 0 < lo <= hi, got {self.shift_scale}")
         return self
+
+    def segments(self, train: TrainConfig) -> list[tuple[int, int]]:
+        """One segment per stage."""
+        ends = list(itertools.accumulate(s.steps for s in self.stages))
+        return list(zip([0, *ends[:-1]], ends))
+
+    def fresh_starts(self) -> dict[int, str]:
+        """The first step of every stage that starts from the ce pre-train -> the stage's name."""
+        ends = list(itertools.accumulate(s.steps for s in self.stages))
+        return {end: stage.name for stage, end in zip(self.stages[1:], ends) if stage.start == "ce_pretrain"}
 
     def check_fit(self, model: Any, train: TrainConfig, objective: ObjectiveConfig) -> None:
         if model.name != "mlp":

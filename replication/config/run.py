@@ -29,6 +29,7 @@ from replication.config.arithmetic import Config as ArithmeticConfig
 from replication.config.base import (
     AlignmentConfig,
     ModelConfig,
+    NonNegativeInt,
     ObjectiveConfig,
     OptimConfig,
     Seed,
@@ -54,6 +55,24 @@ TASK_CONFIGS: dict[str, type[TaskConfig]] = {
 TaskConfigs = Annotated[Union[tuple(TASK_CONFIGS.values())], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
 
 
+class Schedule(StrictModel):
+    """The compress steps of a matched-dose control, written by ``configure --schedule-from``: the
+    phases of its gated run (``source``) moved as ``replication.science.schedule`` says."""
+
+    source: str  # the gated run: experiment/scale/method/seed<k> and its config digest
+    compress: list[tuple[NonNegativeInt, NonNegativeInt]]  # half-open [start, end) step ranges
+
+    @field_validator("compress")
+    @classmethod
+    def _ordered(cls, compress: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        bounds = [x for pair in compress for x in pair]
+        if any(a >= b for a, b in compress) or any(b > a for b, a in zip(bounds[1::2], bounds[2::2])):
+            raise ValueError(
+                f"schedule.compress must be sorted, disjoint [start, end) ranges, got {compress}"
+            )
+        return compress
+
+
 class RunConfig(StrictModel):
     experiment: str
     scale: str
@@ -67,6 +86,7 @@ class RunConfig(StrictModel):
     objective: ObjectiveConfig = ObjectiveConfig()
     gapt: GaptConfig = GaptConfig()
     alignment: AlignmentConfig = AlignmentConfig()
+    schedule: Schedule | None = None  # a matched-dose control's compress steps (Method.matches)
 
     @field_validator("task", mode="before")
     @classmethod
@@ -98,7 +118,23 @@ class RunConfig(StrictModel):
                 raise ValueError(
                     f"{key} {layers} names blocks {bad}; the model has {n_blocks} (0..{n_blocks - 1})"
                 )
-        compression = METHODS[self.method].compression
+        method = METHODS[self.method]
+        if self.schedule is not None and not method.matches:
+            raise ValueError(
+                f"schedule is the compress steps of a matched-dose control; {self.method} is not one"
+            )
+        if (
+            self.schedule is not None
+            and self.schedule.compress
+            and self.schedule.compress[-1][1] > self.train.steps
+        ):
+            raise ValueError(f"schedule.compress ends after train.steps ({self.train.steps})")
+        if method.smoothed and not self.gapt.smoothing:
+            raise ValueError(
+                f"{self.method} is a smoothed gate: set gapt.smoothing above 0 "
+                f"(the experiment's methods.{self.method})"
+            )
+        compression = method.compression
         if compression != "none" and getattr(self.objective, f"{compression}_layers") is None:
             default_layers(n_blocks, compression)  # a ConfigError (a ValueError) when the model has none
         self.task.check_fit(self.model, self.train, self.objective)
@@ -281,6 +317,9 @@ class ExperimentSpec(StrictModel):
         unknown = sorted(set(methods) - set(METHOD_NAMES))
         if unknown:
             raise ValueError(f"unknown methods {unknown}; the registry has {list(METHOD_NAMES)}")
+        orphans = sorted(m for m in methods if METHODS[m].matches and METHODS[m].matches not in methods)
+        if orphans:
+            raise ValueError(f"matched-dose controls {orphans} need the methods they match in methods too")
         return methods
 
     @model_validator(mode="after")

@@ -25,7 +25,7 @@ from replication.config.run import StudySpec, resolve_run_config
 from replication.dag.schema import check_experiment_name, defaults, resolve_global_config
 from replication.runtime import cli
 from replication.runtime.record import SUMMARY_NAME, RunId
-from replication.science.methods import BASELINE
+from replication.science.methods import BASELINE, METHODS
 
 TRAIN_MODULE = "replication.training.train"  # what every training job runs
 TABLE_FILES = ("summary.csv", "runs.csv", "curves.csv", "phases.csv", "alignment.csv", "table.md")
@@ -33,8 +33,8 @@ TABLE_FILES = ("summary.csv", "runs.csv", "curves.csv", "phases.csv", "alignment
 # the files of a study's report: these always, and those of each part the study has
 STUDY_FILES = ("study.csv", "README.md")
 STUDY_PART_FILES = {
-    "sizes": ("scaling.csv", "scaling_fit.csv", "scaling.png", "scaling.pdf"),
-    "knobs": ("sensitivity.csv", "sensitivity.png", "sensitivity.pdf"),
+    "sizes": ("scaling.csv", "scaling_fit.csv", "scaling.png", "scaling.pdf", "dose.png", "dose.pdf"),
+    "knobs": ("sensitivity.csv", "sensitivity.png", "sensitivity.pdf", "dose.png", "dose.pdf"),
     "settings": ("settings.csv", "settings_curves.csv", "settings.png", "settings.pdf"),
 }
 
@@ -42,7 +42,8 @@ STUDY_PART_FILES = {
 def study_files(study: StudySpec) -> list[str]:
     """The files replication.reporting.study writes for this study."""
     parts = {"sizes": study.sizes is not None, "knobs": bool(study.knobs), "settings": bool(study.settings)}
-    return [*STUDY_FILES, *(name for part, has in parts.items() if has for name in STUDY_PART_FILES[part])]
+    names = [*STUDY_FILES, *(name for part, has in parts.items() if has for name in STUDY_PART_FILES[part])]
+    return list(dict.fromkeys(names))  # the dose figure of sizes and knobs once
 
 
 @dataclass
@@ -211,6 +212,17 @@ class Plan:
         dataset = self.run_datasets.get(RunId(experiment, scale, method, int(seed)).path)
         return [] if dataset is None else [f"{self.config['data_dir']}/{dataset}/manifest.json"]
 
+    def gated_summary(self, experiment: str, scale: str, method: str, seed: str) -> list[str]:
+        """The summary.json of the gated run a matched-dose control takes its schedule from (the
+        input of the control's configure job), or none for any other method."""
+        matches = METHODS[method].matches
+        return [] if matches is None else [self.summary(RunId(experiment, scale, matches, int(seed)))]
+
+    def schedule_option(self, experiment: str, scale: str, method: str, seed: str) -> str:
+        """configure's --schedule-from for a matched-dose control, or nothing."""
+        summary = self.gated_summary(experiment, scale, method, seed)
+        return f"--schedule-from {Path(summary[0]).parent}" if summary else ""
+
     def summaries(self, experiment: str) -> list[str]:
         return [self.summary(run) for run in self.runs(experiment)]
 
@@ -220,6 +232,38 @@ class Plan:
     def figure_outputs(self, experiment: str) -> list[str]:
         stems = [f.file for f in self.specs[experiment].figures]
         return [f"{self.results_dir(experiment)}/{stem}.{ext}" for stem in stems for ext in ("png", "pdf")]
+
+    def published(self) -> list[str]:
+        """The chosen experiments whose results this scale holds (summary.csv): all of them once the
+        DAG has run; fewer in a scale built one part at a time (make replicate PART=...)."""
+        return [e for e in self.specs if Path(self.results_dir(e), "summary.csv").is_file()]
+
+    def claims_experiments(self) -> list[str]:
+        """The experiments CLAIMS.md covers: the chosen ones, and those of the full list (GlobalConfig's
+        default) whose results the scale already holds, so that a part built alone adds its claims to
+        those of the parts before it."""
+        results = Path(self.config["results_dir"], self.scale)
+        others = [
+            e
+            for e in defaults()["experiments"]
+            if e not in self.specs and (results / e / "summary.csv").is_file()
+        ]
+        return [e for e in defaults()["experiments"] if e in self.specs or e in others] + [
+            e for e in self.specs if e not in defaults()["experiments"]
+        ]
+
+    def claims_inputs(self) -> list[str]:
+        """What the claims rule reads: the chosen experiments' tables (made by the DAG) and the committed
+        summaries and runs of the other experiments CLAIMS.md covers."""
+        made = [t for e in self.specs for t in self.table_outputs(e) if not t.endswith(("curves.csv", ".md"))]
+        results = Path(self.config["results_dir"], self.scale)
+        kept = [
+            str(results / e / name)
+            for e in self.claims_experiments()
+            if e not in self.specs
+            for name in ("summary.csv", "runs.csv")
+        ]
+        return made + kept
 
     def claims_output(self) -> str:
         return f"{self.config['results_dir']}/{self.scale}/CLAIMS.md"

@@ -221,6 +221,12 @@ class GAPT:
         if method not in METHODS:
             raise ConfigError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
         self.method = METHODS[method]
+        if self.method.matches:
+            raise ConfigError(
+                f"{method} is a matched-dose control, whose compress steps come from a gated run of the "
+                "suite (replication.science.schedule): the drop-in offers "
+                + ", ".join(m for m in METHODS if not METHODS[m].matches)
+            )
         if self.method.compression == "alternate" and micro_batches < 2:
             raise ConfigError(
                 f"method {method} alternates main-loss and MBE micro-batches: micro_batches must be >= 2"

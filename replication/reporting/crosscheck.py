@@ -174,7 +174,7 @@ def remade_claims(plan: Plan) -> tuple[str, str]:
     summaries."""
     with tempfile.TemporaryDirectory() as tmp:
         out, out_json = Path(tmp) / "CLAIMS.md", Path(tmp) / "claims.json"
-        configs = [plan.experiment_config(e) for e in plan.specs]
+        configs = [plan.experiment_config(e) for e in plan.published()]
         results = f"{plan.config['results_dir']}/{plan.scale}"
         argv = [
             *configs,
@@ -195,7 +195,7 @@ def remade_claims(plan: Plan) -> tuple[str, str]:
 def table_problems(plan: Plan) -> list[str]:
     """The committed table.md files that differ from those made again from their CSVs."""
     problems = []
-    for experiment in plan.specs:
+    for experiment in plan.published():
         results = Path(plan.results_dir(experiment))
         with tempfile.TemporaryDirectory() as tmp:
             for name in ("summary", "runs", "phases", "alignment"):
@@ -244,7 +244,7 @@ def provenance_problems(plan: Plan) -> list[str]:
     per runs.csv, naming the first such run and how many), and the commits, if more than one, that
     the scale's runs were trained at."""
     problems, commits = [], {}
-    for experiment in plan.specs:
+    for experiment in plan.published():
         path = Path(plan.results_dir(experiment)) / "runs.csv"
         try:
             runs = pd.read_csv(path, dtype={"git_commit": str, "git_dirty": str}, keep_default_na=False)
@@ -296,6 +296,12 @@ def check(config_path: Path, readme: Path, notes: list[str] | None = None) -> li
         raise DataError(
             f"{committed} does not exist: the {plan.scale} scale has no results to check here. Make them "
             f"first (make replicate SCALE={plan.scale}), or check a scale whose results are committed"
+        )
+    pending = [e for e in plan.specs if e not in plan.published()]
+    if pending:
+        notes.append(
+            f"{', '.join(pending)}: no results at the {plan.scale} scale yet (a scale built one part at a "
+            "time, make replicate PART=...): not checked"
         )
     remade, remade_json = remade_claims(plan)
     problems = claims_problems(committed, remade) + claims_problems(

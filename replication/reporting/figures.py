@@ -11,7 +11,6 @@ tokenized as bytes). The figures of a scale's study (``study_*``) are drawn by
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 import textwrap
@@ -36,11 +35,22 @@ from replication.science.methods import BASELINE, METHOD_NAMES  # noqa: E402
 
 METHOD_ORDER = list(METHOD_NAMES)  # the registry's order
 # (colour, line style, marker) per method: Okabe-Ito colours whose lightness differs where the line
-# style does not, so that the four methods stay apart in greyscale too
-# (in the registry's order: ce black, ce_mbe sky blue dotted, gapt vermillion, gapt_joint blue dashed)
-STYLES = [("#000000", "-", "o"), ("#56B4E9", ":", "s"), ("#D55E00", "-", "D"), ("#0072B2", "--", "^")]
+# style does not, so that the methods stay apart in greyscale too. In the registry's order: ce black,
+# ce_mbe sky blue dotted, gapt vermillion, gapt_joint blue dashed, gapt_smoothed orange dashed; a
+# matched-dose control takes its gated method's colour with a line style of its own
+STYLES = [
+    ("#000000", "-", "o"),  # ce
+    ("#56B4E9", ":", "s"),  # ce_mbe
+    ("#D55E00", "-", "D"),  # gapt
+    ("#0072B2", "--", "^"),  # gapt_joint
+    ("#E69F00", "--", "v"),  # gapt_smoothed
+    ("#D55E00", "-.", "X"),  # gapt_matched
+    ("#0072B2", ":", "P"),  # gapt_joint_matched
+    ("#E69F00", "-..", "*"),  # gapt_smoothed_matched
+]
 METHOD_STYLE = dict(zip(METHOD_NAMES, STYLES, strict=True))
-DASHES = {"-": "", ":": (1, 1.5), "--": (4, 2)}  # seaborn's dash patterns of the line styles
+# each style's dash pattern (seaborn's form; matplotlib's is (0, pattern)); "" is a solid line
+DASHES = {"-": "", ":": (1, 1.5), "--": (4, 2), "-.": (4, 1.5, 1, 1.5), "-..": (4, 1.5, 1, 1.5, 1, 1.5)}
 PAGE_WIDTH = 7.0  # inches: a two-column paper's text width; one column is about half
 MIN_PHASE_WIDTH = 0.004  # of the step axis: the narrowest compress phase drawn (a 1-step phase stays visible)
 
@@ -55,12 +65,14 @@ def method_palette(methods: list[str]) -> dict[str, Any]:
     return {m: METHOD_STYLE[m][0] if m in METHOD_STYLE else next(extra) for m in methods}
 
 
-def method_linestyle(method: str) -> str:
-    return METHOD_STYLE[method][1] if method in METHOD_STYLE else "-"
+def method_linestyle(method: str) -> str | tuple:
+    """The method's line style as matplotlib takes it."""
+    style = METHOD_STYLE[method][1] if method in METHOD_STYLE else "-"
+    return style if style in ("-", "--", ":", "-.") else (0, DASHES[style])
 
 
 def method_dashes(methods: list[str]) -> dict[str, Any]:
-    return {m: DASHES[method_linestyle(m)] for m in methods}
+    return {m: DASHES[METHOD_STYLE[m][1] if m in METHOD_STYLE else "-"] for m in methods}
 
 
 def method_markers(methods: list[str]) -> dict[str, str]:
@@ -478,52 +490,41 @@ def study_scaling(
     fits: dict[str, dict],
     labels: dict[str, str],
     results: Path,
-    blocks: dict[str, int] | None = None,
 ) -> list[Path]:
     """One panel per metric (``labels``: metric -> name): each method's change against ce per model
-    size with its 95 % interval, and the log-linear fit of ``fits`` with its 95 % band over the sizes
-    run. A size whose model has another number of blocks (``blocks``: arm -> blocks) than most is drawn
-    hollow and named in the legend, so that a change of depth is not read as one of width."""
+    size with its 95 % interval, and the log-linear fit of ``fits`` with its 95 % band (from three
+    sizes on) from the smallest size to the largest, never beyond."""
     metrics = list(labels)
     fig, axes = plt.subplots(1, len(metrics), figsize=(PAGE_WIDTH, 2.9), constrained_layout=True)
     methods = list(table.method.unique())
     palette, markers = method_palette(methods), method_markers(methods)
-    depth = table.arm.map(blocks or {})
-    usual = depth.mode().iloc[:1]  # the most common number of blocks (none where blocks is not given)
-    unlike = depth.notna() & ~depth.isin(usual)
-    odd = ", ".join(str(int(d)) for d in sorted(depth[unlike].unique()))
     for ax, metric in zip(np.atleast_1d(axes), metrics):
         for method in methods:
             rows = table[(table.method == method) & (table.metric == metric)]
             color = palette[method]
-            for hollow in (False, True):
-                part = rows[unlike[rows.index] == hollow]
-                if part.empty:
-                    continue
-                ax.errorbar(
-                    part.parameters,
-                    part.change_percent,
-                    yerr=[
-                        part.change_percent - part.low_percent.fillna(part.change_percent),
-                        part.high_percent.fillna(part.change_percent) - part.change_percent,
-                    ],
-                    fmt=markers[method],
-                    mfc="white" if hollow else color,
-                    capsize=3,
-                    color=color,
-                    label=f"{method}: {odd} blocks; the others {int(usual.iloc[0])}"
-                    if hollow
-                    else f"{method} (mean, 95 % interval)",
-                )
+            ax.errorbar(
+                rows.parameters,
+                rows.change_percent,
+                yerr=[
+                    rows.change_percent - rows.low_percent.fillna(rows.change_percent),
+                    rows.high_percent.fillna(rows.change_percent) - rows.change_percent,
+                ],
+                fmt=markers[method],
+                capsize=3,
+                color=color,
+                label=f"{method} (mean, 95 % interval)",
+            )
             fit = fits.get(f"{method} {metric}", {})
             if "slope" in fit:
-                grid = np.linspace(math.log10(rows.parameters.min()), math.log10(rows.parameters.max()), 100)
+                grid = np.linspace(fit["x_min"], fit["x_max"], 100)
                 mean = fit["intercept"] + fit["slope"] * grid
-                half = fit["t"] * fit["s"] * np.sqrt(1 / fit["n"] + (grid - fit["x_mean"]) ** 2 / fit["sxx"])
                 ax.plot(10**grid, 100 * np.expm1(mean), lw=1, color=color, label="log-linear fit, 95 % band")
-                ax.fill_between(
-                    10**grid, 100 * np.expm1(mean - half), 100 * np.expm1(mean + half), alpha=0.2, color=color
-                )
+                if fit["n"] > 2:
+                    half = (
+                        fit["t"] * fit["s"] * np.sqrt(1 / fit["n"] + (grid - fit["x_mean"]) ** 2 / fit["sxx"])
+                    )
+                    low, high = 100 * np.expm1(mean - half), 100 * np.expm1(mean + half)
+                    ax.fill_between(10**grid, low, high, alpha=0.2, color=color)
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -569,6 +570,46 @@ def study_sensitivity(table: pd.DataFrame, results: Path) -> list[Path]:
         ax.set_xlabel(f"{name}:\nchange vs ce (%)", fontsize=8)
     axes[0].set_yticks(y, labels, fontsize=8)
     return _save(fig, results, "sensitivity", "")
+
+
+def study_dose(table: pd.DataFrame, results: Path) -> list[Path]:
+    """Each size and knob arm (``table``: method, arm, compress_share, change_percent, low_percent,
+    high_percent): the change in validation CE against ce with its 95 % interval, against the mean
+    share of the method's steps spent compressing there; each point named by its arm."""
+    table = table.dropna(subset=["compress_share", "change_percent"])
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 3.2), constrained_layout=True)
+    methods = list(table.method.unique())
+    palette, markers = method_palette(methods), method_markers(methods)
+    for method in methods:
+        rows = table[table.method == method]
+        ax.errorbar(
+            rows.compress_share,
+            rows.change_percent,
+            yerr=[
+                rows.change_percent - rows.low_percent.fillna(rows.change_percent),
+                rows.high_percent.fillna(rows.change_percent) - rows.change_percent,
+            ],
+            fmt=markers[method],
+            capsize=3,
+            color=palette[method],
+            label=f"{method} (mean, 95 % interval)",
+        )
+        for r in rows.itertuples():
+            ax.annotate(
+                r.arm,
+                (r.compress_share, r.change_percent),
+                xytext=(4, 3),
+                textcoords="offset points",
+                fontsize=7,
+            )
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("share of the steps in the compress phase (mean over seeds)", fontsize=8)
+    ax.set_ylabel("validation CE: change vs ce (%)", fontsize=8)
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(
+        handles, names, loc="outside lower center", ncols=max(len(names), 1), frameon=False, fontsize=7
+    )
+    return _save(fig, results, "dose", "")
 
 
 def study_settings(

@@ -9,17 +9,22 @@ runs, through the tables the experiments aggregate (``replication.reporting.aggr
 into DIR (``replication.dag.plan.study_files``):
 
 - ``study.csv``: one row per run and metric (arm, knob, value, scale, method, seed, parameters,
-  commit, metric, value): the metrics the study reports, phase changes and wall time; the parameters
-  are the ``n_params`` of the run's summary.json;
-- with sizes, ``scaling.csv``: per model size (the scale's own model among them) and metric, the
-  paired relative change of each gated method against ``ce`` (``replication.reporting.stats``: the
-  mean per-seed log ratio with its t interval, as a percentage), and ``scaling_fit.csv``, the
-  log-linear fit of the per-seed log ratios on log10(parameters): slope per tenfold, its interval,
-  and where the fit and its 95 % confidence band cross zero (an extrapolation beyond the sizes run);
-  ``scaling.png``/``.pdf``;
+  commit, metric, value): the metrics the study reports, phase changes, compress steps, wall time and
+  the compress share (compress steps / steps); the parameters are the ``n_params`` of the run's
+  summary.json;
+- with sizes, which must all have the depth of the scale's own model (a ConfigError otherwise),
+  ``scaling.csv``: per model size (the scale's own model among them) and metric, the paired relative
+  change of each gated method against ``ce`` (``replication.reporting.stats``: the mean per-seed log
+  ratio with its t interval, as a percentage) and the mean compress share of the method's runs; and
+  ``scaling_fit.csv``, the log-linear fit of each size's mean per-seed log ratio on its
+  log10(parameters), one point per size (n: the number of sizes): slope per tenfold, its t interval
+  (NaN with fewer than three sizes), and where the fit and its 95 % confidence band cross zero within
+  the sizes run (empty where they do not); ``scaling.png``/``.pdf``;
 - with knobs, ``sensitivity.csv``: the same change at the scale's own model for the default config
-  and for each knob arm, and whether the CE change's interval lies below zero (the knob flips the
-  sign); ``sensitivity.png``/``.pdf``;
+  and for each knob arm, the arm's mean compress share, and whether the CE change's interval lies
+  below zero (the knob flips the sign); ``sensitivity.png``/``.pdf``;
+- with sizes or knobs, ``dose.png``/``.pdf``: each size's and knob arm's change in validation CE
+  against its mean compress share;
 - with settings, ``settings.csv``: per arm, method and ``settings_metrics`` entry, the mean over
   seeds with its t interval, each gated method's paired change against the arm's own ``ce``
   (relative where every value is positive, else the difference), and how many ``ce`` seeds are below
@@ -58,7 +63,7 @@ from replication.science.methods import BASELINE, METHOD_NAMES
 
 METRICS = {"final/val/ce": "validation CE", "final/val/mbe": "validation MBE"}
 CE = "final/val/ce"
-LOG10_RANGE = (3.0, 13.0)  # where a zero crossing of the fit is looked for: 1 k to 10 T parameters
+SHARE = "compress_share"  # compress_steps / steps of a run: how much it compressed
 STUDY_COLUMNS = "arm knob value_label scale method seed parameters commit metric value".split()
 CURVE_COLUMNS = ["arm", "method", "seed", "step", "metric", "value"]
 
@@ -112,7 +117,7 @@ def read_runs(spec: ReportSpec, scale: str, runs_dir: Path) -> tuple[pd.DataFram
     and settings_curves.csv: every evaluation of the setting arms' runs, for the metrics whose final
     value the study reports."""
     study = spec.scales[scale].study
-    reported = [*study_metrics(study), "phase_changes", "wall_time_s"]
+    reported = [*study_metrics(study), "phase_changes", "compress_steps", "wall_time_s"]
     wanted = [curve_metric(k) for k in study_metrics(study) if curve_metric(k)]
     rows, curves, missing = [], [], []
     for arm in arms(spec, scale):
@@ -133,8 +138,11 @@ def read_runs(spec: ReportSpec, scale: str, runs_dir: Path) -> tuple[pd.DataFram
                 "parameters": run.n_params,
                 "commit": run.summary.get("provenance", {}).get("git_commit", "")[:12],
             }
-            found = ((k, values.get((run.id.method, run.id.seed, k))) for k in reported)
-            rows += [{**base, "metric": k, "value": v} for k, v in found if v is not None]
+            found = {k: values.get((run.id.method, run.id.seed, k)) for k in reported}
+            steps = values.get((run.id.method, run.id.seed, "steps"))
+            if found["compress_steps"] is not None and steps:
+                found[SHARE] = found["compress_steps"] / steps
+            rows += [{**base, "metric": k, "value": v} for k, v in found.items() if v is not None]
         if arm.name in study.settings:
             curves.append(_evaluations(frames["curves"], arm.name, wanted))
     if missing:
@@ -161,12 +169,9 @@ def _per_seed(frame: pd.DataFrame, arm: str, method: str, metric: str) -> dict[i
     return dict(zip(rows.seed.astype(int), rows.value.astype(float)))
 
 
-def _log_ratios(frame: pd.DataFrame, arm: str, method: str, metric: str) -> dict[int, float]:
-    """Per seed, log(method / ce), both of this arm (the fit's points)."""
-    ours, base = _per_seed(frame, arm, method, metric), _per_seed(frame, arm, BASELINE, metric)
-    return {
-        s: math.log(ours[s] / base[s]) for s in sorted(set(ours) & set(base)) if ours[s] > 0 and base[s] > 0
-    }
+def _share(frame: pd.DataFrame, arm: str, method: str) -> float:
+    """The mean compress share of the method's runs in the arm (NaN where study.csv has none)."""
+    return float(pd.Series(_per_seed(frame, arm, method, SHARE), dtype=float).mean())
 
 
 def _row(estimate: Estimate) -> dict[str, Any]:
@@ -181,17 +186,19 @@ def _row(estimate: Estimate) -> dict[str, Any]:
 
 
 def loglinear_fit(x: np.ndarray, y: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, Any]:
-    """OLS of y (per-seed log ratios) on x (log10 parameters): slope and intercept with t intervals,
-    and where the fitted line and its pointwise confidence band for the mean cross zero."""
+    """OLS (scipy's linregress) of y, each size's mean per-seed log ratio, on x, its log10 parameters:
+    one point per size, so n is the number of sizes. The slope's t interval (n - 2 degrees of freedom)
+    and the pointwise confidence band for the mean exist from three sizes on (NaN, and no band, with
+    two). Where the fitted line and its band cross zero is looked for within the sizes run only."""
     n = len(x)
-    if n < 3 or np.ptp(x) == 0:
+    if n < 2 or np.ptp(x) == 0:
         return {"n": n}
     fit = scipy_stats.linregress(x, y)
-    t = scipy_stats.t.ppf(0.5 + confidence / 2, n - 2)
+    t = scipy_stats.t.ppf(0.5 + confidence / 2, n - 2) if n > 2 else math.nan
     residual = y - (fit.intercept + fit.slope * x)
-    s = math.sqrt(float(residual @ residual) / (n - 2))
+    s = math.sqrt(float(residual @ residual) / (n - 2)) if n > 2 else math.nan
     sxx = float(((x - x.mean()) ** 2).sum())
-    grid = np.linspace(*LOG10_RANGE, 2001)
+    grid = np.linspace(x.min(), x.max(), 2001)
     mean = fit.intercept + fit.slope * grid
     half = t * s * np.sqrt(1 / n + (grid - x.mean()) ** 2 / sxx)
     holds_zero = (mean - half <= 0) & (mean + half >= 0)  # where the band does not exclude no effect
@@ -201,11 +208,13 @@ def loglinear_fit(x: np.ndarray, y: np.ndarray, confidence: float = CONFIDENCE) 
         "slope": fit.slope,
         "slope_low": fit.slope - t * fit.stderr,
         "slope_high": fit.slope + t * fit.stderr,
-        "slope_p": fit.pvalue,
+        "slope_p": fit.pvalue if n > 2 else math.nan,
         "intercept": fit.intercept,
-        "zero_at_log10_parameters": crossing if LOG10_RANGE[0] <= crossing <= LOG10_RANGE[1] else None,
+        "zero_at_log10_parameters": crossing if x.min() <= crossing <= x.max() else None,
         "band_holds_zero_from_log10": float(grid[holds_zero].min()) if holds_zero.any() else None,
         "band_holds_zero_to_log10": float(grid[holds_zero].max()) if holds_zero.any() else None,
+        "x_min": float(x.min()),
+        "x_max": float(x.max()),
         "x_mean": float(x.mean()),
         "s": s,
         "sxx": sxx,
@@ -214,7 +223,8 @@ def loglinear_fit(x: np.ndarray, y: np.ndarray, confidence: float = CONFIDENCE) 
 
 
 def scaling_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """Per size and metric, each gated method's paired change against ce; the fit per (method, metric)."""
+    """Per size and metric, each gated method's paired change against ce and its mean compress share;
+    the fit of the sizes' changes per (method, metric)."""
     study = spec.scales[scale].study
     if study.sizes is None:
         return pd.DataFrame(), {}
@@ -227,7 +237,6 @@ def scaling_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> tuple[pd
                 params = frame[(frame.arm == arm) & (frame.method == method)].parameters
                 if params.empty:
                     continue
-                ratios = _log_ratios(frame, arm, method, metric)
                 estimate = paired_change(
                     _per_seed(frame, arm, method, metric), _per_seed(frame, arm, BASELINE, metric)
                 )
@@ -238,10 +247,12 @@ def scaling_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> tuple[pd
                         "method": method,
                         "metric": metric,
                         **_row(estimate),
+                        SHARE: _share(frame, arm, method),
                     }
                 )
-                xs += [math.log10(params.iloc[0])] * len(ratios)
-                ys += list(ratios.values())
+                if estimate.n:  # the size's mean per-seed log ratio: the fit's point
+                    xs.append(math.log10(params.iloc[0]))
+                    ys.append(math.log1p(estimate.mean))
             fits[f"{method} {metric}"] = loglinear_fit(np.array(xs), np.array(ys))
     table = pd.DataFrame(rows)
     return (table.sort_values(["method", "metric", "parameters"]) if len(table) else table), fits
@@ -261,9 +272,20 @@ def sensitivity_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> pd.D
                     _per_seed(frame, arm, method, metric), _per_seed(frame, "reference", BASELINE, metric)
                 )
                 row.update({f"{short}_{k}": v for k, v in _row(estimate).items()})
+            row[SHARE] = _share(frame, arm, method)
             row["gapt_lowers_ce"] = row["ce_high_percent"] is not None and row["ce_high_percent"] < 0
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def dose_table(scaling: pd.DataFrame, sensitivity: pd.DataFrame) -> pd.DataFrame:
+    """Per gated method and arm (every size and knob arm, the scale's own model once): the change in
+    validation CE against ce with its interval, beside the mean compress share of the method's runs."""
+    columns = ["method", "arm", SHARE, "change_percent", "low_percent", "high_percent"]
+    sizes = scaling.reindex(columns=[*columns, "metric"])
+    knobs = sensitivity.rename(columns=lambda c: c.removeprefix("ce_")).reindex(columns=columns)
+    both = [part for part in (sizes[sizes.metric == CE][columns], knobs) if len(part)]
+    return pd.concat(both).drop_duplicates(["method", "arm"], ignore_index=True) if both else knobs
 
 
 def settings_table(frame: pd.DataFrame, spec: ReportSpec, scale: str) -> pd.DataFrame:
@@ -352,32 +374,34 @@ def _fmt_change(row: pd.Series, prefix: str = "") -> str:
 
 def _crossing(fit: dict[str, Any]) -> str:
     if "slope" not in fit:
-        return "no fit (fewer than three paired seeds over two sizes)"
-    per_decade = 100 * math.expm1(fit["slope"])
-    text = (
-        f"{per_decade:+.1f} % per tenfold in parameters [{100 * math.expm1(fit['slope_low']):+.1f}, "
-        f"{100 * math.expm1(fit['slope_high']):+.1f}]"
-    )
+        return "no fit (it needs two sizes)"
+    n = fit["n"]
+    text = f"{100 * math.expm1(fit['slope']):+.1f} % per tenfold in parameters"
+    if n < 3:
+        text += f" (n={n} sizes: no interval exists, a t interval of the slope needs three)"
+    else:
+        low, high = (100 * math.expm1(fit[k]) for k in ("slope_low", "slope_high"))
+        text += f" [{low:+.1f}, {high:+.1f}] (n={n} sizes)"
     at = fit["zero_at_log10_parameters"]
     text += "; the fitted line " + (
         f"crosses zero at {10**at:.3g} parameters"
         if at is not None
-        else f"does not cross zero between 10^{LOG10_RANGE[0]:g} and 10^{LOG10_RANGE[1]:g}"
+        else "has no crossing within the sizes run"
     )
+    if n < 3:
+        return text
     lo, hi = fit["band_holds_zero_from_log10"], fit["band_holds_zero_to_log10"]
     if lo is None:
-        text += ", and its 95 % band excludes zero over that whole range"
+        return text + ", and its 95 % band excludes zero over all the sizes run"
+    if lo <= fit["x_min"] and hi >= fit["x_max"]:
+        where = "over all the sizes run"
+    elif lo <= fit["x_min"]:
+        where = f"only up to {10**hi:.3g} parameters"
+    elif hi >= fit["x_max"]:
+        where = f"only from {10**lo:.3g} parameters to the largest size"
     else:
-        if lo <= LOG10_RANGE[0] and hi >= LOG10_RANGE[1]:
-            where = "everywhere between 10^3 and 10^13 parameters"
-        elif lo <= LOG10_RANGE[0]:
-            where = f"only up to {10**hi:.3g} parameters"
-        elif hi >= LOG10_RANGE[1]:
-            where = f"from {10**lo:.3g} parameters up"
-        else:
-            where = f"only from {10**lo:.3g} to {10**hi:.3g} parameters"
-        text += f", and its 95 % band holds zero {where}"
-    return text
+        where = f"only from {10**lo:.3g} to {10**hi:.3g} parameters"
+    return text + f", and its 95 % band holds zero {where}"
 
 
 def _fmt_level(row: pd.Series) -> str:
@@ -472,8 +496,9 @@ def readme(
     lines += ["## Finding", "", " ".join(finding), ""]
     if study.sizes is not None:
         lines += [
-            "A crossing outside the sizes that were run is an extrapolation of a straight line in "
-            "log(parameters), not a measurement.",
+            "The fit has one point per size, the size's mean per-seed log ratio (its change in the table), "
+            "so its n is the number of sizes; it is drawn, and its crossings of zero are looked for, only "
+            "over the sizes run.",
             "",
         ]
         lines += [
@@ -503,6 +528,17 @@ def readme(
                 f"{r.ce_n} |"
             )
         lines += ["", "![sensitivity](sensitivity.png)", ""]
+    if study.has_reference:
+        lines += [
+            "## Compression dose",
+            "",
+            "`dose.png` sets each size's and knob arm's change in validation CE against the share of "
+            f"its steps the method spent compressing (the mean `{SHARE}` of `scaling.csv` and "
+            "`sensitivity.csv`).",
+            "",
+            "![dose](dose.png)",
+            "",
+        ]
     if study.settings:
         names = study_metrics(study)
         lines += [
@@ -548,7 +584,7 @@ def readme(
 
 def size_blocks(spec: ReportSpec, scale: str) -> dict[str, int]:
     """The number of blocks of each size's model (the scale's own as ``reference``), as its runs resolve
-    it: the scaling figure marks a size whose depth differs from the others'."""
+    it: a size study must be at one depth (``write_study``), so that a size changes width alone."""
     study = spec.scales[scale].study
     return {
         arm.name: resolve_run_config(spec, arm.scale, arm.methods[0], study.seeds[0]).model.n_blocks
@@ -561,6 +597,13 @@ def write_study(spec: ReportSpec, scale: str, runs_dir: Path | None, out: Path) 
     """The study's files from the runs in ``runs_dir``; with None, from the study.csv and
     settings_curves.csv already in ``out`` (the rest is derived from those two)."""
     study = spec.scales[scale].study
+    blocks = size_blocks(spec, scale) if study.sizes is not None else {}
+    if len(set(blocks.values())) > 1:
+        depths = ", ".join(f"{arm}: {n}" for arm, n in blocks.items())
+        raise ConfigError(
+            f"the sizes of scales.{scale}.study differ in depth (blocks: {depths}): give every size the "
+            f"scale's depth, {blocks['reference']} blocks, so that a size changes width alone"
+        )
     if runs_dir is None:
         frame = pd.read_csv(out / "study.csv", dtype={"commit": str})
         curves = pd.read_csv(out / "settings_curves.csv") if study.settings else None
@@ -573,18 +616,16 @@ def write_study(spec: ReportSpec, scale: str, runs_dir: Path | None, out: Path) 
     scaling, fits = scaling_table(frame, spec, scale)
     if study.sizes is not None:
         scaling.to_csv(out / "scaling.csv", index=False)
-        fit_rows = pd.DataFrame(
-            [
-                {"fit": key, **{k: v for k, v in fit.items() if k not in ("s", "sxx", "t", "x_mean")}}
-                for key, fit in fits.items()
-            ]
-        )
-        fit_rows.to_csv(out / "scaling_fit.csv", index=False)
-        figures.study_scaling(scaling, fits, METRICS, out, size_blocks(spec, scale))
+        internal = ["s", "sxx", "t", "x_min", "x_max", "x_mean"]  # the figure's, not the table's
+        fit_rows = pd.DataFrame([{"fit": key, **fit} for key, fit in fits.items()])
+        fit_rows.drop(columns=internal, errors="ignore").to_csv(out / "scaling_fit.csv", index=False)
+        figures.study_scaling(scaling, fits, METRICS, out)
     sensitivity = sensitivity_table(frame, spec, scale)
     if study.knobs:
         sensitivity.to_csv(out / "sensitivity.csv", index=False)
         figures.study_sensitivity(sensitivity, out)
+    if study.has_reference:
+        figures.study_dose(dose_table(scaling, sensitivity), out)
     settings = settings_table(frame, spec, scale)
     if study.settings:
         settings.to_csv(out / "settings.csv", index=False)

@@ -15,6 +15,10 @@ config really changed; one with another config is refused, naming the keys that 
 takes configs only from the DAG, which passes ``--dag``: a run configured there by hand would be
 newer than the committed results, and the next ``make replicate`` would aggregate again, training
 every run it lacks.
+
+A matched-dose control (``gapt_matched``, ...: ``Method.matches``) needs ``--schedule-from RUN_DIR``,
+the finished run of the gated method it matches (the same experiment, scale and seed): its config then
+holds that run's compress steps moved by half of each segment (``replication.science.schedule``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import yaml
 from replication.config.base import ConfigError, deep_merge
 from replication.config.run import (
     RunConfig,
+    Schedule,
     config_differences,
     resolve_run_config,
     validate_run_config,
@@ -36,7 +41,18 @@ from replication.config.run import (
     write_run_config,
 )
 from replication.runtime import cli
-from replication.runtime.record import CONFIG_NAME, SOURCE_ROOT
+from replication.runtime.record import (
+    CONFIG_NAME,
+    METRICS_NAME,
+    SOURCE_ROOT,
+    SUMMARY_NAME,
+    RunId,
+    read_json,
+    read_metrics,
+)
+from replication.science.errors import RunFolderError
+from replication.science.methods import METHODS
+from replication.science.schedule import shifted
 
 DAG_RUNS = SOURCE_ROOT / "runs"  # the DAG's runs folder (dag.schema.GlobalConfig.runs_dir's default)
 
@@ -66,7 +82,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=cli.positive_int, default=None, help="train.threads (default: 1)")
     parser.add_argument("--force", action="store_true", help="replace an existing config that differs")
     parser.add_argument("--dag", action="store_true", help="write into the DAG's runs folder (the DAG does)")
+    parser.add_argument(
+        "--schedule-from",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="a matched-dose control's gated run (finished), whose phases it takes, moved",
+    )
     return cli.run(_main, parser.parse_args(argv))
+
+
+def matched_schedule(config: RunConfig, gated_dir: Path) -> Schedule:
+    """The schedule of the matched-dose control ``config`` from its gated run's folder: that run must
+    have finished, be of the method matched, and share the control's experiment, scale and seed."""
+    matches = METHODS[config.method].matches
+    path = gated_dir / SUMMARY_NAME
+    if not path.is_file():
+        raise RunFolderError(
+            f"{gated_dir} holds no {SUMMARY_NAME}: the {matches} run a matched-dose control copies must have "
+            "finished; train it first"
+        )
+    summary = read_json(path)
+    want = RunId(config.experiment, config.scale, matches, config.seed)
+    got = RunId(summary.get("experiment"), summary.get("scale"), summary.get("method"), summary.get("seed"))
+    if got != want:
+        raise ConfigError(
+            f"{path} is the run {got.path}; {config.method} seed {config.seed} copies {want.path}"
+        )
+    phases = {
+        r["step"]: r["phase"] == "compress"
+        for r in read_metrics(gated_dir / METRICS_NAME)
+        if r["kind"] == "train"
+    }
+    steps = config.train.steps
+    if sorted(phases) != list(range(steps)):
+        raise RunFolderError(
+            f"{gated_dir / METRICS_NAME} does not record the phase of each of the {steps} steps"
+        )
+    compress = shifted([phases[t] for t in range(steps)], config.task.segments(config.train))
+    return Schedule(source=f"{want.path} (config {summary.get('config_digest')})", compress=compress)
 
 
 def _same_run(existing: object, config: RunConfig) -> bool:
@@ -90,6 +144,17 @@ def _main(args: argparse.Namespace) -> int:
     config = resolve_run_config(args.experiment, args.scale, args.method, args.seed)
     if args.threads is not None:
         config = validate_run_config(deep_merge(config.to_dict(), {"train": {"threads": args.threads}}))
+    matches = METHODS[config.method].matches
+    if matches and args.schedule_from is None:
+        raise ConfigError(
+            f"{config.method} is the matched-dose control of {matches}: pass --schedule-from with the folder "
+            f"of the finished {matches} run of seed {config.seed}"
+        )
+    if args.schedule_from is not None:
+        if not matches:
+            raise ConfigError(f"--schedule-from is for a matched-dose control; {config.method} is not one")
+        schedule = matched_schedule(config, args.schedule_from)
+        config = validate_run_config({**config.to_dict(), "schedule": schedule.model_dump(mode="json")})
     out = output_path(args.out)
     if not args.dag and any(_inside(out, runs) for runs in (DAG_RUNS, Path.cwd() / "runs")):
         raise ConfigError(

@@ -70,6 +70,7 @@ from replication.runtime.record import (
 from replication.science.errors import NonFiniteLossError
 from replication.science.gapt import Phase, PhaseController
 from replication.science.methods import METHODS
+from replication.science.schedule import mask
 from replication.tasks.registry import build_task
 from replication.training.alignment import InStepAlignment, gradient_alignment, merge_records
 from replication.training.checkpoint import Checkpointer, LoopState, seed_everything
@@ -82,6 +83,7 @@ from replication.training.objectives import (
     update_controller,
 )
 from replication.training.optim import Optimizers
+from replication.training.pretrain import ce_pretrain
 from replication.training.stop import StopRequest, TrainingInterrupted
 from replication.training.summary import finished_summary, write_summary
 from replication.training.toolchain import check_config
@@ -151,6 +153,13 @@ class Trainer:
         self.plan = plan_layers(config.objective, self.method, self.model.n_blocks)
         self.optimizers = Optimizers(config.optim, self.model, tcfg.steps)
         self.controller = PhaseController(config.gapt) if self.method.gated else None
+        self.schedule = self._schedule()
+        # stage starts from the ce pre-train (experiment 3's paper protocol): first step -> stage name
+        self.fresh_starts: dict[int, str] = getattr(config.task, "fresh_starts", dict)()
+        if self.fresh_starts and ctx.world_size > 1:
+            raise ConfigError(
+                "a stage that starts from the ce pre-train runs in one process, not under torchrun"
+            )
         if tcfg.compile:  # per block: gapt's upto never reaches a compiled frame (compile_blocks)
             self.model.compile_blocks(backend=COMPILE_BACKEND)
             # a recompile limit hit is an error, not a silent fall back to eager (at the paper's shapes
@@ -184,9 +193,26 @@ class Trainer:
         )
         self.state = LoopState()  # next_step and elapsed: where this process starts; the counters: now
 
-    @property
-    def phase(self) -> Phase:
-        return self.controller.phase if self.controller else self.method.fixed_phase
+    def _schedule(self) -> list[bool] | None:
+        """A matched-dose control's compress steps, one bool per step (None for other methods)."""
+        if not self.method.matches:
+            return None
+        if self.config.schedule is None:
+            raise ConfigError(
+                f"{self.config.method} is the matched-dose control of {self.method.matches}: its config "
+                "needs "
+                f"the schedule of that run, written by python -m replication.training.configure ... "
+                f"--schedule-from RUNS/<the {self.method.matches} run of seed {self.config.seed}>/"
+            )
+        return mask(self.config.schedule.compress, self.config.train.steps)
+
+    def phase_at(self, step: int) -> Phase:
+        """The phase step ``step`` runs in: the controller's, the schedule's, or the method's fixed one."""
+        if self.controller is not None:
+            return self.controller.phase
+        if self.schedule is not None:
+            return Phase.COMPRESS if self.schedule[step] else Phase.MEMORIZE
+        return self.method.fixed_phase
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -278,11 +304,30 @@ class Trainer:
         if self.config.train.eval_at_start:
             self._evaluate(0)
 
+    def _start_from_ce_pretrain(self, step: int) -> None:
+        """The paper's fine-tuning start: the weights of the seed's ce pre-train, a fresh optimizer
+        and a fresh controller; the model so loaded is evaluated (``stage_start``) before its first step."""
+        self.model.load_state_dict(ce_pretrain(self.config, self.task, step, self.autocast))
+        for opt in self.optimizers.optimizers:
+            opt.state.clear()  # Adam's moments and step count start again, as in a new optimizer
+        if self.controller is not None:  # in memorize, its rules and averages new; its step count goes on
+            old = self.controller.state_dict()
+            fresh = PhaseController(self.config.gapt).state_dict()
+            self.controller.load_state_dict(
+                {**fresh, "n_updates": old["n_updates"], "transitions": old["transitions"]}
+            )
+        window = self.model.attention_window(step / self.config.train.steps)
+        metrics = self.task.evaluate(self.model, step=step, window=window, autocast=self.autocast)
+        record = {"stage": self.fresh_starts[step], "from": "ce_pretrain"}
+        self.writer.write({"kind": "stage_start", "step": step, **metrics, **record})
+
     def _train_step(self, step: int, elapsed: Callable[[], float]) -> None:
         tcfg = self.config.train
+        if step in self.fresh_starts:
+            self._start_from_ce_pretrain(step)
         window = self.model.attention_window(step / tcfg.steps)
         lrs = self.optimizers.set_step(step)
-        phase = self.phase
+        phase = self.phase_at(step)
         probe = self._alignment(step, phase, window)
         t0 = time.perf_counter()
         result = accumulate_gradients(

@@ -8,6 +8,9 @@ rule aggregate:
         summaries=lambda w: PLAN.summaries(w.experiment),
     output:
         [f"{config['results_dir']}/{{scale}}/{{experiment}}/{name}" for name in TABLE_FILES],
+    # only the chosen experiments: the committed tables of the others are read as they are (claims)
+    wildcard_constraints:
+        experiment="|".join(PLAN.specs),
     log:
         f"{LOGS}/{{experiment}}/{{scale}}/aggregate.log",
     params:

@@ -2,11 +2,13 @@
 # programs (claims.json).
 
 
+# A part of a scale built alone (make replicate PART=<experiment>) adds its claims to those of the
+# experiments whose results the scale already holds (Plan.claims_experiments).
 rule claims:
     input:
-        configs=[PLAN.experiment_config(e) for e in PLAN.specs],
-        plans=[PLAN.analysis_plan(e) for e in PLAN.specs],
-        tables=[t for e in PLAN.specs for t in PLAN.table_outputs(e) if not t.endswith(("curves.csv", ".md"))],
+        configs=[f"{config['experiments_dir']}/{e}/config.yaml" for e in PLAN.claims_experiments()],
+        plans=[f"{config['experiments_dir']}/{e}/plan.yaml" for e in PLAN.claims_experiments()],
+        tables=PLAN.claims_inputs(),
     output:
         md=PLAN.claims_output(),
         json=os.path.join(os.path.dirname(PLAN.claims_output()), "claims.json"),

@@ -6,9 +6,12 @@
 # the rerun to resume from.
 
 
+# A matched-dose control (replication.science.methods, Method.matches) is configured after its gated
+# run of the same seed has finished: its config holds that run's phases, moved (--schedule-from).
 rule configure_run:
     input:
-        lambda w: PLAN.experiment_config(w.experiment),
+        experiment=lambda w: PLAN.experiment_config(w.experiment),
+        gated=lambda w: PLAN.gated_summary(w.experiment, w.scale, w.method, w.seed),
     output:
         f"{RUNS}/{RUN}/config.yaml",
     log:
@@ -16,11 +19,12 @@ rule configure_run:
     params:
         python=PYTHON,
         threads=lambda w: PLAN.job(w.experiment, "threads_per_run"),
+        schedule=lambda w: PLAN.schedule_option(w.experiment, w.scale, w.method, w.seed),
     shell:
         logged(
-            "{params.python} -m replication.training.configure {input} --scale {wildcards.scale} "
+            "{params.python} -m replication.training.configure {input.experiment} --scale {wildcards.scale} "
             "--method {wildcards.method} --seed {wildcards.seed} --threads {params.threads} "
-            "--out {output} --dag --force"
+            "{params.schedule} --out {output} --dag --force"
         )
 
 

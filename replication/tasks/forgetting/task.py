@@ -15,7 +15,11 @@ A seed draws everything: the base MLP's weights theta_0, a teacher shift Delta-t
 A run is a list of ``stages``, each training for some steps on the mix of some groups (half of
 every micro-batch from each). One stage on both groups is protocol (A), separation; a mix stage
 followed by a stage on group A alone is protocol (B), forgetting, and gives protocol (A)'s numbers
-at the end of its first stage. ``summarize`` reads both from the evaluations at the stage ends.
+at the end of its first stage. The fine-tuning stage starts either from the run's own state
+(``start: previous``, the ``own_pretrain`` protocol: each method pre-trains with itself) or from the
+seed's ``ce`` pre-train with a fresh optimizer (``start: ce_pretrain``, the paper's protocol:
+``replication.training.pretrain``). ``summarize`` reads both protocols from the evaluations at the
+stage ends and at the fresh start.
 """
 
 from __future__ import annotations
@@ -224,9 +228,11 @@ class Task(base.Task):
     def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """The base summary, plus for every stage ``<stage>/<metric>`` (each scalar validation
         metric at the stage's last step, without its ``val/`` prefix) and ``<stage>/phase_changes``,
-        plus, when the last stage drops exactly one group of the stage before it, protocol (B):
-        ``forgetting/l1_before`` and ``forgetting/l1_after`` (that group's validation L1 at the end
-        of the two stages) and ``forgetting/interference`` (after - before)."""
+        plus ``pretrain/<metric>`` (the evaluation of the ce pre-train a ``start: ce_pretrain`` stage
+        started from), plus, when the last stage drops exactly one group of the stage before it,
+        protocol (B): ``forgetting/l1_before`` and ``forgetting/l1_after`` (that group's validation L1
+        where fine-tuning started, the ce pre-train's under ``start: ce_pretrain``, else the end of the
+        stage before; and at the end of the last stage) and ``forgetting/interference`` (after - before)."""
         summary = super().summarize(records)
         evals = {r["step"]: r for r in records if r["kind"] == "eval"}
         changes = [r["step"] for r in records if r.get("event") == "phase_change"]
@@ -238,12 +244,18 @@ class Task(base.Task):
                     summary[f"{stage.name}/{key.removeprefix('val/')}"] = value
             summary[f"{stage.name}/phase_changes"] = sum(start <= s < end for s in changes)
             start = end
+        starts = [r for r in records if r["kind"] == "stage_start"]
+        for key, value in (starts[-1] if starts else {}).items():  # the ce pre-train a stage started from
+            if key.startswith("val/") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                summary[f"pretrain/{key.removeprefix('val/')}"] = value
         if len(self.cfg.stages) < 2:
             return summary
         before_stage, after_stage = self.cfg.stages[-2:]
         dropped = [g for g in before_stage.groups if g not in after_stage.groups]
         if len(dropped) == 1:
-            before = summary.get(f"{before_stage.name}/{dropped[0]}/l1")
+            # the state fine-tuning started from: the ce pre-train's, or the run's own at the stage's end
+            start = "pretrain" if after_stage.start == "ce_pretrain" else before_stage.name
+            before = summary.get(f"{start}/{dropped[0]}/l1")
             after = summary.get(f"{after_stage.name}/{dropped[0]}/l1")
             if before is not None and after is not None:  # a non-finite loss is logged as null
                 summary["forgetting/l1_before"] = before
