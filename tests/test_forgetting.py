@@ -29,6 +29,17 @@ from .conftest import REPO
 from .test_train import strip_timing
 
 EXPERIMENT = REPO / "experiments" / "forgetting_separation" / "config.yaml"
+# every method of the experiment, each gated method before its matched-dose control
+SMOKE_METHODS = [
+    "ce",
+    "ce_mbe",
+    "gapt",
+    "gapt_joint",
+    "gapt_smoothed",
+    "gapt_matched",
+    "gapt_joint_matched",
+    "gapt_smoothed_matched",
+]
 CPU = torch.device("cpu")
 
 
@@ -241,16 +252,7 @@ def test_one_stage_is_protocol_a_alone(tmp_path):
 
 def test_every_scale_resolves_and_the_paper_scale_is_the_paper_size():
     spec = load_report_spec(EXPERIMENT)
-    assert set(spec.methods) == {
-        "ce",
-        "ce_mbe",
-        "gapt",
-        "gapt_joint",
-        "gapt_smoothed",
-        "gapt_matched",
-        "gapt_joint_matched",
-        "gapt_smoothed_matched",
-    }
+    assert list(spec.methods) == SMOKE_METHODS
     assert {"smoke", "cpu", "gpu1", "paper"} <= set(spec.scales)
     assert len(spec.scales["paper"].seeds) >= 20
     for scale in spec.scales:
@@ -265,18 +267,6 @@ def test_every_scale_resolves_and_the_paper_scale_is_the_paper_size():
     ]
     assert paper.optim.lr == 0.01 and paper.objective.lambda_mbe == 10.0
     assert (paper.gapt.patience_memorize, paper.gapt.patience_compress) == (125, 75)
-
-
-SMOKE_METHODS = [
-    "ce",
-    "ce_mbe",
-    "gapt",
-    "gapt_joint",
-    "gapt_smoothed",
-    "gapt_matched",
-    "gapt_joint_matched",
-    "gapt_smoothed_matched",
-]
 
 
 @pytest.fixture(scope="module")
@@ -378,6 +368,13 @@ def test_the_paper_protocol_fine_tunes_with_a_fresh_optimizer_and_the_alternativ
 def test_a_stage_starts_from_the_ce_pretrain_only_after_another():
     stages = [{"name": "mix", "steps": 180, "groups": ["a", "b"], "start": "ce_pretrain"}]
     with pytest.raises(ConfigError, match="nothing before it"):
+        smoke_config(task={"stages": stages})
+    stages = [
+        {"name": "mix", "steps": 60, "groups": ["a", "b"]},
+        {"name": "again", "steps": 60, "groups": ["a", "b"], "start": "ce_pretrain"},
+        {"name": "finetune", "steps": 60, "groups": ["a"], "start": "ce_pretrain"},
+    ]
+    with pytest.raises(ConfigError, match="at most one stage"):
         smoke_config(task={"stages": stages})
 
 

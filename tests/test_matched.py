@@ -14,7 +14,7 @@ from replication.dag.schema import resolve_global_config
 from replication.runtime.record import read_metrics
 from replication.science.errors import RunFolderError
 from replication.science.methods import METHODS
-from replication.science.schedule import mask, ranges, shifted
+from replication.science.schedule import draw_shift, mask, ranges, shifted
 from replication.training import configure
 from replication.training.configure import matched_schedule
 from replication.training.train import train
@@ -28,24 +28,36 @@ def test_the_schedule_moves_each_segment_by_half_its_length():
     phases = [False] * 10
     phases[1:3] = [True, True]  # steps 1, 2
     phases[7] = True
-    # one segment of 10: step t takes the phase of step (t - 5) mod 10
-    assert shifted(phases, [(0, 10)]) == [(2, 3), (6, 8)]
-    # two segments of 6 and 4: within the first (t - 3) mod 6, within the second 6 + (t - 6 - 2) mod 4
-    assert shifted(phases, [(0, 6), (6, 10)]) == [(4, 6), (9, 10)]
+    # one segment of 10 shifted by 5: step t takes the phase of step (t - 5) mod 10
+    assert shifted(phases, [(0, 10)], [5]) == [(2, 3), (6, 8)]
+    # two segments of 6 and 4 shifted by 3 and 2: (t - 3) mod 6, then 6 + (t - 6 - 2) mod 4
+    assert shifted(phases, [(0, 6), (6, 10)], [3, 2]) == [(4, 6), (9, 10)]
     with pytest.raises(ValueError, match="do not cover"):
-        shifted(phases, [(0, 6), (7, 10)])
+        shifted(phases, [(0, 6), (7, 10)], [3, 2])
+    with pytest.raises(ValueError, match="one shift each"):
+        shifted(phases, [(0, 10)], [3, 2])
+
+
+def test_a_shift_is_drawn_per_seed_within_the_middle_half_in_whole_periods():
+    shifts = [draw_shift(1000, 4, seed, 0) for seed in range(200)]
+    assert all(248 <= s <= 750 and s % 4 == 0 for s in shifts)
+    assert len(set(shifts)) > 50  # spread over seeds, not one offset
+    assert draw_shift(1000, 4, 7, 0) == draw_shift(1000, 4, 7, 0) != draw_shift(1000, 4, 7, 1)
+    assert draw_shift(6, 4, 0, 0) == 4  # at least one period
 
 
 def test_the_schedule_keeps_the_dose_of_every_segment_and_the_phase_lengths():
     phases = [s % 17 in (3, 4, 5) or s % 29 == 11 for s in range(200)]
     segments = [(0, 120), (120, 200)]
-    moved = mask(shifted(phases, segments), 200)
+    moved = mask(shifted(phases, segments, [60, 40]), 200)
     for a, b in segments:
         assert sum(moved[a:b]) == sum(phases[a:b])  # the same number of compress steps per segment
         assert moved[a:b] != phases[a:b]  # at other times
     # in one segment, a phase that does not straddle the wrap keeps its length: the same lengths
     one = [False] * 50 + [True] * 7 + [False] * 20 + [True] + [False] * 30 + [True] * 3 + [False] * 89
-    assert Counter(b - a for a, b in ranges(one)) == Counter(b - a for a, b in shifted(one, [(0, 200)]))
+    assert Counter(b - a for a, b in ranges(one)) == Counter(
+        b - a for a, b in shifted(one, [(0, 200)], [100])
+    )
     assert ranges([True, True, False, True]) == [(0, 2), (3, 4)]
     assert mask([(1, 3)], 4) == [False, True, True, False]
 
@@ -126,11 +138,16 @@ def test_the_control_compresses_the_gated_runs_steps_moved_within_each_stage(gat
     gated, matched = _phases(gapt), _phases(control)
     summaries = [json.loads((d / "summary.json").read_text()) for d in (gapt, control)]
     assert summaries[0]["compress_steps"] == summaries[1]["compress_steps"] == sum(gated) > 0
-    assert matched == mask(shifted(gated, [(0, 120), (120, 180)]), 180)  # stage by stage
+    shifts = [draw_shift(120, 1, 1, 0), draw_shift(60, 1, 1, 1)]  # the MLP's one block: period 1
+    assert matched == mask(shifted(gated, [(0, 120), (120, 180)], shifts), 180)  # stage by stage
     assert matched != gated
     assert sum(matched[:120]) == sum(gated[:120])
-    config = json.loads((control / "summary.json").read_text())["config"]
+    config = summaries[1]["config"]
     assert config["schedule"]["source"].startswith("forgetting_separation/smoke/gapt/seed1 (config ")
+    assert config["schedule"]["shifts"] == shifts
+    # its phase changes are logged as a controller's are, where its schedule changes
+    changes = [i for i in range(179) if matched[i] != matched[i + 1]]
+    assert summaries[1]["phase_change_steps"] == changes and summaries[1]["phase_changes"] == len(changes)
 
 
 def test_a_control_without_its_gated_run_or_with_another_is_refused(gated_and_control, tmp_path, capsys):
@@ -147,6 +164,12 @@ def test_a_control_without_its_gated_run_or_with_another_is_refused(gated_and_co
     not_a_control = [str(FORGETTING), "--scale", "smoke", "--method", "gapt", "--seed", "1"]
     assert configure.main([*not_a_control, "--out", f"{tmp_path}/b/", "--schedule-from", str(gapt)]) != 0
     assert "--schedule-from is for a matched-dose control; gapt is not one" in capsys.readouterr().err
+
+
+def test_a_control_is_chosen_only_with_its_gated_method():
+    plan = Plan(resolve_global_config({"scale": "smoke", "methods": ["ce", "gapt_matched"]}))
+    with pytest.raises(ConfigError, match=r"gapt_matched'\] are matched-dose controls: .*\(gapt\)"):
+        plan.methods("forgetting_separation")
 
 
 def test_the_dag_configures_a_control_after_its_gated_run():

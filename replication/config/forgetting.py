@@ -92,6 +92,8 @@ class Config(TaskConfig):
                     f"train_per_group ({self.train_per_group}) is below the {share} examples per group "
                     f"of a micro-batch of stage {stage.name!r}"
                 )
+        if sum(stage.start == "ce_pretrain" for stage in self.stages) > 1:
+            raise ValueError("at most one stage starts from the ce pre-train")
         if self.stages[0].start != "previous":
             raise ValueError(
                 f"the first stage ({names[0]!r}) has nothing before it to start from: start: previous"

@@ -60,6 +60,7 @@ class Schedule(StrictModel):
     phases of its gated run (``source``) moved as ``replication.science.schedule`` says."""
 
     source: str  # the gated run: experiment/scale/method/seed<k> and its config digest
+    shifts: list[NonNegativeInt] = []  # the shift of each segment (replication.science.schedule)
     compress: list[tuple[NonNegativeInt, NonNegativeInt]]  # half-open [start, end) step ranges
 
     @field_validator("compress")

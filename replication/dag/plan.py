@@ -87,6 +87,12 @@ class Plan:
         unknown = [m for m in chosen if m not in available]
         if unknown:
             raise ConfigError(f"experiment {experiment} has no method(s) {unknown}")
+        alone = [m for m in chosen if METHODS[m].matches and METHODS[m].matches not in chosen]
+        if alone:
+            raise ConfigError(
+                f"methods {alone} are matched-dose controls: choose the methods they match with them "
+                f"({', '.join(METHODS[m].matches for m in alone)})"
+            )
         return list(chosen)
 
     def seeds(self, experiment: str) -> list[int]:
@@ -261,7 +267,7 @@ class Plan:
             str(results / e / name)
             for e in self.claims_experiments()
             if e not in self.specs
-            for name in ("summary.csv", "runs.csv")
+            for name in ("summary.csv", "runs.csv", "phases.csv", "alignment.csv")
         ]
         return made + kept
 

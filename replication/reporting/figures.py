@@ -485,6 +485,24 @@ def by_method(
 # -- a scale's study (replication.reporting.study) ----------------------------------------------------
 
 
+def _change_with_interval(
+    ax: plt.Axes, x: Any, rows: pd.DataFrame, marker: str, color: Any, method: str
+) -> None:
+    """A study's change (%) at x, with its 95 % interval as error bars (none where it has none)."""
+    ax.errorbar(
+        x,
+        rows.change_percent,
+        yerr=[
+            rows.change_percent - rows.low_percent.fillna(rows.change_percent),
+            rows.high_percent.fillna(rows.change_percent) - rows.change_percent,
+        ],
+        fmt=marker,
+        capsize=3,
+        color=color,
+        label=f"{method} (mean, 95 % interval)",
+    )
+
+
 def study_scaling(
     table: pd.DataFrame,
     fits: dict[str, dict],
@@ -502,18 +520,7 @@ def study_scaling(
         for method in methods:
             rows = table[(table.method == method) & (table.metric == metric)]
             color = palette[method]
-            ax.errorbar(
-                rows.parameters,
-                rows.change_percent,
-                yerr=[
-                    rows.change_percent - rows.low_percent.fillna(rows.change_percent),
-                    rows.high_percent.fillna(rows.change_percent) - rows.change_percent,
-                ],
-                fmt=markers[method],
-                capsize=3,
-                color=color,
-                label=f"{method} (mean, 95 % interval)",
-            )
+            _change_with_interval(ax, rows.parameters, rows, markers[method], color, method)
             fit = fits.get(f"{method} {metric}", {})
             if "slope" in fit:
                 grid = np.linspace(fit["x_min"], fit["x_max"], 100)
@@ -582,18 +589,7 @@ def study_dose(table: pd.DataFrame, results: Path) -> list[Path]:
     palette, markers = method_palette(methods), method_markers(methods)
     for method in methods:
         rows = table[table.method == method]
-        ax.errorbar(
-            rows.compress_share,
-            rows.change_percent,
-            yerr=[
-                rows.change_percent - rows.low_percent.fillna(rows.change_percent),
-                rows.high_percent.fillna(rows.change_percent) - rows.change_percent,
-            ],
-            fmt=markers[method],
-            capsize=3,
-            color=palette[method],
-            label=f"{method} (mean, 95 % interval)",
-        )
+        _change_with_interval(ax, rows.compress_share, rows, markers[method], palette[method], method)
         for r in rows.itertuples():
             ax.annotate(
                 r.arm,

@@ -5,9 +5,9 @@ which compression objective the compress phase uses (``compression``; the object
 in ``replication.training.objectives``). Two kinds of method name a variant of another:
 
 - a *matched-dose control* (``matches``) compresses exactly as many steps as the gated method's run
-  of the same seed, at times no controller chose: that run's phases moved by half of each segment of
-  the run (``replication.science.schedule``). Gated vs matched is the one comparison in which the
-  dose of compression is equal and only its timing, the gating, differs.
+  of the same seed, at times no controller chose: that run's phases moved by a shift drawn per seed
+  within each segment of the run (``replication.science.schedule``). Gated vs matched is the one
+  comparison in which the dose of compression is equal and only its timing, the gating, differs.
 - a *smoothed* gate (``smoothed``) is a gated method whose controller reads an exponential average of
   its inputs (``gapt.smoothing`` > 0, set by the experiment): the arm whose phases outlast the
   per-step noise of a small batch. Everything that names methods reads them from here: the run

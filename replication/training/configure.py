@@ -18,7 +18,8 @@ every run it lacks.
 
 A matched-dose control (``gapt_matched``, ...: ``Method.matches``) needs ``--schedule-from RUN_DIR``,
 the finished run of the gated method it matches (the same experiment, scale and seed): its config then
-holds that run's compress steps moved by half of each segment (``replication.science.schedule``).
+holds that run's compress steps moved within each segment by a shift drawn for the seed
+(``replication.science.schedule``).
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ from replication.runtime.record import (
     read_metrics,
 )
 from replication.science.errors import RunFolderError
-from replication.science.methods import METHODS
-from replication.science.schedule import shifted
+from replication.science.methods import METHODS, default_layers
+from replication.science.schedule import draw_shift, shifted
 
 DAG_RUNS = SOURCE_ROOT / "runs"  # the DAG's runs folder (dag.schema.GlobalConfig.runs_dir's default)
 
@@ -119,8 +120,15 @@ def matched_schedule(config: RunConfig, gated_dir: Path) -> Schedule:
         raise RunFolderError(
             f"{gated_dir / METRICS_NAME} does not record the phase of each of the {steps} steps"
         )
-    compress = shifted([phases[t] for t in range(steps)], config.task.segments(config.train))
-    return Schedule(source=f"{want.path} (config {summary.get('config_digest')})", compress=compress)
+    segments = config.task.segments(config.train)
+    # gapt's compress phase cycles through its blocks: a shift of whole cycles keeps each step's block
+    alternate = config.objective.alternate_layers or default_layers(config.model.n_blocks, "alternate")
+    period = len(alternate) if METHODS[matches].compression == "alternate" else 1
+    shifts = [draw_shift(b - a, period, config.seed, i) for i, (a, b) in enumerate(segments)]
+    compress = shifted([phases[t] for t in range(steps)], segments, shifts)
+    return Schedule(
+        source=f"{want.path} (config {summary.get('config_digest')})", shifts=shifts, compress=compress
+    )
 
 
 def _same_run(existing: object, config: RunConfig) -> bool:

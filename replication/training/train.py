@@ -473,6 +473,19 @@ class Trainer:
         if self.controller is not None:
             for change in update_controller(self.controller, result, self.plan.monitored):
                 self.writer.write({"kind": "event", "event": "phase_change", **change.as_dict()})
+        elif (
+            self.schedule is not None
+            and step + 1 < len(self.schedule)
+            and self.schedule[step + 1] != self.schedule[step]
+        ):
+            # a matched-dose control's phase changes where its schedule does, logged as a controller's
+            phases = [Phase.MEMORIZE.value, Phase.COMPRESS.value]
+            change = {
+                "step": step,
+                "from": phases[self.schedule[step]],
+                "to": phases[self.schedule[step + 1]],
+            }
+            self.writer.write({"kind": "event", "event": "phase_change", **change, "reason": "schedule"})
 
     def _counters(self) -> dict[str, Any]:
         """The controller's counters and minima after the step's update (none without a controller)."""
