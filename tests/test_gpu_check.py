@@ -119,7 +119,7 @@ def test_the_tiny_check_runs_every_stage_and_writes_gpu_json(tmp_path, capsys):
     assert dag["runs"] == {"arithmetic_ood": 12, "forgetting_separation": 16}  # every method, controls too
     assert dag["steps"] == {"arithmetic_ood": 6, "forgetting_separation": 90}
     # forgetting's runs are CPU jobs (train), arithmetic's GPU jobs (train_gpu)
-    assert dag["planned_jobs"] == {"train": 8, "train_gpu": 8, "claims": 1}
+    assert dag["planned_jobs"] == {"train": 16, "train_gpu": 12, "claims": 1}
     out = capsys.readouterr().out
     assert "graphs/recompiles" in out and all(f"| {name} " in out for name in gpu_check.STAGES)
 
