@@ -6,6 +6,7 @@ import json
 from collections import Counter
 
 import pytest
+from pydantic import ValidationError
 
 from replication.config.base import ConfigError
 from replication.config.run import resolve_run_config, validate_run_config
@@ -92,7 +93,7 @@ def test_a_schedule_belongs_to_a_control_and_a_smoothed_gate_to_smoothed_inputs(
 def test_an_experiment_names_the_method_a_control_matches():
     from replication.config.run import ExperimentSpec
 
-    with pytest.raises(Exception, match="need the methods they match"):
+    with pytest.raises(ValidationError, match="need the methods they match"):
         ExperimentSpec.model_validate(
             {"experiment": "x", "methods": {"ce": {}, "gapt_matched": {}}, "scales": {}}
         )

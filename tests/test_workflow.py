@@ -366,3 +366,28 @@ def test_the_plan_refuses_ranks_sharing_a_gpu_and_jobs_larger_than_the_machine()
     ):
         Plan(resolve_global_config({**base, "nproc_per_run": 2})).check()
     Plan(resolve_global_config({**base, "nproc_per_run": 2, "gpus_per_run": 0})).check()  # CPU ranks (gloo)
+
+
+@pytest.mark.slow
+def test_a_part_built_alone_adds_its_claims_to_the_parts_already_built(tmp_path):
+    """make replicate PART=forgetting_separation where the scale already holds arithmetic_ood's
+    results: the DAG trains and aggregates experiment 3 alone, and its claims rule reads arithmetic's
+    committed tables as they are, never making them again."""
+    results = tmp_path / "results"
+    built = results / "smoke" / "arithmetic_ood"
+    built.mkdir(parents=True)
+    for name in ("summary.csv", "runs.csv", "phases.csv", "alignment.csv"):
+        (built / name).write_text("")
+    paths = {"runs_dir": str(tmp_path / "runs"), "results_dir": str(results)}
+    part = Plan(resolve_global_config({"scale": "smoke", "experiments": ["forgetting_separation"], **paths}))
+    assert part.published() == []
+    assert part.claims_experiments() == ["arithmetic_ood", "forgetting_separation"]
+    kept = [str(built / name) for name in ("summary.csv", "runs.csv", "phases.csv", "alignment.csv")]
+    assert [i for i in part.claims_inputs() if "arithmetic_ood" in i] == kept
+    whole = Plan(resolve_global_config({"scale": "smoke", **paths}))
+    assert whole.published() == ["arithmetic_ood"]  # what crosscheck checks; the others are pending
+    assert whole.claims_experiments() == ["fineweb_pretrain", "arithmetic_ood", "forgetting_separation"]
+    config = ["--configfile", "config/smoke.yaml", "--config", *(f"{k}={v}" for k, v in paths.items())]
+    jobs = dry_run(*config, "experiments=[forgetting_separation]")
+    assert jobs["aggregate"] == 1 and jobs["claims"] == 1 and "figures_arithmetic_ood" not in jobs
+    assert jobs["train"] == len(part.runs("forgetting_separation"))

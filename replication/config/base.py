@@ -232,6 +232,11 @@ class TaskConfig(StrictModel):
         One segment, the whole run, unless a task has stages."""
         return [(0, train.steps)]
 
+    def fresh_starts(self) -> dict[int, str]:
+        """The first step of every stage that starts afresh from the ``ce`` pre-train, with the stage's
+        name (``replication.training.pretrain``): none unless a task has such stages."""
+        return {}
+
     def check_fit(self, model: Any, train: TrainConfig, objective: ObjectiveConfig) -> None:
         """Raise ValueError when this task cannot run with these sections of the run config (a model
         without the vocabulary it needs, stages that do not add up to train.steps, ...). RunConfig

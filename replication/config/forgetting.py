@@ -109,7 +109,6 @@ class Config(TaskConfig):
         return list(zip([0, *ends[:-1]], ends))
 
     def fresh_starts(self) -> dict[int, str]:
-        """The first step of every stage that starts from the ce pre-train -> the stage's name."""
         ends = list(itertools.accumulate(s.steps for s in self.stages))
         return {end: stage.name for stage, end in zip(self.stages[1:], ends) if stage.start == "ce_pretrain"}
 

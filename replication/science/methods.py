@@ -10,7 +10,9 @@ in ``replication.training.objectives``). Two kinds of method name a variant of a
   comparison in which the dose of compression is equal and only its timing, the gating, differs.
 - a *smoothed* gate (``smoothed``) is a gated method whose controller reads an exponential average of
   its inputs (``gapt.smoothing`` > 0, set by the experiment): the arm whose phases outlast the
-  per-step noise of a small batch. Everything that names methods reads them from here: the run
+  per-step noise of a small batch.
+
+Everything that names methods reads them from here: the run
 config (``RunConfig.method``, through ``MethodName``), the experiment files (their ``methods:``), the
 DAG's method wildcard and its global config (``replication.dag.schema``), and the figures' order and
 colours. Adding a method is one entry below, plus what its compression objective needs.

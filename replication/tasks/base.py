@@ -111,10 +111,10 @@ class Task(ABC):
             return {}
         last = evals[-1]
         summary = {
-            f"final/{k}": v for k, v in last.items() if k.startswith(("val/", "ood/", "id/")) and _scalar(v)
+            f"final/{k}": v for k, v in last.items() if k.startswith(("val/", "ood/", "id/")) and is_scalar(v)
         }
         key = f"val/{self.main_loss_name}"
-        values = [e[key] for e in evals if _scalar(e.get(key))]
+        values = [e[key] for e in evals if is_scalar(e.get(key))]
         if values:
             summary[f"best/{key}"] = min(values)
         return summary
@@ -130,5 +130,6 @@ class Task(ABC):
         pass
 
 
-def _scalar(value: Any) -> bool:
+def is_scalar(value: Any) -> bool:
+    """A metric value that is a number: not a bool, not a null (a non-finite value is logged as null)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)

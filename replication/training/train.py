@@ -155,7 +155,7 @@ class Trainer:
         self.controller = PhaseController(config.gapt) if self.method.gated else None
         self.schedule = self._schedule()
         # stage starts from the ce pre-train (experiment 3's paper protocol): first step -> stage name
-        self.fresh_starts: dict[int, str] = getattr(config.task, "fresh_starts", dict)()
+        self.fresh_starts = config.task.fresh_starts()
         if self.fresh_starts and ctx.world_size > 1:
             raise ConfigError(
                 "a stage that starts from the ce pre-train runs in one process, not under torchrun"
@@ -200,8 +200,7 @@ class Trainer:
         if self.config.schedule is None:
             raise ConfigError(
                 f"{self.config.method} is the matched-dose control of {self.method.matches}: its config "
-                "needs "
-                f"the schedule of that run, written by python -m replication.training.configure ... "
+                "needs the schedule of that run, written by python -m replication.training.configure ... "
                 f"--schedule-from RUNS/<the {self.method.matches} run of seed {self.config.seed}>/"
             )
         return mask(self.config.schedule.compress, self.config.train.steps)

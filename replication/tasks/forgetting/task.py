@@ -240,13 +240,13 @@ class Task(base.Task):
         for stage, end in zip(self.cfg.stages, self.stage_ends):
             record = evals.get(end, {})
             for key, value in record.items():
-                if key.startswith("val/") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if key.startswith("val/") and base.is_scalar(value):
                     summary[f"{stage.name}/{key.removeprefix('val/')}"] = value
             summary[f"{stage.name}/phase_changes"] = sum(start <= s < end for s in changes)
             start = end
         starts = [r for r in records if r["kind"] == "stage_start"]
         for key, value in (starts[-1] if starts else {}).items():  # the ce pre-train a stage started from
-            if key.startswith("val/") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key.startswith("val/") and base.is_scalar(value):
                 summary[f"pretrain/{key.removeprefix('val/')}"] = value
         if len(self.cfg.stages) < 2:
             return summary
