@@ -51,7 +51,7 @@ def test_every_metric_a_figure_draws_has_a_readers_name(experiment):
 
 
 def _curves(stages):
-    """curves.csv rows of two runs evaluated every 10 steps, their stages by step."""
+    """curves.csv.gz rows of two runs evaluated every 10 steps, their stages by step."""
     rows = []
     for seed in (0, 1):
         for step in range(0, 70, 10):
@@ -298,7 +298,7 @@ def test_a_token_is_a_byte_where_the_scales_data_set_is_tokenized_as_bytes(monke
     with pytest.raises(figures.ConfigError, match="no scale 'nano'"):
         token_unit(spec, "nano")
     # the figures of results/cpu/fineweb_pretrain say so, the scale read from the folder
-    if not (REPO / "results" / "cpu" / "fineweb_pretrain" / "curves.csv").is_file():
+    if not (REPO / "results" / "cpu" / "fineweb_pretrain" / "curves.csv.gz").is_file():
         return  # its part of the cpu scale has not run yet (make replicate PART=fineweb_pretrain)
     drawn = _drawn(monkeypatch)
     curves_only = spec.model_copy(update={"figures": [f for f in spec.figures if f.kind == "curves"]})

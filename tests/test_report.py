@@ -344,7 +344,7 @@ def test_aggregate_writes_tidy_tables(results):
         ("compress", 5, 10),
         ("memorize", 10, 20),
     ]
-    curves = pd.read_csv(out / "curves.csv")
+    curves = pd.read_csv(out / "curves.csv.gz")
     per_layer = curves[(curves.metric == "val/mbe_by_layer") & (curves.method == "ce") & (curves.seed == 2)]
     assert sorted(per_layer.layer.unique()) == [0, 1] and per_layer[per_layer.layer == 0].value.iloc[
         0
@@ -418,7 +418,7 @@ def test_a_figure_without_its_data_is_a_clear_error(results):
     spec = load_report_spec(config).model_copy(
         update={"figures": [figures.FigureSpec(kind="curves", file="x", metrics=["val/nothing"])]}
     )
-    with pytest.raises(figures.ConfigError, match="curves.csv has none of the metrics"):
+    with pytest.raises(figures.ConfigError, match="curves.csv.gz has none of the metrics"):
         figures.draw(spec, out)
 
 

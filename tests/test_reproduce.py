@@ -2,6 +2,7 @@
 thread count included, and a committed run comes back bit for bit on a CPU like the one that made it."""
 
 import csv
+import gzip
 import json
 
 import pytest
@@ -117,7 +118,7 @@ def _committed(experiment: str, name: str, method: str, seed: int) -> list[dict]
         pytest.skip(
             f"{path.parent} holds no results yet: the part of the cpu scale that makes them has not run"
         )
-    with open(path) as handle:
+    with (gzip.open if name.endswith(".gz") else open)(path, "rt") as handle:
         return [r for r in csv.DictReader(handle) if r["method"] == method and r["seed"] == str(seed)]
 
 
@@ -172,7 +173,7 @@ def test_the_first_steps_of_a_committed_run_come_back_on_the_kind_of_cpu_that_ma
 ):
     """A whole multiplication or FineWeb run takes minutes: its first ``steps`` steps, trained from the
     run's own config and stopped as a stop request stops it, give the committed curves' training
-    records (curves.csv, 7 significant digits) and the first evaluation."""
+    records (curves.csv.gz, 7 significant digits) and the first evaluation."""
     from replication.config.run import resolve_run_config
     from replication.training.stop import TrainingInterrupted
 
@@ -181,7 +182,7 @@ def test_the_first_steps_of_a_committed_run_come_back_on_the_kind_of_cpu_that_ma
     _skip_unless_this_cpu_made(run)
     wanted = {
         (r["kind"], int(r["step"]), r["metric"]): r["value"]
-        for r in _committed(experiment, "curves.csv", "gapt", 0)
+        for r in _committed(experiment, "curves.csv.gz", "gapt", 0)
         if not r["layer"] and (r["kind"] == "eval" and r["step"] == "0" or int(r["step"]) < steps)
     }
     config = resolve_run_config(REPO / "experiments" / experiment / "config.yaml", "cpu", "gapt", 0)

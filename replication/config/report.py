@@ -47,7 +47,7 @@ class TableMetric(StrictModel):
 class FigureSpec(StrictModel):
     """One figure of an experiment, drawn from its CSVs alone (``replication.reporting.figures``).
 
-    kinds: ``curves`` (the curves.csv ``metrics`` against step, one panel per metric with the methods
+    kinds: ``curves`` (the curves.csv.gz ``metrics`` against step, one panel per metric with the methods
     overlaid, stage ends marked, and a strip of the gated runs' compress phases), ``mbe_by_layer``
     (the per-layer eval ``metric`` at the last evaluation),
     ``rq1_alignment`` (alignment.csv: cosine against step per layer with the noise baseline),

@@ -11,7 +11,7 @@ one written by a run of another config is an error naming the keys that differ),
   the same seed (``replication.config.report``), and the run's top-level counts (phase_changes,
   compress_steps, nonfinite_steps, ...);
 - ``runs.csv``: one row per run with its provenance (git commit, versions, device, wall time);
-- ``curves.csv``: evaluation records (every scalar, per-layer values with a ``layer`` column) and
+- ``curves.csv.gz``: evaluation records (every scalar, per-layer values with a ``layer`` column) and
   training records thinned to at most MAX_TRAIN_POINTS per run, at 7 significant digits; this and
   the next two files take the experiment and scale from their folder;
 - ``phases.csv``: the phase intervals of every run, for shading;
@@ -45,6 +45,7 @@ from tabulate import tabulate
 
 from replication.config.plan import AnalysisPlan, load_plan, plan_path
 from replication.config.report import PairedMetricSpec, ReportSpec, fill_units, load_report_spec
+from replication.dag.plan import TABLES
 from replication.reporting.rq1 import frame_statistics
 from replication.reporting.stats import CHANGES, paired_change
 from replication.runtime import cli
@@ -90,7 +91,7 @@ TRAIN_KEYS_SKIPPED = {
     "ce_input",
     "mbe_input",
 }
-MAX_TRAIN_POINTS = 100  # training records kept per run in curves.csv (every evaluation is kept)
+MAX_TRAIN_POINTS = 100  # training records kept per run in curves.csv.gz (every evaluation is kept)
 
 
 def _is_number(value: Any) -> bool:
@@ -389,7 +390,7 @@ def read_tables(out: Path) -> dict[str, pd.DataFrame]:
     """The summary, runs, phases and alignment tables aggregation wrote into ``out``."""
     frames = {}
     for name in ("summary", "runs", "phases", "alignment"):
-        path = out / f"{name}.csv"
+        path = out / TABLES[name]
         if not path.is_file():
             raise DataError(
                 f"{path} is missing: aggregate the experiment's runs first (the DAG's aggregate rule)"
@@ -419,8 +420,12 @@ def _main(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, frame in frames.items():
         # curves only feed figures: 7 significant digits; summary.csv keeps full precision for the tables
+        # gzip without a time stamp, so that the same curves give the same bytes
         frame.to_csv(
-            args.out / f"{name}.csv", index=False, float_format=None if name == "summary" else "%.7g"
+            args.out / TABLES[name],
+            index=False,
+            float_format=None if name == "summary" else "%.7g",
+            compression={"method": "gzip", "mtime": 0} if TABLES[name].endswith(".gz") else None,
         )
     # from the files just written, as --from-csv reads them: the table is the same either way
     write_table(spec, plan, args.scale, read_tables(args.out), methods, args.out)

@@ -40,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from replication.config.base import load_yaml
-from replication.dag.plan import Plan
+from replication.dag.plan import TABLES, Plan
 from replication.dag.schema import resolve_global_config
 from replication.reporting import aggregate, claims
 from replication.runtime import cli
@@ -199,7 +199,7 @@ def table_problems(plan: Plan) -> list[str]:
         results = Path(plan.results_dir(experiment))
         with tempfile.TemporaryDirectory() as tmp:
             for name in ("summary", "runs", "phases", "alignment"):
-                source = results / f"{name}.csv"
+                source = results / TABLES[name]
                 if source.is_file():
                     shutil.copyfile(source, Path(tmp) / source.name)
             argv = [plan.experiment_config(experiment), "--scale", plan.scale, "--out", tmp, "--from-csv"]

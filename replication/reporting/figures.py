@@ -29,6 +29,7 @@ import seaborn as sns  # noqa: E402
 
 from replication.config.base import ConfigError  # noqa: E402
 from replication.config.report import FigureSpec, ReportSpec, fill_units, load_report_spec  # noqa: E402
+from replication.dag.plan import TABLES  # noqa: E402
 from replication.reporting.stats import median_interval, t_errorbar  # noqa: E402
 from replication.runtime import cli  # noqa: E402
 from replication.science.methods import BASELINE, METHOD_NAMES  # noqa: E402
@@ -195,7 +196,7 @@ def curves(
     labels = labels or {}
     data = curves_df[curves_df.metric.isin(spec.metrics) & curves_df.layer.isna()]
     if data.empty:
-        raise ConfigError(f"figure {spec.file}: curves.csv has none of the metrics {spec.metrics}")
+        raise ConfigError(f"figure {spec.file}: curves.csv.gz has none of the metrics {spec.metrics}")
     methods = _methods(data)
     metrics = [m for m in spec.metrics if m in set(data.metric)]
     gated = gated_methods(phases[phases.method.isin(methods)]) if not phases.empty else []
@@ -281,7 +282,7 @@ def mbe_by_layer(
 ) -> list[Path]:
     data = curves_df[(curves_df.metric == spec.metric) & curves_df.layer.notna()]
     if data.empty:
-        raise ConfigError(f"figure {spec.file}: curves.csv has no per-layer metric {spec.metric!r}")
+        raise ConfigError(f"figure {spec.file}: curves.csv.gz has no per-layer metric {spec.metric!r}")
     last = data[data.step == data.groupby(["method", "seed"]).step.transform("max")]
     methods = _methods(last)
     fig, ax = plt.subplots(figsize=(PAGE_WIDTH / 2 + 0.4, 2.9), layout="constrained")
@@ -676,7 +677,7 @@ def draw(spec: ReportSpec, results: Path, scale: str | None = None) -> list[Path
     labels = {metric: fill_units(text, spec, scale) for metric, text in spec.labels.items()}
 
     def read(name: str) -> pd.DataFrame:
-        return pd.read_csv(results / f"{name}.csv")
+        return pd.read_csv(results / TABLES[name])
 
     written = []
     for figure in spec.figures:
