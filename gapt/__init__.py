@@ -51,7 +51,7 @@ from replication.science.gapt import GaptConfig, Phase, PhaseController
 from replication.science.mbe import layer_mbe, patch_mbe, patches, renyi_entropy
 
 DISTRIBUTION = "gapt-replication"
-_SOURCE_VERSION = "0.3.0"  # pyproject.toml's version, for a checkout that is not installed
+_SOURCE_VERSION = "0.3.1"  # pyproject.toml's version, for a checkout that is not installed
 
 
 def _version() -> str:
