@@ -95,10 +95,10 @@ def test_newton_schulz_in_float32_is_the_iteration_and_in_bfloat16_its_rounding(
     for _ in range(5):
         gram = x @ x.T
         x = a * x + (b * gram + c * gram @ gram) @ x
-    error = {d: (newton_schulz(g, coefficients, 5, 1e-7, d).double() - x).abs().max().item() for d in DTYPES}
+    error = {
+        d: (newton_schulz(g, coefficients, 5, 1e-7, d).double() - x).abs().max().item()
+        for d in (torch.float32, torch.bfloat16)
+    }
     assert error[torch.float32] < 1e-5 and error[torch.bfloat16] > 1e-3
     tall = newton_schulz(g.T, coefficients, 5, 1e-7, torch.float32)  # a tall matrix: the transposed result
     assert torch.allclose(tall.double(), x.T, atol=1e-5)
-
-
-DTYPES = (torch.float32, torch.bfloat16)

@@ -45,8 +45,9 @@ class Muon(torch.optim.Muon):
     The difference is named *float32 Newton-Schulz on CPU*. A CPU without bfloat16 arithmetic (AVX2)
     emulates bfloat16 matmuls about 40x slower than float32 ones, which made torch's iteration three
     quarters of a cpu-scale FineWeb step on such a machine; float32 is the more exact of the two, and the
-    iteration approximates the orthogonal factor in either precision. On a GPU, and on a CPU with
-    ``cpu_dtype=torch.bfloat16``, a step is torch's to the last bit (tests/test_optim.py). torch's
+    iteration approximates the orthogonal factor in either precision. With the iteration in bfloat16 (on a
+    GPU, or ``cpu_dtype=torch.bfloat16``) a step runs torch's operations in torch's order, and on a CPU it
+    equals torch's to the last bit (tests/test_optim.py). torch's
     "original" learning-rate adjustment, sqrt(max(1, rows / columns)), is the only one.
     """
 
